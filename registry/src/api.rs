@@ -1,0 +1,604 @@
+//! The REST API (axum): thin handlers over [`Registry`], the OpenAPI document, health,
+//! readiness and metrics.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Multipart, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine as _;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::auth::Caller;
+use crate::db::{Model, ModelVersion, Tags, VersionStatus};
+use crate::error::{Problem, RegistryError, Result};
+use crate::filter;
+use crate::metrics;
+use crate::reference::{validate_alias, validate_name, ModelRef};
+use crate::service::{Registry, VersionMetadata};
+
+const DEFAULT_PAGE_SIZE: i64 = 100;
+const MAX_PAGE_SIZE: i64 = 1000;
+
+/// JSON body extractor whose rejections are problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(RegistryError))]
+pub struct ApiJson<T>(pub T);
+
+/// Query-string extractor whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(RegistryError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Path extractor whose rejections are problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(RegistryError))]
+pub struct ApiPath<T>(pub T);
+
+impl From<JsonRejection> for RegistryError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => {
+                RegistryError::UnsupportedMediaType("expected Content-Type: application/json".into())
+            }
+            other => RegistryError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for RegistryError {
+    fn from(r: QueryRejection) -> Self {
+        RegistryError::BadRequest(r.body_text())
+    }
+}
+
+impl From<PathRejection> for RegistryError {
+    fn from(r: PathRejection) -> Self {
+        RegistryError::BadRequest(r.body_text())
+    }
+}
+
+impl From<axum::extract::multipart::MultipartError> for RegistryError {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        RegistryError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+impl From<axum::Error> for RegistryError {
+    fn from(e: axum::Error) -> Self {
+        RegistryError::BadRequest(format!("the request body could not be read: {e}"))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "lakescore registry", description = "Versioned ONNX model registry"),
+    paths(
+        create_model,
+        list_models,
+        get_model,
+        update_model,
+        delete_model,
+        create_version,
+        list_versions,
+        get_version,
+        update_version,
+        archive_version,
+        get_artifact,
+        put_alias,
+        get_alias,
+        delete_alias,
+        resolve,
+        healthz,
+        readyz,
+        metrics_endpoint
+    ),
+    components(schemas(
+        Model,
+        ModelVersion,
+        VersionStatus,
+        CreateModel,
+        UpdateFields,
+        SetAlias,
+        AliasRecord,
+        ModelList,
+        VersionList,
+        Problem,
+        VersionMetadata,
+        crate::onnx::Signature,
+        crate::onnx::ValueInfo,
+        crate::onnx::OpsetImport
+    ))
+)]
+pub struct ApiDoc;
+
+pub fn router(registry: Registry) -> Router {
+    let api = Router::new()
+        .route("/models", post(create_model).get(list_models))
+        .route("/models/{name}", get(get_model).patch(update_model).delete(delete_model))
+        .route(
+            "/models/{name}/versions",
+            // Uploads enforce their own, configurable cap while streaming.
+            post(create_version).get(list_versions).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/models/{name}/versions/{version}", get(get_version).patch(update_version).delete(archive_version))
+        .route("/models/{name}/versions/{version}/artifact", get(get_artifact))
+        .route("/models/{name}/aliases/{alias}", put(put_alias).get(get_alias).delete(delete_alias))
+        .route("/resolve/{reference}", get(resolve))
+        .route("/openapi.json", get(openapi));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .fallback(|| async { RegistryError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(track_metrics))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(registry)
+}
+
+async fn track_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    metrics::record_http(&method, &route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+// ---- request and response bodies ----------------------------------------------------
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateModel {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+/// Fields to change; absent fields stay as they are. `tags` replaces the whole set.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateFields {
+    pub description: Option<String>,
+    pub tags: Option<Tags>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetAlias {
+    pub version: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct AliasRecord {
+    pub model: String,
+    pub alias: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    pub models: Vec<Model>,
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionList {
+    pub versions: Vec<ModelVersion>,
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListModelsQuery {
+    /// e.g. `name LIKE 'fraud%' AND tags.team = 'risk'` (fields: name, description, tags.<key>;
+    /// operators: =, !=, LIKE; conditions joined with AND).
+    pub filter: Option<String>,
+    /// 1..=1000, default 100.
+    pub page_size: Option<i64>,
+    /// `next_page_token` of the previous page.
+    pub page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListVersionsQuery {
+    /// `ready` or `archived`; default: both.
+    pub status: Option<VersionStatus>,
+    pub page_size: Option<i64>,
+    pub page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeleteModelQuery {
+    /// Also delete the model's versions and their artifacts.
+    #[serde(default)]
+    pub force: bool,
+}
+
+fn page_size(requested: Option<i64>) -> Result<i64> {
+    match requested {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+        Some(n) => Err(RegistryError::BadRequest(format!("page_size must be 1..={MAX_PAGE_SIZE}, got {n}"))),
+    }
+}
+
+fn encode_token(raw: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_token(token: &str) -> Result<String> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| RegistryError::BadRequest("invalid page_token".into()))
+}
+
+fn parse_version(v: &str) -> Result<i64> {
+    v.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| RegistryError::BadRequest(format!("'{v}' is not a version number (1, 2, …)")))
+}
+
+// ---- models ---------------------------------------------------------------------------
+
+/// Create a registered model.
+#[utoipa::path(post, path = "/api/v1/models", request_body = CreateModel, tag = "models",
+    responses((status = 201, body = Model), (status = 400, body = Problem), (status = 409, body = Problem)))]
+async fn create_model(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateModel>,
+) -> Result<(StatusCode, Json<Model>)> {
+    validate_name(&body.name)?;
+    let model = reg.store.create_model(&body.name, &body.description, &body.tags, &caller.subject).await?;
+    tracing::info!(model = %model.name, by = %caller.subject, "model created");
+    Ok((StatusCode::CREATED, Json(model)))
+}
+
+/// List and search registered models, ordered by name.
+#[utoipa::path(get, path = "/api/v1/models", params(ListModelsQuery), tag = "models",
+    responses((status = 200, body = ModelList), (status = 400, body = Problem)))]
+async fn list_models(State(reg): State<Registry>, ApiQuery(q): ApiQuery<ListModelsQuery>) -> Result<Json<ModelList>> {
+    let clauses = filter::parse(q.filter.as_deref().unwrap_or(""))?;
+    let after = q.page_token.as_deref().map(decode_token).transpose()?;
+    let page = reg.store.list_models(&clauses, page_size(q.page_size)?, after.as_deref()).await?;
+    Ok(Json(ModelList { models: page.items, next_page_token: page.next_page_token.as_deref().map(encode_token) }))
+}
+
+/// One registered model.
+#[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models",
+    responses((status = 200, body = Model), (status = 404, body = Problem)))]
+async fn get_model(State(reg): State<Registry>, ApiPath(name): ApiPath<String>) -> Result<Json<Model>> {
+    Ok(Json(reg.store.get_model(&name).await?))
+}
+
+/// Change a model's description or tags.
+#[utoipa::path(patch, path = "/api/v1/models/{name}", request_body = UpdateFields, tag = "models",
+    responses((status = 200, body = Model), (status = 404, body = Problem)))]
+async fn update_model(
+    State(reg): State<Registry>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateFields>,
+) -> Result<Json<Model>> {
+    Ok(Json(reg.store.update_model(&name, body.description.as_deref(), body.tags.as_ref()).await?))
+}
+
+/// Delete a model. Refused (409) while it has versions, unless `force=true`.
+#[utoipa::path(delete, path = "/api/v1/models/{name}", params(DeleteModelQuery), tag = "models",
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn delete_model(
+    State(reg): State<Registry>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteModelQuery>,
+) -> Result<StatusCode> {
+    reg.delete_model(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- versions -------------------------------------------------------------------------
+
+/// Upload a new version. Body: the ONNX bytes (`application/octet-stream`), or
+/// `multipart/form-data` with parts `metadata` (JSON: description, tags) and `artifact`.
+#[utoipa::path(post, path = "/api/v1/models/{name}/versions", tag = "versions",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = ModelVersion), (status = 404, body = Problem), (status = 413, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem)))]
+async fn create_version(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    request: Request,
+) -> Result<(StatusCode, Json<ModelVersion>)> {
+    // Fail fast, before reading a possibly large body.
+    reg.store.get_model(&name).await?;
+    let limit = reg.config.max_upload_bytes;
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(RegistryError::PayloadTooLarge(format!("the body is larger than the limit of {limit} bytes")));
+    }
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_string();
+    let (upload, meta) = match mime.as_str() {
+        "application/octet-stream" | "application/onnx" | "application/x-onnx" => {
+            (reg.spool(request.into_body().into_data_stream()).await?, VersionMetadata::default())
+        }
+        "multipart/form-data" => {
+            let mut multipart = Multipart::from_request(request, &())
+                .await
+                .map_err(|e| RegistryError::BadRequest(format!("malformed multipart body: {}", e.body_text())))?;
+            let mut upload = None;
+            let mut meta = VersionMetadata::default();
+            while let Some(field) = multipart.next_field().await? {
+                match field.name().unwrap_or("") {
+                    "artifact" if upload.is_none() => {
+                        upload = Some(reg.spool(field.map_err(RegistryError::from)).await?)
+                    }
+                    "metadata" => {
+                        let text = field.text().await?;
+                        meta = serde_json::from_str(&text)
+                            .map_err(|e| RegistryError::BadRequest(format!("invalid metadata part: {e}")))?;
+                    }
+                    other => {
+                        return Err(RegistryError::BadRequest(format!(
+                            "unexpected multipart part '{other}' (expected 'metadata' and one 'artifact')"
+                        )))
+                    }
+                }
+            }
+            let upload =
+                upload.ok_or_else(|| RegistryError::BadRequest("the multipart body has no 'artifact' part".into()))?;
+            (upload, meta)
+        }
+        "" => {
+            return Err(RegistryError::UnsupportedMediaType(
+                "missing Content-Type: send application/octet-stream or multipart/form-data".into(),
+            ))
+        }
+        other => {
+            return Err(RegistryError::UnsupportedMediaType(format!(
+                "Content-Type '{other}' is not accepted: send application/octet-stream or multipart/form-data"
+            )))
+        }
+    };
+    let version = reg.create_version(&name, upload, &meta, &caller).await?;
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+/// A model's versions, oldest first.
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions", params(ListVersionsQuery), tag = "versions",
+    responses((status = 200, body = VersionList), (status = 404, body = Problem)))]
+async fn list_versions(
+    State(reg): State<Registry>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListVersionsQuery>,
+) -> Result<Json<VersionList>> {
+    let after = q.page_token.as_deref().map(|t| decode_token(t).and_then(|s| parse_version(&s))).transpose()?;
+    let page = reg.store.list_versions(&name, q.status, page_size(q.page_size)?, after).await?;
+    Ok(Json(VersionList { versions: page.items, next_page_token: page.next_page_token.as_deref().map(encode_token) }))
+}
+
+/// One version.
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}", tag = "versions",
+    responses((status = 200, body = ModelVersion), (status = 404, body = Problem)))]
+async fn get_version(
+    State(reg): State<Registry>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
+) -> Result<Json<ModelVersion>> {
+    Ok(Json(reg.store.get_version(&name, parse_version(&version)?).await?))
+}
+
+/// Change a version's description or tags (the artifact itself never changes).
+#[utoipa::path(patch, path = "/api/v1/models/{name}/versions/{version}", request_body = UpdateFields, tag = "versions",
+    responses((status = 200, body = ModelVersion), (status = 404, body = Problem)))]
+async fn update_version(
+    State(reg): State<Registry>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<UpdateFields>,
+) -> Result<Json<ModelVersion>> {
+    let v = parse_version(&version)?;
+    Ok(Json(reg.store.update_version(&name, v, body.description.as_deref(), body.tags.as_ref()).await?))
+}
+
+/// Archive a version (soft delete): still resolvable as `name:N`, never as `name` or by alias.
+#[utoipa::path(delete, path = "/api/v1/models/{name}/versions/{version}", tag = "versions",
+    responses((status = 200, body = ModelVersion), (status = 404, body = Problem)))]
+async fn archive_version(
+    State(reg): State<Registry>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
+) -> Result<Json<ModelVersion>> {
+    Ok(Json(reg.store.archive_version(&name, parse_version(&version)?).await?))
+}
+
+/// The version's ONNX bytes. `ETag` is the sha256; single `Range` requests are honoured.
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/artifact", tag = "versions",
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "the requested range"), (status = 304, description = "If-None-Match matched"),
+        (status = 404, body = Problem), (status = 416, body = Problem)))]
+async fn get_artifact(
+    State(reg): State<Registry>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let v = reg.store.get_version(&name, parse_version(&version)?).await?;
+    let etag = format!("\"{}\"", v.sha256);
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| h.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let size = v.size as u64;
+    let mut response = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "private, max-age=31536000, immutable");
+    if not_modified {
+        return response
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .map_err(|e| RegistryError::Internal(e.to_string()));
+    }
+    // A Range with a stale If-Range validator gets the whole file.
+    let if_range_ok = headers.get(header::IF_RANGE).and_then(|h| h.to_str().ok()).is_none_or(|h| h.trim() == etag);
+    let range = match headers.get(header::RANGE).and_then(|h| h.to_str().ok()) {
+        Some(r) if if_range_ok => Some(parse_range(r, size)?),
+        _ => None,
+    };
+    let (status, start, end) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.end),
+        None => (StatusCode::OK, 0, size),
+    };
+    let stream = reg.artifacts.get(&v.sha256, range.clone()).await?;
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
+    }
+    let filename = format!("{}-v{}.onnx", v.model, v.version);
+    response
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\""))
+        .body(Body::from_stream(stream))
+        .map_err(|e| RegistryError::Internal(e.to_string()))
+}
+
+/// Parses one `bytes=` range (`a-b`, `a-`, `-n`) into a half-open range within `size`.
+fn parse_range(header: &str, size: u64) -> Result<std::ops::Range<u64>> {
+    let unsatisfiable =
+        || RegistryError::RangeNotSatisfiable(format!("range '{header}' is not satisfiable for {size} bytes"));
+    let spec = header
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(|| RegistryError::RangeNotSatisfiable(format!("only byte ranges are supported, got '{header}'")))?;
+    if spec.contains(',') {
+        return Err(RegistryError::RangeNotSatisfiable("multiple ranges are not supported".into()));
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = match (a.is_empty(), b.is_empty()) {
+        (true, false) => {
+            let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
+            if n == 0 {
+                return Err(unsatisfiable());
+            }
+            size.saturating_sub(n)..size
+        }
+        (false, _) => {
+            let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
+            let end = if b.is_empty() {
+                size
+            } else {
+                b.parse::<u64>().map_err(|_| unsatisfiable())?.saturating_add(1).min(size)
+            };
+            start..end
+        }
+        (true, true) => return Err(unsatisfiable()),
+    };
+    if range.start >= range.end || range.start >= size {
+        return Err(unsatisfiable());
+    }
+    Ok(range)
+}
+
+// ---- aliases and resolution -----------------------------------------------------------
+
+/// Point an alias at a version (creates or moves it atomically).
+#[utoipa::path(put, path = "/api/v1/models/{name}/aliases/{alias}", request_body = SetAlias, tag = "aliases",
+    responses((status = 200, body = AliasRecord), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn put_alias(
+    State(reg): State<Registry>,
+    ApiPath((name, alias)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<SetAlias>,
+) -> Result<Json<AliasRecord>> {
+    validate_alias(&alias)?;
+    let v = reg.store.set_alias(&name, &alias, body.version).await?;
+    tracing::info!(model = %name, alias = %alias, version = v.version, "alias set");
+    Ok(Json(AliasRecord { model: name, alias, version: v.version }))
+}
+
+/// Which version an alias points at.
+#[utoipa::path(get, path = "/api/v1/models/{name}/aliases/{alias}", tag = "aliases",
+    responses((status = 200, body = AliasRecord), (status = 404, body = Problem)))]
+async fn get_alias(
+    State(reg): State<Registry>,
+    ApiPath((name, alias)): ApiPath<(String, String)>,
+) -> Result<Json<AliasRecord>> {
+    let version = reg.store.get_alias(&name, &alias).await?;
+    Ok(Json(AliasRecord { model: name, alias, version }))
+}
+
+/// Remove an alias.
+#[utoipa::path(delete, path = "/api/v1/models/{name}/aliases/{alias}", tag = "aliases",
+    responses((status = 204), (status = 404, body = Problem)))]
+async fn delete_alias(
+    State(reg): State<Registry>,
+    ApiPath((name, alias)): ApiPath<(String, String)>,
+) -> Result<StatusCode> {
+    reg.store.delete_alias(&name, &alias).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Resolve `name` (latest ready version), `name:7` or `name@alias` to a version record.
+#[utoipa::path(get, path = "/api/v1/resolve/{reference}", tag = "versions",
+    responses((status = 200, body = ModelVersion), (status = 400, body = Problem), (status = 404, body = Problem)))]
+async fn resolve(State(reg): State<Registry>, ApiPath(reference): ApiPath<String>) -> Result<Json<ModelVersion>> {
+    Ok(Json(reg.store.resolve(&ModelRef::parse(&reference)?).await?))
+}
+
+// ---- operations -----------------------------------------------------------------------
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database and object storage answer.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "ready"), (status = 503, body = Problem)))]
+async fn readyz(State(reg): State<Registry>) -> Result<&'static str> {
+    reg.check_ready().await?;
+    Ok("ready")
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+async fn metrics_endpoint() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], metrics::render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100).ok(), Some(0..10));
+        assert_eq!(parse_range("bytes=90-", 100).ok(), Some(90..100));
+        assert_eq!(parse_range("bytes=-10", 100).ok(), Some(90..100));
+        assert_eq!(parse_range("bytes=95-200", 100).ok(), Some(95..100));
+        for bad in ["bytes=100-", "bytes=5-2", "bytes=-0", "items=0-1", "bytes=0-1,3-4", "bytes=x-"] {
+            assert!(parse_range(bad, 100).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The registry's typed configuration. The binary fills it from flags, `LAKESCORE_*`
+//! environment variables and an optional TOML file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Default upload cap: 1 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`. Default: SQLite under `data_dir`.
+    pub database_url: Option<String>,
+    /// Object storage URL for artifacts (`file:///…`, `s3://…`, `az://…`, `gs://…`).
+    /// Default: the local directory `data_dir/artifacts`.
+    pub storage_url: Option<String>,
+    /// Extra object_store options (credentials, endpoints, `allow_http`, …), passed as given.
+    pub storage_options: Vec<(String, String)>,
+    /// Where the embedded defaults keep their files.
+    pub data_dir: PathBuf,
+    /// Largest accepted artifact, in bytes.
+    pub max_upload_bytes: u64,
+    /// Operator domains a model may use (see `onnx::DEFAULT_ALLOWED_OP_DOMAINS`).
+    pub allowed_op_domains: Vec<String>,
+    /// Maximum database connections.
+    pub db_max_connections: u32,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            storage_url: None,
+            storage_options: Vec::new(),
+            data_dir: PathBuf::from("lakescore-data"),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            allowed_op_domains: crate::onnx::DEFAULT_ALLOWED_OP_DOMAINS.iter().map(|s| s.to_string()).collect(),
+            db_max_connections: 16,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The database URL in effect: the configured one, else SQLite under `data_dir`.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("registry.db").display()),
+        }
+    }
+}

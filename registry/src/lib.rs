@@ -1,0 +1,37 @@
+//! lakescore's model registry: versioned ONNX models over HTTP, metadata in SQLite or
+//! PostgreSQL, artifacts in object storage.
+
+pub mod api;
+pub mod artifacts;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod filter;
+pub mod metrics;
+pub mod onnx;
+pub mod reference;
+pub mod service;
+
+use std::future::Future;
+
+pub use config::RegistryConfig;
+pub use error::{RegistryError, Result};
+pub use service::Registry;
+
+/// Serves the registry's HTTP API on `listener` until `shutdown` resolves, then drains
+/// in-flight requests and closes the database pool.
+pub async fn serve(
+    registry: Registry,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    metrics::init();
+    let app = api::router(registry.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = %db::redact_url(&registry.config.effective_database_url()),
+        storage = registry.artifacts.describe(), "registry listening");
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    registry.store.close().await;
+    served
+}

@@ -1,0 +1,179 @@
+//! The registry's domain operations, independent of HTTP: the handlers in `api` and the
+//! CLI's maintenance commands call these.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
+
+use crate::artifacts::ArtifactStore;
+use crate::auth::Caller;
+use crate::config::RegistryConfig;
+use crate::db::{ModelVersion, NewVersion, Store, Tags};
+use crate::error::{RegistryError, Result};
+use crate::onnx;
+
+/// The registry: metadata store, artifact store and the settings they run under.
+#[derive(Clone)]
+pub struct Registry {
+    pub store: Store,
+    pub artifacts: ArtifactStore,
+    pub config: Arc<RegistryConfig>,
+    spool_dir: PathBuf,
+}
+
+/// Optional metadata sent with an upload (`metadata` part of a multipart upload).
+#[derive(Debug, Default, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VersionMetadata {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+/// An upload received into a local spool file, hashed on the way in.
+pub struct Spooled {
+    file: tempfile::NamedTempFile,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Registry {
+    pub async fn open(config: RegistryConfig) -> Result<Self> {
+        let store = Store::connect(&config.effective_database_url(), config.db_max_connections).await?;
+        let artifacts = ArtifactStore::open(
+            config.storage_url.as_deref(),
+            &config.storage_options,
+            &config.data_dir.join("artifacts"),
+        )?;
+        let spool_dir = config.data_dir.join("spool");
+        std::fs::create_dir_all(&spool_dir)?;
+        Ok(Self { store, artifacts, config: Arc::new(config), spool_dir })
+    }
+
+    /// Receives an upload body into a spool file while computing its sha256. Stops reading
+    /// with 413 as soon as the body passes the size cap, so nothing large is buffered.
+    pub async fn spool<S, E>(&self, mut body: S) -> Result<Spooled>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: Into<RegistryError>,
+    {
+        let limit = self.config.max_upload_bytes;
+        let file = tempfile::NamedTempFile::new_in(&self.spool_dir)?;
+        let mut out = tokio::fs::File::from_std(file.reopen()?);
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(Into::into)?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(RegistryError::PayloadTooLarge(format!(
+                    "the artifact is larger than the limit of {limit} bytes"
+                )));
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        Ok(Spooled { file, sha256: hex::encode(hasher.finalize()), size })
+    }
+
+    /// Registers a spooled upload as the model's next version: inspect, store the artifact,
+    /// then commit the row. Artifact first, row second: a crash in between leaves at most
+    /// an unreferenced artifact (found by `gc`), never a row without its file.
+    pub async fn create_version(
+        &self,
+        model: &str,
+        upload: Spooled,
+        meta: &VersionMetadata,
+        caller: &Caller,
+    ) -> Result<ModelVersion> {
+        if upload.size == 0 {
+            return Err(RegistryError::InvalidModel("the artifact is empty".into()));
+        }
+        let path = upload.file.path().to_path_buf();
+        let allowed = self.config.allowed_op_domains.clone();
+        let signature = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path)?;
+            onnx::inspect(&bytes, &allowed)
+        })
+        .await
+        .map_err(|e| RegistryError::Internal(format!("inspection task failed: {e}")))??;
+
+        let wrote = self.artifacts.put_file(&upload.sha256, upload.file.path(), upload.size).await?;
+        let new = NewVersion {
+            sha256: &upload.sha256,
+            size: upload.size as i64,
+            created_by: &caller.subject,
+            description: &meta.description,
+            tags: &meta.tags,
+            signature: &signature,
+        };
+        match self.store.insert_version(model, new).await {
+            Ok(v) => {
+                tracing::info!(model, version = v.version, sha256 = %v.sha256, size = v.size, "version registered");
+                Ok(v)
+            }
+            Err(e) => {
+                if wrote {
+                    self.remove_if_unreferenced(&upload.sha256).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes an artifact no version row references any more. Best effort: what is left
+    /// behind (storage or database down) is found later by `gc`.
+    pub async fn remove_if_unreferenced(&self, sha256: &str) {
+        match self.store.is_artifact_referenced(sha256).await {
+            Ok(false) => {
+                if let Err(e) = self.artifacts.delete(sha256).await {
+                    tracing::warn!(sha256, error = %e, "could not delete unreferenced artifact; gc will");
+                }
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!(sha256, error = %e, "could not check artifact references; gc will"),
+        }
+    }
+
+    pub async fn delete_model(&self, name: &str, force: bool) -> Result<()> {
+        let shas = self.store.delete_model(name, force).await?;
+        for sha in shas {
+            self.remove_if_unreferenced(&sha).await;
+        }
+        tracing::info!(model = name, "model deleted");
+        Ok(())
+    }
+
+    /// Artifacts that no version references and that are older than `min_age` (younger
+    /// ones may belong to an upload whose row is being committed right now). Deletes them
+    /// unless `dry_run`.
+    pub async fn gc(&self, min_age: Duration, dry_run: bool) -> Result<Vec<String>> {
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
+        let candidates: Vec<(String, chrono::DateTime<chrono::Utc>)> = self.artifacts.list().try_collect().await?;
+        let mut orphans = Vec::new();
+        for (sha, modified) in candidates {
+            if modified <= cutoff && !self.store.is_artifact_referenced(&sha).await? {
+                if !dry_run {
+                    self.artifacts.delete(&sha).await?;
+                }
+                orphans.push(sha);
+            }
+        }
+        Ok(orphans)
+    }
+
+    /// Readiness: database and storage both answer.
+    pub async fn check_ready(&self) -> Result<()> {
+        self.store.ping().await?;
+        self.artifacts.check().await
+    }
+}

@@ -1,0 +1,126 @@
+//! Server configuration: one typed struct filled from an optional TOML file, then
+//! overridden by flags and `LAKESCORE_*` environment variables (clap reads both).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use lakescore_registry::RegistryConfig;
+use serde::Deserialize;
+
+/// The TOML file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub registry: RegistryConfig,
+    pub insecure_no_auth: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "LAKESCORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address of the registry [default: 127.0.0.1:8080].
+    #[arg(long, env = "LAKESCORE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Metadata database: sqlite://PATH or postgres://USER:PASS@HOST/DB [default: sqlite under --data-dir].
+    #[arg(long, env = "LAKESCORE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Artifact storage: file:///DIR, s3://BUCKET/PREFIX, az://CONTAINER/PREFIX, gs://BUCKET/PREFIX
+    /// [default: DATA_DIR/artifacts]. Credentials come from the usual AWS_*, AZURE_*, GOOGLE_* variables.
+    #[arg(long, env = "LAKESCORE_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// Directory for the embedded defaults (SQLite file, artifacts, upload spool) [default: ./lakescore-data].
+    #[arg(long, env = "LAKESCORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest accepted model upload in bytes [default: 1073741824 = 1 GiB].
+    #[arg(long, env = "LAKESCORE_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Allow listening on a non-loopback address without authentication (never in production).
+    #[arg(long, env = "LAKESCORE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+/// The settled configuration the servers run with.
+#[derive(Debug)]
+pub struct Settings {
+    pub registry: RegistryConfig,
+    pub auth_enabled: bool,
+    pub insecure_no_auth: bool,
+}
+
+impl ServerArgs {
+    pub fn settle(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid configuration in {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut registry = file.registry;
+        if let Some(v) = self.listen {
+            registry.listen = v;
+        }
+        if let Some(v) = &self.database_url {
+            registry.database_url = Some(v.clone());
+        }
+        if let Some(v) = &self.storage_url {
+            registry.storage_url = Some(v.clone());
+        }
+        if let Some(v) = &self.data_dir {
+            registry.data_dir = v.clone();
+        }
+        if let Some(v) = self.max_upload_bytes {
+            registry.max_upload_bytes = v;
+        }
+        // object_store takes credentials as options; pass the conventional variables on.
+        for (k, v) in std::env::vars() {
+            if ["AWS_", "AZURE_", "GOOGLE_"].iter().any(|p| k.starts_with(p)) {
+                registry.storage_options.push((k.to_ascii_lowercase(), v));
+            }
+        }
+        if registry.max_upload_bytes == 0 {
+            bail!("max_upload_bytes must be greater than 0");
+        }
+        if let Some(url) = &registry.database_url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+                bail!("database_url must start with sqlite:// or postgres://");
+            }
+        }
+        if let Some(url) = &registry.storage_url {
+            url::Url::parse(url).with_context(|| format!("storage_url '{url}' is not a URL"))?;
+        }
+        Ok(Settings {
+            registry,
+            // OIDC token validation is not built yet: every server runs unauthenticated.
+            auth_enabled: false,
+            insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth,
+        })
+    }
+}
+
+impl Settings {
+    /// Without authentication the server only listens on loopback, unless told otherwise.
+    pub fn check_auth_posture(&self, listen: &[SocketAddr]) -> anyhow::Result<()> {
+        if self.auth_enabled {
+            return Ok(());
+        }
+        tracing::warn!(
+            "AUTHENTICATION IS OFF: every caller may read, register and delete models (OIDC is not configured)"
+        );
+        if let Some(addr) = listen.iter().find(|a| !a.ip().is_loopback()) {
+            if !self.insecure_no_auth {
+                bail!(
+                    "refusing to listen on {addr} without authentication: configure OIDC, listen on loopback, \
+                     or pass --insecure-no-auth"
+                );
+            }
+            tracing::warn!(%addr, "listening on a non-loopback address WITHOUT authentication (--insecure-no-auth)");
+        }
+        Ok(())
+    }
+}

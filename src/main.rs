@@ -1,0 +1,158 @@
+//! `lakescore`: the model registry, the scoring worker and their command-line client.
+
+mod client;
+mod config;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use lakescore_registry::Registry;
+
+use crate::client::{ClientArgs, ModelsCommand};
+use crate::config::ServerArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lakescore",
+    version,
+    about = "Versioned ONNX model registry and batch-scoring server",
+    long_about = "\
+lakescore keeps versioned ONNX models (immutable versions identified by sha256, aliases such as \
+fraud@champion, tags, signatures read from the ONNX file) and serves them over HTTP.
+
+Start everything on embedded defaults (SQLite and files under ./lakescore-data):
+    lakescore serve
+Then register and inspect models:
+    lakescore models register fraud model.onnx --alias champion
+    lakescore models resolve fraud@champion
+
+Every flag can also be set through the LAKESCORE_* environment variable named in its help."
+)]
+struct Cli {
+    /// Log format: human-readable text or JSON lines.
+    #[arg(long, env = "LAKESCORE_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the registry on embedded defaults in one process (the quickest way to start).
+    Serve(ServerArgs),
+    /// Run the registry alone (for production deployments).
+    Registry(ServerArgs),
+    /// Validate the configuration (file, flags, environment) and print it; exits non-zero when it is wrong.
+    CheckConfig(ServerArgs),
+    /// Find artifacts that no version references (left by crashes); dry run unless --delete.
+    Gc {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Delete what is found.
+        #[arg(long)]
+        delete: bool,
+        /// Only consider artifacts older than this many seconds (younger ones may belong to
+        /// an upload in progress).
+        #[arg(long, default_value_t = 3600)]
+        min_age_secs: u64,
+    },
+    /// Manage registered models through the registry's HTTP API.
+    Models {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKESCORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) | Command::Registry(args) => serve_registry(&args).await,
+        Command::CheckConfig(args) => {
+            let settings = args.settle()?;
+            settings.check_auth_posture(&[settings.registry.listen])?;
+            println!("{}", toml::to_string_pretty(&settings.registry)?);
+            eprintln!("configuration OK");
+            Ok(())
+        }
+        Command::Gc { server, delete, min_age_secs } => {
+            let settings = server.settle()?;
+            let registry = Registry::open(settings.registry).await?;
+            let orphans = registry.gc(Duration::from_secs(min_age_secs), !delete).await?;
+            for sha in &orphans {
+                println!("{sha}");
+            }
+            eprintln!(
+                "{} unreferenced artifact(s) {}",
+                orphans.len(),
+                if delete { "deleted" } else { "found (dry run; pass --delete to remove them)" }
+            );
+            Ok(())
+        }
+        Command::Models { client, command } => client::run(&client, command).await,
+    }
+}
+
+async fn serve_registry(args: &ServerArgs) -> anyhow::Result<()> {
+    let settings = args.settle()?;
+    settings.check_auth_posture(&[settings.registry.listen])?;
+    let listen = settings.registry.listen;
+    let registry = Registry::open(settings.registry).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    lakescore_registry::serve(registry, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends), starting a graceful shutdown.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}

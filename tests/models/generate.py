@@ -1,0 +1,700 @@
+#!/usr/bin/env python3
+"""Generate the ONNX test models (scikit-learn + skl2onnx) and their reference data.
+
+Usage: generate.py [--out DIR] [--bench] [--force]
+
+For every model NAME it writes into DIR:
+
+  NAME.onnx            the model
+  NAME.rows.parquet    200 input rows (one column per model input / feature)
+  NAME.expected.parquet  onnxruntime (Python) outputs for those rows, one column per ONNX output
+  NAME.expected.json     the same outputs as raw tensors (exact float values)
+
+plus the negative-test artifacts bad_*.{bin,onnx} and manifest.json, which describes
+everything (see tests/models/README.md).  Everything is deterministic (fixed seeds,
+single-threaded onnxruntime).  A stamp file (DIR/.stamp) holding a hash of this script
+and tests/requirements.txt makes re-runs free when nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+REQUIREMENTS = REPO / "tests" / "requirements.txt"
+DEFAULT_OUT = HERE / "generated"
+
+N_ROWS = 200
+# Explicit opsets, so that the files do not change when skl2onnx's default moves.
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+STAMP = ".stamp"
+MANIFEST = "manifest.json"
+
+CORE_MODELS = [
+    "logreg",
+    "logreg_nozipmap",
+    "rf",
+    "rf_nozipmap",
+    "gbr",
+    "mlp",
+    "pipeline",
+    "linreg",
+]
+BENCH_MODELS = ["big_rf"]
+BAD_ARTIFACTS = [
+    "bad_not_onnx.bin",
+    "bad_truncated.onnx",
+    "bad_no_graph.onnx",
+    "bad_external_abs.onnx",
+    "bad_external_dotdot.onnx",
+    "bad_raw_len.onnx",
+]
+
+
+# --------------------------------------------------------------------------- stamp
+
+
+def source_key() -> str:
+    h = hashlib.sha256()
+    for p in (Path(__file__).resolve(), REQUIREMENTS):
+        h.update(p.name.encode())
+        h.update(b"\0")
+        h.update(p.read_bytes() if p.exists() else b"<missing>")
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def model_files(name: str) -> list[str]:
+    return [
+        f"{name}.onnx",
+        f"{name}.rows.parquet",
+        f"{name}.expected.parquet",
+        f"{name}.expected.json",
+    ]
+
+
+def group_files(group: str) -> list[str]:
+    if group == "core":
+        files = [f for m in CORE_MODELS for f in model_files(m)] + BAD_ARTIFACTS
+    elif group == "bench":
+        files = [f for m in BENCH_MODELS for f in model_files(m)]
+    else:
+        raise ValueError(group)
+    return files
+
+
+def read_stamp(out: Path) -> dict:
+    try:
+        return json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def up_to_date(out: Path, key: str, groups: list[str]) -> tuple[bool, list[str]]:
+    """Returns (everything fine, groups that must be (re)generated)."""
+    stamp = read_stamp(out)
+    if stamp.get("key") != key or not (out / MANIFEST).exists():
+        return False, groups
+    have = set(stamp.get("groups", []))
+    missing = []
+    for g in groups:
+        if g not in have or not all((out / f).exists() for f in group_files(g)):
+            missing.append(g)
+    return not missing, missing
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sha256_file(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def onnx_type_str(tp) -> str:
+    """ONNX TypeProto -> 'tensor(float)', 'seq(map(int64,tensor(float)))', ..."""
+    import onnx
+
+    which = tp.WhichOneof("value")
+    if which == "tensor_type":
+        return f"tensor({onnx.helper.tensor_dtype_to_string(tp.tensor_type.elem_type).removeprefix('TensorProto.').lower()})"
+    if which == "sequence_type":
+        return f"seq({onnx_type_str(tp.sequence_type.elem_type)})"
+    if which == "map_type":
+        k = onnx.helper.tensor_dtype_to_string(tp.map_type.key_type).removeprefix("TensorProto.").lower()
+        return f"map({k},{onnx_type_str(tp.map_type.value_type)})"
+    return which or "unknown"
+
+
+def value_info_dict(vi) -> dict:
+    d = {"name": vi.name, "type": onnx_type_str(vi.type)}
+    if vi.type.WhichOneof("value") == "tensor_type":
+        tt = vi.type.tensor_type
+        d["elem_type"] = d["type"][len("tensor(") : -1]
+        if tt.HasField("shape"):
+            dims = []
+            for dim in tt.shape.dim:
+                if dim.HasField("dim_value"):
+                    dims.append(dim.dim_value)
+                elif dim.HasField("dim_param"):
+                    dims.append(dim.dim_param)
+                else:
+                    dims.append(None)
+            d["shape"] = dims
+        else:
+            d["shape"] = None
+    return d
+
+
+def signature(model_path: Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    opsets = {(o.domain or "ai.onnx"): o.version for o in m.opset_import}
+    domains = {n.domain for n in m.graph.node}
+    return {
+        "ir_version": m.ir_version,
+        "producer_name": m.producer_name,
+        "producer_version": m.producer_version,
+        "opset_imports": opsets,
+        "uses_ai_onnx_ml": "ai.onnx.ml" in domains,
+        "inputs": [value_info_dict(v) for v in m.graph.input],
+        "outputs": [value_info_dict(v) for v in m.graph.output],
+    }
+
+
+def ort_session(model_bytes: bytes, quiet: bool = False):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if quiet:
+        so.log_severity_level = 4  # the failure is expected; keep the log clean
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def write_model(out: Path, name: str, onx) -> Path:
+    # skl2onnx names the graph with a random uuid and emits opset imports in set order:
+    # pin both so the bytes are reproducible.
+    onx.graph.name = name
+    opsets = sorted(((o.domain, o.version) for o in onx.opset_import))
+    del onx.opset_import[:]
+    for domain, version in opsets:
+        o = onx.opset_import.add()
+        o.domain, o.version = domain, version
+    p = out / f"{name}.onnx"
+    p.write_bytes(onx.SerializeToString())
+    return p
+
+
+def write_rows(out: Path, name: str, columns: dict) -> None:
+    """columns: ordered {column name: 1-D numpy array (float32) or list[str]}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays, fields = [], []
+    for col, values in columns.items():
+        if isinstance(values, list):
+            arrays.append(pa.array(values, type=pa.string()))
+        else:
+            arrays.append(pa.array(values))
+        fields.append(pa.field(col, arrays[-1].type, nullable=False))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    pq.write_table(table, out / f"{name}.rows.parquet", compression="zstd")
+
+
+def run_and_write_expected(out: Path, name: str, model_path: Path, feeds: dict) -> list[dict]:
+    """Run onnxruntime on feeds, write NAME.expected.{parquet,json}; returns output descriptions."""
+    import numpy as np
+    import onnxruntime
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sess = ort_session(model_path.read_bytes())
+    names = [o.name for o in sess.get_outputs()]
+    results = sess.run(names, feeds)
+    n = len(next(iter(feeds.values())))
+
+    json_outputs, arrays, fields, descs = [], [], [], []
+    for oname, res in zip(names, results):
+        if isinstance(res, np.ndarray):
+            if res.ndim == 0 or res.shape[0] != n:
+                raise RuntimeError(f"{name}: output {oname} has shape {res.shape}, expected leading {n}")
+            dtype = str(res.dtype) if res.dtype != object else "string"
+            flat = res.reshape(-1)
+            data = [str(v) for v in flat] if dtype == "string" else flat.tolist()
+            json_outputs.append(
+                {"name": oname, "kind": "tensor", "dtype": dtype, "shape": list(res.shape), "data": data}
+            )
+            if dtype == "string":
+                base = pa.array(data, type=pa.string())
+            else:
+                base = pa.array(flat)
+            if res.ndim == 1:
+                arr = base
+            else:
+                width = int(np.prod(res.shape[1:]))
+                arr = pa.FixedSizeListArray.from_arrays(base, width)
+            meta = {"onnx_kind": "tensor", "onnx_shape": json.dumps(list(res.shape))}
+            descs.append({"name": oname, "kind": "tensor", "dtype": dtype, "shape": list(res.shape)})
+        elif isinstance(res, list):  # ZipMap: seq(map(key, float))
+            keys = list(res[0].keys())
+            for row in res:
+                if list(row.keys()) != keys:
+                    raise RuntimeError(f"{name}: ZipMap rows with different keys")
+            key_dtype = "string" if isinstance(keys[0], str) else "int64"
+            rows = [[float(np.float32(row[k])) for k in keys] for row in res]
+            json_outputs.append(
+                {
+                    "name": oname,
+                    "kind": "seq_map",
+                    "key_dtype": key_dtype,
+                    "value_dtype": "float32",
+                    "keys": keys,
+                    "data": rows,
+                }
+            )
+            base = pa.array(np.asarray(rows, dtype=np.float32).reshape(-1))
+            arr = pa.FixedSizeListArray.from_arrays(base, len(keys))
+            meta = {"onnx_kind": "seq_map", "keys": json.dumps(keys), "key_dtype": key_dtype}
+            descs.append(
+                {"name": oname, "kind": "seq_map", "key_dtype": key_dtype, "value_dtype": "float32", "keys": keys}
+            )
+        else:
+            raise RuntimeError(f"{name}: unexpected output type {type(res)} for {oname}")
+        arrays.append(arr)
+        fields.append(pa.field(oname, arr.type, nullable=False, metadata=meta))
+
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    pq.write_table(table, out / f"{name}.expected.parquet", compression="zstd")
+    doc = {
+        "model": name,
+        "rows": n,
+        "onnxruntime_version": onnxruntime.__version__,
+        "outputs": json_outputs,
+    }
+    (out / f"{name}.expected.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    return descs
+
+
+# --------------------------------------------------------------------------- models
+
+
+def split(X, y, rows=N_ROWS):
+    """Last `rows` samples are the held-out rows written to NAME.rows.parquet."""
+    return X[:-rows], y[:-rows], X[-rows:]
+
+
+def convert(model, initial_types, zipmap=True, black_op=None):
+    from skl2onnx import convert_sklearn
+
+    options = None
+    if not zipmap:
+        options = {id(model): {"zipmap": False}}
+    return convert_sklearn(
+        model,
+        initial_types=initial_types,
+        target_opset=TARGET_OPSET,
+        options=options,
+        black_op=black_op,
+    )
+
+
+def tabular_model(out: Path, name: str, est, X, y, *, zipmap=True, black_op=None, task, extra=None) -> dict:
+    """A model with one 2-D float input X [N, F]; rows as columns f0..f{F-1}."""
+    import numpy as np
+    from skl2onnx.common.data_types import FloatTensorType
+
+    X = X.astype(np.float32)
+    X_train, y_train, X_rows = split(X, y)
+    est.fit(X_train, y_train)
+    nf = X.shape[1]
+    onx = convert(est, [("X", FloatTensorType([None, nf]))], zipmap=zipmap, black_op=black_op)
+    path = write_model(out, name, onx)
+    feature_columns = [f"f{i}" for i in range(nf)]
+    write_rows(out, name, {c: X_rows[:, i].copy() for i, c in enumerate(feature_columns)})
+    outputs = run_and_write_expected(out, name, path, {"X": X_rows})
+    entry = {
+        "task": task,
+        "estimator": type(est).__name__,
+        "feature_columns": feature_columns,
+        "columns": {"X": feature_columns},
+        "zipmap": zipmap if task == "classification" else None,
+        "outputs_expected": outputs,
+    }
+    if task == "classification":
+        entry["classes"] = [int(c) for c in est.classes_]
+    entry.update(extra or {})
+    return entry
+
+
+def gen_logreg(out, name, zipmap):
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = make_classification(
+        n_samples=1200, n_features=4, n_informative=3, n_redundant=0, n_classes=2, random_state=11
+    )
+    return tabular_model(
+        out, name, LogisticRegression(max_iter=500, random_state=0), X, y, zipmap=zipmap, task="classification"
+    )
+
+
+def gen_rf(out, name, zipmap, n_estimators=10, max_depth=6, n_samples=2000):
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = make_classification(
+        n_samples=n_samples,
+        n_features=20,
+        n_informative=10,
+        n_redundant=4,
+        n_classes=3,
+        random_state=21,
+    )
+    est = RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth, random_state=0, n_jobs=1)
+    return tabular_model(out, name, est, X, y, zipmap=zipmap, task="classification")
+
+
+def gen_gbr(out, name):
+    from sklearn.datasets import make_regression
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    X, y = make_regression(n_samples=1500, n_features=8, n_informative=6, noise=5.0, random_state=31)
+    est = GradientBoostingRegressor(n_estimators=50, max_depth=3, random_state=0)
+    return tabular_model(out, name, est, X, y, task="regression")
+
+
+def gen_mlp(out, name):
+    from sklearn.datasets import make_classification
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = make_classification(
+        n_samples=1500, n_features=10, n_informative=6, n_classes=2, random_state=41
+    )
+    est = MLPClassifier(hidden_layer_sizes=(16, 8), max_iter=400, random_state=0)
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return tabular_model(out, name, est, X, y, task="classification")
+
+
+def gen_linreg(out, name):
+    from sklearn.datasets import make_regression
+    from sklearn.linear_model import LinearRegression
+
+    X, y = make_regression(n_samples=600, n_features=5, n_informative=5, noise=1.0, random_state=51)
+    # black_op: plain MatMul + Add + Reshape instead of ai.onnx.ml LinearRegressor,
+    # so that tract (pure Rust) can run it too.
+    return tabular_model(
+        out,
+        name,
+        LinearRegression(),
+        X,
+        y,
+        black_op={"LinearRegressor"},
+        task="regression",
+        extra={"tract": True},
+    )
+
+
+PIPELINE_FLOATS = ["age", "income", "tenure"]
+PIPELINE_CITIES = ["amsterdam", "berlin", "lisbon", "oslo", "paris", "rome"]
+PIPELINE_UNKNOWN_CITY = "zurich"
+
+
+def gen_pipeline(out, name):
+    import numpy as np
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    rng = np.random.default_rng(61)
+    n = 1500
+    age = rng.uniform(18, 80, n).astype(np.float32)
+    income = rng.lognormal(10.5, 0.5, n).astype(np.float32)
+    tenure = rng.exponential(4.0, n).astype(np.float32)
+    city_idx = rng.integers(0, len(PIPELINE_CITIES), n)
+    city = np.array([PIPELINE_CITIES[i] for i in city_idx], dtype=object)
+    city_effect = np.linspace(-1.0, 1.0, len(PIPELINE_CITIES))[city_idx]
+    logit = 0.04 * (age - 45) + 0.8 * (np.log(income) - 10.5) - 0.15 * (tenure - 4) + city_effect
+    y = (rng.uniform(0, 1, n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    # Some held-out rows carry a city never seen in training (one-hot: all zeros).
+    city_rows = city[-N_ROWS:].copy()
+    city_rows[::17] = PIPELINE_UNKNOWN_CITY
+    city[-N_ROWS:] = city_rows
+
+    # Integer column indices (no pandas needed); skl2onnx maps them onto the 4 [N,1] inputs in order.
+    X = np.empty((n, 4), dtype=object)
+    X[:, 0], X[:, 1], X[:, 2], X[:, 3] = age, income, tenure, city
+    X_train, y_train = X[:-N_ROWS], y[:-N_ROWS]
+    pre = ColumnTransformer(
+        [
+            ("num", StandardScaler(), [0, 1, 2]),
+            ("cat", OneHotEncoder(handle_unknown="ignore"), [3]),
+        ]
+    )
+    est = Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=500, random_state=0))])
+    est.fit(X_train, y_train)
+
+    initial_types = [(c, FloatTensorType([None, 1])) for c in PIPELINE_FLOATS]
+    initial_types.append(("city", StringTensorType([None, 1])))
+    onx = convert(est, initial_types)
+    path = write_model(out, name, onx)
+
+    rows = {
+        "age": age[-N_ROWS:].copy(),
+        "income": income[-N_ROWS:].copy(),
+        "tenure": tenure[-N_ROWS:].copy(),
+        "city": [str(c) for c in city_rows],
+    }
+    write_rows(out, name, rows)
+    feeds = {c: rows[c].reshape(-1, 1) for c in PIPELINE_FLOATS}
+    feeds["city"] = np.array(rows["city"], dtype=object).reshape(-1, 1)
+    outputs = run_and_write_expected(out, name, path, feeds)
+    return {
+        "task": "classification",
+        "estimator": "Pipeline(ColumnTransformer(StandardScaler, OneHotEncoder), LogisticRegression)",
+        "feature_columns": None,
+        "columns": {c: [c] for c in PIPELINE_FLOATS + ["city"]},
+        "zipmap": True,
+        "classes": [int(c) for c in est.classes_],
+        "unknown_city": PIPELINE_UNKNOWN_CITY,
+        "outputs_expected": outputs,
+    }
+
+
+def gen_big_rf(out, name):
+    return gen_rf(out, name, zipmap=False, n_estimators=100, max_depth=12, n_samples=10000)
+
+
+GENERATORS = {
+    "logreg": lambda out, n: gen_logreg(out, n, zipmap=True),
+    "logreg_nozipmap": lambda out, n: gen_logreg(out, n, zipmap=False),
+    "rf": lambda out, n: gen_rf(out, n, zipmap=True),
+    "rf_nozipmap": lambda out, n: gen_rf(out, n, zipmap=False),
+    "gbr": gen_gbr,
+    "mlp": gen_mlp,
+    "pipeline": gen_pipeline,
+    "linreg": gen_linreg,
+    "big_rf": gen_big_rf,
+}
+
+
+# --------------------------------------------------------------------------- bad artifacts
+
+
+def tiny_graph_with_initializer(init):
+    """Y = X + W, X/Y float [N, dims...]; W given."""
+    from onnx import TensorProto, helper
+
+    dims = list(init.dims)
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N"] + dims[1:])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N"] + dims[1:])
+    node = helper.make_node("Add", ["X", init.name], ["Y"], name="add")
+    graph = helper.make_graph([node], "tiny", [x], [y], initializer=[init])
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="lakescore-tests",
+        producer_version="1",
+    )
+    model.ir_version = 8
+    return model
+
+
+def must_not_load(name: str, data: bytes) -> None:
+    """Sanity check: onnxruntime refuses the artifact when given as bytes."""
+    try:
+        ort_session(data, quiet=True)
+    except Exception:
+        return
+    raise RuntimeError(f"{name}: onnxruntime accepted a 'bad' artifact")
+
+
+def gen_bad(out: Path) -> dict:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, external_data_helper, helper
+
+    entries = {}
+
+    # 1. random bytes
+    data = np.random.default_rng(71).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    (out / "bad_not_onnx.bin").write_bytes(data)
+    must_not_load("bad_not_onnx.bin", data)
+    entries["bad_not_onnx.bin"] = {"why": "4096 random bytes, not a protobuf ModelProto"}
+
+    # 2. truncated
+    full = (out / "logreg.onnx").read_bytes()
+    data = full[: len(full) // 2]
+    (out / "bad_truncated.onnx").write_bytes(data)
+    must_not_load("bad_truncated.onnx", data)
+    try:
+        onnx.load_model_from_string(data)
+        parses = True
+    except Exception:
+        parses = False
+    entries["bad_truncated.onnx"] = {
+        "why": "first half of logreg.onnx",
+        "protobuf_parses": parses,
+    }
+
+    # 3. no graph
+    m = onnx.ModelProto()
+    m.ir_version = 8
+    m.producer_name = "lakescore-tests"
+    m.opset_import.extend([helper.make_opsetid("", 17)])
+    data = m.SerializeToString()
+    (out / "bad_no_graph.onnx").write_bytes(data)
+    must_not_load("bad_no_graph.onnx", data)
+    entries["bad_no_graph.onnx"] = {"why": "ModelProto with ir_version 8 and opset 17 but no graph"}
+
+    # 4./5. external data pointing outside the artifact.  Written with SerializeToString,
+    # never onnx.save (which would try to write the external file).
+    for fname, location in (
+        ("bad_external_abs.onnx", "/etc/passwd"),
+        ("bad_external_dotdot.onnx", "../../secret.bin"),
+    ):
+        w = helper.make_tensor("W", TensorProto.FLOAT, [1, 4], np.zeros(4, np.float32).tobytes(), raw=True)
+        external_data_helper.set_external_data(w, location=location, offset=0, length=16)
+        w.data_location = TensorProto.EXTERNAL
+        w.ClearField("raw_data")
+        model = tiny_graph_with_initializer(w)
+        data = model.SerializeToString()
+        (out / fname).write_bytes(data)
+        entries[fname] = {
+            "why": f"valid tiny model (Y = X + W) whose initializer W is external data at {location!r}",
+            "external_location": location,
+        }
+
+    # 6. raw_data length disagrees with dims: dims [1, 4] float = 16 bytes, raw_data has 12.
+    w = helper.make_tensor("W", TensorProto.FLOAT, [1, 4], np.zeros(4, np.float32).tobytes(), raw=True)
+    w.raw_data = np.zeros(3, np.float32).tobytes()
+    model = tiny_graph_with_initializer(w)
+    data = model.SerializeToString()
+    (out / "bad_raw_len.onnx").write_bytes(data)
+    must_not_load("bad_raw_len.onnx", data)
+    entries["bad_raw_len.onnx"] = {
+        "why": "initializer W with dims [1,4] float (16 bytes) but 12 bytes of raw_data",
+    }
+
+    for fname, e in entries.items():
+        p = out / fname
+        e.update({"file": fname, "size": p.stat().st_size, "sha256": sha256_file(p), "expect_http_status": 422})
+    return entries
+
+
+# --------------------------------------------------------------------------- main
+
+
+def generate_group(out: Path, group: str) -> dict:
+    import numpy as np
+
+    np.random.seed(0)  # belt and braces; every estimator also has its own random_state
+    models = CORE_MODELS if group == "core" else BENCH_MODELS
+    result = {"models": {}, "bad": {}}
+    for name in models:
+        entry = GENERATORS[name](out, name)
+        p = out / f"{name}.onnx"
+        entry = {
+            "onnx": p.name,
+            "rows": f"{name}.rows.parquet",
+            "expected_parquet": f"{name}.expected.parquet",
+            "expected_json": f"{name}.expected.json",
+            "n_rows": N_ROWS,
+            "size": p.stat().st_size,
+            "sha256": sha256_file(p),
+            "tract": entry.pop("tract", False),
+            "bench_only": group == "bench",
+            **entry,
+            "signature": signature(p),
+        }
+        result["models"][name] = entry
+        print(f"  {name:18s} {entry['size']:>9d} bytes", file=sys.stderr)
+    if group == "core":
+        result["bad"] = gen_bad(out)
+        for fname, e in result["bad"].items():
+            print(f"  {fname:26s} {e['size']:>9d} bytes", file=sys.stderr)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    ap.add_argument("--bench", action="store_true", help="also generate the benchmark models (big_rf)")
+    ap.add_argument("--force", action="store_true", help="regenerate even when up to date")
+    args = ap.parse_args(argv)
+
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    key = source_key()
+    wanted = ["core"] + (["bench"] if args.bench else [])
+
+    ok, todo = up_to_date(out, key, wanted)
+    if ok and not args.force:
+        print(f"test models up to date in {out}", file=sys.stderr)
+        return 0
+    if args.force:
+        todo = wanted
+
+    stamp = read_stamp(out)
+    if stamp.get("key") != key or args.force:
+        # Sources changed: everything previously generated is stale.
+        for child in out.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        stamp = {}
+        manifest = None
+    else:
+        try:
+            manifest = json.loads((out / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest, todo, stamp = None, wanted, {}
+    if manifest is None:
+        import numpy, onnx, onnxruntime, pyarrow, skl2onnx, sklearn  # noqa: E401
+
+        manifest = {
+            "format": 1,
+            "n_rows": N_ROWS,
+            "target_opset": {(k or "ai.onnx"): v for k, v in TARGET_OPSET.items()},
+            "versions": {
+                "numpy": numpy.__version__,
+                "scikit-learn": sklearn.__version__,
+                "skl2onnx": skl2onnx.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "pyarrow": pyarrow.__version__,
+            },
+            "models": {},
+            "bad": {},
+        }
+    # core first: the bad artifacts derive from logreg.onnx
+    groups_done = [g for g in (stamp.get("groups") or []) if g not in todo]
+    print(f"generating test models ({', '.join(todo)}) in {out}", file=sys.stderr)
+    for group in [g for g in ("core", "bench") if g in todo]:
+        res = generate_group(out, group)
+        manifest["models"].update(res["models"])
+        manifest["bad"].update(res["bad"])
+        groups_done.append(group)
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    (out / STAMP).write_text(json.dumps({"key": key, "groups": sorted(set(groups_done))}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
