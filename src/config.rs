@@ -77,12 +77,6 @@ impl ServerArgs {
         if let Some(v) = self.max_upload_bytes {
             registry.max_upload_bytes = v;
         }
-        // object_store takes credentials as options; pass the conventional variables on.
-        for (k, v) in std::env::vars() {
-            if ["AWS_", "AZURE_", "GOOGLE_"].iter().any(|p| k.starts_with(p)) {
-                registry.storage_options.push((k.to_ascii_lowercase(), v));
-            }
-        }
         if registry.max_upload_bytes == 0 {
             bail!("max_upload_bytes must be greater than 0");
         }

@@ -2,6 +2,7 @@
 //! A version's file lives at `<prefix>/sha256/<first two hex>/<sha256>.onnx`, so identical
 //! bytes are stored once however many versions share them.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -9,9 +10,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+pub use object_store::RetryConfig;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{RegistryError, Result};
@@ -27,24 +32,57 @@ pub struct ArtifactStore {
 }
 
 impl ArtifactStore {
-    /// Opens `url` (any URL object_store parses) or, without one, the local directory `default_dir`.
-    pub fn open(url: Option<&str>, options: &[(String, String)], default_dir: &FsPath) -> Result<Self> {
-        match url {
-            Some(url) => {
-                let parsed = url::Url::parse(url)
-                    .map_err(|e| RegistryError::BadRequest(format!("invalid storage URL '{url}': {e}")))?;
-                if parsed.scheme() == "file" {
-                    let dir = parsed
-                        .to_file_path()
-                        .map_err(|_| RegistryError::BadRequest(format!("invalid file URL '{url}'")))?;
-                    return Self::local(&dir);
-                }
-                let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter().map(|(k, v)| (k, v)))
-                    .map_err(|e| RegistryError::BadRequest(format!("cannot use storage URL '{url}': {e}")))?;
-                Ok(Self { store: Arc::from(store), prefix, description: url.to_string() })
+    /// Opens `url` (`file://`, `s3://`, `az://`, `gs://`, or an https URL object_store
+    /// recognises) or, without one, the local directory `default_dir`. Cloud stores take
+    /// credentials from the environment (`AWS_*`, `AZURE_*`, `GOOGLE_*`) and from `options`
+    /// (object_store configuration keys, which win).
+    pub fn open(
+        url: Option<&str>,
+        options: &BTreeMap<String, String>,
+        retry: RetryConfig,
+        default_dir: &FsPath,
+    ) -> Result<Self> {
+        let Some(url) = url else { return Self::local(default_dir) };
+        let bad = |e: &dyn std::fmt::Display| RegistryError::BadRequest(format!("cannot use storage URL '{url}': {e}"));
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
+        let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(&e))?;
+        fn configure<B, K>(
+            mut builder: B,
+            options: &BTreeMap<String, String>,
+            set: impl Fn(B, K, &str) -> B,
+        ) -> Result<B>
+        where
+            K: std::str::FromStr,
+            K::Err: std::fmt::Display,
+        {
+            for (k, v) in options {
+                let key = k
+                    .parse::<K>()
+                    .map_err(|e| RegistryError::BadRequest(format!("unknown storage option '{k}': {e}")))?;
+                builder = set(builder, key, v);
             }
-            None => Self::local(default_dir),
+            Ok(builder)
         }
+        let store: Arc<dyn ObjectStore> = match scheme {
+            ObjectStoreScheme::Local => {
+                let dir = parsed.to_file_path().map_err(|_| bad(&"not a local path"))?;
+                return Self::local(&dir);
+            }
+            ObjectStoreScheme::AmazonS3 => {
+                let b = AmazonS3Builder::from_env().with_url(url).with_retry(retry);
+                Arc::new(configure(b, options, |b, k, v| b.with_config(k, v))?.build().map_err(|e| bad(&e))?)
+            }
+            ObjectStoreScheme::MicrosoftAzure => {
+                let b = MicrosoftAzureBuilder::from_env().with_url(url).with_retry(retry);
+                Arc::new(configure(b, options, |b, k, v| b.with_config(k, v))?.build().map_err(|e| bad(&e))?)
+            }
+            ObjectStoreScheme::GoogleCloudStorage => {
+                let b = GoogleCloudStorageBuilder::from_env().with_url(url).with_retry(retry);
+                Arc::new(configure(b, options, |b, k, v| b.with_config(k, v))?.build().map_err(|e| bad(&e))?)
+            }
+            other => return Err(bad(&format!("{other:?} storage is not supported for artifacts"))),
+        };
+        Ok(Self { store, prefix, description: url.to_string() })
     }
 
     fn local(dir: &FsPath) -> Result<Self> {

@@ -1,6 +1,7 @@
 //! The registry's typed configuration. The binary fills it from flags, `LAKESCORE_*`
 //! environment variables and an optional TOML file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -19,8 +20,13 @@ pub struct RegistryConfig {
     /// Object storage URL for artifacts (`file:///…`, `s3://…`, `az://…`, `gs://…`).
     /// Default: the local directory `data_dir/artifacts`.
     pub storage_url: Option<String>,
-    /// Extra object_store options (credentials, endpoints, `allow_http`, …), passed as given.
-    pub storage_options: Vec<(String, String)>,
+    /// object_store configuration keys for the artifact store (credentials, endpoint,
+    /// `allow_http`, …), over what the environment (`AWS_*`, `AZURE_*`, `GOOGLE_*`) gives.
+    pub storage_options: BTreeMap<String, String>,
+    /// How long a storage request is retried (with backoff) before the caller gets a 503.
+    pub storage_retry_timeout_secs: u64,
+    /// How many times a failed storage request is retried.
+    pub storage_max_retries: usize,
     /// Where the embedded defaults keep their files.
     pub data_dir: PathBuf,
     /// Largest accepted artifact, in bytes.
@@ -37,7 +43,9 @@ impl Default for RegistryConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
             storage_url: None,
-            storage_options: Vec::new(),
+            storage_options: BTreeMap::new(),
+            storage_retry_timeout_secs: 30,
+            storage_max_retries: 3,
             data_dir: PathBuf::from("lakescore-data"),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             allowed_op_domains: crate::onnx::DEFAULT_ALLOWED_OP_DOMAINS.iter().map(|s| s.to_string()).collect(),
@@ -47,6 +55,14 @@ impl Default for RegistryConfig {
 }
 
 impl RegistryConfig {
+    pub fn storage_retry(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            max_retries: self.storage_max_retries,
+            retry_timeout: std::time::Duration::from_secs(self.storage_retry_timeout_secs),
+            ..Default::default()
+        }
+    }
+
     /// The database URL in effect: the configured one, else SQLite under `data_dir`.
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {

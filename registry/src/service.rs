@@ -51,6 +51,7 @@ impl Registry {
         let artifacts = ArtifactStore::open(
             config.storage_url.as_deref(),
             &config.storage_options,
+            config.storage_retry(),
             &config.data_dir.join("artifacts"),
         )?;
         let spool_dir = config.data_dir.join("spool");

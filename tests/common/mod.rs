@@ -159,3 +159,5 @@ macro_rules! on_both_databases {
         }
     };
 }
+#[allow(dead_code)]
+pub mod big_model;
