@@ -74,7 +74,7 @@ async fn main() {
     let mut config = RegistryConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
     config.database_url = std::env::var("LAKESCORE_BENCH_POSTGRES_URL").ok();
     let db = if config.database_url.is_some() { "postgresql" } else { "sqlite" };
-    let registry = Registry::open(config).await.expect("registry");
+    let registry = Registry::open(config, Default::default()).await.expect("registry");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(lakescore_registry::serve(registry, listener, std::future::pending()));

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use lakescore_registry::RegistryConfig;
+use lakescore_registry::oidc::OidcConfig;
+use lakescore_registry::{AuthConfig, RegistryConfig};
 use serde::Deserialize;
 
 /// The TOML file's shape.
@@ -14,6 +15,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub registry: RegistryConfig,
+    /// Authentication: `[auth.oidc]` (issuer, audiences, tenants), `[auth.claims]`, `[auth.roles]`.
+    pub auth: AuthConfig,
     pub insecure_no_auth: bool,
 }
 
@@ -38,6 +41,16 @@ pub struct ServerArgs {
     /// Largest accepted model upload in bytes [default: 1073741824 = 1 GiB].
     #[arg(long, env = "LAKESCORE_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
+    /// OIDC issuer whose access tokens are accepted, e.g.
+    /// https://login.microsoftonline.com/{tenantid}/v2.0 (enables authentication).
+    #[arg(long, env = "LAKESCORE_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Accepted token audiences (comma-separated), e.g. api://lakescore.
+    #[arg(long, env = "LAKESCORE_OIDC_AUDIENCES", value_delimiter = ',')]
+    pub oidc_audiences: Vec<String>,
+    /// Tenants accepted for a {tenantid} issuer (comma-separated; * for any).
+    #[arg(long, env = "LAKESCORE_OIDC_ALLOWED_TENANTS", value_delimiter = ',')]
+    pub oidc_allowed_tenants: Vec<String>,
     /// Allow listening on a non-loopback address without authentication (never in production).
     #[arg(long, env = "LAKESCORE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
@@ -47,7 +60,7 @@ pub struct ServerArgs {
 #[derive(Debug)]
 pub struct Settings {
     pub registry: RegistryConfig,
-    pub auth_enabled: bool,
+    pub auth: AuthConfig,
     pub insecure_no_auth: bool,
 }
 
@@ -77,6 +90,20 @@ impl ServerArgs {
         if let Some(v) = self.max_upload_bytes {
             registry.max_upload_bytes = v;
         }
+        let mut auth = file.auth;
+        if self.oidc_issuer.is_some() || !self.oidc_audiences.is_empty() || !self.oidc_allowed_tenants.is_empty() {
+            let oidc = auth.oidc.get_or_insert_with(OidcConfig::default);
+            if let Some(v) = &self.oidc_issuer {
+                oidc.issuer = v.clone();
+            }
+            if !self.oidc_audiences.is_empty() {
+                oidc.audiences = self.oidc_audiences.clone();
+            }
+            if !self.oidc_allowed_tenants.is_empty() {
+                oidc.allowed_tenants = self.oidc_allowed_tenants.clone();
+            }
+        }
+        auth.check().map_err(|e| anyhow::anyhow!("{e}"))?;
         if registry.max_upload_bytes == 0 {
             bail!("max_upload_bytes must be greater than 0");
         }
@@ -88,19 +115,14 @@ impl ServerArgs {
         if let Some(url) = &registry.storage_url {
             url::Url::parse(url).with_context(|| format!("storage_url '{url}' is not a URL"))?;
         }
-        Ok(Settings {
-            registry,
-            // OIDC token validation is not built yet: every server runs unauthenticated.
-            auth_enabled: false,
-            insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth,
-        })
+        Ok(Settings { registry, auth, insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth })
     }
 }
 
 impl Settings {
     /// Without authentication the server only listens on loopback, unless told otherwise.
     pub fn check_auth_posture(&self, listen: &[SocketAddr]) -> anyhow::Result<()> {
-        if self.auth_enabled {
+        if self.auth.oidc.is_some() {
             return Ok(());
         }
         tracing::warn!(

@@ -104,13 +104,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig(args) => {
             let settings = args.settle()?;
             settings.check_auth_posture(&[settings.registry.listen])?;
-            println!("{}", toml::to_string_pretty(&settings.registry)?);
+            #[derive(serde::Serialize)]
+            struct Effective<'a> {
+                registry: &'a lakescore_registry::RegistryConfig,
+                auth: &'a lakescore_registry::AuthConfig,
+            }
+            println!("{}", toml::to_string_pretty(&Effective { registry: &settings.registry, auth: &settings.auth })?);
             eprintln!("configuration OK");
             Ok(())
         }
         Command::Gc { server, delete, min_age_secs } => {
             let settings = server.settle()?;
-            let registry = Registry::open(settings.registry).await?;
+            let registry = Registry::open(settings.registry, settings.auth).await?;
             let orphans = registry.gc(Duration::from_secs(min_age_secs), !delete).await?;
             for sha in &orphans {
                 println!("{sha}");
@@ -130,7 +135,7 @@ async fn serve_registry(args: &ServerArgs) -> anyhow::Result<()> {
     let settings = args.settle()?;
     settings.check_auth_posture(&[settings.registry.listen])?;
     let listen = settings.registry.listen;
-    let registry = Registry::open(settings.registry).await?;
+    let registry = Registry::open(settings.registry, settings.auth).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     lakescore_registry::serve(registry, listener, shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -16,13 +16,13 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::auth::Caller;
-use crate::db::{Model, ModelVersion, Tags, VersionStatus};
+use crate::auth::{Caller, Role};
+use crate::db::{AuditEntry, Grant, Model, ModelVersion, Permission, Tags, VersionStatus};
 use crate::error::{Problem, RegistryError, Result};
 use crate::filter;
 use crate::metrics;
 use crate::reference::{validate_alias, validate_name, ModelRef};
-use crate::service::{Registry, VersionMetadata};
+use crate::service::{Need, Registry, VersionMetadata};
 
 const DEFAULT_PAGE_SIZE: i64 = 100;
 const MAX_PAGE_SIZE: i64 = 1000;
@@ -96,6 +96,10 @@ impl From<axum::Error> for RegistryError {
         get_alias,
         delete_alias,
         resolve,
+        list_grants,
+        put_grant,
+        delete_grant,
+        list_audit,
         healthz,
         readyz,
         metrics_endpoint
@@ -114,7 +118,12 @@ impl From<axum::Error> for RegistryError {
         VersionMetadata,
         crate::onnx::Signature,
         crate::onnx::ValueInfo,
-        crate::onnx::OpsetImport
+        crate::onnx::OpsetImport,
+        Grant,
+        Permission,
+        PutGrant,
+        AuditEntry,
+        AuditList
     ))
 )]
 pub struct ApiDoc;
@@ -131,7 +140,11 @@ pub fn router(registry: Registry) -> Router {
         .route("/models/{name}/versions/{version}", get(get_version).patch(update_version).delete(archive_version))
         .route("/models/{name}/versions/{version}/artifact", get(get_artifact))
         .route("/models/{name}/aliases/{alias}", put(put_alias).get(get_alias).delete(delete_alias))
+        .route("/models/{name}/grants", get(list_grants).put(put_grant).delete(delete_grant))
         .route("/resolve/{reference}", get(resolve))
+        .route("/audit", get(list_audit))
+        .layer(middleware::from_fn_with_state(registry.auth.clone(), crate::auth::middleware))
+        // The API description is public, like the health endpoints.
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/api/v1", api)
@@ -265,8 +278,16 @@ async fn create_model(
     caller: Caller,
     ApiJson(body): ApiJson<CreateModel>,
 ) -> Result<(StatusCode, Json<Model>)> {
+    caller.require(Role::Writer, "creating a model")?;
     validate_name(&body.name)?;
     let model = reg.store.create_model(&body.name, &body.description, &body.tags, &caller.subject).await?;
+    reg.audit(
+        &caller,
+        "model.create",
+        Some(&model.name),
+        serde_json::json!({"description": body.description, "tags": body.tags}),
+    )
+    .await;
     tracing::info!(model = %model.name, by = %caller.subject, "model created");
     Ok((StatusCode::CREATED, Json(model)))
 }
@@ -274,17 +295,25 @@ async fn create_model(
 /// List and search registered models, ordered by name.
 #[utoipa::path(get, path = "/api/v1/models", params(ListModelsQuery), tag = "models",
     responses((status = 200, body = ModelList), (status = 400, body = Problem)))]
-async fn list_models(State(reg): State<Registry>, ApiQuery(q): ApiQuery<ListModelsQuery>) -> Result<Json<ModelList>> {
+async fn list_models(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListModelsQuery>,
+) -> Result<Json<ModelList>> {
     let clauses = filter::parse(q.filter.as_deref().unwrap_or(""))?;
     let after = q.page_token.as_deref().map(decode_token).transpose()?;
-    let page = reg.store.list_models(&clauses, page_size(q.page_size)?, after.as_deref()).await?;
+    // Without a global reader role a caller sees the models it owns or was granted.
+    let principals = caller.principals();
+    let visible_to = (!caller.at_least(Role::Reader)).then_some((caller.subject.as_str(), principals.as_slice()));
+    let page = reg.store.list_models(&clauses, visible_to, page_size(q.page_size)?, after.as_deref()).await?;
     Ok(Json(ModelList { models: page.items, next_page_token: page.next_page_token.as_deref().map(encode_token) }))
 }
 
 /// One registered model.
 #[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models",
     responses((status = 200, body = Model), (status = 404, body = Problem)))]
-async fn get_model(State(reg): State<Registry>, ApiPath(name): ApiPath<String>) -> Result<Json<Model>> {
+async fn get_model(State(reg): State<Registry>, caller: Caller, ApiPath(name): ApiPath<String>) -> Result<Json<Model>> {
+    reg.authorize(&caller, &name, Need::Read).await?;
     Ok(Json(reg.store.get_model(&name).await?))
 }
 
@@ -293,10 +322,20 @@ async fn get_model(State(reg): State<Registry>, ApiPath(name): ApiPath<String>) 
     responses((status = 200, body = Model), (status = 404, body = Problem)))]
 async fn update_model(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateFields>,
 ) -> Result<Json<Model>> {
-    Ok(Json(reg.store.update_model(&name, body.description.as_deref(), body.tags.as_ref()).await?))
+    reg.authorize(&caller, &name, Need::Write).await?;
+    let model = reg.store.update_model(&name, body.description.as_deref(), body.tags.as_ref()).await?;
+    reg.audit(
+        &caller,
+        "model.update",
+        Some(&name),
+        serde_json::json!({"description": body.description, "tags": body.tags}),
+    )
+    .await;
+    Ok(Json(model))
 }
 
 /// Delete a model. Refused (409) while it has versions, unless `force=true`.
@@ -304,10 +343,13 @@ async fn update_model(
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn delete_model(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeleteModelQuery>,
 ) -> Result<StatusCode> {
+    reg.authorize(&caller, &name, Need::Manage).await?;
     reg.delete_model(&name, q.force).await?;
+    reg.audit(&caller, "model.delete", Some(&name), serde_json::json!({"force": q.force})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -326,7 +368,7 @@ async fn create_version(
     request: Request,
 ) -> Result<(StatusCode, Json<ModelVersion>)> {
     // Fail fast, before reading a possibly large body.
-    reg.store.get_model(&name).await?;
+    reg.authorize(&caller, &name, Need::Write).await?;
     let limit = reg.config.max_upload_bytes;
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -379,6 +421,13 @@ async fn create_version(
         }
     };
     let version = reg.create_version(&name, upload, &meta, &caller).await?;
+    reg.audit(
+        &caller,
+        "version.create",
+        Some(&name),
+        serde_json::json!({"version": version.version, "sha256": version.sha256, "size": version.size}),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(version)))
 }
 
@@ -387,9 +436,11 @@ async fn create_version(
     responses((status = 200, body = VersionList), (status = 404, body = Problem)))]
 async fn list_versions(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListVersionsQuery>,
 ) -> Result<Json<VersionList>> {
+    reg.authorize(&caller, &name, Need::Read).await?;
     let after = q.page_token.as_deref().map(|t| decode_token(t).and_then(|s| parse_version(&s))).transpose()?;
     let page = reg.store.list_versions(&name, q.status, page_size(q.page_size)?, after).await?;
     Ok(Json(VersionList { versions: page.items, next_page_token: page.next_page_token.as_deref().map(encode_token) }))
@@ -400,8 +451,10 @@ async fn list_versions(
     responses((status = 200, body = ModelVersion), (status = 404, body = Problem)))]
 async fn get_version(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<Json<ModelVersion>> {
+    reg.authorize(&caller, &name, Need::Read).await?;
     Ok(Json(reg.store.get_version(&name, parse_version(&version)?).await?))
 }
 
@@ -410,11 +463,21 @@ async fn get_version(
     responses((status = 200, body = ModelVersion), (status = 404, body = Problem)))]
 async fn update_version(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath((name, version)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<UpdateFields>,
 ) -> Result<Json<ModelVersion>> {
+    reg.authorize(&caller, &name, Need::Write).await?;
     let v = parse_version(&version)?;
-    Ok(Json(reg.store.update_version(&name, v, body.description.as_deref(), body.tags.as_ref()).await?))
+    let updated = reg.store.update_version(&name, v, body.description.as_deref(), body.tags.as_ref()).await?;
+    reg.audit(
+        &caller,
+        "version.update",
+        Some(&name),
+        serde_json::json!({"version": v, "description": body.description, "tags": body.tags}),
+    )
+    .await;
+    Ok(Json(updated))
 }
 
 /// Archive a version (soft delete): still resolvable as `name:N`, never as `name` or by alias.
@@ -422,9 +485,14 @@ async fn update_version(
     responses((status = 200, body = ModelVersion), (status = 404, body = Problem)))]
 async fn archive_version(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<Json<ModelVersion>> {
-    Ok(Json(reg.store.archive_version(&name, parse_version(&version)?).await?))
+    reg.authorize(&caller, &name, Need::Write).await?;
+    let v = parse_version(&version)?;
+    let archived = reg.store.archive_version(&name, v).await?;
+    reg.audit(&caller, "version.archive", Some(&name), serde_json::json!({"version": v})).await;
+    Ok(Json(archived))
 }
 
 /// The version's ONNX bytes. `ETag` is the sha256; single `Range` requests are honoured.
@@ -434,9 +502,11 @@ async fn archive_version(
         (status = 404, body = Problem), (status = 416, body = Problem)))]
 async fn get_artifact(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath((name, version)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    reg.authorize(&caller, &name, Need::Read).await?;
     let v = reg.store.get_version(&name, parse_version(&version)?).await?;
     let etag = format!("\"{}\"", v.sha256);
     let not_modified = headers
@@ -523,11 +593,14 @@ fn parse_range(header: &str, size: u64) -> Result<std::ops::Range<u64>> {
     responses((status = 200, body = AliasRecord), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn put_alias(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath((name, alias)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<SetAlias>,
 ) -> Result<Json<AliasRecord>> {
     validate_alias(&alias)?;
+    reg.authorize(&caller, &name, Need::Write).await?;
     let v = reg.store.set_alias(&name, &alias, body.version).await?;
+    reg.audit(&caller, "alias.set", Some(&name), serde_json::json!({"alias": alias, "version": v.version})).await;
     tracing::info!(model = %name, alias = %alias, version = v.version, "alias set");
     Ok(Json(AliasRecord { model: name, alias, version: v.version }))
 }
@@ -537,8 +610,10 @@ async fn put_alias(
     responses((status = 200, body = AliasRecord), (status = 404, body = Problem)))]
 async fn get_alias(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath((name, alias)): ApiPath<(String, String)>,
 ) -> Result<Json<AliasRecord>> {
+    reg.authorize(&caller, &name, Need::Read).await?;
     let version = reg.store.get_alias(&name, &alias).await?;
     Ok(Json(AliasRecord { model: name, alias, version }))
 }
@@ -548,17 +623,136 @@ async fn get_alias(
     responses((status = 204), (status = 404, body = Problem)))]
 async fn delete_alias(
     State(reg): State<Registry>,
+    caller: Caller,
     ApiPath((name, alias)): ApiPath<(String, String)>,
 ) -> Result<StatusCode> {
+    reg.authorize(&caller, &name, Need::Write).await?;
     reg.store.delete_alias(&name, &alias).await?;
+    reg.audit(&caller, "alias.delete", Some(&name), serde_json::json!({"alias": alias})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Resolve `name` (latest ready version), `name:7` or `name@alias` to a version record.
 #[utoipa::path(get, path = "/api/v1/resolve/{reference}", tag = "versions",
     responses((status = 200, body = ModelVersion), (status = 400, body = Problem), (status = 404, body = Problem)))]
-async fn resolve(State(reg): State<Registry>, ApiPath(reference): ApiPath<String>) -> Result<Json<ModelVersion>> {
-    Ok(Json(reg.store.resolve(&ModelRef::parse(&reference)?).await?))
+async fn resolve(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiPath(reference): ApiPath<String>,
+) -> Result<Json<ModelVersion>> {
+    let reference = ModelRef::parse(&reference)?;
+    reg.authorize(&caller, reference.model_name(), Need::Read).await?;
+    Ok(Json(reg.store.resolve(&reference).await?))
+}
+
+// ---- grants and audit -----------------------------------------------------------------
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutGrant {
+    /// `user:<oid>`, `group:<object id>`, `role:<app role>` or `app:<client id>`.
+    pub principal: String,
+    pub permission: Permission,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeleteGrantQuery {
+    pub principal: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Only entries about this model.
+    pub model: Option<String>,
+    pub page_size: Option<i64>,
+    pub page_token: Option<String>,
+}
+
+fn validate_principal(p: &str) -> Result<()> {
+    let ok = ["user:", "group:", "role:", "app:"].iter().any(|k| p.strip_prefix(k).is_some_and(|v| !v.is_empty()));
+    if ok && p.len() <= 256 {
+        Ok(())
+    } else {
+        Err(RegistryError::BadRequest(format!(
+            "invalid principal '{p}': use user:<oid>, group:<object id>, role:<app role> or app:<client id>"
+        )))
+    }
+}
+
+/// Who may use a model beyond the global roles (owner or admin only).
+#[utoipa::path(get, path = "/api/v1/models/{name}/grants", tag = "grants",
+    responses((status = 200, body = Vec<Grant>), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn list_grants(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Vec<Grant>>> {
+    reg.authorize(&caller, &name, Need::Manage).await?;
+    Ok(Json(reg.store.list_grants(&name).await?))
+}
+
+/// Grant a principal `read` or `write` on the model (owner or admin only).
+#[utoipa::path(put, path = "/api/v1/models/{name}/grants", request_body = PutGrant, tag = "grants",
+    responses((status = 200, body = Vec<Grant>), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn put_grant(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<PutGrant>,
+) -> Result<Json<Vec<Grant>>> {
+    validate_principal(&body.principal)?;
+    reg.authorize(&caller, &name, Need::Manage).await?;
+    reg.store.put_grant(&name, &body.principal, body.permission, &caller.subject).await?;
+    reg.audit(
+        &caller,
+        "grant.put",
+        Some(&name),
+        serde_json::json!({"principal": body.principal, "permission": body.permission}),
+    )
+    .await;
+    Ok(Json(reg.store.list_grants(&name).await?))
+}
+
+/// Remove a principal's grant (owner or admin only).
+#[utoipa::path(delete, path = "/api/v1/models/{name}/grants", params(DeleteGrantQuery), tag = "grants",
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn delete_grant(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteGrantQuery>,
+) -> Result<StatusCode> {
+    reg.authorize(&caller, &name, Need::Manage).await?;
+    reg.store.delete_grant(&name, &q.principal).await?;
+    reg.audit(&caller, "grant.delete", Some(&name), serde_json::json!({"principal": q.principal})).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The audit log of writes, newest first (admins only).
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery), tag = "audit",
+    responses((status = 200, body = AuditList), (status = 403, body = Problem)))]
+async fn list_audit(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditList>> {
+    caller.require(Role::Admin, "reading the audit log")?;
+    let before = q
+        .page_token
+        .as_deref()
+        .map(|t| {
+            decode_token(t)
+                .and_then(|s| s.parse::<i64>().map_err(|_| RegistryError::BadRequest("invalid page_token".into())))
+        })
+        .transpose()?;
+    let page = reg.store.list_audit(q.model.as_deref(), page_size(q.page_size)?, before).await?;
+    Ok(Json(AuditList { entries: page.items, next_page_token: page.next_page_token.as_deref().map(encode_token) }))
 }
 
 // ---- operations -----------------------------------------------------------------------

@@ -1,21 +1,213 @@
-//! Who is calling. Token validation (OIDC) plugs in here; without it every caller is
-//! the anonymous local user.
+//! Who is calling and what they may do. Callers present OIDC access tokens (Azure AD
+//! style); global roles come from the token's claims through a configurable mapping, and
+//! per-model grants and ownership add to them. Without OIDC settings every caller is the
+//! anonymous local administrator.
 
-use axum::extract::FromRequestParts;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-use crate::error::RegistryError;
+use crate::error::{RegistryError, Result};
+use crate::oidc::{OidcConfig, OidcValidator};
+
+/// Global roles, each including the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Reader,
+    Writer,
+    Admin,
+}
+
+/// Which claims carry what (Azure's names by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    /// Subject: the first present of these (`oid` is stable across apps in Entra ID).
+    pub subject: Vec<String>,
+    pub roles: String,
+    pub groups: String,
+    /// Delegated scopes, space-separated.
+    pub scopes: String,
+    /// The calling application: the first present of these.
+    pub app_id: Vec<String>,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        Self {
+            subject: vec!["oid".into(), "sub".into()],
+            roles: "roles".into(),
+            groups: "groups".into(),
+            scopes: "scp".into(),
+            app_id: vec!["azp".into(), "appid".into()],
+        }
+    }
+}
+
+/// Which claim values grant which global role. Entries: `role:<app role>`,
+/// `group:<group object id>`, `scope:<scope>`, `app:<client id>`, or `authenticated`
+/// (any valid token).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleMapping {
+    pub reader: Vec<String>,
+    pub writer: Vec<String>,
+    pub admin: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// OIDC settings; absent: no authentication (local mode).
+    pub oidc: Option<OidcConfig>,
+    pub claims: ClaimNames,
+    pub roles: RoleMapping,
+}
+
+impl AuthConfig {
+    pub fn check(&self) -> Result<()> {
+        if let Some(o) = &self.oidc {
+            o.check()?;
+        }
+        for entry in self.roles.reader.iter().chain(&self.roles.writer).chain(&self.roles.admin) {
+            let known = entry == "authenticated"
+                || ["role:", "group:", "scope:", "app:"]
+                    .iter()
+                    .any(|p| entry.strip_prefix(p).is_some_and(|v| !v.is_empty()));
+            if !known {
+                return Err(RegistryError::BadRequest(format!(
+                    "auth.roles: '{entry}' is not role:<name>, group:<id>, scope:<name>, app:<id> or authenticated"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The principal behind a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// Token subject (`oid`/`sub`), recorded as `created_by`.
+    /// `oid`/`sub`; recorded as `created_by` and owner.
     pub subject: String,
+    pub app_id: Option<String>,
+    pub app_roles: Vec<String>,
+    pub groups: Vec<String>,
+    pub scopes: Vec<String>,
+    /// Highest global role, if any.
+    pub role: Option<Role>,
+    /// The bearer token as presented, for passing on; never logged.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller")
+            .field("subject", &self.subject)
+            .field("app_id", &self.app_id)
+            .field("role", &self.role)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Caller {
+    /// The local user of an unauthenticated server: may do everything.
     pub fn anonymous() -> Self {
-        Self { subject: "anonymous".to_string() }
+        Self {
+            subject: "anonymous".into(),
+            app_id: None,
+            app_roles: Vec::new(),
+            groups: Vec::new(),
+            scopes: Vec::new(),
+            role: Some(Role::Admin),
+            token: None,
+        }
+    }
+
+    pub fn from_claims(
+        claims: &Map<String, Value>,
+        names: &ClaimNames,
+        mapping: &RoleMapping,
+        token: &str,
+    ) -> Result<Self> {
+        let first =
+            |keys: &[String]| keys.iter().find_map(|k| claims.get(k).and_then(Value::as_str)).map(str::to_string);
+        let list = |key: &str| -> Vec<String> {
+            match claims.get(key) {
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+                Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let subject = first(&names.subject).ok_or_else(|| {
+            RegistryError::Unauthorized(format!("token has no subject claim ({})", names.subject.join(", ")))
+        })?;
+        let mut caller = Self {
+            subject,
+            app_id: first(&names.app_id),
+            app_roles: list(&names.roles),
+            groups: list(&names.groups),
+            scopes: list(&names.scopes),
+            role: None,
+            token: Some(token.to_string()),
+        };
+        let matches = |entries: &[String]| entries.iter().any(|e| caller.has(e));
+        caller.role = if matches(&mapping.admin) {
+            Some(Role::Admin)
+        } else if matches(&mapping.writer) {
+            Some(Role::Writer)
+        } else if matches(&mapping.reader) {
+            Some(Role::Reader)
+        } else {
+            None
+        };
+        Ok(caller)
+    }
+
+    /// Whether a mapping entry (`role:x`, `group:x`, `scope:x`, `app:x`, `authenticated`) applies.
+    fn has(&self, entry: &str) -> bool {
+        if entry == "authenticated" {
+            return true;
+        }
+        match entry.split_once(':') {
+            Some(("role", v)) => self.app_roles.iter().any(|r| r == v),
+            Some(("group", v)) => self.groups.iter().any(|g| g == v),
+            Some(("scope", v)) => self.scopes.iter().any(|s| s == v),
+            Some(("app", v)) => self.app_id.as_deref() == Some(v),
+            _ => false,
+        }
+    }
+
+    /// The principal names per-model grants can name: `user:<subject>`, `group:<id>`,
+    /// `role:<app role>`, `app:<client id>`.
+    pub fn principals(&self) -> Vec<String> {
+        let mut p: BTreeSet<String> = BTreeSet::new();
+        p.insert(format!("user:{}", self.subject));
+        p.extend(self.groups.iter().map(|g| format!("group:{g}")));
+        p.extend(self.app_roles.iter().map(|r| format!("role:{r}")));
+        p.extend(self.app_id.iter().map(|a| format!("app:{a}")));
+        p.into_iter().collect()
+    }
+
+    pub fn at_least(&self, role: Role) -> bool {
+        self.role.is_some_and(|r| r >= role)
+    }
+
+    pub fn require(&self, role: Role, what: &str) -> Result<()> {
+        if self.at_least(role) {
+            Ok(())
+        } else {
+            Err(RegistryError::Forbidden(format!("{what} needs the {role:?} role; {} does not have it", self.subject)))
+        }
     }
 }
 
@@ -23,6 +215,67 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = RegistryError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<Caller>().cloned().unwrap_or_else(Caller::anonymous))
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| RegistryError::Internal("request reached a handler without authentication".into()))
+    }
+}
+
+/// Authentication as the API's middleware: with OIDC, a valid bearer token is required.
+#[derive(Clone)]
+pub struct Authenticator {
+    validator: Option<Arc<OidcValidator>>,
+    config: Arc<AuthConfig>,
+}
+
+impl Authenticator {
+    pub fn new(config: AuthConfig) -> Result<Self> {
+        config.check()?;
+        let validator = config.oidc.clone().map(OidcValidator::new).transpose()?.map(Arc::new);
+        Ok(Self { validator, config: Arc::new(config) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.validator.is_some()
+    }
+
+    pub async fn warm(&self) {
+        if let Some(v) = &self.validator {
+            v.warm().await;
+        }
+    }
+
+    /// The caller behind an `Authorization` header value (None: header absent).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller> {
+        let Some(validator) = &self.validator else { return Ok(Caller::anonymous()) };
+        let header = authorization.ok_or_else(|| RegistryError::Unauthorized("missing bearer token".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| RegistryError::Unauthorized("the Authorization header is not 'Bearer <token>'".into()))?;
+        let claims = validator.validate(token).await?;
+        Caller::from_claims(&claims, &self.config.claims, &self.config.roles, token)
+    }
+}
+
+pub async fn middleware(State(auth): State<Authenticator>, mut req: Request, next: Next) -> Response {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match auth.authenticate(header).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => {
+            let unauthorized = matches!(e, RegistryError::Unauthorized(_));
+            let mut resp = e.into_response();
+            if unauthorized {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            resp
+        }
     }
 }

@@ -253,7 +253,15 @@ impl Store {
     }
 
     /// Models matching `filter`, ordered by name; the page token is the last name returned.
-    pub async fn list_models(&self, filter: &[Clause], page_size: i64, after: Option<&str>) -> Result<Page<Model>> {
+    /// `visible_to`: when set (a caller without a global reader role), only models that
+    /// subject owns or one of the principals has a grant on.
+    pub async fn list_models(
+        &self,
+        filter: &[Clause],
+        visible_to: Option<(&str, &[String])>,
+        page_size: i64,
+        after: Option<&str>,
+    ) -> Result<Page<Model>> {
         let mut sql = String::from(
             "SELECT id, name, description, created_at, updated_at, created_by, \
              (SELECT MAX(version) FROM model_versions v WHERE v.model_id = m.id AND v.status = 'ready') \
@@ -290,6 +298,14 @@ impl Store {
             };
             sql.push_str(" AND ");
             sql.push_str(&cond);
+        }
+        if let Some((subject, principals)) = visible_to {
+            let owner = param(subject, &mut params);
+            let list: Vec<String> = principals.iter().map(|p| param(p, &mut params)).collect();
+            sql.push_str(&format!(
+                " AND (m.created_by = {owner} OR EXISTS (SELECT 1 FROM model_grants g WHERE g.model_id = m.id AND g.principal IN ({})))",
+                list.join(", ")
+            ));
         }
         if let Some(after) = after {
             sql.push_str(&format!(" AND m.name > {}", param(after, &mut params)));
@@ -359,7 +375,7 @@ impl Store {
                 shas.len()
             )));
         }
-        for table in ["aliases", "model_versions", "model_tags"] {
+        for table in ["aliases", "model_versions", "model_tags", "model_grants"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE model_id = $1")).bind(id).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM models WHERE id = $1").bind(id).execute(&mut *tx).await?;
@@ -617,6 +633,186 @@ impl Store {
             .await?
             .is_some())
     }
+}
+
+impl Store {
+    // ---- access, grants and audit --------------------------------------------------------
+
+    /// What `subject` / `principals` may do with `model` by ownership and grants (global
+    /// roles are the caller's business). Errors with 404 when the model does not exist.
+    pub async fn model_access(&self, model: &str, subject: &str, principals: &[String]) -> Result<Access> {
+        let placeholders: Vec<String> = (0..principals.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT m.created_by, (SELECT MAX(CASE g.permission WHEN 'write' THEN 2 ELSE 1 END) FROM model_grants g \
+             WHERE g.model_id = m.id AND g.principal IN ({})) FROM models m WHERE m.name = $1",
+            if placeholders.is_empty() { "NULL".to_string() } else { placeholders.join(", ") }
+        );
+        let mut q = sqlx::query(&sql).bind(model);
+        for p in principals {
+            q = q.bind(p);
+        }
+        let row = q.fetch_optional(&self.pool).await?.ok_or_else(|| model_not_found(model))?;
+        let owner: String = row.try_get(0)?;
+        let grant: Option<i64> = row.try_get(1)?;
+        Ok(if owner == subject {
+            Access::Owner
+        } else {
+            match grant {
+                Some(2) => Access::Write,
+                Some(_) => Access::Read,
+                None => Access::None,
+            }
+        })
+    }
+
+    pub async fn list_grants(&self, model: &str) -> Result<Vec<Grant>> {
+        let id = self.model_id(model).await?;
+        sqlx::query(
+            "SELECT principal, permission, granted_at, granted_by FROM model_grants WHERE model_id = $1 ORDER BY principal",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let permission: String = r.try_get(1)?;
+            Ok(Grant {
+                principal: r.try_get(0)?,
+                permission: if permission == "write" { Permission::Write } else { Permission::Read },
+                granted_at: r.try_get(2)?,
+                granted_by: r.try_get(3)?,
+            })
+        })
+        .collect()
+    }
+
+    pub async fn put_grant(&self, model: &str, principal: &str, permission: Permission, by: &str) -> Result<()> {
+        let id = self.model_id(model).await?;
+        sqlx::query(
+            "INSERT INTO model_grants (model_id, principal, permission, granted_at, granted_by) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (model_id, principal) DO UPDATE SET permission = excluded.permission, \
+             granted_at = excluded.granted_at, granted_by = excluded.granted_by",
+        )
+        .bind(id)
+        .bind(principal)
+        .bind(permission.as_str())
+        .bind(now())
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_grant(&self, model: &str, principal: &str) -> Result<()> {
+        let id = self.model_id(model).await?;
+        let deleted = sqlx::query("DELETE FROM model_grants WHERE model_id = $1 AND principal = $2")
+            .bind(id)
+            .bind(principal)
+            .execute(&self.pool)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(RegistryError::NotFound(format!("model '{model}' has no grant for '{principal}'")));
+        }
+        Ok(())
+    }
+
+    pub async fn record_audit(
+        &self,
+        principal: &str,
+        action: &str,
+        model: Option<&str>,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO audit_log (at, principal, action, model, detail) VALUES ($1, $2, $3, $4, $5)")
+            .bind(now())
+            .bind(principal)
+            .bind(action)
+            .bind(model)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Audit entries, newest first; the page token is the last id returned.
+    pub async fn list_audit(
+        &self,
+        model: Option<&str>,
+        page_size: i64,
+        before: Option<i64>,
+    ) -> Result<Page<AuditEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, at, principal, action, model, detail FROM audit_log \
+             WHERE ($1 = '' OR model = $1) AND id < $2 ORDER BY id DESC LIMIT {}",
+            page_size + 1
+        ))
+        .bind(model.unwrap_or(""))
+        .bind(before.unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .into_iter()
+            .map(|r| {
+                let detail: String = r.try_get(5)?;
+                Ok(AuditEntry {
+                    id: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    principal: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    model: r.try_get(4)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let more = items.len() as i64 > page_size;
+        items.truncate(page_size as usize);
+        let next_page_token = if more { items.last().map(|e| e.id.to_string()) } else { None };
+        Ok(Page { items, next_page_token })
+    }
+}
+
+/// What a caller may do with one model by ownership or grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    None,
+    Read,
+    Write,
+    Owner,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    Read,
+    Write,
+}
+
+impl Permission {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Grant {
+    /// `user:<oid>`, `group:<object id>`, `role:<app role>` or `app:<client id>`.
+    pub principal: String,
+    pub permission: Permission,
+    pub granted_at: String,
+    pub granted_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub principal: String,
+    pub action: String,
+    pub model: Option<String>,
+    pub detail: serde_json::Value,
 }
 
 fn model_not_found(name: &str) -> RegistryError {

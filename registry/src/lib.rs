@@ -9,12 +9,14 @@ pub mod db;
 pub mod error;
 pub mod filter;
 pub mod metrics;
+pub mod oidc;
 pub mod onnx;
 pub mod reference;
 pub mod service;
 
 use std::future::Future;
 
+pub use auth::{AuthConfig, Caller};
 pub use config::RegistryConfig;
 pub use error::{RegistryError, Result};
 pub use service::Registry;
@@ -27,6 +29,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     metrics::init();
+    registry.auth.warm().await;
     let app = api::router(registry.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %db::redact_url(&registry.config.effective_database_url()),

@@ -13,9 +13,9 @@ use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
 use crate::artifacts::ArtifactStore;
-use crate::auth::Caller;
+use crate::auth::{AuthConfig, Authenticator, Caller, Role};
 use crate::config::RegistryConfig;
-use crate::db::{ModelVersion, NewVersion, Store, Tags};
+use crate::db::{Access, ModelVersion, NewVersion, Store, Tags};
 use crate::error::{RegistryError, Result};
 use crate::onnx;
 
@@ -25,7 +25,19 @@ pub struct Registry {
     pub store: Store,
     pub artifacts: ArtifactStore,
     pub config: Arc<RegistryConfig>,
+    pub auth: Authenticator,
     spool_dir: PathBuf,
+}
+
+/// What an operation on one model needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Read the model, its versions and artifacts: global reader, or a read/write grant, or owner.
+    Read,
+    /// Upload versions, move aliases, edit: global writer, or a write grant, or owner.
+    Write,
+    /// Delete the model, manage its grants: admin, or owner.
+    Manage,
 }
 
 /// Optional metadata sent with an upload (`metadata` part of a multipart upload).
@@ -46,7 +58,8 @@ pub struct Spooled {
 }
 
 impl Registry {
-    pub async fn open(config: RegistryConfig) -> Result<Self> {
+    pub async fn open(config: RegistryConfig, auth: AuthConfig) -> Result<Self> {
+        let auth = Authenticator::new(auth)?;
         let store = Store::connect(&config.effective_database_url(), config.db_max_connections).await?;
         let artifacts = ArtifactStore::open(
             config.storage_url.as_deref(),
@@ -56,7 +69,42 @@ impl Registry {
         )?;
         let spool_dir = config.data_dir.join("spool");
         std::fs::create_dir_all(&spool_dir)?;
-        Ok(Self { store, artifacts, config: Arc::new(config), spool_dir })
+        Ok(Self { store, artifacts, config: Arc::new(config), auth, spool_dir })
+    }
+
+    /// Checks that `caller` may do `need` with `model` (404 when the model does not exist,
+    /// 403 when it exists but the caller may not).
+    pub async fn authorize(&self, caller: &Caller, model: &str, need: Need) -> Result<()> {
+        let global = match need {
+            Need::Read => Role::Reader,
+            Need::Write => Role::Writer,
+            Need::Manage => Role::Admin,
+        };
+        let access = self.store.model_access(model, &caller.subject, &caller.principals()).await?;
+        let allowed = caller.at_least(global)
+            || match need {
+                Need::Read => access >= Access::Read,
+                Need::Write => access >= Access::Write,
+                Need::Manage => access == Access::Owner,
+            };
+        if allowed {
+            Ok(())
+        } else {
+            let verb = match need {
+                Need::Read => "read",
+                Need::Write => "change",
+                Need::Manage => "manage",
+            };
+            Err(RegistryError::Forbidden(format!("{} may not {verb} model '{model}'", caller.subject)))
+        }
+    }
+
+    /// Records a write in the audit log. The write has happened: a failure to record it is
+    /// logged loudly rather than turned into an error for the caller.
+    pub async fn audit(&self, caller: &Caller, action: &str, model: Option<&str>, detail: serde_json::Value) {
+        if let Err(e) = self.store.record_audit(&caller.subject, action, model, &detail).await {
+            tracing::error!(error = %e, action, model, principal = %caller.subject, "could not write the audit log");
+        }
     }
 
     /// Receives an upload body into a spool file while computing its sha256. Stops reading

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lakescore_registry::{Registry, RegistryConfig};
+use lakescore_registry::{AuthConfig, Registry, RegistryConfig};
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +27,17 @@ impl TestServer {
     }
 
     pub async fn start_with(db: Db, tweak: impl FnOnce(&mut RegistryConfig)) -> Self {
+        Self::start_with_auth(db, AuthConfig::default(), tweak).await
+    }
+
+    pub async fn start_with_auth(db: Db, auth: AuthConfig, tweak: impl FnOnce(&mut RegistryConfig)) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = RegistryConfig { data_dir: data_dir.path().to_path_buf(), ..Default::default() };
         if db == Db::Postgres {
             config.database_url = Some(fresh_postgres_database().await);
         }
         tweak(&mut config);
-        let registry = Registry::open(config).await.expect("registry opens");
+        let registry = Registry::open(config, auth).await.expect("registry opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();

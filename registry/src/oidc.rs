@@ -1,0 +1,298 @@
+//! OIDC access-token validation, Azure AD (Entra ID) style: discovery, a JWKS cache that
+//! follows key rotation without letting unknown `kid`s hammer the issuer, signature
+//! (RS256/PS256/ES256 only), issuer (including Azure's `{tenantid}` form), audience and
+//! time checks with a configurable skew.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::error::{RegistryError, Result};
+
+/// The only signature algorithms accepted: asymmetric, as OIDC issuers sign access tokens.
+/// `none` and the HMAC family are refused whatever the token's header says.
+const ACCEPTED: &[Algorithm] = &[Algorithm::RS256, Algorithm::PS256, Algorithm::ES256];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// Expected `iss`. Azure multi-tenant form: `https://login.microsoftonline.com/{tenantid}/v2.0`,
+    /// where `{tenantid}` must equal the token's `tid`.
+    pub issuer: String,
+    /// More accepted issuers, e.g. the v1 form `https://sts.windows.net/{tenantid}/`.
+    pub additional_issuers: Vec<String>,
+    /// Tenants accepted for `{tenantid}` issuers (required with them; `*` accepts any).
+    pub allowed_tenants: Vec<String>,
+    /// Accepted `aud` values (at least one).
+    pub audiences: Vec<String>,
+    /// Discovery document; default: the issuer (with `{tenantid}` read as `common`) +
+    /// `/.well-known/openid-configuration`.
+    pub discovery_url: Option<String>,
+    /// JWKS URL, skipping discovery.
+    pub jwks_url: Option<String>,
+    /// Tolerated clock difference for `exp` and `nbf`, in seconds.
+    pub clock_skew_secs: u64,
+    /// A token with an unknown `kid` triggers at most one JWKS fetch per this many seconds.
+    pub jwks_refresh_cooldown_secs: u64,
+    /// Keys older than this are refreshed (key rotation), in seconds.
+    pub jwks_max_age_secs: u64,
+    /// Timeout of discovery and JWKS requests, in seconds.
+    pub http_timeout_secs: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            additional_issuers: Vec::new(),
+            allowed_tenants: Vec::new(),
+            audiences: Vec::new(),
+            discovery_url: None,
+            jwks_url: None,
+            clock_skew_secs: 60,
+            jwks_refresh_cooldown_secs: 30,
+            jwks_max_age_secs: 3600,
+            http_timeout_secs: 10,
+        }
+    }
+}
+
+const TENANT: &str = "{tenantid}";
+
+impl OidcConfig {
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: &str| Err(RegistryError::BadRequest(format!("auth.oidc: {m}")));
+        if self.issuer.is_empty() {
+            return bad("issuer is required");
+        }
+        if self.audiences.is_empty() {
+            return bad("audiences needs at least one value");
+        }
+        let templated = std::iter::once(&self.issuer).chain(&self.additional_issuers).any(|i| i.contains(TENANT));
+        if templated && self.allowed_tenants.is_empty() {
+            return bad("allowed_tenants is required with a {tenantid} issuer (use [\"*\"] to accept any tenant)");
+        }
+        Ok(())
+    }
+
+    fn discovery(&self) -> String {
+        self.discovery_url.clone().unwrap_or_else(|| {
+            format!("{}/.well-known/openid-configuration", self.issuer.replace(TENANT, "common").trim_end_matches('/'))
+        })
+    }
+
+    /// Whether `iss` is one of the configured issuers, reading `{tenantid}` as the token's
+    /// tenant, which must be allowed.
+    fn issuer_matches(&self, iss: &str, tid: Option<&str>) -> bool {
+        std::iter::once(&self.issuer).chain(&self.additional_issuers).any(|pattern| {
+            if !pattern.contains(TENANT) {
+                return pattern == iss;
+            }
+            let Some(tid) = tid else { return false };
+            let tenant_ok = self.allowed_tenants.iter().any(|t| t == "*" || t.eq_ignore_ascii_case(tid));
+            tenant_ok && pattern.replace(TENANT, tid) == iss
+        })
+    }
+}
+
+struct KeyCache {
+    keys: HashMap<String, (DecodingKey, Option<Algorithm>)>,
+    fetched_at: Option<Instant>,
+}
+
+/// Validates bearer tokens against one issuer.
+pub struct OidcValidator {
+    config: OidcConfig,
+    http: reqwest::Client,
+    cache: RwLock<KeyCache>,
+    /// Serializes refreshes and remembers when the last one was tried.
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+/// An OIDC failure as the caller should see it.
+fn unauthorized(msg: impl Into<String>) -> RegistryError {
+    RegistryError::Unauthorized(msg.into())
+}
+
+impl OidcValidator {
+    pub fn new(config: OidcConfig) -> Result<Self> {
+        config.check()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.http_timeout_secs))
+            .build()
+            .map_err(|e| RegistryError::Internal(format!("http client: {e}")))?;
+        Ok(Self {
+            config,
+            http,
+            cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
+            last_refresh: Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &OidcConfig {
+        &self.config
+    }
+
+    /// Fetches the keys ahead of the first request; failures are logged, not fatal (the
+    /// issuer may come back before the first token does).
+    pub async fn warm(&self) {
+        if let Err(e) = self.refresh(true).await {
+            tracing::warn!(error = %e, "could not fetch the issuer's signing keys yet");
+        }
+    }
+
+    /// Validates `token` and returns its claims.
+    pub async fn validate(&self, token: &str) -> Result<Map<String, Value>> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| unauthorized(format!("malformed token: {e}")))?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err(unauthorized(format!(
+                "token algorithm {:?} is not accepted (RS256, PS256, ES256 are)",
+                header.alg
+            )));
+        }
+        let kid = header.kid.clone().unwrap_or_default();
+        let key = self.key_for(&kid).await?;
+        if let Some(alg) = key.1 {
+            if alg != header.alg {
+                return Err(unauthorized(format!("key '{kid}' is for {alg:?}, the token says {:?}", header.alg)));
+            }
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.config.clock_skew_secs;
+        validation.validate_nbf = true;
+        validation.set_audience(&self.config.audiences);
+        validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.0, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            unauthorized(match e.kind() {
+                K::ExpiredSignature => "token expired".to_string(),
+                K::ImmatureSignature => "token not valid yet (nbf)".to_string(),
+                K::InvalidAudience => format!("token audience is not one of {:?}", self.config.audiences),
+                K::InvalidSignature => "token signature does not verify".to_string(),
+                K::InvalidAlgorithm => "token algorithm does not fit its key".to_string(),
+                _ => format!("invalid token: {e}"),
+            })
+        })?;
+        let claims = data.claims;
+        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+        let tid = claims.get("tid").and_then(Value::as_str);
+        if !self.config.issuer_matches(iss, tid) {
+            return Err(unauthorized(format!("token issuer '{iss}' is not accepted")));
+        }
+        Ok(claims)
+    }
+
+    /// The key for `kid`: from the cache, else after one refresh (rate limited). With the
+    /// issuer unreachable, cached keys keep working; with none cached, the caller gets 503.
+    async fn key_for(&self, kid: &str) -> Result<(DecodingKey, Option<Algorithm>)> {
+        {
+            let cache = self.cache.read().await;
+            let fresh =
+                cache.fetched_at.is_some_and(|t| t.elapsed() < Duration::from_secs(self.config.jwks_max_age_secs));
+            if let Some(k) = lookup(&cache.keys, kid) {
+                if fresh {
+                    return Ok(k);
+                }
+            }
+        }
+        let refreshed = self.refresh(false).await;
+        let cache = self.cache.read().await;
+        match (lookup(&cache.keys, kid), refreshed) {
+            (Some(k), _) => Ok(k),
+            (None, Err(e)) if cache.keys.is_empty() => Err(e),
+            (None, _) => Err(unauthorized(format!("token signed with unknown key '{kid}'"))),
+        }
+    }
+
+    /// Re-reads the JWKS unless one was read within the cooldown (or `force`).
+    async fn refresh(&self, force: bool) -> Result<()> {
+        let mut last = self.last_refresh.lock().await;
+        let cooldown = Duration::from_secs(self.config.jwks_refresh_cooldown_secs);
+        if !force && last.is_some_and(|t| t.elapsed() < cooldown) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let keys = self.fetch_keys().await?;
+        tracing::info!(keys = keys.len(), "fetched the issuer's signing keys");
+        let mut cache = self.cache.write().await;
+        cache.keys = keys;
+        cache.fetched_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn fetch_keys(&self) -> Result<HashMap<String, (DecodingKey, Option<Algorithm>)>> {
+        let down = |what: &str, e: &dyn std::fmt::Display| {
+            RegistryError::Unavailable(format!("cannot validate tokens: {what} failed: {e}"))
+        };
+        let jwks_url = match &self.config.jwks_url {
+            Some(u) => u.clone(),
+            None => {
+                let url = self.config.discovery();
+                let doc: Value = self.get_json(&url).await.map_err(|e| down("OIDC discovery", &e))?;
+                doc.get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| down("OIDC discovery", &format!("{url} has no jwks_uri")))?
+            }
+        };
+        let jwks: Value = self.get_json(&jwks_url).await.map_err(|e| down("JWKS fetch", &e))?;
+        let mut keys = HashMap::new();
+        // Keys are read one by one: a key of a type we do not use must not hide the others.
+        for raw in jwks.get("keys").and_then(Value::as_array).into_iter().flatten() {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else { continue };
+            if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else { continue };
+            let alg = jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok());
+            keys.insert(jwk.common.key_id.clone().unwrap_or_default(), (key, alg));
+        }
+        Ok(keys)
+    }
+
+    async fn get_json(&self, url: &str) -> std::result::Result<Value, String> {
+        let resp = self.http.get(url).send().await.map_err(|e| format!("{url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        resp.json().await.map_err(|e| format!("{url}: {e}"))
+    }
+}
+
+/// A token without `kid` is accepted when the issuer has exactly one key.
+fn lookup(
+    keys: &HashMap<String, (DecodingKey, Option<Algorithm>)>,
+    kid: &str,
+) -> Option<(DecodingKey, Option<Algorithm>)> {
+    keys.get(kid)
+        .cloned()
+        .or_else(|| (kid.is_empty() && keys.len() == 1).then(|| keys.values().next().cloned()).flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn azure_multi_tenant_issuers() {
+        let c = OidcConfig {
+            issuer: "https://login.microsoftonline.com/{tenantid}/v2.0".into(),
+            additional_issuers: vec!["https://sts.windows.net/{tenantid}/".into()],
+            allowed_tenants: vec!["t1".into()],
+            audiences: vec!["api://x".into()],
+            ..Default::default()
+        };
+        assert!(c.issuer_matches("https://login.microsoftonline.com/t1/v2.0", Some("t1")));
+        assert!(c.issuer_matches("https://sts.windows.net/t1/", Some("t1")));
+        assert!(!c.issuer_matches("https://login.microsoftonline.com/t2/v2.0", Some("t2")), "tenant not allowed");
+        assert!(!c.issuer_matches("https://login.microsoftonline.com/t1/v2.0", Some("t2")), "tid must match iss");
+        assert!(!c.issuer_matches("https://login.microsoftonline.com/t1/v2.0", None));
+        assert_eq!(c.discovery(), "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration");
+        assert!(OidcConfig { allowed_tenants: vec![], ..c }.check().is_err());
+    }
+}
