@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use lakescore_registry::oidc::OidcConfig;
 use lakescore_registry::{AuthConfig, RegistryConfig};
+use lakescore_scorer::ScorerConfig;
 use serde::Deserialize;
 
 /// The TOML file's shape.
@@ -15,6 +16,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub registry: RegistryConfig,
+    /// The scoring worker (Arrow Flight).
+    pub scorer: ScorerConfig,
     /// Authentication: `[auth.oidc]` (issuer, audiences, tenants), `[auth.claims]`, `[auth.roles]`.
     pub auth: AuthConfig,
     pub insecure_no_auth: bool,
@@ -41,6 +44,27 @@ pub struct ServerArgs {
     /// Largest accepted model upload in bytes [default: 1073741824 = 1 GiB].
     #[arg(long, env = "LAKESCORE_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<u64>,
+    /// Arrow Flight listen address of the scoring worker [default: 127.0.0.1:8815].
+    #[arg(long, env = "LAKESCORE_FLIGHT_LISTEN")]
+    pub flight_listen: Option<SocketAddr>,
+    /// Registry the worker resolves models from (`lakescore scorer`), e.g. http://registry:8080,
+    /// or dir:///path for a directory of ONNX files [serve: the in-process registry].
+    #[arg(long, env = "LAKESCORE_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// ONNX Runtime shared library (libonnxruntime.so.1.31.x from the onnxruntime wheel)
+    /// [default: ORT_DYLIB_PATH, ./lakescore-data/onnxruntime, next to the binary, then python3's onnxruntime].
+    #[arg(long, env = "LAKESCORE_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
+    /// Threads per inference call [default: 0 = one per core].
+    #[arg(long, env = "LAKESCORE_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
+    /// Storage URL prefixes Flight jobs may read and write (comma-separated), e.g.
+    /// file:///data/,s3://lake/scores/ [default: anywhere the worker's credentials reach].
+    #[arg(long, env = "LAKESCORE_STORAGE_ROOTS", value_delimiter = ',')]
+    pub storage_roots: Vec<String>,
+    /// Flight location advertised in GetFlightInfo endpoints, e.g. grpc://worker-0.workers:8815.
+    #[arg(long, env = "LAKESCORE_ADVERTISE_LOCATION")]
+    pub advertise_location: Option<String>,
     /// OIDC issuer whose access tokens are accepted, e.g.
     /// https://login.microsoftonline.com/{tenantid}/v2.0 (enables authentication).
     #[arg(long, env = "LAKESCORE_OIDC_ISSUER")]
@@ -60,6 +84,7 @@ pub struct ServerArgs {
 #[derive(Debug)]
 pub struct Settings {
     pub registry: RegistryConfig,
+    pub scorer: ScorerConfig,
     pub auth: AuthConfig,
     pub insecure_no_auth: bool,
 }
@@ -90,6 +115,25 @@ impl ServerArgs {
         if let Some(v) = self.max_upload_bytes {
             registry.max_upload_bytes = v;
         }
+        let mut scorer = file.scorer;
+        if let Some(v) = self.flight_listen {
+            scorer.listen = v;
+        }
+        if let Some(v) = &self.registry_url {
+            scorer.model_source = v.clone();
+        }
+        if let Some(v) = &self.onnxruntime_lib {
+            scorer.onnxruntime_lib = Some(v.clone());
+        }
+        if let Some(v) = self.intra_op_threads {
+            scorer.intra_op_threads = v;
+        }
+        if !self.storage_roots.is_empty() {
+            scorer.storage_roots = self.storage_roots.clone();
+        }
+        if let Some(v) = &self.advertise_location {
+            scorer.advertise_location = Some(v.clone());
+        }
         let mut auth = file.auth;
         if self.oidc_issuer.is_some() || !self.oidc_audiences.is_empty() || !self.oidc_allowed_tenants.is_empty() {
             let oidc = auth.oidc.get_or_insert_with(OidcConfig::default);
@@ -115,7 +159,7 @@ impl ServerArgs {
         if let Some(url) = &registry.storage_url {
             url::Url::parse(url).with_context(|| format!("storage_url '{url}' is not a URL"))?;
         }
-        Ok(Settings { registry, auth, insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth })
+        Ok(Settings { registry, scorer, auth, insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth })
     }
 }
 

@@ -45,10 +45,13 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the registry on embedded defaults in one process (the quickest way to start).
+    /// Run the registry and a scoring worker in one process, on embedded defaults (the
+    /// quickest way to start).
     Serve(ServerArgs),
     /// Run the registry alone (for production deployments).
     Registry(ServerArgs),
+    /// Run a scoring worker (Arrow Flight) alone, resolving models from --registry-url.
+    Scorer(ServerArgs),
     /// Validate the configuration (file, flags, environment) and print it; exits non-zero when it is wrong.
     CheckConfig(ServerArgs),
     /// Find artifacts that no version references (left by crashes); dry run unless --delete.
@@ -100,7 +103,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) | Command::Registry(args) => serve_registry(&args).await,
+        Command::Serve(args) => serve(&args, true, true).await,
+        Command::Registry(args) => serve(&args, true, false).await,
+        Command::Scorer(args) => serve(&args, false, true).await,
         Command::CheckConfig(args) => {
             let settings = args.settle()?;
             settings.check_auth_posture(&[settings.registry.listen])?;
@@ -131,15 +136,100 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_registry(args: &ServerArgs) -> anyhow::Result<()> {
-    let settings = args.settle()?;
-    settings.check_auth_posture(&[settings.registry.listen])?;
-    let listen = settings.registry.listen;
-    let registry = Registry::open(settings.registry, settings.auth).await?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    lakescore_registry::serve(registry, listener, shutdown_signal()).await?;
+/// Runs the registry, the scoring worker, or both, until Ctrl-C / SIGTERM; then both drain.
+async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> anyhow::Result<()> {
+    let mut settings = args.settle()?;
+    let mut listen = Vec::new();
+    if with_registry {
+        listen.push(settings.registry.listen);
+    }
+    if with_scorer {
+        listen.push(settings.scorer.listen);
+    }
+    settings.check_auth_posture(&listen)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if with_registry {
+        let listen = settings.registry.listen;
+        let registry = Registry::open(settings.registry.clone(), settings.auth.clone()).await?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        if with_scorer && settings.scorer.model_source.is_empty() {
+            // The worker in the same process reads models from this registry.
+            let port = listener.local_addr()?.port();
+            settings.scorer.model_source = format!("http://127.0.0.1:{port}");
+        }
+        let shutdown = shutdown();
+        tasks.spawn(
+            async move { lakescore_registry::serve(registry, listener, shutdown).await.context("registry failed") },
+        );
+    }
+    if with_scorer {
+        if settings.scorer.model_source.is_empty() {
+            anyhow::bail!("the scoring worker needs --registry-url (LAKESCORE_REGISTRY_URL)");
+        }
+        let listen = settings.scorer.listen;
+        let config = settings.scorer.clone();
+        let scorer = tokio::task::spawn_blocking(move || lakescore_scorer::Scorer::from_config(config))
+            .await?
+            .map_err(|e| anyhow::anyhow!("cannot start the scoring worker: {e}"))?;
+        let mut service = lakescore_scorer::ScorerService::new(std::sync::Arc::new(scorer));
+        let authenticator = lakescore_registry::auth::Authenticator::new(settings.auth.clone())?;
+        if authenticator.enabled() {
+            authenticator.warm().await;
+            service = service.with_token_validator(std::sync::Arc::new(FlightTokens(authenticator)));
+        }
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let shutdown = shutdown();
+        tasks.spawn(async move {
+            lakescore_scorer::serve_service(service, listener, shutdown)
+                .await
+                .map_err(|e| anyhow::anyhow!("scoring worker failed: {e}"))
+        });
+    }
+    // Stop on a signal, or when either server fails (then the other one drains too).
+    let first = tokio::select! {
+        _ = shutdown_signal() => None,
+        done = tasks.join_next() => done,
+    };
+    let _ = stop.send(true);
+    let mut result = match first {
+        Some(done) => done.context("server task panicked")?,
+        None => Ok(()),
+    };
+    while let Some(done) = tasks.join_next().await {
+        let r = done.context("server task panicked")?;
+        if result.is_ok() {
+            result = r;
+        }
+    }
     tracing::info!("stopped");
-    Ok(())
+    result
+}
+
+/// The worker checks every Flight caller's token with the registry's OIDC settings.
+struct FlightTokens(lakescore_registry::auth::Authenticator);
+
+#[async_trait::async_trait]
+impl lakescore_scorer::TokenValidator for FlightTokens {
+    async fn validate(&self, authorization: Option<&str>) -> Result<(), lakescore_scorer::ScoreError> {
+        use lakescore_registry::RegistryError as R;
+        use lakescore_scorer::ScoreError as S;
+        match self.0.authenticate(authorization).await {
+            Ok(_) => Ok(()),
+            Err(R::Unauthorized(m)) => Err(S::Unauthenticated(m)),
+            Err(R::Forbidden(m)) => Err(S::PermissionDenied(m)),
+            Err(R::Unavailable(m)) => Err(S::Unavailable(m)),
+            Err(other) => Err(S::Internal(other.to_string())),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends), starting a graceful shutdown.

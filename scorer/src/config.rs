@@ -1,0 +1,105 @@
+//! The worker's typed configuration.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::ort::GraphOptimization;
+
+/// Configuration of a scoring worker. `Default` gives the embedded `lakescore serve`
+/// settings except for `model_source`, which must be set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScorerConfig {
+    /// Arrow Flight listen address.
+    pub listen: std::net::SocketAddr,
+    /// Where models come from: the registry root URL (`http://127.0.0.1:8080`), or
+    /// `dir:///path` for a local directory of ONNX files.
+    pub model_source: String,
+    /// The ONNX Runtime shared library (`--onnxruntime-lib`); `None`: searched, see
+    /// [`crate::engine::ort::find_onnxruntime`].
+    pub onnxruntime_lib: Option<PathBuf>,
+    /// Threads one inference call uses; 0: one per core.
+    pub intra_op_threads: usize,
+    /// ONNX Runtime graph optimization level.
+    pub graph_optimization: GraphOptimization,
+    /// Bytes of model artifacts kept loaded (LRU); the model in use is always kept.
+    pub model_cache_bytes: u64,
+    /// Rows per inference call: incoming batches are split / merged to this size.
+    pub inference_batch_rows: usize,
+    /// Largest incoming record batch, in rows; larger: `RESOURCE_EXHAUSTED`.
+    pub max_batch_rows: usize,
+    /// Largest incoming record batch, in bytes of Arrow memory; larger: `RESOURCE_EXHAUSTED`.
+    pub max_batch_bytes: usize,
+    /// Largest gRPC message the worker accepts (bytes).
+    pub max_message_bytes: usize,
+    /// Rows per output Parquet file before a new file is started.
+    pub max_rows_per_file: usize,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// Storage URL prefixes that commands may read from / write to (`file:///data/`,
+    /// `s3://bucket/prefix/`). Empty: any location the worker's credentials reach.
+    pub storage_roots: Vec<String>,
+    /// Options passed to the object store builders (keys as object_store names them, e.g.
+    /// `aws_region`); environment variables (`AWS_*`, `AZURE_*`, `GOOGLE_*`) apply too.
+    pub storage_options: HashMap<String, String>,
+    /// Flight location advertised in `GetFlightInfo` endpoints (`grpc://host:8815`);
+    /// `None`: no location, i.e. "this same worker".
+    pub advertise_location: Option<String>,
+    /// Timeout of one registry request.
+    #[serde(with = "secs")]
+    pub registry_timeout: Duration,
+    /// Largest model artifact the worker downloads.
+    pub max_artifact_bytes: u64,
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(v.is_finite() && v > 0.0) {
+            return Err(serde::de::Error::custom("timeout must be a positive number of seconds"));
+        }
+        Ok(Duration::from_secs_f64(v))
+    }
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8815)),
+            model_source: String::new(),
+            onnxruntime_lib: None,
+            intra_op_threads: 0,
+            graph_optimization: GraphOptimization::All,
+            model_cache_bytes: 2 << 30,
+            inference_batch_rows: 65_536,
+            max_batch_rows: 4 << 20,
+            max_batch_bytes: 512 << 20,
+            max_message_bytes: 512 << 20,
+            max_rows_per_file: 4 << 20,
+            row_group_rows: 131_072,
+            storage_roots: Vec::new(),
+            storage_options: HashMap::new(),
+            advertise_location: None,
+            registry_timeout: Duration::from_secs(120),
+            max_artifact_bytes: 2 << 30,
+        }
+    }
+}
+
+impl ScorerConfig {
+    /// A default configuration reading models from `model_source`.
+    pub fn new(model_source: impl Into<String>) -> Self {
+        Self { model_source: model_source.into(), ..Self::default() }
+    }
+}

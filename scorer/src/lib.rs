@@ -1,0 +1,30 @@
+//! lakescore scoring worker: an Arrow Flight service that scores record batches with
+//! registered ONNX models (ONNX Runtime via `ort`) and writes enriched Parquet back to
+//! object storage.
+//!
+//! Entry points: [`serve`] (config + listener + shutdown), or [`Scorer`] +
+//! [`ScorerService`] to mount the Flight service yourself.
+
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod mapping;
+pub mod model_ref;
+pub mod scorer;
+pub mod server;
+pub mod service;
+pub mod source;
+pub mod storage;
+
+pub use config::ScorerConfig;
+pub use engine::ort::{find_onnxruntime, GraphOptimization, OrtEngine, OrtOptions};
+pub use error::ScoreError;
+pub use lakescore_proto as proto;
+pub use scorer::{ResolvedModel, Scorer};
+pub use server::{serve, serve_scorer, serve_service};
+pub use service::{FlightServer, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET, ACTION_WARM};
+pub use source::{Credentials, DirModelSource, HttpModelSource, ModelSource, ModelVersion};
+pub use storage::{OutputSummary, MANIFEST_NAME};

@@ -1,0 +1,470 @@
+//! The transport-independent core: resolve + load models, plan, score streams of batches,
+//! write outputs, score datasets in storage. The Flight service is a thin layer over it.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use lakescore_proto::ScoreCommand;
+use object_store::ObjectMeta;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+
+use crate::cache::{ModelCache, ModelHandle};
+use crate::config::ScorerConfig;
+use crate::engine::ort::{OrtEngine, OrtOptions};
+use crate::engine::Engine;
+use crate::error::{Result, ScoreError};
+use crate::mapping::{PlanOptions, ScorePlan};
+use crate::model_ref::ModelRef;
+use crate::source::{model_source_from_url, Credentials, HttpSourceOptions, ModelSource, ModelVersion};
+use crate::storage::{valid_job_id, JobWriter, Location, ManifestModel, ObjectReader, OutputSummary, Storage};
+
+/// A model resolved for one request and loaded.
+#[derive(Debug, Clone)]
+pub struct ResolvedModel {
+    /// The reference as given.
+    pub reference: String,
+    /// The version record.
+    pub version: ModelVersion,
+    /// The loaded model.
+    pub handle: Arc<ModelHandle>,
+    /// Whether it came from the cache.
+    pub cached: bool,
+}
+
+impl ResolvedModel {
+    fn manifest_model(&self) -> ManifestModel {
+        ManifestModel {
+            reference: self.reference.clone(),
+            name: self.version.model.clone(),
+            version: self.version.version,
+            sha256: self.version.sha256.clone(),
+            engine: self.handle.engine.to_string(),
+        }
+    }
+}
+
+/// The scoring worker's core. Cheap to share (`Arc<Scorer>`).
+pub struct Scorer {
+    config: ScorerConfig,
+    cache: ModelCache,
+    storage: Storage,
+}
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorer").field("cache", &self.cache).finish()
+    }
+}
+
+/// A stream of record batches or errors.
+pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
+
+impl Scorer {
+    /// Build from configuration: the model source from `model_source`, the ONNX Runtime
+    /// engine (loading the shared library).
+    pub fn from_config(config: ScorerConfig) -> Result<Self> {
+        if config.model_source.is_empty() {
+            return Err(ScoreError::invalid("no model source configured (registry URL or dir:///path)"));
+        }
+        let source = model_source_from_url(
+            &config.model_source,
+            HttpSourceOptions { timeout: config.registry_timeout, max_artifact_bytes: config.max_artifact_bytes },
+        )?;
+        let engine = OrtEngine::new(OrtOptions {
+            library: config.onnxruntime_lib.clone(),
+            intra_op_threads: config.intra_op_threads,
+            optimization: config.graph_optimization,
+        })?;
+        Self::with_parts(config, source, Arc::new(engine))
+    }
+
+    /// Build from explicit parts (another model source or engine).
+    pub fn with_parts(config: ScorerConfig, source: Arc<dyn ModelSource>, engine: Arc<dyn Engine>) -> Result<Self> {
+        let storage = Storage::new(&config.storage_roots, config.storage_options.clone())?;
+        let cache = ModelCache::new(engine, source, config.model_cache_bytes);
+        Ok(Self { config, cache, storage })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ScorerConfig {
+        &self.config
+    }
+
+    /// The storage resolver.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The model cache.
+    pub fn cache(&self) -> &ModelCache {
+        &self.cache
+    }
+
+    /// Resolve a reference with the caller's credentials and load the model.
+    pub async fn resolve_model(&self, reference: &str, creds: &Credentials) -> Result<ResolvedModel> {
+        let model_ref = ModelRef::parse(reference)?;
+        let version = self.cache.source().resolve(&model_ref, creds).await?;
+        if version.status == "archived" {
+            return Err(ScoreError::FailedPrecondition(format!("model {} is archived", version.pinned_reference())));
+        }
+        let (handle, cached) = self.cache.get(&version, creds).await?;
+        Ok(ResolvedModel { reference: reference.to_string(), version, handle, cached })
+    }
+
+    /// Plan scoring of batches of `schema` with `model` as `cmd` says.
+    pub fn plan(&self, model: &ResolvedModel, cmd: &ScoreCommand, schema: SchemaRef) -> Result<Arc<ScorePlan>> {
+        let mut metadata = HashMap::new();
+        metadata.insert("lakescore.model".to_string(), model.version.model.clone());
+        metadata.insert("lakescore.version".to_string(), model.version.version.to_string());
+        metadata.insert("lakescore.sha256".to_string(), model.version.sha256.clone());
+        let plan =
+            ScorePlan::new(cmd, schema, model.handle.model.inputs(), &model.handle.outputs, PlanOptions { metadata })?;
+        Ok(Arc::new(plan))
+    }
+
+    fn chunk_rows(&self, cmd: &ScoreCommand, plan: &ScorePlan) -> usize {
+        if let Some(fixed) = plan.fixed_rows() {
+            return fixed;
+        }
+        let configured = self.config.inference_batch_rows.max(1);
+        match cmd.batch_size as usize {
+            0 => configured,
+            n => n.min(configured),
+        }
+    }
+
+    /// Score a stream of batches (all of `plan`'s input schema): same rows, same order.
+    /// Batches are checked against the size limits, split / merged to the inference batch
+    /// size, and scored on blocking threads with two chunks in flight.
+    pub fn score_stream<S>(
+        &self,
+        model: &ResolvedModel,
+        plan: Arc<ScorePlan>,
+        cmd: &ScoreCommand,
+        input: S,
+    ) -> BatchStream
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send + 'static,
+    {
+        let max_rows = self.config.max_batch_rows;
+        let max_bytes = self.config.max_batch_bytes;
+        let check_plan = plan.clone();
+        let checked = input.map(move |b| {
+            let b = b?;
+            if b.num_rows() > max_rows {
+                return Err(ScoreError::ResourceExhausted(format!(
+                    "a batch of {} rows is over the worker's limit of {max_rows} rows",
+                    b.num_rows()
+                )));
+            }
+            // Bytes of the rows themselves: columns decoded from one IPC message share its buffer,
+            // so per-array capacities would count that buffer once per column.
+            let bytes: usize = b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+            if bytes > max_bytes {
+                return Err(ScoreError::ResourceExhausted(format!(
+                    "a batch of {bytes} bytes is over the worker's limit of {max_bytes} bytes"
+                )));
+            }
+            check_plan.check_batch(&b)?;
+            Ok(b)
+        });
+        let chunks = Rechunk::new(Box::pin(checked), plan.input_schema().clone(), self.chunk_rows(cmd, &plan));
+        let handle = model.handle.clone();
+        chunks
+            .map(move |chunk| {
+                let handle = handle.clone();
+                let plan = plan.clone();
+                async move {
+                    let chunk = chunk?;
+                    tokio::task::spawn_blocking(move || score_chunk(&handle, &plan, &chunk)).await?
+                }
+            })
+            .buffered(2)
+            .boxed()
+    }
+
+    /// Score `input` and write it under `cmd.output` with the commit protocol. On any
+    /// error (including a broken input stream) the partial output is removed and no
+    /// manifest is written.
+    pub async fn write_output<S>(
+        &self,
+        model: &ResolvedModel,
+        plan: Arc<ScorePlan>,
+        cmd: &ScoreCommand,
+        input: S,
+    ) -> Result<OutputSummary>
+    where
+        S: Stream<Item = Result<RecordBatch>> + Send + 'static,
+    {
+        let out = self.output_location(cmd)?;
+        let job_id = job_id(cmd)?;
+        let mut writer = JobWriter::new(
+            out,
+            job_id,
+            plan.output_schema().clone(),
+            self.config.max_rows_per_file,
+            self.config.row_group_rows,
+        );
+        let mut scored = self.score_stream(model, plan, cmd, input);
+        while let Some(batch) = scored.next().await {
+            let written = match batch {
+                Ok(b) => writer.write(&b).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                writer.abort().await;
+                return Err(e);
+            }
+        }
+        writer.finish(&model.manifest_model()).await
+    }
+
+    /// Where `cmd.output` points (checked against the storage roots).
+    pub fn output_location(&self, cmd: &ScoreCommand) -> Result<Location> {
+        if cmd.output.is_empty() {
+            return Err(ScoreError::invalid("the score command has no output (a storage URL prefix)"));
+        }
+        self.storage.resolve(&cmd.output, "output")
+    }
+
+    /// The Parquet files of `cmd.input`.
+    pub async fn input_files(&self, cmd: &ScoreCommand) -> Result<(Location, Vec<ObjectMeta>)> {
+        if cmd.input.is_empty() {
+            return Err(ScoreError::invalid("the score command has no input (a storage URL of Parquet files)"));
+        }
+        let loc = self.storage.resolve(&cmd.input, "input")?;
+        let files = self.storage.list_parquet(&loc).await?;
+        Ok((loc, files))
+    }
+
+    /// Open one Parquet file: its Arrow schema and a stream of its batches.
+    pub async fn read_parquet(
+        &self,
+        loc: &Location,
+        meta: &ObjectMeta,
+        row_groups: Option<Vec<usize>>,
+    ) -> Result<(SchemaRef, BatchStream)> {
+        let url = loc.url_of(&meta.location);
+        let reader = ObjectReader::new(loc.store.clone(), meta.location.clone());
+        let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| ScoreError::from(e).context(format!("reading {url}")))?
+            .with_batch_size(self.config.inference_batch_rows.max(1));
+        if let Some(groups) = row_groups {
+            let n = builder.metadata().num_row_groups();
+            if let Some(bad) = groups.iter().find(|g| **g >= n) {
+                return Err(ScoreError::InvalidArgument(format!("{url} has no row group {bad} ({n} row groups)")));
+            }
+            builder = builder.with_row_groups(groups);
+        }
+        let schema = builder.schema().clone();
+        let stream = builder
+            .build()
+            .map_err(|e| ScoreError::from(e).context(format!("reading {url}")))?
+            .map_err(move |e| ScoreError::from(e).context(format!("reading {url}")))
+            .boxed();
+        Ok((schema, stream))
+    }
+
+    /// `score-dataset`: every Parquet file of `cmd.input`, scored, written under
+    /// `cmd.output`, manifest last. Every file must give the same enriched schema.
+    pub async fn score_dataset(&self, cmd: &ScoreCommand, creds: &Credentials) -> Result<OutputSummary> {
+        let model = self.resolve_model(&cmd.model, creds).await?;
+        let out = self.output_location(cmd)?;
+        let (loc, files) = self.input_files(cmd).await?;
+        let job_id = job_id(cmd)?;
+        let mut writer: Option<JobWriter> = None;
+        let result: Result<()> = async {
+            for meta in &files {
+                let (schema, batches) = self.read_parquet(&loc, meta, None).await?;
+                let plan = self
+                    .plan(&model, cmd, schema)
+                    .map_err(|e| e.context(format!("input file {}", loc.url_of(&meta.location))))?;
+                let w = match &mut writer {
+                    Some(w) if w.schema().fields() != plan.output_schema().fields() => {
+                        return Err(ScoreError::InvalidArgument(format!(
+                            "input file {} gives another result schema than the first file",
+                            loc.url_of(&meta.location)
+                        )));
+                    }
+                    Some(w) => w,
+                    None => writer.insert(JobWriter::new(
+                        out.clone(),
+                        job_id.clone(),
+                        plan.output_schema().clone(),
+                        self.config.max_rows_per_file,
+                        self.config.row_group_rows,
+                    )),
+                };
+                let mut scored = self.score_stream(&model, plan.clone(), cmd, batches);
+                while let Some(b) = scored.next().await {
+                    w.write(&b?).await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match (result, writer) {
+            (Ok(()), Some(w)) => w.finish(&model.manifest_model()).await,
+            (Ok(()), None) => Err(ScoreError::NotFound(format!("input {}: no Parquet files", cmd.input))),
+            (Err(e), Some(mut w)) => {
+                w.abort().await;
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+}
+
+fn job_id(cmd: &ScoreCommand) -> Result<String> {
+    if cmd.job_id.is_empty() {
+        Ok(uuid::Uuid::now_v7().simple().to_string())
+    } else if valid_job_id(&cmd.job_id) {
+        Ok(cmd.job_id.clone())
+    } else {
+        Err(ScoreError::invalid("job_id must match [A-Za-z0-9_-]{1,64}"))
+    }
+}
+
+/// Score one chunk (blocking).
+fn score_chunk(handle: &ModelHandle, plan: &ScorePlan, chunk: &RecordBatch) -> Result<RecordBatch> {
+    if chunk.num_rows() == 0 {
+        return Ok(plan.empty_output());
+    }
+    let feeds = plan.feeds(chunk)?;
+    let outputs = handle.model.run(feeds)?;
+    plan.assemble(chunk, outputs)
+}
+
+/// Splits / merges a stream of batches into chunks of `target` rows, without waiting for
+/// more input when the inner stream is not ready (so a client that waits for each answer
+/// before sending more is never stalled).
+struct Rechunk {
+    inner: Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>,
+    schema: SchemaRef,
+    target: usize,
+    buf: VecDeque<RecordBatch>,
+    buffered: usize,
+    done: bool,
+}
+
+impl Rechunk {
+    fn new(inner: Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>, schema: SchemaRef, target: usize) -> Self {
+        Self { inner, schema, target: target.max(1), buf: VecDeque::new(), buffered: 0, done: false }
+    }
+
+    fn take(&mut self, n: usize) -> Result<RecordBatch> {
+        let mut parts = Vec::new();
+        let mut need = n;
+        while need > 0 {
+            let Some(front) = self.buf.pop_front() else { break };
+            let rows = front.num_rows();
+            if rows <= need {
+                need -= rows;
+                parts.push(front);
+            } else {
+                parts.push(front.slice(0, need));
+                self.buf.push_front(front.slice(need, rows - need));
+                need = 0;
+            }
+        }
+        self.buffered -= n - need;
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        Ok(arrow::compute::concat_batches(&self.schema, &parts)?)
+    }
+}
+
+impl Stream for Rechunk {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.buffered >= this.target {
+                let n = this.target;
+                return Poll::Ready(Some(this.take(n)));
+            }
+            if this.done {
+                if this.buffered > 0 {
+                    let n = this.buffered;
+                    return Poll::Ready(Some(this.take(n)));
+                }
+                return Poll::Ready(None);
+            }
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(b))) => {
+                    if b.num_rows() > 0 {
+                        this.buffered += b.num_rows();
+                        this.buf.push_back(b);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    this.buf.clear();
+                    this.buffered = 0;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending => {
+                    if this.buffered > 0 {
+                        let n = this.buffered;
+                        return Poll::Ready(Some(this.take(n)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(schema: &SchemaRef, range: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(range))]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn rechunk_splits_and_merges_in_order() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let input = vec![
+            Ok(batch(&schema, 0..3)),
+            Ok(batch(&schema, 3..3)),
+            Ok(batch(&schema, 3..10)),
+            Ok(batch(&schema, 10..11)),
+        ];
+        let out: Vec<RecordBatch> =
+            Rechunk::new(Box::pin(futures::stream::iter(input)), schema.clone(), 4).try_collect().await.unwrap();
+        let sizes: Vec<usize> = out.iter().map(|b| b.num_rows()).collect();
+        assert_eq!(sizes, vec![4, 4, 3]);
+        let all: Vec<i64> = out
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                (0..a.len()).map(move |i| a.value(i))
+            })
+            .collect();
+        assert_eq!(all, (0..11).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn rechunk_stops_at_the_first_error() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let input = vec![Ok(batch(&schema, 0..3)), Err(ScoreError::invalid("boom")), Ok(batch(&schema, 0..3))];
+        let out: Vec<Result<RecordBatch>> =
+            Rechunk::new(Box::pin(futures::stream::iter(input)), schema, 100).collect().await;
+        assert_eq!(out.len(), 1);
+        assert!(out[0].is_err());
+    }
+}

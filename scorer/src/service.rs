@@ -1,0 +1,533 @@
+//! The Arrow Flight service over [`Scorer`].
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, IpcMessage, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use lakescore_proto::{DescribeRequest, ScoreCommand, ScoreTicket};
+use object_store::ObjectStoreExt;
+use prost::Message;
+use serde_json::json;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Result, ScoreError};
+use crate::mapping::schema_from_model;
+use crate::scorer::{BatchStream, ResolvedModel, Scorer};
+use crate::source::Credentials;
+
+/// Flight action: score a dataset in storage, server-side.
+pub const ACTION_SCORE_DATASET: &str = "score-dataset";
+/// Flight action: load a model ahead of use.
+pub const ACTION_WARM: &str = "warm";
+/// Flight action: the output schema for an input schema.
+pub const ACTION_DESCRIBE: &str = "describe";
+
+/// The Flight service. Build with [`ScorerService::new`], serve with
+/// [`ScorerService::into_server`] (or [`crate::serve`]).
+#[derive(Clone)]
+pub struct ScorerService {
+    scorer: Arc<Scorer>,
+    validator: Option<Arc<dyn TokenValidator>>,
+}
+
+impl std::fmt::Debug for ScorerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScorerService")
+            .field("scorer", &self.scorer)
+            .field("validates_tokens", &self.validator.is_some())
+            .finish()
+    }
+}
+
+/// Checks the caller's `authorization` header on every call, before any work. The registry
+/// still decides, with the same token, which models the caller may score.
+#[async_trait::async_trait]
+pub trait TokenValidator: Send + Sync {
+    /// `Err(ScoreError::Unauthenticated)` for a missing or invalid token.
+    async fn validate(&self, authorization: Option<&str>) -> Result<()>;
+}
+
+impl ScorerService {
+    /// A service over a scorer.
+    pub fn new(scorer: Arc<Scorer>) -> Self {
+        Self { scorer, validator: None }
+    }
+
+    /// The scorer behind the service.
+    pub fn scorer(&self) -> &Arc<Scorer> {
+        &self.scorer
+    }
+
+    /// Validate every caller's token with `validator` before doing anything for them.
+    pub fn with_token_validator(mut self, validator: Arc<dyn TokenValidator>) -> Self {
+        self.validator = Some(validator);
+        self
+    }
+
+    /// The caller's credentials, validated when a validator is configured.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<Credentials> {
+        let creds = credentials(req)?;
+        if let Some(v) = &self.validator {
+            v.validate(creds.authorization.as_deref()).await?;
+        }
+        Ok(creds)
+    }
+
+    /// The tonic service to add to a `tonic::transport::Server` (message size limits set
+    /// from the configuration). It watches request bodies so that a client stream that is
+    /// reset (which tonic reports as a normal end of stream) is never committed as output.
+    pub fn into_server(self) -> FlightServer {
+        let max = self.scorer.config().max_message_bytes;
+        FlightServer {
+            inner: FlightServiceServer::new(self).max_decoding_message_size(max).max_encoding_message_size(max),
+        }
+    }
+}
+
+/// How a request body ended, recorded below tonic (which turns a client's RST_STREAM into
+/// a clean end of the request stream).
+#[derive(Debug, Default)]
+struct BodyState {
+    failed: AtomicBool,
+}
+
+pin_project_lite::pin_project! {
+    struct WatchedBody<B> {
+        #[pin]
+        inner: B,
+        state: Arc<BodyState>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for WatchedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            this.state.failed.store(true, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The Flight gRPC service ([`FlightServiceServer`] over [`ScorerService`]) with request
+/// bodies watched for resets; add it to a `tonic::transport::Server` with `add_service`.
+#[derive(Debug, Clone)]
+pub struct FlightServer {
+    inner: FlightServiceServer<ScorerService>,
+}
+
+impl tonic::server::NamedService for FlightServer {
+    const NAME: &'static str = <FlightServiceServer<ScorerService> as tonic::server::NamedService>::NAME;
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for FlightServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<http::Request<WatchedBody<tonic::body::Body>>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let state = Arc::new(BodyState::default());
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(state.clone());
+        let body = WatchedBody { inner: body, state };
+        self.inner.call(http::Request::from_parts(parts, body))
+    }
+}
+
+fn credentials<T>(req: &Request<T>) -> Result<Credentials> {
+    match req.metadata().get("authorization") {
+        None => Ok(Credentials::none()),
+        Some(v) => v
+            .to_str()
+            .map(Credentials::bearer_header)
+            .map_err(|_| ScoreError::Unauthenticated("the authorization header is not ASCII".into())),
+    }
+}
+
+fn command_from_descriptor(desc: Option<&FlightDescriptor>) -> Result<ScoreCommand> {
+    let desc = desc.ok_or_else(|| {
+        ScoreError::invalid("the first message carries no Flight descriptor (a CMD with a score command)")
+    })?;
+    if desc.r#type() != DescriptorType::Cmd {
+        return Err(ScoreError::invalid(
+            "the Flight descriptor must be a CMD holding a score command (protobuf or JSON)",
+        ));
+    }
+    decode_command(&desc.cmd)
+}
+
+fn decode_command(bytes: &[u8]) -> Result<ScoreCommand> {
+    ScoreCommand::from_bytes(bytes).map_err(|e| ScoreError::InvalidArgument(format!("invalid score command: {e}")))
+}
+
+fn to_status(e: FlightError) -> Status {
+    ScoreError::from(e).into()
+}
+
+/// Encode scored batches as Flight data; the schema is sent even when there is no batch.
+fn encode(schema: SchemaRef, batches: BatchStream) -> BoxStream<'static, Result<FlightData, Status>> {
+    FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches.map_err(FlightError::from))
+        .map_err(to_status)
+        .boxed()
+}
+
+fn ipc_schema(schema: &Schema) -> Result<Bytes> {
+    let msg = IpcMessage::try_from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()))?;
+    Ok(msg.0)
+}
+
+fn fields_json(schema: &Schema) -> serde_json::Value {
+    serde_json::Value::Array(
+        schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+            .collect(),
+    )
+}
+
+/// The input stream of a DoPut / DoExchange: the descriptor of the first message, and the
+/// decoded batches (messages without an IPC header — a bare descriptor — skipped).
+struct Incoming {
+    cmd: ScoreCommand,
+    decoder: FlightDataDecoder,
+    body: Option<Arc<BodyState>>,
+}
+
+impl Incoming {
+    /// `None` when the client sent nothing at all.
+    async fn start(request: Request<Streaming<FlightData>>) -> Result<Option<Self>> {
+        let body = request.extensions().get::<Arc<BodyState>>().cloned();
+        let mut stream = request.into_inner();
+        let first = match stream.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => return Ok(None),
+            Err(status) => return Err(ScoreError::from_status(&status)),
+        };
+        let cmd = command_from_descriptor(first.flight_descriptor.as_ref())?;
+        let rest = stream.map_err(FlightError::from);
+        let all = stream::once(async move { Ok(first) })
+            .chain(rest)
+            .try_filter(|d| futures::future::ready(!d.data_header.is_empty()));
+        Ok(Some(Self { cmd, decoder: FlightDataDecoder::new(all), body }))
+    }
+
+    /// Wait for the schema; `None` when the stream ends before one.
+    async fn schema(&mut self) -> Result<Option<SchemaRef>> {
+        while let Some(item) = self.decoder.next().await {
+            match item?.payload {
+                DecodedPayload::Schema(s) => return Ok(Some(s)),
+                DecodedPayload::None => continue,
+                DecodedPayload::RecordBatch(_) => {
+                    return Err(ScoreError::invalid("a record batch arrived before the schema"))
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The record batches; a stream the client reset ends with a `CANCELLED` error rather
+    /// than normally.
+    fn batches(self) -> BatchStream {
+        let body = self.body;
+        let broken = stream::once(async move {
+            match body {
+                Some(b) if b.failed.load(Ordering::SeqCst) => {
+                    Some(Err(ScoreError::Cancelled("the client stream was reset before it ended".into())))
+                }
+                _ => None,
+            }
+        })
+        .filter_map(futures::future::ready);
+        self.decoder
+            .filter_map(|item| {
+                futures::future::ready(match item {
+                    Ok(d) => match d.payload {
+                        DecodedPayload::RecordBatch(b) => Some(Ok(b)),
+                        DecodedPayload::None => None,
+                        DecodedPayload::Schema(_) => {
+                            Some(Err(ScoreError::invalid("the schema changed in the middle of the stream")))
+                        }
+                    },
+                    Err(e) => Some(Err(ScoreError::from(e))),
+                })
+            })
+            .chain(broken)
+            .boxed()
+    }
+}
+
+impl ScorerService {
+    async fn flight_info(&self, desc: FlightDescriptor, creds: &Credentials) -> Result<FlightInfo> {
+        let cmd = command_from_descriptor(Some(&desc))?;
+        let model = self.scorer.resolve_model(&cmd.model, creds).await?;
+        let (loc, files) = self.scorer.input_files(&cmd).await?;
+        let first =
+            files.first().ok_or_else(|| ScoreError::NotFound(format!("input {}: no Parquet files", cmd.input)))?;
+        let (schema, _) = self.scorer.read_parquet(&loc, first, None).await?;
+        let plan = self.scorer.plan(&model, &cmd, schema)?;
+        // Pin the version so that every endpoint scores with the same model even when an
+        // alias moves meanwhile.
+        let pinned = ScoreCommand { model: model.version.pinned_reference(), ..cmd.clone() };
+        let mut info =
+            FlightInfo::new().try_with_schema(plan.output_schema())?.with_descriptor(desc).with_ordered(true);
+        let mut total_bytes: i64 = 0;
+        for meta in &files {
+            let ticket =
+                ScoreTicket { command: Some(pinned.clone()), file: loc.url_of(&meta.location), row_groups: Vec::new() };
+            let mut endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket.encode_to_vec()));
+            if let Some(location) = &self.scorer.config().advertise_location {
+                endpoint = endpoint.with_location(location.clone());
+            }
+            info = info.with_endpoint(endpoint);
+            total_bytes = total_bytes.saturating_add(meta.size as i64);
+        }
+        Ok(info.with_total_bytes(total_bytes))
+    }
+
+    async fn describe(&self, body: &[u8], creds: &Credentials) -> Result<serde_json::Value> {
+        let req: DescribeRequest = match lakescore_proto::decode_message::<DescribeRequest>(body) {
+            Ok(r) if r.command.is_some() => r,
+            // A bare score command is accepted too.
+            _ => DescribeRequest { command: Some(decode_command(body)?), schema: Vec::new() },
+        };
+        let cmd = req.command.unwrap_or_default();
+        let model = self.scorer.resolve_model(&cmd.model, creds).await?;
+        let input: SchemaRef = if req.schema.is_empty() {
+            schema_from_model(&cmd, model.handle.model.inputs())?
+        } else {
+            Arc::new(
+                arrow::ipc::convert::try_schema_from_ipc_buffer(&req.schema)
+                    .map_err(|e| ScoreError::InvalidArgument(format!("describe: invalid IPC schema: {e}")))?,
+            )
+        };
+        let plan = self.scorer.plan(&model, &cmd, input.clone())?;
+        let out = plan.output_schema();
+        Ok(json!({
+            "model": model.version.model,
+            "version": model.version.version,
+            "sha256": model.version.sha256,
+            "engine": model.handle.engine,
+            "inputs": model.handle.model.inputs(),
+            "outputs": model.handle.model.outputs(),
+            "input_schema": fields_json(&input),
+            "output_schema": fields_json(out),
+            "output_schema_ipc": base64::engine::general_purpose::STANDARD.encode(ipc_schema(out)?),
+        }))
+    }
+
+    async fn warm(&self, body: &[u8], creds: &Credentials) -> Result<serde_json::Value> {
+        let reference = match decode_command(body) {
+            Ok(cmd) => cmd.model,
+            // A bare model reference as UTF-8 text.
+            Err(e) => match std::str::from_utf8(body) {
+                Ok(s) if !s.trim().is_empty() && !s.trim_start().starts_with('{') => s.trim().to_string(),
+                _ => return Err(e),
+            },
+        };
+        let started = Instant::now();
+        let model: ResolvedModel = self.scorer.resolve_model(&reference, creds).await?;
+        Ok(json!({
+            "model": model.version.model,
+            "version": model.version.version,
+            "sha256": model.version.sha256,
+            "engine": model.handle.engine,
+            "cached": model.cached,
+            "load_ms": model.handle.load_time.as_millis() as u64,
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+        }))
+    }
+}
+
+type FlightStream<T> = BoxStream<'static, Result<T, Status>>;
+
+#[tonic::async_trait]
+impl FlightService for ScorerService {
+    type HandshakeStream = FlightStream<HandshakeResponse>;
+    type ListFlightsStream = FlightStream<FlightInfo>;
+    type DoGetStream = FlightStream<FlightData>;
+    type DoPutStream = FlightStream<PutResult>;
+    type DoExchangeStream = FlightStream<FlightData>;
+    type DoActionStream = FlightStream<arrow_flight::Result>;
+    type ListActionsStream = FlightStream<ActionType>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        // Auth is a bearer token on every call; the handshake only echoes the payload.
+        let mut stream = request.into_inner();
+        let payload = match stream.message().await? {
+            Some(req) => req.payload,
+            None => Bytes::new(),
+        };
+        let resp = HandshakeResponse { protocol_version: 0, payload };
+        Ok(Response::new(stream::iter([Ok(resp)]).boxed()))
+    }
+
+    async fn list_flights(&self, _request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Ok(Response::new(stream::empty().boxed()))
+    }
+
+    async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        let creds = self.authenticate(&request).await?;
+        let info = self.flight_info(request.into_inner(), &creds).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(ScoreError::Unimplemented("PollFlightInfo is not supported; use GetFlightInfo".into()).into())
+    }
+
+    async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        let creds = self.authenticate(&request).await?;
+        let info = self.flight_info(request.into_inner(), &creds).await?;
+        Ok(Response::new(SchemaResult { schema: info.schema }))
+    }
+
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let creds = self.authenticate(&request).await?;
+        let ticket = ScoreTicket::decode(request.into_inner().ticket)
+            .map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: {e}")))?;
+        let cmd = ticket.command.ok_or_else(|| ScoreError::invalid("invalid ticket: no score command"))?;
+        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
+        let loc = self.scorer.storage().resolve(&ticket.file, "ticket file")?;
+        let meta =
+            loc.store.head(&loc.path).await.map_err(|e| ScoreError::from_store(e, format!("input {}", loc.url)))?;
+        let row_groups =
+            (!ticket.row_groups.is_empty()).then(|| ticket.row_groups.iter().map(|g| *g as usize).collect());
+        let (schema, batches) = self.scorer.read_parquet(&loc, &meta, row_groups).await?;
+        let plan = self.scorer.plan(&model, &cmd, schema)?;
+        let scored = self.scorer.score_stream(&model, plan.clone(), &cmd, batches);
+        Ok(Response::new(encode(plan.output_schema().clone(), scored)))
+    }
+
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        let creds = self.authenticate(&request).await?;
+        let Some(mut incoming) = Incoming::start(request).await? else {
+            return Err(ScoreError::invalid("empty DoPut: no Flight descriptor was sent").into());
+        };
+        let cmd = incoming.cmd.clone();
+        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
+        self.scorer.output_location(&cmd)?;
+        let scorer = self.scorer.clone();
+        // The job runs in its own task, so that a client going away mid-stream ends it
+        // through the input stream's error (cleanup, no manifest) rather than by dropping it.
+        let job = tokio::spawn(async move {
+            let Some(schema) = incoming.schema().await? else {
+                // Nothing to score and no schema to write: an empty result.
+                return Ok(json!({"rows": 0, "files": [], "bytes": 0, "manifest": null}));
+            };
+            let plan = scorer.plan(&model, &cmd, schema)?;
+            let summary = scorer.write_output(&model, plan, &cmd, incoming.batches()).await?;
+            serde_json::to_value(&summary).map_err(ScoreError::internal)
+        });
+        let summary = job.await.map_err(ScoreError::from)??;
+        let result =
+            PutResult { app_metadata: Bytes::from(serde_json::to_vec(&summary).map_err(ScoreError::internal)?) };
+        Ok(Response::new(stream::iter([Ok(result)]).boxed()))
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        let creds = self.authenticate(&request).await?;
+        let Some(mut incoming) = Incoming::start(request).await? else {
+            return Ok(Response::new(stream::empty().boxed()));
+        };
+        let cmd = incoming.cmd.clone();
+        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
+        let Some(schema) = incoming.schema().await? else {
+            return Ok(Response::new(stream::empty().boxed()));
+        };
+        let plan = self.scorer.plan(&model, &cmd, schema)?;
+        let scored = self.scorer.score_stream(&model, plan.clone(), &cmd, incoming.batches());
+        Ok(Response::new(encode(plan.output_schema().clone(), scored)))
+    }
+
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        let creds = self.authenticate(&request).await?;
+        let action = request.into_inner();
+        let value = match action.r#type.as_str() {
+            ACTION_DESCRIBE => self.describe(&action.body, &creds).await?,
+            ACTION_WARM => self.warm(&action.body, &creds).await?,
+            ACTION_SCORE_DATASET => {
+                let cmd = decode_command(&action.body)?;
+                let scorer = self.scorer.clone();
+                // Server-side job: it completes (or cleans up) even if the caller goes away.
+                let job = tokio::spawn(async move { scorer.score_dataset(&cmd, &creds).await });
+                let summary = job.await.map_err(ScoreError::from)??;
+                serde_json::to_value(&summary).map_err(ScoreError::internal)?
+            }
+            other => {
+                return Err(ScoreError::InvalidArgument(format!(
+                    "unknown action {other:?} (actions: {ACTION_SCORE_DATASET}, {ACTION_WARM}, {ACTION_DESCRIBE})"
+                ))
+                .into())
+            }
+        };
+        let body = serde_json::to_vec(&value).map_err(ScoreError::internal)?;
+        Ok(Response::new(stream::iter([Ok(arrow_flight::Result { body: body.into() })]).boxed()))
+    }
+
+    async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = [
+            (
+                ACTION_SCORE_DATASET,
+                "Score the Parquet files at `input` and write enriched Parquet under `output` (body: ScoreCommand, protobuf or JSON). Returns {rows, files, bytes, job_id, manifest, ...}.",
+            ),
+            (
+                ACTION_WARM,
+                "Load a model ahead of use (body: ScoreCommand or a model reference). Returns {model, version, sha256, cached, load_ms}.",
+            ),
+            (
+                ACTION_DESCRIBE,
+                "The result schema for an input schema (body: DescribeRequest or ScoreCommand). Returns JSON with input/output fields and output_schema_ipc (base64).",
+            ),
+        ];
+        let items: Vec<Result<ActionType, Status>> = actions
+            .into_iter()
+            .map(|(t, d)| Ok(ActionType { r#type: t.to_string(), description: d.to_string() }))
+            .collect();
+        Ok(Response::new(stream::iter(items).boxed()))
+    }
+}

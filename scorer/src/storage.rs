@@ -1,0 +1,634 @@
+//! Object storage: resolving storage URLs (with an allow-list of roots), listing Parquet
+//! inputs, and writing enriched Parquet with the output commit protocol: data files named
+//! by job id, then the manifest `_lakescore.json` written last. A failed job removes its
+//! data files and never writes a manifest.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryFutureExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::{AsyncFileReader, MetadataSuffixFetch};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+use serde::Serialize;
+use url::Url;
+
+use crate::error::{Result, ScoreError};
+
+/// Name of the manifest written last under an output prefix.
+pub const MANIFEST_NAME: &str = "_lakescore.json";
+
+/// A resolved storage location.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The path inside the store.
+    pub path: Path,
+    /// The normalized URL.
+    pub url: Url,
+}
+
+impl Location {
+    /// URL of an object of this store.
+    pub fn url_of(&self, path: &Path) -> String {
+        let mut url = self.url.clone();
+        url.set_path(&format!("/{path}"));
+        if let Some(bucket_prefix) = self.bucket_path_prefix() {
+            url.set_path(&format!("/{bucket_prefix}/{path}"));
+        }
+        url.to_string()
+    }
+
+    /// For URLs whose path starts with a container segment that object_store strips from
+    /// the object path (`https://account.blob.core.windows.net/container/...`), that segment.
+    fn bucket_path_prefix(&self) -> Option<String> {
+        let full = self.url.path().trim_start_matches('/');
+        let inner = self.path.as_ref();
+        if inner.is_empty() || full == inner || full.trim_end_matches('/') == inner {
+            return None;
+        }
+        full.strip_suffix(inner)
+            .or_else(|| full.trim_end_matches('/').strip_suffix(inner))
+            .map(|p| p.trim_end_matches('/').to_string())
+            .filter(|p| !p.is_empty())
+    }
+}
+
+/// Resolves storage URLs to object stores, enforcing the configured roots.
+#[derive(Debug)]
+pub struct Storage {
+    roots: Vec<String>,
+    options: HashMap<String, String>,
+    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+fn memory_store() -> Arc<dyn ObjectStore> {
+    static MEMORY: OnceLock<Arc<dyn ObjectStore>> = OnceLock::new();
+    MEMORY.get_or_init(|| Arc::new(object_store::memory::InMemory::new())).clone()
+}
+
+fn parse_storage_url(raw: &str) -> Result<Url> {
+    if raw.is_empty() {
+        return Err(ScoreError::invalid("empty storage URL"));
+    }
+    if raw.starts_with('/') {
+        return Url::from_file_path(raw).map_err(|_| ScoreError::invalid(format!("invalid path {raw:?}")));
+    }
+    let url = Url::parse(raw).map_err(|e| {
+        ScoreError::invalid(format!(
+            "invalid storage URL {raw:?}: {e} (use file:///abs/path, s3://bucket/prefix, az://…, gs://…)"
+        ))
+    })?;
+    if url.cannot_be_a_base() {
+        return Err(ScoreError::invalid(format!("invalid storage URL {raw:?}")));
+    }
+    Ok(url)
+}
+
+impl Storage {
+    /// `roots`: URL prefixes that may be used (empty: any). `options`: object store options.
+    pub fn new(roots: &[String], options: HashMap<String, String>) -> Result<Self> {
+        let roots = roots
+            .iter()
+            .map(|r| {
+                let url = parse_storage_url(r)?;
+                let mut s = url.to_string();
+                if !s.ends_with('/') {
+                    s.push('/');
+                }
+                Ok(s)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { roots, options, stores: Mutex::new(HashMap::new()) })
+    }
+
+    fn allowed(&self, url: &Url) -> bool {
+        if self.roots.is_empty() {
+            return true;
+        }
+        let s = url.as_str();
+        self.roots.iter().any(|root| s.starts_with(root.as_str()) || s == root.trim_end_matches('/'))
+    }
+
+    /// Resolve a storage URL (or an absolute local path). `what` names the field in errors.
+    pub fn resolve(&self, raw: &str, what: &str) -> Result<Location> {
+        let url = parse_storage_url(raw).map_err(|e| e.context(what))?;
+        if url.path().split('/').any(|seg| seg == ".." || seg == "%2e%2e" || seg == "%2E%2E") {
+            return Err(ScoreError::InvalidArgument(format!("{what}: '..' is not allowed in {url}")));
+        }
+        if !self.allowed(&url) {
+            return Err(ScoreError::PermissionDenied(format!(
+                "{what}: {url} is outside the storage locations this worker may use"
+            )));
+        }
+        let (scheme, path) = ObjectStoreScheme::parse(&url)
+            .map_err(|e| ScoreError::InvalidArgument(format!("{what}: unsupported storage URL {url}: {e}")))?;
+        let key = format!("{}://{}", url.scheme(), url.authority());
+        let store = {
+            let mut stores = self.stores.lock().map_err(|_| ScoreError::internal("storage lock poisoned"))?;
+            match stores.get(&key) {
+                Some(s) => s.clone(),
+                None => {
+                    let store = self.build(&scheme, &url).map_err(|e| e.context(what))?;
+                    stores.insert(key, store.clone());
+                    store
+                }
+            }
+        };
+        Ok(Location { store, path, url })
+    }
+
+    fn build(&self, scheme: &ObjectStoreScheme, url: &Url) -> Result<Arc<dyn ObjectStore>> {
+        let opts = self.options.iter();
+        let bad = |e: object_store::Error| ScoreError::InvalidArgument(format!("cannot use {url}: {e}"));
+        Ok(match scheme {
+            ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
+            ObjectStoreScheme::Memory => memory_store(),
+            ObjectStoreScheme::AmazonS3 => {
+                let b = opts.fold(
+                    object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str()),
+                    |b, (k, v)| match k.to_ascii_lowercase().parse() {
+                        Ok(key) => b.with_config(key, v),
+                        Err(_) => b,
+                    },
+                );
+                Arc::new(b.build().map_err(bad)?)
+            }
+            ObjectStoreScheme::MicrosoftAzure => {
+                let b = opts.fold(
+                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str()),
+                    |b, (k, v)| match k.to_ascii_lowercase().parse() {
+                        Ok(key) => b.with_config(key, v),
+                        Err(_) => b,
+                    },
+                );
+                Arc::new(b.build().map_err(bad)?)
+            }
+            ObjectStoreScheme::GoogleCloudStorage => {
+                let b = opts.fold(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str()),
+                    |b, (k, v)| match k.to_ascii_lowercase().parse() {
+                        Ok(key) => b.with_config(key, v),
+                        Err(_) => b,
+                    },
+                );
+                Arc::new(b.build().map_err(bad)?)
+            }
+            other => {
+                return Err(ScoreError::InvalidArgument(format!(
+                    "storage scheme {other:?} is not supported (file, s3, az/abfs, gs, memory)"
+                )))
+            }
+        })
+    }
+
+    /// The Parquet files at `loc`: the object itself, or every `*.parquet` object under
+    /// the prefix (names starting with `_` or `.` skipped), sorted by path.
+    pub async fn list_parquet(&self, loc: &Location) -> Result<Vec<ObjectMeta>> {
+        let what = loc.url.to_string();
+        if loc.url.path().ends_with(".parquet") {
+            let meta =
+                loc.store.head(&loc.path).await.map_err(|e| ScoreError::from_store(e, format!("input {what}")))?;
+            return Ok(vec![meta]);
+        }
+        let prefix = (!loc.path.as_ref().is_empty()).then_some(&loc.path);
+        let mut files: Vec<ObjectMeta> = loc
+            .store
+            .list(prefix)
+            .try_filter(|m| {
+                let ok = m
+                    .location
+                    .filename()
+                    .is_some_and(|n| n.ends_with(".parquet") && !n.starts_with('_') && !n.starts_with('.'));
+                futures::future::ready(ok)
+            })
+            .try_collect()
+            .await
+            .map_err(|e| ScoreError::from_store(e, format!("listing input {what}")))?;
+        if files.is_empty() {
+            // A single object without the .parquet suffix.
+            if let Ok(meta) = loc.store.head(&loc.path).await {
+                return Ok(vec![meta]);
+            }
+            return Err(ScoreError::NotFound(format!("input {what}: no Parquet files found")));
+        }
+        files.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(files)
+    }
+}
+
+/// An [`AsyncFileReader`] over one object of an [`ObjectStore`].
+#[derive(Debug, Clone)]
+pub struct ObjectReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+}
+
+impl ObjectReader {
+    /// A reader of `path` in `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path) -> Self {
+        Self { store, path }
+    }
+}
+
+fn parquet_err(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.store.get_range(&self.path, range).map_err(parquet_err).boxed()
+    }
+
+    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(parquet_err) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_via_suffix_and_finish(self)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+impl MetadataSuffixFetch for &mut ObjectReader {
+    fn fetch_suffix(&mut self, suffix: usize) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        let options = GetOptions { range: Some(GetRange::Suffix(suffix as u64)), ..Default::default() };
+        async move {
+            let resp = self.store.get_opts(&self.path, options).await.map_err(parquet_err)?;
+            resp.bytes().await.map_err(parquet_err)
+        }
+        .boxed()
+    }
+}
+
+/// Validate a client-supplied job id: `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_job_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// One written data file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// File name relative to the output prefix.
+    pub path: String,
+    /// Full URL.
+    pub url: String,
+    /// Rows.
+    pub rows: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// What the manifest records about the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestModel {
+    /// The reference the command gave.
+    pub reference: String,
+    /// Resolved name.
+    pub name: String,
+    /// Resolved version.
+    pub version: u64,
+    /// Artifact sha256.
+    pub sha256: String,
+    /// Engine used.
+    pub engine: String,
+}
+
+/// The summary of a finished output job (`PutResult.app_metadata`, `score-dataset`'s result).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputSummary {
+    /// Rows written.
+    pub rows: u64,
+    /// URLs of the data files.
+    pub files: Vec<String>,
+    /// Bytes of data files.
+    pub bytes: u64,
+    /// The job id.
+    pub job_id: String,
+    /// URL of the manifest.
+    pub manifest: String,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: u64,
+    /// Artifact sha256.
+    pub sha256: String,
+}
+
+#[derive(Serialize)]
+struct SchemaField {
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+    nullable: bool,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    format: u32,
+    job_id: &'a str,
+    created_at: String,
+    model: &'a ManifestModel,
+    rows: u64,
+    bytes: u64,
+    files: &'a [WrittenFile],
+    schema: Vec<SchemaField>,
+}
+
+/// Writes enriched batches as Parquet files under an output prefix; see the module docs.
+pub struct JobWriter {
+    loc: Location,
+    job_id: String,
+    schema: SchemaRef,
+    props: WriterProperties,
+    max_rows_per_file: usize,
+    current: Option<(AsyncArrowWriter<BufWriter>, Path, u64)>,
+    done: Vec<WrittenFile>,
+    seq: usize,
+}
+
+impl std::fmt::Debug for JobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobWriter")
+            .field("url", &self.loc.url.as_str())
+            .field("job_id", &self.job_id)
+            .field("files", &self.done.len())
+            .finish()
+    }
+}
+
+impl JobWriter {
+    /// A writer for `schema` under the output prefix `loc`.
+    pub fn new(
+        loc: Location,
+        job_id: String,
+        schema: SchemaRef,
+        max_rows_per_file: usize,
+        row_group_rows: usize,
+    ) -> Self {
+        let mut props = WriterProperties::builder();
+        // Dictionary encoding rarely pays for floats (features, probabilities) and costs
+        // a lot of encode time; keep it for strings and integers.
+        for field in schema.fields() {
+            if field.data_type().is_floating() {
+                props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+            } else if let DataType::FixedSizeList(item, _) = field.data_type() {
+                if item.data_type().is_floating() {
+                    let path = ColumnPath::new(vec![field.name().clone(), "list".into(), item.name().clone()]);
+                    props = props.set_column_dictionary_enabled(path, false);
+                }
+            }
+        }
+        let props = props
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+            .set_created_by(concat!("lakescore ", env!("CARGO_PKG_VERSION")).to_string())
+            .build();
+        Self {
+            loc,
+            job_id,
+            schema,
+            props,
+            max_rows_per_file: max_rows_per_file.max(1),
+            current: None,
+            done: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    /// The schema of the written files.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The job id.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    fn child(&self, name: &str) -> Path {
+        let mut parts: Vec<_> = self.loc.path.parts().collect();
+        parts.push(name.into());
+        Path::from_iter(parts)
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        let name = format!("part-{}-{:05}.parquet", self.job_id, self.seq);
+        self.seq += 1;
+        let path = self.child(&name);
+        // Never clobber: a reused job id must not overwrite earlier output.
+        match self.loc.store.head(&path).await {
+            Ok(_) => {
+                return Err(ScoreError::FailedPrecondition(format!(
+                    "output {} already exists (job id {} reused)",
+                    self.loc.url_of(&path),
+                    self.job_id
+                )))
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(ScoreError::from_store(e, format!("output {}", self.loc.url))),
+        }
+        let writer = BufWriter::new(self.loc.store.clone(), path.clone());
+        let w = AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(self.props.clone()))?;
+        self.current = Some((w, path, 0));
+        Ok(())
+    }
+
+    async fn close_current(&mut self) -> Result<()> {
+        if let Some((mut w, path, rows)) = self.current.take() {
+            if let Err(e) = w.finish().await {
+                let mut inner = w.into_inner();
+                let _ = inner.abort().await;
+                return Err(e.into());
+            }
+            let bytes = w.bytes_written() as u64;
+            let name = path.filename().unwrap_or_default().to_string();
+            self.done.push(WrittenFile { url: self.loc.url_of(&path), path: name, rows, bytes });
+        }
+        Ok(())
+    }
+
+    /// Append a batch (must have the writer's schema).
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self.current.is_none() {
+                self.open().await?;
+            }
+            let Some((w, _, rows)) = self.current.as_mut() else {
+                return Err(ScoreError::internal("no open output file"));
+            };
+            let room = self.max_rows_per_file - *rows as usize;
+            let n = room.min(batch.num_rows() - offset);
+            w.write(&batch.slice(offset, n)).await?;
+            *rows += n as u64;
+            offset += n;
+            if *rows as usize >= self.max_rows_per_file {
+                self.close_current().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the data files, then write the manifest (last). An output with no rows still
+    /// gets one (empty) data file so that readers see the schema.
+    pub async fn finish(mut self, model: &ManifestModel) -> Result<OutputSummary> {
+        let result = self.finish_inner(model).await;
+        if result.is_err() {
+            self.abort().await;
+        }
+        result
+    }
+
+    async fn finish_inner(&mut self, model: &ManifestModel) -> Result<OutputSummary> {
+        if self.done.is_empty() && self.current.is_none() {
+            self.open().await?;
+        }
+        self.close_current().await?;
+        let rows: u64 = self.done.iter().map(|f| f.rows).sum();
+        let bytes: u64 = self.done.iter().map(|f| f.bytes).sum();
+        let manifest = Manifest {
+            format: 1,
+            job_id: &self.job_id,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            model,
+            rows,
+            bytes,
+            files: &self.done,
+            schema: self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| SchemaField {
+                    name: f.name().clone(),
+                    ty: f.data_type().to_string(),
+                    nullable: f.is_nullable(),
+                })
+                .collect(),
+        };
+        let body = serde_json::to_vec_pretty(&manifest).map_err(ScoreError::internal)?;
+        let path = self.child(MANIFEST_NAME);
+        self.loc
+            .store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| ScoreError::from_store(e, format!("writing the manifest under {}", self.loc.url)))?;
+        Ok(OutputSummary {
+            rows,
+            files: self.done.iter().map(|f| f.url.clone()).collect(),
+            bytes,
+            job_id: self.job_id.clone(),
+            manifest: self.loc.url_of(&path),
+            model: model.name.clone(),
+            version: model.version,
+            sha256: model.sha256.clone(),
+        })
+    }
+
+    /// Give up: abort the open upload and delete the files already written. Best effort;
+    /// no manifest is written.
+    pub async fn abort(&mut self) {
+        if let Some((w, path, _)) = self.current.take() {
+            let mut inner = w.into_inner();
+            if let Err(e) = inner.abort().await {
+                tracing::warn!(path = %path, error = %e, "aborting an output upload failed");
+            }
+            // Stores whose multipart abort leaves nothing behind need no delete; a local
+            // file system may have created the file already.
+            let _ = self.loc.store.delete(&path).await;
+        }
+        for f in self.done.drain(..) {
+            let mut parts: Vec<_> = self.loc.path.parts().collect();
+            parts.push(f.path.as_str().into());
+            let path = Path::from_iter(parts);
+            if let Err(e) = self.loc.store.delete(&path).await {
+                tracing::warn!(path = %path, error = %e, "removing a partial output file failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn enforces_roots_and_refuses_dot_dot() {
+        let s = Storage::new(&["file:///data/lake".to_string()], HashMap::new()).unwrap();
+        assert!(s.resolve("file:///data/lake/x.parquet", "input").is_ok());
+        assert!(s.resolve("/data/lake/sub/", "input").is_ok());
+        assert!(matches!(s.resolve("file:///data/lakehouse/x", "input"), Err(ScoreError::PermissionDenied(_))));
+        // Normalized by the URL parser, then refused as outside the root.
+        assert!(s.resolve("file:///data/lake/../etc/passwd", "input").is_err());
+        assert!(matches!(s.resolve("relative/path", "output"), Err(ScoreError::InvalidArgument(_))));
+        assert!(valid_job_id("a-b_C9"));
+        assert!(!valid_job_id("../x"));
+    }
+
+    #[tokio::test]
+    async fn writes_files_then_manifest_and_aborts_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(&[], HashMap::new()).unwrap();
+        let out = format!("{}/out/", dir.path().display());
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..25))]).unwrap();
+        let model = ManifestModel {
+            reference: "m".into(),
+            name: "m".into(),
+            version: 1,
+            sha256: "x".into(),
+            engine: "ort".into(),
+        };
+
+        let mut w = JobWriter::new(storage.resolve(&out, "output").unwrap(), "job1".into(), schema.clone(), 10, 4);
+        w.write(&batch).await.unwrap();
+        let summary = w.finish(&model).await.unwrap();
+        assert_eq!(summary.rows, 25);
+        assert_eq!(summary.files.len(), 3);
+        assert!(dir.path().join("out/_lakescore.json").is_file());
+        assert!(dir.path().join("out/part-job1-00002.parquet").is_file());
+
+        // Reusing a job id does not clobber.
+        let mut w = JobWriter::new(storage.resolve(&out, "output").unwrap(), "job1".into(), schema.clone(), 10, 4);
+        assert!(matches!(w.write(&batch).await, Err(ScoreError::FailedPrecondition(_))));
+
+        // An aborted job leaves neither files nor a manifest.
+        let out2 = format!("{}/out2/", dir.path().display());
+        let mut w = JobWriter::new(storage.resolve(&out2, "output").unwrap(), "job2".into(), schema, 10, 4);
+        w.write(&batch).await.unwrap();
+        w.abort().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("out2"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
+
+        let files = storage.list_parquet(&storage.resolve(&out, "input").unwrap()).await.unwrap();
+        assert_eq!(files.len(), 3);
+    }
+}
