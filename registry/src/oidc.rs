@@ -205,6 +205,11 @@ impl OidcValidator {
         match (lookup(&cache.keys, kid), refreshed) {
             (Some(k), _) => Ok(k),
             (None, Err(e)) if cache.keys.is_empty() => Err(e),
+            // No keys at all (the last fetch failed, and the next one waits for the
+            // cooldown): the issuer is unavailable, never "anything goes".
+            (None, Ok(())) if cache.keys.is_empty() => Err(RegistryError::Unavailable(
+                "cannot validate tokens: no signing keys could be fetched from the issuer yet".into(),
+            )),
             (None, _) => Err(unauthorized(format!("token signed with unknown key '{kid}'"))),
         }
     }

@@ -165,3 +165,5 @@ macro_rules! on_both_databases {
 }
 #[allow(dead_code)]
 pub mod big_model;
+#[allow(dead_code)]
+pub mod issuer;

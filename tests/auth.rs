@@ -1,0 +1,302 @@
+//! OIDC passthrough auth against a real issuer (discovery + JWKS over HTTP, RSA-signed
+//! tokens): token checks, claim-mapped roles, per-model grants, the audit log.
+
+mod common;
+
+use common::issuer::{encoding_key, keys, Issuer, AUDIENCE};
+use common::{model_bytes, Db, TestServer};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use lakescore_registry::auth::{AuthConfig, RoleMapping};
+use lakescore_registry::oidc::OidcConfig;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+on_both_databases!(grants_give_access_to_one_model, audit_log_records_writes);
+
+pub fn auth_config(issuer: &Issuer) -> AuthConfig {
+    AuthConfig {
+        oidc: Some(OidcConfig {
+            issuer: issuer.url.clone(),
+            audiences: vec![AUDIENCE.into()],
+            clock_skew_secs: 60,
+            jwks_refresh_cooldown_secs: 30,
+            ..Default::default()
+        }),
+        claims: Default::default(),
+        roles: RoleMapping {
+            reader: vec!["role:LakeScore.Read".into()],
+            writer: vec!["role:LakeScore.Write".into(), "scope:Models.Write".into()],
+            admin: vec!["role:LakeScore.Admin".into(), "group:11111111-admins".into()],
+        },
+    }
+}
+
+async fn start(db: Db) -> (Issuer, TestServer) {
+    let issuer = Issuer::start().await;
+    let server = TestServer::start_with_auth(db, auth_config(&issuer), |_| {}).await;
+    (issuer, server)
+}
+
+fn get(s: &TestServer, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+    let r = reqwest::Client::new().get(s.api(path));
+    match token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    }
+}
+
+async fn status(req: reqwest::RequestBuilder) -> StatusCode {
+    req.send().await.expect("send").status()
+}
+
+async fn detail(req: reqwest::RequestBuilder) -> (StatusCode, String) {
+    let r = req.send().await.expect("send");
+    let s = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (s, body["detail"].as_str().unwrap_or_default().to_string())
+}
+
+fn writer(i: &Issuer, oid: &str) -> String {
+    i.token(json!({"oid": oid, "roles": ["LakeScore.Write"]}))
+}
+
+async fn create_model(s: &TestServer, token: &str, name: &str) {
+    let r = reqwest::Client::new()
+        .post(s.api("/models"))
+        .bearer_auth(token)
+        .json(&json!({"name": name}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+async fn upload(s: &TestServer, token: &str, name: &str) -> StatusCode {
+    reqwest::Client::new()
+        .post(s.api(&format!("/models/{name}/versions")))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(model_bytes("logreg.onnx"))
+        .send()
+        .await
+        .expect("send")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_are_checked_strictly() {
+    let (i, s) = start(Db::Sqlite).await;
+    let reader = i.token(json!({"roles": ["LakeScore.Read"]}));
+
+    let r = get(&s, "/models", None).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+    assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK);
+    // Health, readiness and the API description stay public (probes, tooling).
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = reqwest::get(format!("{}{path}", s.base)).await.expect("send");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    assert_eq!(reqwest::get(s.api("/openapi.json")).await.expect("send").status(), StatusCode::OK);
+
+    let now = chrono::Utc::now().timestamp();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("garbage", "not-a-jwt".into(), "malformed"),
+        ("expired beyond the skew", i.token(json!({"exp": now - 61, "roles": ["LakeScore.Read"]})), "expired"),
+        ("not yet valid", i.token(json!({"nbf": now + 120, "roles": ["LakeScore.Read"]})), "not valid yet"),
+        ("wrong audience", i.token(json!({"aud": "api://other", "roles": ["LakeScore.Read"]})), "audience"),
+        ("wrong issuer", i.token(json!({"iss": "https://evil.example", "roles": ["LakeScore.Read"]})), "issuer"),
+        ("no exp", i.token(json!({"exp": null, "roles": ["LakeScore.Read"]})), "exp"),
+    ];
+    for (what, token, expect) in &cases {
+        let (st, d) = detail(get(&s, "/models", Some(token))).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{what}");
+        assert!(d.contains(expect), "{what}: {d}");
+    }
+    // Inside the skew: still accepted.
+    let lenient = i.token(json!({"exp": now - 30, "roles": ["LakeScore.Read"]}));
+    assert_eq!(status(get(&s, "/models", Some(&lenient))).await, StatusCode::OK);
+
+    // alg=none and an HS256 token keyed with the issuer's public key are refused.
+    let claims = json!({"iss": i.url, "aud": AUDIENCE, "exp": now + 600, "oid": "x", "roles": ["LakeScore.Admin"]});
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT", "kid": "key-1"})), b64(&claims));
+    let (st, _) = detail(get(&s, "/models", Some(&none))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "alg none");
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some("key-1".into());
+    let forged =
+        jsonwebtoken::encode(&hs, &claims, &EncodingKey::from_secret(keys()[0].public_pem.as_bytes())).expect("sign");
+    let (st, d) = detail(get(&s, "/models", Some(&forged))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "HS256 with the public key");
+    assert!(d.contains("not accepted"), "{d}");
+    // A token signed by a key the issuer does not publish.
+    let stray = i.token_with(1, json!({"roles": ["LakeScore.Admin"]}));
+    let (st, d) = detail(get(&s, "/models", Some(&stray))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(d.contains("unknown key"), "{d}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn roles_come_from_claims() {
+    let (i, s) = start(Db::Sqlite).await;
+    let reader = i.token(json!({"roles": ["LakeScore.Read"]}));
+    let scoped = i.token(json!({"oid": "user-2", "scp": "openid Models.Write"}));
+    let nobody = i.token(json!({"oid": "user-3"}));
+    let group_admin = i.token(json!({"oid": "user-4", "groups": ["11111111-admins"]}));
+
+    let post =
+        |t: &str, name: &str| reqwest::Client::new().post(s.api("/models")).bearer_auth(t).json(&json!({"name": name}));
+    let (st, d) = detail(post(&reader, "m1")).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert!(d.contains("Writer"), "{d}");
+    assert_eq!(status(post(&nobody, "m1")).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(post(&scoped, "m1")).await, StatusCode::CREATED, "a delegated scope maps to writer");
+    let m: Value = get(&s, "/models/m1", Some(&reader)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(m["created_by"], "user-2", "created_by is the token's oid");
+    assert_eq!(status(get(&s, "/models/m1", Some(&nobody))).await, StatusCode::FORBIDDEN);
+    // Deleting needs the owner or an admin; a group maps to admin.
+    let del = |t: &str| reqwest::Client::new().delete(s.api("/models/m1")).bearer_auth(t);
+    assert_eq!(status(del(&reader)).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(del(&group_admin)).await, StatusCode::NO_CONTENT);
+    s.stop().await;
+}
+
+async fn grants_give_access_to_one_model(db: Db) {
+    let (i, s) = start(db).await;
+    let owner = writer(&i, "owner-1");
+    let other_writer = writer(&i, "writer-2");
+    let alice = i.token(json!({"oid": "alice"}));
+    let team = i.token(json!({"oid": "bob", "groups": ["team-risk"]}));
+    create_model(&s, &owner, "fraud").await;
+    create_model(&s, &owner, "churn").await;
+    assert_eq!(upload(&s, &owner, "fraud").await, StatusCode::CREATED);
+
+    // No global role, no grant: nothing visible, nothing readable.
+    let list: Value = get(&s, "/models", Some(&alice)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(list["models"], json!([]));
+    assert_eq!(status(get(&s, "/resolve/fraud", Some(&alice))).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(get(&s, "/resolve/nope", Some(&alice))).await, StatusCode::NOT_FOUND);
+
+    // Only the owner (or an admin) manages grants; a global writer is not enough.
+    let grant = |t: &str, principal: &str, perm: &str| {
+        reqwest::Client::new()
+            .put(s.api("/models/fraud/grants"))
+            .bearer_auth(t)
+            .json(&json!({"principal": principal, "permission": perm}))
+    };
+    assert_eq!(status(grant(&other_writer, "user:alice", "read")).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(grant(&owner, "alice", "read")).await, StatusCode::BAD_REQUEST);
+    assert_eq!(status(grant(&owner, "user:alice", "read")).await, StatusCode::OK);
+    assert_eq!(status(grant(&owner, "group:team-risk", "write")).await, StatusCode::OK);
+
+    assert_eq!(status(get(&s, "/resolve/fraud", Some(&alice))).await, StatusCode::OK);
+    let list: Value = get(&s, "/models", Some(&alice)).send().await.expect("send").json().await.expect("json");
+    let names: Vec<&str> =
+        list["models"].as_array().expect("models").iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names, ["fraud"], "only the granted model is listed");
+    assert_eq!(status(get(&s, "/models/churn", Some(&alice))).await, StatusCode::FORBIDDEN, "a grant covers one model");
+    assert_eq!(upload(&s, &alice, "fraud").await, StatusCode::FORBIDDEN, "read does not allow writing");
+    assert_eq!(upload(&s, &team, "fraud").await, StatusCode::CREATED, "a group's write grant does");
+    let artifact = get(&s, "/models/fraud/versions/1/artifact", Some(&alice)).send().await.expect("send");
+    assert_eq!(artifact.status(), StatusCode::OK);
+
+    let grants: Value =
+        get(&s, "/models/fraud/grants", Some(&owner)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(grants.as_array().map(Vec::len), Some(2));
+    assert_eq!(grants[0]["granted_by"], "owner-1");
+    let revoke = reqwest::Client::new()
+        .delete(s.api("/models/fraud/grants"))
+        .bearer_auth(&owner)
+        .query(&[("principal", "user:alice")]);
+    assert_eq!(status(revoke).await, StatusCode::NO_CONTENT);
+    assert_eq!(status(get(&s, "/resolve/fraud", Some(&alice))).await, StatusCode::FORBIDDEN, "revoked at once");
+    s.stop().await;
+}
+
+async fn audit_log_records_writes(db: Db) {
+    let (i, s) = start(db).await;
+    let owner = writer(&i, "owner-1");
+    let admin = i.token(json!({"oid": "admin-1", "roles": ["LakeScore.Admin"]}));
+    create_model(&s, &owner, "fraud").await;
+    assert_eq!(upload(&s, &owner, "fraud").await, StatusCode::CREATED);
+    let r = reqwest::Client::new()
+        .put(s.api("/models/fraud/aliases/champion"))
+        .bearer_auth(&owner)
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(status(get(&s, "/audit", Some(&owner))).await, StatusCode::FORBIDDEN, "admins only");
+    let audit: Value =
+        get(&s, "/audit?model=fraud", Some(&admin)).send().await.expect("send").json().await.expect("json");
+    let entries = audit["entries"].as_array().expect("entries");
+    let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions, ["alias.set", "version.create", "model.create"], "newest first");
+    assert!(entries.iter().all(|e| e["principal"] == "owner-1"));
+    assert_eq!(entries[0]["detail"], json!({"alias": "champion", "version": 1}));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jwks_refresh_is_rate_limited_and_survives_issuer_outage() {
+    let (i, s) = start(Db::Sqlite).await;
+    let reader = i.token(json!({"roles": ["LakeScore.Read"]}));
+    assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK);
+    let baseline = i.jwks_fetches();
+    assert!(baseline >= 1);
+
+    // A flood of tokens with unknown kids: at most one refresh in the cooldown window.
+    for n in 0..25 {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(format!("random-{n}"));
+        let claims = json!({"iss": i.url, "aud": AUDIENCE, "exp": chrono::Utc::now().timestamp() + 60, "oid": "x"});
+        let t = jsonwebtoken::encode(&h, &claims, &encoding_key(0)).expect("sign");
+        assert_eq!(status(get(&s, "/models", Some(&t))).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK, "valid traffic keeps working");
+    }
+    assert!(i.jwks_fetches() <= baseline + 1, "{} fetches after the flood (baseline {baseline})", i.jwks_fetches());
+
+    // Issuer down with a warm cache: known keys keep validating.
+    i.set_down(true);
+    assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK);
+    s.stop().await;
+
+    // Issuer down with a cold cache: 503, never fail-open.
+    let cold = TestServer::start_with_auth(Db::Sqlite, auth_config(&i), |_| {}).await;
+    let (st, d) = detail(get(&cold, "/models", Some(&reader))).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{d}");
+    i.set_down(false);
+    cold.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn azure_multi_tenant_issuers() {
+    let i = Issuer::start().await;
+    let mut config = auth_config(&i);
+    if let Some(o) = config.oidc.as_mut() {
+        o.issuer = format!("{}/{{tenantid}}/v2.0", i.url);
+        o.additional_issuers = vec![format!("{}/sts/{{tenantid}}/", i.url)];
+        o.allowed_tenants = vec!["tenant-a".into()];
+        o.discovery_url = Some(format!("{}/.well-known/openid-configuration", i.url));
+    }
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let v2 =
+        i.token(json!({"iss": format!("{}/tenant-a/v2.0", i.url), "tid": "tenant-a", "roles": ["LakeScore.Read"]}));
+    let v1 =
+        i.token(json!({"iss": format!("{}/sts/tenant-a/", i.url), "tid": "tenant-a", "roles": ["LakeScore.Read"]}));
+    let other =
+        i.token(json!({"iss": format!("{}/tenant-b/v2.0", i.url), "tid": "tenant-b", "roles": ["LakeScore.Read"]}));
+    let mismatch =
+        i.token(json!({"iss": format!("{}/tenant-a/v2.0", i.url), "tid": "tenant-b", "roles": ["LakeScore.Read"]}));
+    assert_eq!(status(get(&s, "/models", Some(&v2))).await, StatusCode::OK);
+    assert_eq!(status(get(&s, "/models", Some(&v1))).await, StatusCode::OK);
+    assert_eq!(status(get(&s, "/models", Some(&other))).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(get(&s, "/models", Some(&mismatch))).await, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}

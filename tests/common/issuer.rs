@@ -1,0 +1,144 @@
+//! A real OIDC issuer for tests: discovery document and JWKS served over HTTP on port 0,
+//! RSA keys generated per run, tokens signed with them. It counts JWKS fetches and can be
+//! taken down or have its keys rotated.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
+
+/// The signing key for `keys()[i]`.
+pub fn encoding_key(i: usize) -> EncodingKey {
+    EncodingKey::from_rsa_der(&keys()[i].private_der)
+}
+use rsa::traits::PublicKeyParts;
+use rsa::RsaPrivateKey;
+use serde_json::{json, Value};
+
+pub struct SigningKey {
+    pub kid: String,
+    pub private_der: Vec<u8>,
+    pub public_pem: String,
+    pub jwk: Value,
+}
+
+fn generate(kid: &str) -> SigningKey {
+    let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA key");
+    let public = key.to_public_key();
+    SigningKey {
+        kid: kid.to_string(),
+        private_der: key.to_pkcs1_der().expect("der").as_bytes().to_vec(),
+        public_pem: public.to_pkcs1_pem(LineEnding::LF).expect("pem"),
+        jwk: json!({
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+            "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+        }),
+    }
+}
+
+/// Two keys per test process (RSA generation is slow in debug builds).
+pub fn keys() -> &'static [SigningKey; 2] {
+    static KEYS: OnceLock<[SigningKey; 2]> = OnceLock::new();
+    KEYS.get_or_init(|| [generate("key-1"), generate("key-2")])
+}
+
+struct IssuerState {
+    issuer: Mutex<String>,
+    /// Indexes into `keys()` currently published.
+    published: Mutex<Vec<usize>>,
+    down: AtomicBool,
+    jwks_fetches: AtomicUsize,
+}
+
+pub struct Issuer {
+    pub url: String,
+    state: Arc<IssuerState>,
+}
+
+pub const AUDIENCE: &str = "api://lakescore-test";
+
+impl Issuer {
+    pub async fn start() -> Self {
+        let state = Arc::new(IssuerState {
+            issuer: Mutex::new(String::new()),
+            published: Mutex::new(vec![0]),
+            down: AtomicBool::new(false),
+            jwks_fetches: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        *state.issuer.lock().expect("lock") = url.clone();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, state }
+    }
+
+    pub fn jwks_fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Publish these keys (indexes into `keys()`).
+    pub fn publish(&self, which: &[usize]) {
+        *self.state.published.lock().expect("lock") = which.to_vec();
+    }
+
+    /// A token signed by key 0 with standard claims plus `extra`.
+    pub fn token(&self, extra: Value) -> String {
+        self.token_with(0, extra)
+    }
+
+    pub fn token_with(&self, key: usize, extra: Value) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({
+            "iss": self.url, "aud": AUDIENCE, "iat": now, "nbf": now - 5, "exp": now + 600,
+            "sub": "subject-1", "oid": "user-1",
+        });
+        if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                if v.is_null() {
+                    c.remove(k);
+                } else {
+                    c.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let k = &keys()[key];
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(k.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &encoding_key(key)).expect("sign")
+    }
+}
+
+async fn discovery(State(s): State<Arc<IssuerState>>) -> Response {
+    if s.down.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let issuer = s.issuer.lock().expect("lock").clone();
+    Json(json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")})).into_response()
+}
+
+async fn jwks(State(s): State<Arc<IssuerState>>) -> Response {
+    s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    if s.down.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let published = s.published.lock().expect("lock").clone();
+    let keys: Vec<Value> = published.iter().map(|i| keys()[*i].jwk.clone()).collect();
+    Json(json!({"keys": keys})).into_response()
+}
