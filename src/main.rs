@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod score;
 
 use std::time::Duration;
 
@@ -66,6 +67,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         min_age_secs: u64,
     },
+    /// Score a Parquet or CSV file with a registered model through a scoring worker (Flight).
+    Score(score::ScoreArgs),
     /// Manage registered models through the registry's HTTP API.
     Models {
         #[command(flatten)]
@@ -133,6 +136,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models { client, command } => client::run(&client, command).await,
+        Command::Score(args) => score::run(args).await,
     }
 }
 

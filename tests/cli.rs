@@ -15,12 +15,22 @@ const BIN: &str = env!("CARGO_BIN_EXE_lakescore");
 struct Server {
     child: Child,
     url: String,
+    flight: String,
 }
 
 /// Starts `lakescore serve` on a free port and waits for its "listening" log line.
 fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--flight-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .args(extra)
         .env_remove("LAKESCORE_DATABASE_URL")
@@ -31,16 +41,21 @@ fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
         .expect("spawn lakescore serve");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
+    let (mut url, mut flight) = (None, None);
+    while url.is_none() || flight.is_none() {
         let line = lines.next().expect("server exited before listening").expect("read stderr");
         let Ok(entry) = serde_json::from_str::<Value>(&line) else { continue };
-        if entry["fields"]["message"] == "registry listening" {
-            break format!("http://{}", entry["fields"]["addr"].as_str().expect("addr"));
+        let addr =
+            entry["fields"]["addr"].as_str().unwrap_or_default().trim_start_matches("Some(").trim_end_matches(')');
+        match entry["fields"]["message"].as_str() {
+            Some("registry listening") => url = Some(format!("http://{addr}")),
+            Some(m) if m.starts_with("scoring worker") => flight = Some(format!("grpc://{addr}")),
+            _ => {}
         }
-    };
+    }
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
+    Server { child, url: url.expect("url"), flight: flight.expect("flight") }
 }
 
 fn lakescore(url: &str, args: &[&str]) -> (bool, String, String) {
@@ -196,4 +211,98 @@ fn gc_finds_and_removes_only_unreferenced_artifacts() {
         .map(|d| std::fs::read_dir(d.path()).map_or(0, |e| e.count()))
         .sum();
     assert_eq!(remaining, 1, "the referenced artifact stays");
+}
+
+fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().expect("batches");
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).expect("concat")
+}
+
+fn labels(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<i64> {
+    let col = batch.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
+    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Int64).expect("cast");
+    col.as_any().downcast_ref::<arrow::array::Int64Array>().expect("int64").values().to_vec()
+}
+
+#[test]
+fn score_command_scores_parquet_and_csv_files() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut server = start_server(data.path(), &[]);
+    let (url, flight) = (server.url.clone(), server.flight.clone());
+    let models = models_dir();
+    json_of(
+        &url,
+        &[
+            "models",
+            "register",
+            "rf",
+            models.join("rf.onnx").to_str().expect("path"),
+            "--alias",
+            "champion",
+            "-o",
+            "json",
+        ],
+    );
+    let features = (0..20).map(|i| format!("f{i}")).collect::<Vec<_>>().join(",");
+    let expected = labels(&read_parquet(&models.join("rf.expected.parquet")), "output_label");
+    let score = |input: &Path, output: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "score",
+                "--model",
+                "rf@champion",
+                "--feature-columns",
+                &features,
+                "--flight-url",
+                &flight,
+                "--batch-rows",
+                "64",
+            ])
+            .arg("--input")
+            .arg(input)
+            .args(["--output", output])
+            .output()
+            .expect("run lakescore score");
+        assert!(out.status.success(), "score failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Parquet in, Parquet out (DoExchange): same rows, labels as onnxruntime's.
+    let out = data.path().join("scored.parquet");
+    score(&models.join("rf.rows.parquet"), out.to_str().expect("path"));
+    let scored = read_parquet(&out);
+    assert_eq!(scored.num_rows(), expected.len());
+    assert_eq!(labels(&scored, "label"), expected);
+
+    // CSV in (types inferred: float64, cast losslessly to the model's float32).
+    let rows = read_parquet(&models.join("rf.rows.parquet"));
+    let csv = data.path().join("rows.csv");
+    let mut w = arrow::csv::Writer::new(std::fs::File::create(&csv).expect("csv"));
+    w.write(&rows).expect("write csv");
+    drop(w);
+    let out_csv = data.path().join("scored-from-csv.parquet");
+    score(&csv, out_csv.to_str().expect("path"));
+    assert_eq!(labels(&read_parquet(&out_csv), "label"), expected);
+
+    // A storage prefix: the worker writes the Parquet and the manifest (DoPut).
+    let prefix = format!("file://{}/lake/scores/", data.path().display());
+    let summary: Value = serde_json::from_str(&score(&models.join("rf.rows.parquet"), &prefix)).expect("summary json");
+    assert_eq!(summary["rows"], expected.len());
+    assert!(data.path().join("lake/scores/_lakescore.json").exists(), "manifest written");
+
+    // Errors name the problem, with a non-zero exit.
+    let out = Command::new(BIN)
+        .args(["score", "--model", "rf@nope", "--flight-url", &flight, "--output", "x.parquet", "--input"])
+        .arg(models.join("rf.rows.parquet"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
+    let _ = server.child.wait();
 }

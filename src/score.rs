@@ -1,0 +1,211 @@
+//! `lakescore score`: score a local Parquet or CSV file through a scoring worker over
+//! Arrow Flight, writing enriched Parquet locally (DoExchange) or under an object-store
+//! prefix the worker writes to (DoPut).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::{FlightClient, FlightDescriptor};
+use clap::Args;
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Model reference: name (latest), name:7, or name@alias.
+    #[arg(long)]
+    pub model: String,
+    /// Input file: .parquet, or .csv (header row; types inferred).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output: a local .parquet file (scored here, streamed back), or a storage URL prefix
+    /// the worker writes Parquet and a `_lakescore.json` manifest under (file:///…, s3://…, az://…).
+    #[arg(long)]
+    pub output: String,
+    /// Columns feeding a single 2-D model input [N, F], in order (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub feature_columns: Vec<String>,
+    /// Scoring worker.
+    #[arg(long, env = "LAKESCORE_FLIGHT_URL", default_value = "grpc://127.0.0.1:8815")]
+    pub flight_url: String,
+    /// Bearer token passed to the worker (and by it to the registry).
+    #[arg(long, env = "LAKESCORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Rows per record batch sent.
+    #[arg(long, default_value_t = 65_536)]
+    pub batch_rows: usize,
+}
+
+/// Reads the input file batch by batch on a blocking thread.
+fn read_input(
+    path: &Path,
+    batch_rows: usize,
+) -> anyhow::Result<(SchemaRef, Option<u64>, Box<dyn Iterator<Item = anyhow::Result<RecordBatch>> + Send>)> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("parquet") | Some("pq") => {
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+            let rows = builder.metadata().file_metadata().num_rows() as u64;
+            let reader = builder.with_batch_size(batch_rows).build()?;
+            let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+            Ok((schema, Some(rows), Box::new(reader.map(|b| b.map_err(anyhow::Error::from)))))
+        }
+        Some("csv") => {
+            let format = arrow::csv::reader::Format::default().with_header(true);
+            let (schema, _) = format.infer_schema(std::io::BufReader::new(&file), Some(10_000))?;
+            let file = std::fs::File::open(path)?;
+            let schema = std::sync::Arc::new(schema);
+            let reader = arrow::csv::ReaderBuilder::new(schema.clone())
+                .with_format(format)
+                .with_batch_size(batch_rows)
+                .build(file)?;
+            Ok((schema, None, Box::new(reader.map(|b| b.map_err(anyhow::Error::from)))))
+        }
+        _ => bail!("{}: expected a .parquet or .csv file", path.display()),
+    }
+}
+
+fn progress(total: Option<u64>) -> ProgressBar {
+    let pb = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = if total.is_some() {
+        "scoring [{bar:30}] {human_pos}/{human_len} rows {per_sec} eta {eta}"
+    } else {
+        "scoring {spinner} {human_pos} rows {per_sec}"
+    };
+    pb.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
+    );
+    pb
+}
+
+pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
+    let endpoint = match args.flight_url.strip_prefix("grpc://").or_else(|| args.flight_url.strip_prefix("grpc+tcp://"))
+    {
+        Some(hostport) => format!("http://{hostport}"),
+        None => bail!("--flight-url must be grpc://HOST:PORT (TLS endpoints are not supported by this client yet)"),
+    };
+    let channel = tonic::transport::Channel::from_shared(endpoint.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the scoring worker at {}", args.flight_url))?;
+    let mut client = FlightClient::new(channel);
+    if let Some(t) = &args.token {
+        client.add_header("authorization", &format!("Bearer {t}"))?;
+    }
+    let remote_output = args.output.contains("://");
+    let mut cmd = json!({"model": args.model});
+    if !args.feature_columns.is_empty() {
+        cmd["feature_columns"] = json!(args.feature_columns);
+    }
+    if remote_output {
+        cmd["output"] = json!(args.output);
+    }
+
+    let (input_path, batch_rows) = (args.input.clone(), args.batch_rows.max(1));
+    let (schema, total, batches) = tokio::task::spawn_blocking(move || read_input(&input_path, batch_rows)).await??;
+    let pb = progress(total);
+    // Batches are read on a blocking thread and handed over through a small channel, so
+    // the file is never held in memory whole.
+    let (tx, rx) = tokio::sync::mpsc::channel::<anyhow::Result<RecordBatch>>(4);
+    tokio::task::spawn_blocking(move || {
+        for b in batches {
+            if tx.blocking_send(b).is_err() {
+                break;
+            }
+        }
+    });
+    let sent = pb.clone();
+    let input = tokio_stream_from(rx).map(move |b| {
+        if let Ok(b) = &b {
+            sent.inc(b.num_rows() as u64);
+        }
+        b.map_err(|e| arrow_flight::error::FlightError::ExternalError(e.into()))
+    });
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd.to_string())))
+        .build(input);
+    let started = Instant::now();
+
+    if remote_output {
+        let results: Vec<_> =
+            client.do_put(data).await.map_err(flight_error)?.try_collect().await.map_err(flight_error)?;
+        pb.finish_and_clear();
+        let summary: Value =
+            results.first().map(|r| serde_json::from_slice(&r.app_metadata)).transpose()?.unwrap_or(Value::Null);
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        eprintln!("scored {} rows in {:.1}s", summary["rows"], started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+
+    let out_path = PathBuf::from(&args.output);
+    let dir = out_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut stream = client.do_exchange(data).await.map_err(flight_error)?;
+    let mut writer: Option<parquet::arrow::ArrowWriter<std::fs::File>> = None;
+    let mut rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(flight_error)?;
+        rows += batch.num_rows();
+        let w = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(parquet::arrow::ArrowWriter::try_new(tmp.reopen()?, batch.schema(), None)?),
+        };
+        w.write(&batch)?;
+    }
+    pb.finish_and_clear();
+    match writer {
+        Some(w) => {
+            w.close()?;
+        }
+        None => {
+            let schema =
+                stream.schema().cloned().unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+            parquet::arrow::ArrowWriter::try_new(tmp.reopen()?, schema, None)?.close()?;
+        }
+    }
+    // Only a complete result takes the output's name.
+    tmp.persist(&out_path).with_context(|| format!("cannot write {}", out_path.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "scored {rows} rows in {secs:.1}s ({:.0} rows/s) into {}",
+        rows as f64 / secs.max(1e-9),
+        out_path.display()
+    );
+    Ok(())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn flight_error(e: arrow_flight::error::FlightError) -> anyhow::Error {
+    match e {
+        arrow_flight::error::FlightError::Tonic(s) => anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        _ => "ERROR",
+    }
+}
