@@ -41,11 +41,11 @@ pub struct ScoreArgs {
     pub batch_rows: usize,
 }
 
-/// Reads the input file batch by batch on a blocking thread.
-fn read_input(
-    path: &Path,
-    batch_rows: usize,
-) -> anyhow::Result<(SchemaRef, Option<u64>, Box<dyn Iterator<Item = anyhow::Result<RecordBatch>> + Send>)> {
+/// Record batches read from the input file, in order.
+type Batches = Box<dyn Iterator<Item = anyhow::Result<RecordBatch>> + Send>;
+
+/// Opens the input file: its schema, its row count when the format records it, its batches.
+fn read_input(path: &Path, batch_rows: usize) -> anyhow::Result<(SchemaRef, Option<u64>, Batches)> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("parquet") | Some("pq") => {
