@@ -47,8 +47,9 @@ pub struct ServerArgs {
     /// Arrow Flight listen address of the scoring worker [default: 127.0.0.1:8815].
     #[arg(long, env = "LAKESCORE_FLIGHT_LISTEN")]
     pub flight_listen: Option<SocketAddr>,
-    /// Registry the worker resolves models from (`lakescore scorer`), e.g. http://registry:8080,
-    /// or dir:///path for a directory of ONNX files [serve: the in-process registry].
+    /// Registry the worker resolves models from (`lakescore scorer`): grpc://registry:8080 (its
+    /// gRPC service, on the HTTP port), http://registry:8080 (its REST API), or dir:///path
+    /// for a directory of ONNX files [serve: the in-process registry].
     #[arg(long, env = "LAKESCORE_REGISTRY_URL")]
     pub registry_url: Option<String>,
     /// ONNX Runtime shared library (libonnxruntime.so.1.31.x from the onnxruntime wheel)

@@ -165,9 +165,10 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         if with_scorer && settings.scorer.model_source.is_empty() {
-            // The worker in the same process reads models from this registry.
+            // The worker in the same process reads models from this registry, over its
+            // gRPC service (multiplexed on the HTTP port).
             let port = listener.local_addr()?.port();
-            settings.scorer.model_source = format!("http://127.0.0.1:{port}");
+            settings.scorer.model_source = format!("grpc://127.0.0.1:{port}");
         }
         let shutdown = shutdown();
         tasks.spawn(

@@ -9,6 +9,12 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/lakescore.v1.serde.rs"));
 }
 
+/// `lakescore.registry.v1`: the registry's gRPC service for scoring workers.
+pub mod registry {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/lakescore.registry.v1.rs"));
+}
+
 /// The ONNX model format (`onnx-ml.proto` of the onnx 1.19 release, Apache-2.0), for
 /// reading and rewriting ONNX models.
 pub mod onnx {

@@ -146,7 +146,12 @@ pub fn router(registry: Registry) -> Router {
         .layer(middleware::from_fn_with_state(registry.auth.clone(), crate::auth::middleware))
         // The API description is public, like the health endpoints.
         .route("/openapi.json", get(openapi));
+    // The gRPC service for workers shares the port: its paths are its own, and requests
+    // are told apart by path (HTTP/2 without TLS, h2c, is accepted beside HTTP/1.1).
+    let grpc = crate::grpc::GrpcRegistry::server(registry.clone());
+    let grpc_path = format!("/{}/{{*method}}", <crate::grpc::Server as tonic::server::NamedService>::NAME);
     Router::new()
+        .route_service(&grpc_path, tower::ServiceExt::map_request(grpc, |req: Request| req.map(tonic::body::Body::new)))
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

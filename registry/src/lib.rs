@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod filter;
+pub mod grpc;
 pub mod metrics;
 pub mod oidc;
 pub mod onnx;
@@ -30,6 +31,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     metrics::init();
     registry.auth.warm().await;
+    // gRPC (for scoring workers) and REST share the port: requests are told apart by
+    // their content type, and HTTP/2 without TLS (h2c) is accepted beside HTTP/1.1.
     let app = api::router(registry.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %db::redact_url(&registry.config.effective_database_url()),

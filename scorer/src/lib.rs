@@ -26,5 +26,5 @@ pub use lakescore_proto as proto;
 pub use scorer::{ResolvedModel, Scorer};
 pub use server::{serve, serve_scorer, serve_service};
 pub use service::{FlightServer, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET, ACTION_WARM};
-pub use source::{Credentials, DirModelSource, HttpModelSource, ModelSource, ModelVersion};
+pub use source::{Credentials, DirModelSource, GrpcModelSource, HttpModelSource, ModelSource, ModelVersion};
 pub use storage::{OutputSummary, MANIFEST_NAME};

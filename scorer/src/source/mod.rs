@@ -3,6 +3,7 @@
 //! ([`DirModelSource`], `dir:///path`, for offline scoring and tests).
 
 mod dir;
+mod grpc;
 mod http;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use dir::DirModelSource;
+pub use grpc::GrpcModelSource;
 pub use http::HttpModelSource;
 
 use crate::error::{Result, ScoreError};
@@ -163,12 +165,13 @@ pub fn model_source_from_url(url: &str, http: HttpSourceOptions) -> Result<Arc<d
         url::Url::parse(url).map_err(|e| ScoreError::invalid(format!("invalid model source URL {url:?}: {e}")))?;
     match parsed.scheme() {
         "http" | "https" => Ok(Arc::new(HttpModelSource::new(parsed, http)?)),
+        "grpc" => Ok(Arc::new(GrpcModelSource::new(url, http)?)),
         "file" => {
             let path = parsed.to_file_path().map_err(|_| ScoreError::invalid(format!("invalid file URL {url:?}")))?;
             Ok(Arc::new(DirModelSource::new(path)?))
         }
         other => Err(ScoreError::invalid(format!(
-            "unsupported model source scheme {other:?} (use http(s):// for the registry or dir:///path)"
+            "unsupported model source scheme {other:?} (use grpc:// or http(s):// for the registry, or dir:///path)"
         ))),
     }
 }
