@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod login;
 mod score;
 
 use std::time::Duration;
@@ -67,6 +68,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         min_age_secs: u64,
     },
+    /// Get an access token from the OIDC issuer and cache it for the client commands.
+    Login(login::LoginArgs),
     /// Score a Parquet or CSV file with a registered model through a scoring worker (Flight).
     Score(score::ScoreArgs),
     /// Manage registered models through the registry's HTTP API.
@@ -135,8 +138,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Models { client, command } => client::run(&client, command).await,
-        Command::Score(args) => score::run(args).await,
+        Command::Models { mut client, command } => {
+            // Without --token / LAKESCORE_TOKEN, the token `lakescore login` cached.
+            client.token = client.token.or_else(login::cached_token);
+            client::run(&client, command).await
+        }
+        Command::Score(mut args) => {
+            args.token = args.token.or_else(login::cached_token);
+            score::run(args).await
+        }
+        Command::Login(args) => login::run(args).await,
     }
 }
 

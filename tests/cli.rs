@@ -306,3 +306,81 @@ fn score_command_scores_parquet_and_csv_files() {
     let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
     let _ = server.child.wait();
 }
+
+/// A server that requires tokens from the tests' issuer.
+async fn authenticated_server(issuer: &common::issuer::Issuer, data: &Path) -> Server {
+    let config = data.join("auth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth.oidc]\nissuer = \"{}\"\naudiences = [\"{}\"]\n\n[auth.roles]\nwriter = [\"role:LakeScore.Write\"]\n",
+            issuer.url,
+            common::issuer::AUDIENCE
+        ),
+    )
+    .expect("config");
+    let config = config.to_str().expect("path").to_string();
+    let data = data.to_path_buf();
+    tokio::task::spawn_blocking(move || start_server(&data, &["--config", &config])).await.expect("start")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_caches_a_token_for_later_commands() {
+    use common::issuer::{Issuer, CLIENT_ID, CLIENT_SECRET};
+    let issuer = Issuer::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut server = authenticated_server(&issuer, data.path()).await;
+    let home = tempfile::tempdir().expect("home");
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("LAKESCORE_TOKEN")
+            .env("LAKESCORE_URL", &server.url)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let login = |extra: &[&str]| {
+        let mut args =
+            vec!["login", "--issuer", &issuer.url, "--client-id", CLIENT_ID, "--scope", "api://lakescore/.default"];
+        args.extend_from_slice(extra);
+        tokio::task::block_in_place(|| cli(&args))
+    };
+
+    // Not logged in: the server asks for a token.
+    let (ok, _, err) = tokio::task::block_in_place(|| cli(&["models", "list"]));
+    assert!(!ok && err.contains("401"), "{err}");
+
+    let (ok, _, err) = login(&["--client-secret", "wrong"]);
+    assert!(!ok && err.contains("invalid_client"), "{err}");
+    let (ok, _, err) = login(&["--client-secret", CLIENT_SECRET]);
+    assert!(ok, "{err}");
+    let cached = home.path().join(".cache/lakescore/token.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cached).expect("token cached").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the cached token is private to the user");
+    }
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&["models", "create", "from-app", "-o", "json"]));
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(created["created_by"], CLIENT_ID, "the cached app token was used");
+
+    // A person signs in with the device code (pending once, then approved).
+    let (ok, _, err) = login(&["--device"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("ABCD-EFGH"), "the user code is shown: {err}");
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&["models", "create", "from-person", "-o", "json"]));
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(created["created_by"], "person-1");
+    let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
+    let _ = server.child.wait();
+}

@@ -57,7 +57,12 @@ struct IssuerState {
     published: Mutex<Vec<usize>>,
     down: AtomicBool,
     jwks_fetches: AtomicUsize,
+    device_polls: AtomicUsize,
 }
+
+/// The confidential client the test issuer knows (client-credentials grant).
+pub const CLIENT_ID: &str = "cli-app";
+pub const CLIENT_SECRET: &str = "s3cret";
 
 pub struct Issuer {
     pub url: String,
@@ -73,10 +78,13 @@ impl Issuer {
             published: Mutex::new(vec![0]),
             down: AtomicBool::new(false),
             jwks_fetches: AtomicUsize::new(0),
+            device_polls: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
+            .route("/token", axum::routing::post(token_endpoint))
+            .route("/devicecode", axum::routing::post(device_endpoint))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -104,25 +112,29 @@ impl Issuer {
     }
 
     pub fn token_with(&self, key: usize, extra: Value) -> String {
-        let now = chrono::Utc::now().timestamp();
-        let mut claims = json!({
-            "iss": self.url, "aud": AUDIENCE, "iat": now, "nbf": now - 5, "exp": now + 600,
-            "sub": "subject-1", "oid": "user-1",
-        });
-        if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
-            for (k, v) in e {
-                if v.is_null() {
-                    c.remove(k);
-                } else {
-                    c.insert(k.clone(), v.clone());
-                }
+        sign(&self.url, key, extra)
+    }
+}
+
+fn sign(issuer: &str, key: usize, extra: Value) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({
+        "iss": issuer, "aud": AUDIENCE, "iat": now, "nbf": now - 5, "exp": now + 600,
+        "sub": "subject-1", "oid": "user-1",
+    });
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            if v.is_null() {
+                c.remove(k);
+            } else {
+                c.insert(k.clone(), v.clone());
             }
         }
-        let k = &keys()[key];
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(k.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &encoding_key(key)).expect("sign")
     }
+    let k = &keys()[key];
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(k.kid.clone());
+    jsonwebtoken::encode(&header, &claims, &encoding_key(key)).expect("sign")
 }
 
 async fn discovery(State(s): State<Arc<IssuerState>>) -> Response {
@@ -130,7 +142,50 @@ async fn discovery(State(s): State<Arc<IssuerState>>) -> Response {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let issuer = s.issuer.lock().expect("lock").clone();
-    Json(json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")})).into_response()
+    Json(json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/jwks"),
+        "token_endpoint": format!("{issuer}/token"),
+        "device_authorization_endpoint": format!("{issuer}/devicecode"),
+    }))
+    .into_response()
+}
+
+type Form = axum::Form<std::collections::HashMap<String, String>>;
+
+fn oauth_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({"error": error, "error_description": format!("test issuer: {error}")}))).into_response()
+}
+
+/// Client credentials for `CLIENT_ID`/`CLIENT_SECRET` (a writer app), and the device-code
+/// grant for device code `dc-1`, which is pending on the first poll and then signed in.
+async fn token_endpoint(State(s): State<Arc<IssuerState>>, axum::Form(form): Form) -> Response {
+    let issuer = s.issuer.lock().expect("lock").clone();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    match field("grant_type") {
+        "client_credentials" if field("client_id") == CLIENT_ID && field("client_secret") == CLIENT_SECRET => {
+            let t = sign(&issuer, 0, json!({"oid": CLIENT_ID, "azp": CLIENT_ID, "roles": ["LakeScore.Write"]}));
+            Json(json!({"access_token": t, "token_type": "Bearer", "expires_in": 3599})).into_response()
+        }
+        "client_credentials" => oauth_error(StatusCode::UNAUTHORIZED, "invalid_client"),
+        "urn:ietf:params:oauth:grant-type:device_code" if field("device_code") == "dc-1" => {
+            if s.device_polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                return oauth_error(StatusCode::BAD_REQUEST, "authorization_pending");
+            }
+            let t = sign(&issuer, 0, json!({"oid": "person-1", "roles": ["LakeScore.Write"]}));
+            Json(json!({"access_token": t, "token_type": "Bearer", "expires_in": 3599})).into_response()
+        }
+        _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    }
+}
+
+async fn device_endpoint(State(s): State<Arc<IssuerState>>, axum::Form(_form): Form) -> Response {
+    let issuer = s.issuer.lock().expect("lock").clone();
+    Json(json!({
+        "device_code": "dc-1", "user_code": "ABCD-EFGH", "verification_uri": format!("{issuer}/device"),
+        "expires_in": 60, "interval": 1,
+    }))
+    .into_response()
 }
 
 async fn jwks(State(s): State<Arc<IssuerState>>) -> Response {
