@@ -114,13 +114,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Scorer(args) => serve(&args, false, true).await,
         Command::CheckConfig(args) => {
             let settings = args.settle()?;
-            settings.check_auth_posture(&[settings.registry.listen])?;
+            settings.check_auth_posture(&[settings.registry.listen, settings.scorer.listen])?;
+            // Printed for people and logs: no passwords, keys or secrets.
+            let mut registry = settings.registry.clone();
+            registry.database_url = registry.database_url.as_deref().map(lakescore_registry::db::redact_url);
+            redact_secrets(registry.storage_options.iter_mut());
+            let mut scorer = settings.scorer.clone();
+            redact_secrets(scorer.storage_options.iter_mut());
             #[derive(serde::Serialize)]
             struct Effective<'a> {
                 registry: &'a lakescore_registry::RegistryConfig,
+                scorer: &'a lakescore_scorer::ScorerConfig,
                 auth: &'a lakescore_registry::AuthConfig,
             }
-            println!("{}", toml::to_string_pretty(&Effective { registry: &settings.registry, auth: &settings.auth })?);
+            println!("{}", toml::to_string_pretty(&Effective { registry: &registry, scorer: &scorer, auth: &settings.auth })?);
             eprintln!("configuration OK");
             Ok(())
         }
@@ -244,6 +251,16 @@ impl lakescore_scorer::TokenValidator for FlightTokens {
             Err(R::Forbidden(m)) => Err(S::PermissionDenied(m)),
             Err(R::Unavailable(m)) => Err(S::Unavailable(m)),
             Err(other) => Err(S::Internal(other.to_string())),
+        }
+    }
+}
+
+/// Replaces the values of credential-like options (keys, secrets, tokens, passwords).
+fn redact_secrets<'a>(options: impl Iterator<Item = (&'a String, &'a mut String)>) {
+    for (key, value) in options {
+        let k = key.to_ascii_lowercase();
+        if ["key", "secret", "token", "password", "sas"].iter().any(|s| k.contains(s)) {
+            *value = "***".to_string();
         }
     }
 }

@@ -147,13 +147,18 @@ fn check_config_accepts_good_files_and_explains_bad_ones() {
         .expect("write");
     let out = Command::new(BIN).arg("check-config").arg("--config").arg(&good).output().expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("max_upload_bytes = 1000"));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("max_upload_bytes = 1000"), "{printed}");
+    assert!(printed.contains("[scorer]"), "{printed}");
+    assert!(!printed.contains("secret"), "the database password is not printed: {printed}");
 
     for (text, expect) in [
         ("[registry]\nlisten = \"not an address\"\n", "invalid configuration"),
         ("[registry]\nunknown_key = 1\n", "unknown_key"),
         ("[registry]\ndatabase_url = \"mysql://x\"\n", "sqlite:// or postgres://"),
         ("[registry]\nlisten = \"0.0.0.0:8080\"\n", "without authentication"),
+        ("[scorer]\nlisten = \"0.0.0.0:8815\"\n", "without authentication"),
+        ("[scorer]\nunknown = 1\n", "unknown"),
     ] {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, text).expect("write");
