@@ -127,7 +127,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 scorer: &'a lakescore_scorer::ScorerConfig,
                 auth: &'a lakescore_registry::AuthConfig,
             }
-            println!("{}", toml::to_string_pretty(&Effective { registry: &registry, scorer: &scorer, auth: &settings.auth })?);
+            println!(
+                "{}",
+                toml::to_string_pretty(&Effective { registry: &registry, scorer: &scorer, auth: &settings.auth })?
+            );
             eprintln!("configuration OK");
             Ok(())
         }
