@@ -14,6 +14,9 @@ use lakescore_registry::{Registry, RegistryConfig};
 
 #[path = "../tests/common/big_model.rs"]
 mod big_model;
+#[path = "../tests/common/issuer.rs"]
+#[allow(dead_code)]
+mod issuer;
 use big_model::model_of_10mb;
 
 const CONCURRENCY: usize = 32;
@@ -137,21 +140,80 @@ async fn main() {
     })
     .await;
 
+    // Token validation: the same resolve on a server that checks an RS256 bearer token
+    // (signature, issuer, audience, times; JWKS cached) on every call.
+    let idp = issuer::Issuer::start().await;
+    let auth = lakescore_registry::AuthConfig {
+        oidc: Some(lakescore_registry::oidc::OidcConfig {
+            issuer: idp.url.clone(),
+            audiences: vec![issuer::AUDIENCE.into()],
+            ..Default::default()
+        }),
+        claims: Default::default(),
+        roles: lakescore_registry::auth::RoleMapping {
+            writer: vec!["role:LakeScore.Write".into()],
+            ..Default::default()
+        },
+    };
+    let secured_dir = tempfile::tempdir().expect("temp dir");
+    let secured =
+        Registry::open(RegistryConfig { data_dir: secured_dir.path().to_path_buf(), ..Default::default() }, auth)
+            .await
+            .expect("registry");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let secured_base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(lakescore_registry::serve(secured, listener, std::future::pending()));
+    let token = idp.token(serde_json::json!({"roles": ["LakeScore.Write"]}));
+    let authed = |req: reqwest::RequestBuilder| req.bearer_auth(&token);
+    authed(http.post(format!("{secured_base}/api/v1/models")))
+        .json(&serde_json::json!({"name": "bench"}))
+        .send()
+        .await
+        .expect("create");
+    let r = authed(http.post(format!("{secured_base}/api/v1/models/bench/versions")))
+        .header("content-type", "application/octet-stream")
+        .body(first.to_vec())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 201, "first upload (authenticated)");
+    let resolve_authed = drive(resolves, |_| {
+        let req = authed(http.get(format!("{secured_base}/api/v1/resolve/bench:1")));
+        async move {
+            let r = req.send().await.expect("request");
+            assert!(r.status().is_success(), "{}", r.status());
+            r.bytes().await.expect("body");
+        }
+    })
+    .await;
+    let resolve_anon = drive(resolves, |_| get(format!("{base}/api/v1/resolve/bench:1"))).await;
+
     let mb = first.len() as f64 / (1 << 20) as f64;
     println!(
         "lakescore registry benchmark: {db}, local artifact store, concurrency {CONCURRENCY}, {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<34} {:>8} {:>12} {:>10} {:>10} {:>10}",
+        "{:<48} {:>8} {:>12} {:>10} {:>10} {:>10}",
         "operation", "count", "per second", "p50 ms", "p99 ms", "vs base"
     );
     let row = |name: &str, s: &Stats, ratio: String| {
-        println!("{:<34} {:>8} {:>12.1} {:>10} {:>10} {:>10}", name, s.count, s.per_sec(), ms(s.p50), ms(s.p99), ratio);
+        println!("{:<48} {:>8} {:>12.1} {:>10} {:>10} {:>10}", name, s.count, s.per_sec(), ms(s.p50), ms(s.p99), ratio);
     };
     row("GET /healthz (baseline)", &healthz, "1.00".into());
     row("GET /api/v1/resolve/bench@champion", &resolve, format!("{:.2}", resolve.per_sec() / healthz.per_sec()));
+    row("GET /api/v1/resolve/bench:1 (no auth, baseline)", &resolve_anon, "1.00".into());
+    row(
+        "GET /api/v1/resolve/bench:1 (bearer token)",
+        &resolve_authed,
+        format!("{:.2}", resolve_authed.per_sec() / resolve_anon.per_sec()),
+    );
     row(&format!("write {mb:.1} MB file (baseline)"), &disk, "1.00".into());
     row(&format!("POST {mb:.1} MB version"), &upload, format!("{:.2}", upload.per_sec() / disk.per_sec()));
     println!("upload throughput: {:.1} MB/s (disk baseline {:.1} MB/s)", upload.per_sec() * mb, disk.per_sec() * mb);
+    println!(
+        "token validation adds {} ms at p50 and {} ms at p99 per resolve",
+        ms(resolve_authed.p50.saturating_sub(resolve_anon.p50)),
+        ms(resolve_authed.p99.saturating_sub(resolve_anon.p99))
+    );
 }

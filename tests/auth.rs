@@ -133,6 +133,20 @@ async fn tokens_are_checked_strictly() {
     let (st, d) = detail(get(&s, "/models", Some(&forged))).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "HS256 with the public key");
     assert!(d.contains("not accepted"), "{d}");
+    // A valid token whose payload was altered after signing.
+    let valid = i.token(json!({"roles": ["LakeScore.Read"]}));
+    let parts: Vec<&str> = valid.split('.').collect();
+    let forged_claims = {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).expect("payload");
+        let mut claims: Value = serde_json::from_slice(&raw).expect("claims");
+        claims["roles"] = json!(["LakeScore.Admin"]);
+        b64(&claims)
+    };
+    let tampered = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
+    let (st, d) = detail(get(&s, "/models", Some(&tampered))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "tampered payload");
+    assert!(d.contains("signature"), "{d}");
     // A token signed by a key the issuer does not publish.
     let stray = i.token_with(1, json!({"roles": ["LakeScore.Admin"]}));
     let (st, d) = detail(get(&s, "/models", Some(&stray))).await;
@@ -273,6 +287,26 @@ async fn jwks_refresh_is_rate_limited_and_survives_issuer_outage() {
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{d}");
     i.set_down(false);
     cold.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signing_key_rotation_is_followed() {
+    let i = Issuer::start().await;
+    let mut config = auth_config(&i);
+    if let Some(o) = config.oidc.as_mut() {
+        o.jwks_refresh_cooldown_secs = 1;
+    }
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let old = i.token_with(0, json!({"roles": ["LakeScore.Read"]}));
+    assert_eq!(status(get(&s, "/models", Some(&old))).await, StatusCode::OK);
+    // The issuer rolls over to a new key: tokens signed with it validate once the
+    // cooldown since the last fetch has passed (one refresh on the unknown kid).
+    i.publish(&[0, 1]);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let new = i.token_with(1, json!({"roles": ["LakeScore.Read"]}));
+    assert_eq!(status(get(&s, "/models", Some(&new))).await, StatusCode::OK, "new key picked up");
+    assert_eq!(status(get(&s, "/models", Some(&old))).await, StatusCode::OK, "old key still published");
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

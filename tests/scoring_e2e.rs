@@ -178,6 +178,25 @@ async fn callers_score_only_models_they_may_read() {
         .expect("send");
     assert_eq!(r.status(), 200);
     exchange(&s, Some(&alice), &rf_command()).await.expect("alice scores after the grant");
+    // Revoked: refused again at once (every call asks the registry with the caller's token).
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/v1/models/rf/grants", s.http))
+        .bearer_auth(&owner)
+        .query(&[("principal", "user:alice")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 204);
+    let err = exchange(&s, Some(&alice), &rf_command()).await.expect_err("alice's grant was revoked");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/models/rf/grants", s.http))
+        .bearer_auth(&owner)
+        .json(&json!({"principal": "user:alice", "permission": "read"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
     let err = exchange(&s, Some(&alice), &json!({"model": "nope@champion"})).await.expect_err("unknown model");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
 }
