@@ -205,6 +205,18 @@ async fn upload_records_signature_and_dedupes_artifacts(db: Db) {
             assert_eq!(Value::Array(got), expected[kind], "{file} {kind}");
         }
     }
+    // The registry records which engines can run each version: tract never gets classic
+    // ML operators (it would compute wrong answers); plain tensor graphs are its.
+    let rf_record: Value =
+        http().get(s.api("/models/iris/versions/3")).send().await.expect("send").json().await.expect("json");
+    assert!(
+        rf_record["backends"]["tract"].as_str().is_some_and(|b| b.starts_with("unsupported: uses ai.onnx.ml")),
+        "{}",
+        rf_record["backends"]
+    );
+    create_model(&s, "linear", json!({})).await;
+    let lin = upload_ok(&s, "linear", "linreg.onnx").await;
+    assert_eq!(lin["backends"]["tract"], "ok");
     // The ZipMap output of a classifier is a sequence of maps, and is reported as such.
     let rf: Value =
         http().get(s.api("/models/iris/versions/3")).send().await.expect("send").json().await.expect("json");
@@ -216,7 +228,7 @@ async fn upload_records_signature_and_dedupes_artifacts(db: Db) {
 
     // Multipart upload with metadata; identical bytes become a new version but one stored file.
     let before = s.artifact_files().len();
-    assert_eq!(before, 3);
+    assert_eq!(before, 4);
     let form = reqwest::multipart::Form::new()
         .text("metadata", json!({"description": "retrained", "tags": {"run": "42"}}).to_string())
         .part("artifact", reqwest::multipart::Part::bytes(model_bytes("logreg.onnx")).file_name("m.onnx"));

@@ -68,6 +68,9 @@ pub struct ModelVersion {
     /// Aliases that point at this version.
     pub aliases: Vec<String>,
     pub signature: Signature,
+    /// Engines checked at registration: `{"tract": "ok" | "unsupported: <reason>"}`.
+    /// ONNX Runtime, the primary engine, is checked by workers when they load the model.
+    pub backends: BTreeMap<String, String>,
 }
 
 /// What a new version row needs; the version number is assigned by [`Store::insert_version`].
@@ -78,6 +81,7 @@ pub struct NewVersion<'a> {
     pub description: &'a str,
     pub tags: &'a Tags,
     pub signature: &'a Signature,
+    pub backends: &'a BTreeMap<String, String>,
 }
 
 /// A page of results and the token for the next one.
@@ -393,6 +397,8 @@ impl Store {
         let signature = serde_json::to_string(new.signature)
             .map_err(|e| RegistryError::Internal(format!("signature encoding: {e}")))?;
         let tags = serde_json::to_string(new.tags).map_err(|e| RegistryError::Internal(format!("tags: {e}")))?;
+        let backends =
+            serde_json::to_string(new.backends).map_err(|e| RegistryError::Internal(format!("backends: {e}")))?;
         let ts = now();
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
@@ -405,8 +411,8 @@ impl Store {
         .ok_or_else(|| model_not_found(model))?;
         let (id, version): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         sqlx::query(
-            "INSERT INTO model_versions (model_id, version, sha256, size, created_at, created_by, description, tags, status, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9)",
+            "INSERT INTO model_versions (model_id, version, sha256, size, created_at, created_by, description, tags, status, signature, backends) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9, $10)",
         )
         .bind(id)
         .bind(version)
@@ -417,6 +423,7 @@ impl Store {
         .bind(new.description)
         .bind(&tags)
         .bind(&signature)
+        .bind(&backends)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -424,7 +431,7 @@ impl Store {
     }
 
     const VERSION_COLUMNS: &'static str = "m.name, v.version, v.sha256, v.size, v.created_at, v.created_by, \
-         v.description, v.tags, v.status, v.signature, v.model_id";
+         v.description, v.tags, v.status, v.signature, v.model_id, v.backends";
 
     async fn versions_from_rows(&self, rows: Vec<AnyRow>) -> Result<Vec<ModelVersion>> {
         let mut out = Vec::with_capacity(rows.len());
@@ -442,6 +449,7 @@ impl Store {
             let tags: String = row.try_get(7)?;
             let status: String = row.try_get(8)?;
             let signature: String = row.try_get(9)?;
+            let backends: String = row.try_get(11)?;
             out.push(ModelVersion {
                 model: row.try_get(0)?,
                 version,
@@ -455,6 +463,7 @@ impl Store {
                 aliases,
                 signature: serde_json::from_str(&signature)
                     .map_err(|e| RegistryError::Internal(format!("stored signature: {e}")))?,
+                backends: serde_json::from_str(&backends).unwrap_or_default(),
             });
         }
         Ok(out)

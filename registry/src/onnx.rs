@@ -122,6 +122,50 @@ pub fn inspect(bytes: &[u8], allowed_domains: &[String]) -> Result<Signature> {
     })
 }
 
+/// Whether tract (the pure-Rust fallback engine) can run this model, as recorded in the
+/// version's `backends`: `ok`, or `unsupported: <reason>`. Classic ML operators
+/// (`ai.onnx.ml`: trees, linear classifiers, ZipMap, Scaler) are refused outright: tract
+/// loads some of them but computes wrong results, and wrong predictions are worse than none.
+pub fn tract_compatibility(bytes: &[u8], signature: &Signature) -> String {
+    if signature.uses_ai_onnx_ml {
+        return "unsupported: uses ai.onnx.ml operators, which tract does not run correctly".to_string();
+    }
+    match tract_load(bytes, signature) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("unsupported: {}", e.root_cause()),
+    }
+}
+
+/// Loads and optimizes the model with tract, with the input types and shapes of the
+/// signature (unnamed or symbolic dimensions become the batch symbol `N`).
+fn tract_load(bytes: &[u8], signature: &Signature) -> tract_onnx::prelude::TractResult<()> {
+    use tract_onnx::prelude::*;
+    let mut model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes))?;
+    let batch = model.sym("N");
+    for (i, input) in signature.inputs.iter().enumerate() {
+        let (Some(elem), Some(shape)) = (&input.elem_type, &input.shape) else { continue };
+        let dt = match elem.as_str() {
+            "float" => DatumType::F32,
+            "double" => DatumType::F64,
+            "int64" => DatumType::I64,
+            "int32" => DatumType::I32,
+            "bool" => DatumType::Bool,
+            "string" => DatumType::String,
+            _ => continue,
+        };
+        let dims: TVec<TDim> = shape
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => n.to_dim(),
+                _ => batch.to_dim(),
+            })
+            .collect();
+        model.set_input_fact(i, InferenceFact::dt_shape(dt, dims))?;
+    }
+    model.into_optimized()?;
+    Ok(())
+}
+
 fn invalid(msg: impl Into<String>) -> RegistryError {
     RegistryError::InvalidModel(msg.into())
 }
@@ -472,5 +516,32 @@ mod tests {
     #[test]
     fn rejects_empty_bytes() {
         assert!(matches!(inspect(&[], &allowed()), Err(RegistryError::InvalidModel(_))));
+    }
+}
+
+#[cfg(test)]
+mod tract_tests {
+    /// Against the generated models (when present): linear regression is tract's, tree
+    /// ensembles and ZipMap classifiers are not.
+    #[test]
+    fn tract_compatibility_of_generated_models() {
+        let dir = std::env::var_os("LAKESCORE_TEST_MODELS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models/generated"));
+        if !dir.join("linreg.onnx").exists() {
+            assert!(std::env::var_os("LAKESCORE_TEST_STRICT").is_none(), "test models missing in {}", dir.display());
+            return;
+        }
+        let allowed: Vec<String> = super::DEFAULT_ALLOWED_OP_DOMAINS.iter().map(|s| s.to_string()).collect();
+        let check = |name: &str| {
+            let bytes = std::fs::read(dir.join(name)).expect("model");
+            let sig = super::inspect(&bytes, &allowed).expect("valid");
+            super::tract_compatibility(&bytes, &sig)
+        };
+        assert_eq!(check("linreg.onnx"), "ok");
+        for name in ["rf.onnx", "logreg.onnx", "gbr.onnx"] {
+            assert!(check(name).starts_with("unsupported: uses ai.onnx.ml"), "{name}: {}", check(name));
+        }
+        println!("mlp: {}", check("mlp.onnx"));
     }
 }

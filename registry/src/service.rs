@@ -149,9 +149,14 @@ impl Registry {
         }
         let path = upload.file.path().to_path_buf();
         let allowed = self.config.allowed_op_domains.clone();
-        let signature = tokio::task::spawn_blocking(move || {
+        let (signature, backends) = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path)?;
-            onnx::inspect(&bytes, &allowed)
+            let signature = onnx::inspect(&bytes, &allowed)?;
+            let backends = std::collections::BTreeMap::from([(
+                "tract".to_string(),
+                onnx::tract_compatibility(&bytes, &signature),
+            )]);
+            Ok::<_, RegistryError>((signature, backends))
         })
         .await
         .map_err(|e| RegistryError::Internal(format!("inspection task failed: {e}")))??;
@@ -164,6 +169,7 @@ impl Registry {
             description: &meta.description,
             tags: &meta.tags,
             signature: &signature,
+            backends: &backends,
         };
         match self.store.insert_version(model, new).await {
             Ok(v) => {
