@@ -389,3 +389,39 @@ async fn login_caches_a_token_for_later_commands() {
     let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
     let _ = server.child.wait();
 }
+
+#[test]
+fn registrations_survive_sigkill_and_restart() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut server = start_server(data.path(), &[]);
+    let files = ["logreg.onnx", "rf.onnx", "gbr.onnx", "mlp.onnx", "linreg.onnx"];
+    let mut registered = Vec::new();
+    for (i, file) in files.iter().cycle().take(12).enumerate() {
+        let name = format!("m{}", i % 3);
+        let v = json_of(
+            &server.url,
+            &["models", "register", &name, models_dir().join(file).to_str().expect("path"), "-o", "json"],
+        );
+        registered.push((
+            name,
+            v["version"].as_i64().expect("version"),
+            v["sha256"].as_str().expect("sha").to_string(),
+        ));
+    }
+    // No graceful shutdown: the process is killed outright.
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+
+    let mut restarted = start_server(data.path(), &[]);
+    for (name, version, sha) in &registered {
+        let v = json_of(&restarted.url, &["models", "resolve", &format!("{name}:{version}"), "-o", "json"]);
+        assert_eq!(v["sha256"].as_str(), Some(sha.as_str()), "{name}:{version} survived");
+        let out = data.path().join(format!("{name}-{version}.onnx"));
+        json_of(
+            &restarted.url,
+            &["models", "download", &format!("{name}:{version}"), "-f", out.to_str().expect("path"), "-o", "json"],
+        );
+    }
+    let _ = Command::new("kill").args(["-TERM", &restarted.child.id().to_string()]).status();
+    let _ = restarted.child.wait();
+}

@@ -459,7 +459,7 @@ async fn concurrent_uploads_get_consecutive_versions(db: Db) {
     let s = TestServer::start(db).await;
     create_model(&s, "busy", json!({})).await;
     let files = ["logreg.onnx", "rf.onnx", "gbr.onnx", "mlp.onnx", "linreg.onnx"];
-    let uploads = (0..20).map(|i| {
+    let uploads = (0..50).map(|i| {
         let s = &s;
         async move {
             let r = upload(s, "busy", model_bytes(files[i % files.len()])).await;
@@ -470,8 +470,8 @@ async fn concurrent_uploads_get_consecutive_versions(db: Db) {
     });
     let mut versions = futures::future::join_all(uploads).await;
     versions.sort_unstable();
-    assert_eq!(versions, (1..=20).collect::<Vec<i64>>());
-    assert_eq!(version_count(&s, "busy").await, 20);
+    assert_eq!(versions, (1..=50).collect::<Vec<i64>>());
+    assert_eq!(version_count(&s, "busy").await, 50);
     assert_eq!(s.artifact_files().len(), files.len());
     s.stop().await;
 }
