@@ -131,6 +131,33 @@ impl Client {
     async fn json<T: serde::de::DeserializeOwned>(&self, req: RequestBuilder) -> anyhow::Result<T> {
         Ok(self.send(req).await?.json().await?)
     }
+
+    /// Every item of a paginated listing, following `next_page_token`.
+    async fn all_pages<P, T>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        split: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> anyhow::Result<Vec<T>>
+    where
+        P: serde::de::DeserializeOwned,
+    {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = query.to_vec();
+            q.push(("page_size", "1000".to_string()));
+            if let Some(t) = &token {
+                q.push(("page_token", t.clone()));
+            }
+            let (items, next) = split(self.json(self.request(Method::GET, path).query(&q)).await?);
+            all.extend(items);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(all),
+            }
+        }
+    }
 }
 
 pub async fn run(args: &ClientArgs, cmd: ModelsCommand) -> anyhow::Result<()> {
@@ -148,23 +175,8 @@ pub async fn run(args: &ClientArgs, cmd: ModelsCommand) -> anyhow::Result<()> {
             print_model(out, &m)
         }
         ModelsCommand::List { filter } => {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let mut query = vec![("page_size", "1000".to_string())];
-                if let Some(f) = &filter {
-                    query.push(("filter", f.clone()));
-                }
-                if let Some(t) = &token {
-                    query.push(("page_token", t.clone()));
-                }
-                let page: ModelList = c.json(c.request(Method::GET, "/models").query(&query)).await?;
-                all.extend(page.models);
-                match page.next_page_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            let query: Vec<(&str, String)> = filter.iter().map(|f| ("filter", f.clone())).collect();
+            let all: Vec<Model> = c.all_pages("/models", &query, |p: ModelList| (p.models, p.next_page_token)).await?;
             match out {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&all)?),
                 OutputFormat::Table => {
@@ -188,21 +200,9 @@ pub async fn run(args: &ClientArgs, cmd: ModelsCommand) -> anyhow::Result<()> {
             print_model(out, &m)
         }
         ModelsCommand::Versions { name } => {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let mut query = vec![("page_size", "1000".to_string())];
-                if let Some(t) = &token {
-                    query.push(("page_token", t.clone()));
-                }
-                let page: VersionList =
-                    c.json(c.request(Method::GET, &format!("/models/{name}/versions")).query(&query)).await?;
-                all.extend(page.versions);
-                match page.next_page_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            let path = format!("/models/{name}/versions");
+            let all: Vec<ModelVersion> =
+                c.all_pages(&path, &[], |p: VersionList| (p.versions, p.next_page_token)).await?;
             match out {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&all)?),
                 OutputFormat::Table => {
