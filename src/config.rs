@@ -52,6 +52,10 @@ pub struct ServerArgs {
     /// for a directory of ONNX files [serve: the in-process registry].
     #[arg(long, env = "LAKESCORE_REGISTRY_URL")]
     pub registry_url: Option<String>,
+    /// Inference engine: auto (ONNX Runtime when its library loads, else tract-onnx for the
+    /// models it runs correctly), ort, or tract [default: auto].
+    #[arg(long, env = "LAKESCORE_BACKEND")]
+    pub backend: Option<lakescore_scorer::Backend>,
     /// ONNX Runtime shared library (libonnxruntime.so.1.31.x from the onnxruntime wheel)
     /// [default: ORT_DYLIB_PATH, ./lakescore-data/onnxruntime, next to the binary, then python3's onnxruntime].
     #[arg(long, env = "LAKESCORE_ONNXRUNTIME_LIB")]
@@ -122,6 +126,9 @@ impl ServerArgs {
         }
         if let Some(v) = &self.registry_url {
             scorer.model_source = v.clone();
+        }
+        if let Some(v) = self.backend {
+            scorer.backend = v;
         }
         if let Some(v) = &self.onnxruntime_lib {
             scorer.onnxruntime_lib = Some(v.clone());

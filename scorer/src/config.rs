@@ -18,6 +18,9 @@ pub struct ScorerConfig {
     /// Where models come from: the registry root URL (`http://127.0.0.1:8080`), or
     /// `dir:///path` for a local directory of ONNX files.
     pub model_source: String,
+    /// Inference engine: `auto` (ONNX Runtime when its library loads, else tract), `ort`
+    /// or `tract`.
+    pub backend: Backend,
     /// The ONNX Runtime shared library (`--onnxruntime-lib`); `None`: searched, see
     /// [`crate::engine::ort::find_onnxruntime`].
     pub onnxruntime_lib: Option<PathBuf>,
@@ -55,6 +58,49 @@ pub struct ScorerConfig {
     pub max_artifact_bytes: u64,
 }
 
+/// Which inference engine the worker runs models with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// ONNX Runtime when its shared library loads; otherwise tract, loudly, for the models
+    /// tract runs correctly (others get `FAILED_PRECONDITION` naming the missing engine).
+    #[default]
+    Auto,
+    /// ONNX Runtime only: start-up fails without it.
+    Ort,
+    /// tract-onnx only (pure Rust): models with `ai.onnx.ml` operators are refused.
+    Tract,
+}
+
+impl Backend {
+    /// The name as configured (`auto`, `ort`, `tract`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Ort => "ort",
+            Backend::Tract => "tract",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "ort" | "onnxruntime" => Ok(Self::Ort),
+            "tract" => Ok(Self::Tract),
+            other => Err(format!("unknown backend {other:?} (auto, ort, tract)")),
+        }
+    }
+}
+
 mod secs {
     use std::time::Duration;
 
@@ -78,6 +124,7 @@ impl Default for ScorerConfig {
         Self {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8815)),
             model_source: String::new(),
+            backend: Backend::Auto,
             onnxruntime_lib: None,
             intra_op_threads: 0,
             graph_optimization: GraphOptimization::All,

@@ -1,5 +1,5 @@
 //! lakescore scoring worker: an Arrow Flight service that scores record batches with
-//! registered ONNX models (ONNX Runtime via `ort`) and writes enriched Parquet back to
+//! registered ONNX models (ONNX Runtime via `ort`, or tract-onnx as the pure-Rust fallback) and writes enriched Parquet back to
 //! object storage.
 //!
 //! Entry points: [`serve`] (config + listener + shutdown), or [`Scorer`] +
@@ -19,8 +19,9 @@ pub mod service;
 pub mod source;
 pub mod storage;
 
-pub use config::ScorerConfig;
+pub use config::{Backend, ScorerConfig};
 pub use engine::ort::{find_onnxruntime, GraphOptimization, OrtEngine, OrtOptions};
+pub use engine::tract::TractEngine;
 pub use error::ScoreError;
 pub use lakescore_proto as proto;
 pub use scorer::{ResolvedModel, Scorer};

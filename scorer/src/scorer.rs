@@ -15,8 +15,9 @@ use object_store::ObjectMeta;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
 use crate::cache::{ModelCache, ModelHandle};
-use crate::config::ScorerConfig;
+use crate::config::{Backend, ScorerConfig};
 use crate::engine::ort::{OrtEngine, OrtOptions};
+use crate::engine::tract::TractEngine;
 use crate::engine::Engine;
 use crate::error::{Result, ScoreError};
 use crate::mapping::{PlanOptions, ScorePlan};
@@ -49,6 +50,40 @@ impl ResolvedModel {
     }
 }
 
+/// The engine `config.backend` selects: `ort`: ONNX Runtime or an error; `tract`: tract;
+/// `auto`: ONNX Runtime when its library loads, else tract with a loud warning (models with
+/// `ai.onnx.ml` operators are then refused with `FAILED_PRECONDITION` naming why ONNX
+/// Runtime is missing).
+pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
+    let ort = || {
+        OrtEngine::new(OrtOptions {
+            library: config.onnxruntime_lib.clone(),
+            intra_op_threads: config.intra_op_threads,
+            optimization: config.graph_optimization,
+        })
+    };
+    match config.backend {
+        Backend::Ort => Ok(Arc::new(ort()?)),
+        Backend::Tract => {
+            tracing::info!("backend tract: models run on tract-onnx; models with ai.onnx.ml operators are refused");
+            Ok(Arc::new(TractEngine::new()))
+        }
+        Backend::Auto => match ort() {
+            Ok(engine) => Ok(Arc::new(engine)),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "ONNX RUNTIME IS NOT AVAILABLE: falling back to the tract engine (pure Rust). Only plain tensor \
+                     models are served; models with ai.onnx.ml operators (trees, linear classifiers, ZipMap, \
+                     scalers) are refused with FAILED_PRECONDITION. Install onnxruntime 1.31 or set \
+                     --onnxruntime-lib to serve them"
+                );
+                Ok(Arc::new(TractEngine::fallback(e.message())))
+            }
+        },
+    }
+}
+
 /// The scoring worker's core. Cheap to share (`Arc<Scorer>`).
 pub struct Scorer {
     config: ScorerConfig,
@@ -66,8 +101,8 @@ impl std::fmt::Debug for Scorer {
 pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
 
 impl Scorer {
-    /// Build from configuration: the model source from `model_source`, the ONNX Runtime
-    /// engine (loading the shared library).
+    /// Build from configuration: the model source from `model_source`, the engine that
+    /// `backend` selects (see [`engine_for`]).
     pub fn from_config(config: ScorerConfig) -> Result<Self> {
         if config.model_source.is_empty() {
             return Err(ScoreError::invalid("no model source configured (registry URL or dir:///path)"));
@@ -76,12 +111,8 @@ impl Scorer {
             &config.model_source,
             HttpSourceOptions { timeout: config.registry_timeout, max_artifact_bytes: config.max_artifact_bytes },
         )?;
-        let engine = OrtEngine::new(OrtOptions {
-            library: config.onnxruntime_lib.clone(),
-            intra_op_threads: config.intra_op_threads,
-            optimization: config.graph_optimization,
-        })?;
-        Self::with_parts(config, source, Arc::new(engine))
+        let engine = engine_for(&config)?;
+        Self::with_parts(config, source, engine)
     }
 
     /// Build from explicit parts (another model source or engine).

@@ -2,6 +2,7 @@
 //! Arrow mapping layer ([`crate::mapping`]) produces and consumes.
 
 pub mod ort;
+pub mod tract;
 pub mod zipmap;
 
 use std::fmt;
@@ -209,7 +210,7 @@ pub enum OutputValue {
 
 /// An inference engine: turns ONNX bytes into a runnable model.
 pub trait Engine: Send + Sync + 'static {
-    /// Short engine name (`ort`).
+    /// Short engine name (`ort`, `tract`).
     fn name(&self) -> &'static str;
 
     /// Load a model from its ONNX bytes. Blocking (call from a blocking thread).
