@@ -212,6 +212,7 @@ data_dir = "/var/lib/lakescore"
 listen = {{ include "lakescore.listen" (dict "addr" .Values.bindAddress "port" $s.containerPort) | quote }}
 model_source = {{ include "lakescore.registryUrl" . | quote }}
 intra_op_threads = {{ int64 $s.intraOpThreads }}
+backend = {{ $s.backend | quote }}
 {{- include "lakescore.toml.string" (dict "key" "advertise_location" "value" $s.advertiseLocation) }}
 {{- include "lakescore.toml.list" (dict "key" "storage_roots" "value" $s.storage.roots) }}
 {{- include "lakescore.toml.map" (dict "key" "storage_options" "value" $s.storage.options) }}
