@@ -508,6 +508,10 @@ async fn operations_endpoints(db: Db) {
     assert_eq!(r.status(), StatusCode::OK);
     let r = http().get(format!("{}/readyz", s.base)).send().await.expect("send");
     assert_eq!(r.status(), StatusCode::OK);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = http().get(s.api(path)).send().await.expect("send");
+        assert_eq!(r.status(), StatusCode::OK, "/api/v1{path}");
+    }
 
     let doc: Value = http().get(s.api("/openapi.json")).send().await.expect("send").json().await.expect("json");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));

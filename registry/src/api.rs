@@ -144,8 +144,12 @@ pub fn router(registry: Registry) -> Router {
         .route("/resolve/{reference}", get(resolve))
         .route("/audit", get(list_audit))
         .layer(middleware::from_fn_with_state(registry.auth.clone(), crate::auth::middleware))
-        // The API description is public, like the health endpoints.
-        .route("/openapi.json", get(openapi));
+        // The API description is public, like the health endpoints (also under the base,
+        // where the design's table lists them).
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint));
     // The gRPC service for workers shares the port: its paths are its own, and requests
     // are told apart by path (HTTP/2 without TLS, h2c, is accepted beside HTTP/1.1).
     let grpc = crate::grpc::GrpcRegistry::server(registry.clone());
