@@ -19,6 +19,10 @@ on a 1,000,000-row, 20-feature float32 table, with
             --bench; generated when missing)
   logreg20  LogisticRegression, 20 features, 3 classes (built here: scikit-learn + skl2onnx,
             fixed seed, zipmap=False like big_rf)
+  mlp64     MLPClassifier, 2 hidden layers of 64, 20 features, 3 classes (built here, likewise)
+
+The tract backend is not measured: it refuses all three models (their graphs use
+ai.onnx.ml operators, which tract does not run correctly; see scorer/src/engine/tract.rs).
 
 and prints rows/s and the ratio to (a). As a reference for what the transport alone costs,
 it also times the same DoExchange against an Arrow C++ Flight server (pyarrow, in this
@@ -115,6 +119,34 @@ def logreg_model(out: Path) -> Path:
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
     path = out / "logreg20.onnx"
+    path.write_bytes(onx.SerializeToString())
+    return path
+
+
+def mlp_model(out: Path) -> Path:
+    """MLPClassifier, 2 hidden layers of 64, 20 features, 3 classes; probabilities as a tensor."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import make_classification
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = make_classification(
+        n_samples=20_000, n_features=N_FEATURES, n_informative=10, n_classes=3, random_state=SEED
+    )
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        # Training quality does not matter for a speed benchmark.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=50, random_state=SEED).fit(X.astype(np.float32), y)
+    onx = to_onnx(
+        model,
+        X[:1].astype(np.float32),
+        options={id(model): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    path = out / "mlp64.onnx"
     path.write_bytes(onx.SerializeToString())
     return path
 
@@ -369,7 +401,7 @@ def main() -> int:
     ap.add_argument("--batch-rows", type=int, default=65_536, help="rows per batch, everywhere (default 65,536)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads, both engines (default: cores)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the best is reported (default 3)")
-    ap.add_argument("--models", default="big_rf,logreg20", help="comma-separated subset of big_rf,logreg20")
+    ap.add_argument("--models", default="big_rf,logreg20,mlp64", help="comma-separated subset of big_rf,logreg20,mlp64")
     ap.add_argument("--no-echo", action="store_true", help="skip the transport-only reference (Arrow C++ Flight echo)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (server log, outputs)")
     args = ap.parse_args()
@@ -384,8 +416,10 @@ def main() -> int:
             models[name] = big_rf_model()
         elif name == "logreg20":
             models[name] = logreg_model(tmp)
+        elif name == "mlp64":
+            models[name] = mlp_model(tmp)
         else:
-            sys.exit(f"unknown model {name!r} (big_rf, logreg20)")
+            sys.exit(f"unknown model {name!r} (big_rf, logreg20, mlp64)")
 
     print(f"lakescore       {args.lakescore}")
     print(f"onnxruntime     {ort.__version__} ({ort_lib}); same library in both engines")

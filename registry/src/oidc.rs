@@ -100,6 +100,15 @@ impl OidcConfig {
     }
 }
 
+/// Tokens already verified, by their sha256, until they expire (at most `VERIFIED_TTL`):
+/// a client sends the same token on every call, and the signature check is the costly part.
+struct VerifiedTokens {
+    entries: HashMap<[u8; 32], (Instant, Map<String, Value>)>,
+}
+
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+const VERIFIED_MAX: usize = 10_000;
+
 struct KeyCache {
     keys: HashMap<String, (DecodingKey, Option<Algorithm>)>,
     fetched_at: Option<Instant>,
@@ -112,6 +121,7 @@ pub struct OidcValidator {
     cache: RwLock<KeyCache>,
     /// Serializes refreshes and remembers when the last one was tried.
     last_refresh: Mutex<Option<Instant>>,
+    verified: std::sync::Mutex<VerifiedTokens>,
 }
 
 /// An OIDC failure as the caller should see it.
@@ -131,6 +141,7 @@ impl OidcValidator {
             http,
             cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
             last_refresh: Mutex::new(None),
+            verified: std::sync::Mutex::new(VerifiedTokens { entries: HashMap::new() }),
         })
     }
 
@@ -148,6 +159,37 @@ impl OidcValidator {
 
     /// Validates `token` and returns its claims.
     pub async fn validate(&self, token: &str) -> Result<Map<String, Value>> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Ok(cache) = self.verified.lock() {
+            if let Some((until, claims)) = cache.entries.get(&digest) {
+                if Instant::now() < *until {
+                    return Ok(claims.clone());
+                }
+            }
+        }
+        let claims = self.verify(token).await?;
+        // Cache until the token expires (exp, checked with no skew here), at most a minute.
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        let left = exp - jsonwebtoken::get_current_timestamp() as i64;
+        if left > 0 {
+            if let Ok(mut cache) = self.verified.lock() {
+                let now = Instant::now();
+                if cache.entries.len() >= VERIFIED_MAX {
+                    cache.entries.retain(|_, (until, _)| *until > now);
+                    if cache.entries.len() >= VERIFIED_MAX {
+                        cache.entries.clear();
+                    }
+                }
+                let ttl = VERIFIED_TTL.min(Duration::from_secs(left as u64));
+                cache.entries.insert(digest, (now + ttl, claims.clone()));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The full check: signature, algorithm, issuer, audience, times.
+    async fn verify(&self, token: &str) -> Result<Map<String, Value>> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| unauthorized(format!("malformed token: {e}")))?;
         if !ACCEPTED.contains(&header.alg) {
             return Err(unauthorized(format!(
