@@ -102,53 +102,45 @@ def big_rf_model() -> Path:
     return path
 
 
-def logreg_model(out: Path) -> Path:
-    """LogisticRegression on 20 features, 3 classes; probabilities as a tensor (no ZipMap)."""
-    from skl2onnx import to_onnx
-    from sklearn.datasets import make_classification
-    from sklearn.linear_model import LogisticRegression
-
-    X, y = make_classification(
-        n_samples=20_000, n_features=N_FEATURES, n_informative=10, n_classes=3, random_state=SEED
-    )
-    model = LogisticRegression(max_iter=1000).fit(X.astype(np.float32), y)
-    onx = to_onnx(
-        model,
-        X[:1].astype(np.float32),
-        options={id(model): {"zipmap": False}},
-        target_opset={"": 17, "ai.onnx.ml": 3},
-    )
-    path = out / "logreg20.onnx"
-    path.write_bytes(onx.SerializeToString())
-    return path
-
-
-def mlp_model(out: Path) -> Path:
-    """MLPClassifier, 2 hidden layers of 64, 20 features, 3 classes; probabilities as a tensor."""
-    from skl2onnx import to_onnx
-    from sklearn.datasets import make_classification
-    from sklearn.neural_network import MLPClassifier
-
-    X, y = make_classification(
-        n_samples=20_000, n_features=N_FEATURES, n_informative=10, n_classes=3, random_state=SEED
-    )
+def classifier_model(out: Path, name: str, model) -> Path:
+    """Fits `model` on 20 features, 3 classes (fixed seed) and writes it as ONNX with the
+    probabilities as a tensor (no ZipMap)."""
     import warnings
 
+    from skl2onnx import to_onnx
+    from sklearn.datasets import make_classification
     from sklearn.exceptions import ConvergenceWarning
 
+    X, y = make_classification(
+        n_samples=20_000, n_features=N_FEATURES, n_informative=10, n_classes=3, random_state=SEED
+    )
     with warnings.catch_warnings():
         # Training quality does not matter for a speed benchmark.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=50, random_state=SEED).fit(X.astype(np.float32), y)
+        model.fit(X.astype(np.float32), y)
     onx = to_onnx(
         model,
         X[:1].astype(np.float32),
         options={id(model): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
-    path = out / "mlp64.onnx"
+    path = out / f"{name}.onnx"
     path.write_bytes(onx.SerializeToString())
     return path
+
+
+def logreg_model(out: Path) -> Path:
+    """LogisticRegression on 20 features, 3 classes."""
+    from sklearn.linear_model import LogisticRegression
+
+    return classifier_model(out, "logreg20", LogisticRegression(max_iter=1000))
+
+
+def mlp_model(out: Path) -> Path:
+    """MLPClassifier, 2 hidden layers of 64, on 20 features, 3 classes."""
+    from sklearn.neural_network import MLPClassifier
+
+    return classifier_model(out, "mlp64", MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=50, random_state=SEED))
 
 
 def feature_matrix(rows: int, seed: int) -> np.ndarray:

@@ -144,6 +144,18 @@ async fn exchange(s: &Serve, token: Option<&str>, cmd: &Value) -> Result<Vec<Rec
     })
 }
 
+/// Grants (or, with `grant == false`, revokes) alice's read access to `rf`; the status.
+async fn grant_alice(s: &Serve, owner: &str, grant: bool) -> u16 {
+    let url = format!("{}/api/v1/models/rf/grants", s.http);
+    let http = reqwest::Client::new();
+    let req = if grant {
+        http.put(url).json(&json!({"principal": "user:alice", "permission": "read"}))
+    } else {
+        http.delete(url).query(&[("principal", "user:alice")])
+    };
+    req.bearer_auth(owner).send().await.expect("send").status().as_u16()
+}
+
 fn rf_command() -> Value {
     json!({"model": "rf@champion", "feature_columns": (0..20).map(|i| format!("f{i}")).collect::<Vec<_>>()})
 }
@@ -169,34 +181,13 @@ async fn callers_score_only_models_they_may_read() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
 
     // The owner grants alice read: the same cached model is now served to her.
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/models/rf/grants", s.http))
-        .bearer_auth(&owner)
-        .json(&json!({"principal": "user:alice", "permission": "read"}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
+    assert_eq!(grant_alice(&s, &owner, true).await, 200);
     exchange(&s, Some(&alice), &rf_command()).await.expect("alice scores after the grant");
     // Revoked: refused again at once (every call asks the registry with the caller's token).
-    let r = reqwest::Client::new()
-        .delete(format!("{}/api/v1/models/rf/grants", s.http))
-        .bearer_auth(&owner)
-        .query(&[("principal", "user:alice")])
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 204);
+    assert_eq!(grant_alice(&s, &owner, false).await, 204);
     let err = exchange(&s, Some(&alice), &rf_command()).await.expect_err("alice's grant was revoked");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/models/rf/grants", s.http))
-        .bearer_auth(&owner)
-        .json(&json!({"principal": "user:alice", "permission": "read"}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
+    assert_eq!(grant_alice(&s, &owner, true).await, 200);
     let err = exchange(&s, Some(&alice), &json!({"model": "nope@champion"})).await.expect_err("unknown model");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
 }

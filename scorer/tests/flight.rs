@@ -17,41 +17,6 @@ use common::*;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
-fn descriptor(cmd: &Value) -> FlightDescriptor {
-    FlightDescriptor::new_cmd(serde_json::to_vec(cmd).unwrap())
-}
-
-async fn exchange(
-    client: &mut arrow_flight::FlightClient,
-    cmd: &Value,
-    batches: Vec<RecordBatch>,
-) -> Result<Vec<RecordBatch>, FlightError> {
-    let input = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(descriptor(cmd)))
-        .build(futures::stream::iter(batches.into_iter().map(Ok)));
-    client.do_exchange(input).await?.try_collect().await
-}
-
-async fn put(
-    client: &mut arrow_flight::FlightClient,
-    cmd: &Value,
-    batches: Vec<RecordBatch>,
-) -> Result<Value, FlightError> {
-    let input = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(descriptor(cmd)))
-        .build(futures::stream::iter(batches.into_iter().map(Ok)));
-    let results: Vec<_> = client.do_put(input).await?.try_collect().await?;
-    assert_eq!(results.len(), 1, "one PutResult");
-    Ok(serde_json::from_slice(&results[0].app_metadata).expect("app_metadata is JSON"))
-}
-
-fn status(err: FlightError) -> tonic::Status {
-    match err {
-        FlightError::Tonic(s) => *s,
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
-
 fn read_output_dir(dir: &std::path::Path) -> RecordBatch {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()

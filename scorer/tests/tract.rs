@@ -7,43 +7,11 @@
 
 mod common;
 
-use arrow::array::RecordBatch;
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
-use arrow_flight::FlightDescriptor;
 use bytes::Bytes;
 use common::*;
-use futures::TryStreamExt;
 use lakescore_scorer::engine::{Engine, OutputValue, Tensor, TensorData};
 use lakescore_scorer::{Backend, ScoreError, ScorerConfig, TractEngine};
 use serde_json::{json, Value};
-
-async fn exchange(
-    client: &mut arrow_flight::FlightClient,
-    cmd: &Value,
-    batches: Vec<RecordBatch>,
-) -> Result<Vec<RecordBatch>, FlightError> {
-    let input = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(serde_json::to_vec(cmd).unwrap())))
-        .build(futures::stream::iter(batches.into_iter().map(Ok)));
-    client.do_exchange(input).await?.try_collect().await
-}
-
-async fn put(client: &mut arrow_flight::FlightClient, cmd: &Value, batches: Vec<RecordBatch>) -> Value {
-    let input = FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(serde_json::to_vec(cmd).unwrap())))
-        .build(futures::stream::iter(batches.into_iter().map(Ok)));
-    let results: Vec<_> = client.do_put(input).await.unwrap().try_collect().await.unwrap();
-    assert_eq!(results.len(), 1, "one PutResult");
-    serde_json::from_slice(&results[0].app_metadata).expect("app_metadata is JSON")
-}
-
-fn status(err: FlightError) -> tonic::Status {
-    match err {
-        FlightError::Tonic(s) => *s,
-        other => panic!("expected a gRPC status, got {other:?}"),
-    }
-}
 
 fn uses_ml(model: &str) -> bool {
     manifest()["models"][model]["signature"]["uses_ai_onnx_ml"].as_bool().expect("uses_ai_onnx_ml")
@@ -113,7 +81,7 @@ async fn tract_scores_like_onnxruntime_or_refuses_every_model() {
     let mut client = worker.client().await;
     let mut cmd = command("linreg");
     cmd["output"] = json!(worker.url("out/linreg/"));
-    let summary = put(&mut client, &cmd, split(&rows("linreg"), &[64])).await;
+    let summary = put(&mut client, &cmd, split(&rows("linreg"), &[64])).await.expect("DoPut");
     assert_eq!(summary["rows"], 200, "{summary}");
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(worker.path("out/linreg/_lakescore.json")).unwrap()).unwrap();

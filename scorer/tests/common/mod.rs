@@ -11,7 +11,10 @@ use arrow::array::{
     Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::compute::concat_batches;
-use arrow_flight::FlightClient;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::{FlightClient, FlightDescriptor};
+use futures::TryStreamExt;
 use lakescore_scorer::mapping::default_column_name;
 use lakescore_scorer::ScorerConfig;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -293,4 +296,41 @@ pub fn split(batch: &RecordBatch, sizes: &[usize]) -> Vec<RecordBatch> {
 
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
+}
+
+// ---- Flight calls shared by the test files ----
+
+pub fn descriptor(cmd: &Value) -> FlightDescriptor {
+    FlightDescriptor::new_cmd(serde_json::to_vec(cmd).unwrap())
+}
+
+pub async fn exchange(
+    client: &mut arrow_flight::FlightClient,
+    cmd: &Value,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>, FlightError> {
+    let input = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor(cmd)))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    client.do_exchange(input).await?.try_collect().await
+}
+
+pub async fn put(
+    client: &mut arrow_flight::FlightClient,
+    cmd: &Value,
+    batches: Vec<RecordBatch>,
+) -> Result<Value, FlightError> {
+    let input = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor(cmd)))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    let results: Vec<_> = client.do_put(input).await?.try_collect().await?;
+    assert_eq!(results.len(), 1, "one PutResult");
+    Ok(serde_json::from_slice(&results[0].app_metadata).expect("app_metadata is JSON"))
+}
+
+pub fn status(err: FlightError) -> tonic::Status {
+    match err {
+        FlightError::Tonic(s) => *s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
 }
