@@ -154,9 +154,30 @@ stop() {
     log "stopped and removed $dir"
 }
 
+# Fault tests: take the server down (a fast shutdown: clients are disconnected, committed
+# data is kept, as in a restart or fail-over) and bring it back on the same port.
+down() {
+    local dir=${1:-} bindir
+    [ -f "$dir/$MARKER" ] || die "usage: $0 down DIR (a directory made by this script)"
+    bindir=$(find_bindir) || die "no pg_ctl found"
+    (cd "$dir" && as_pg "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >&2)
+}
+
+up() {
+    local dir=${1:-} bindir port
+    [ -f "$dir/$MARKER" ] || die "usage: $0 up DIR (a directory made by this script)"
+    bindir=$(find_bindir) || die "no pg_ctl found"
+    port=$(cat "$dir/port")
+    (cd "$dir" && as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+        start >&2)
+}
+
 case "${1:-start}" in
 start) start ;;
 stop) stop "${2:-}" ;;
+down) down "${2:-}" ;;
+up) up "${2:-}" ;;
 -h | --help | help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' ;;
-*) die "unknown command '$1' (start | stop DIR)" ;;
+*) die "unknown command '$1' (start | stop DIR | down DIR | up DIR)" ;;
 esac

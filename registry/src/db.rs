@@ -129,7 +129,8 @@ impl Store {
         }
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { max_connections.min(8) } else { max_connections })
-            .acquire_timeout(Duration::from_secs(10))
+            // Also how long a request waits for an unreachable database before its 503.
+            .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

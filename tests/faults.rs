@@ -1,0 +1,100 @@
+//! The registry when its database goes away: PostgreSQL (a dedicated throwaway cluster)
+//! is taken down during traffic and brought back. While it is down requests fail with 503
+//! and the server keeps serving; afterwards they succeed again with no manual step.
+
+mod common;
+
+use std::process::Command;
+
+use common::{model_bytes, Db, TestServer};
+use reqwest::StatusCode;
+use serde_json::json;
+
+struct Cluster {
+    dir: String,
+    url: String,
+}
+
+fn script(args: &[&str]) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-cluster.sh");
+    let out = Command::new("bash").arg(path).args(args).output().expect("run scripts/pg-test-cluster.sh");
+    assert!(out.status.success(), "pg-test-cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let out = script(&["start"]);
+        let find = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {key}=")))
+                .unwrap_or_else(|| panic!("no {key} in: {out}"))
+                .to_string()
+        };
+        Self { dir: find("LAKESCORE_TEST_PG_DIR"), url: find("LAKESCORE_TEST_POSTGRES_URL") }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-cluster.sh"))
+            .args(["stop", &self.dir])
+            .output();
+    }
+}
+
+async fn upload(s: &TestServer) -> StatusCode {
+    reqwest::Client::new()
+        .post(s.api("/models/m/versions"))
+        .header("content-type", "application/octet-stream")
+        .body(model_bytes("logreg.onnx"))
+        .send()
+        .await
+        .expect("send")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_gives_503_then_recovers() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.expect("cluster");
+    let url = cluster.url.clone();
+    let s = TestServer::start_with(Db::Sqlite, |c| c.database_url = Some(url)).await;
+    let http = reqwest::Client::new();
+    let r = http.post(s.api("/models")).json(&json!({"name": "m"})).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(upload(&s).await, StatusCode::CREATED);
+
+    let dir = cluster.dir.clone();
+    tokio::task::spawn_blocking(move || script(&["down", &dir])).await.expect("down");
+    let r = http.get(s.api("/resolve/m")).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(upload(&s).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        http.get(format!("{}/readyz", s.base)).send().await.expect("send").status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(http.get(format!("{}/healthz", s.base)).send().await.expect("send").status(), StatusCode::OK);
+
+    let dir = cluster.dir.clone();
+    tokio::task::spawn_blocking(move || script(&["up", &dir])).await.expect("up");
+    // Pooled connections died with the server; new ones are made on the next requests.
+    let mut last = String::new();
+    for _ in 0..50 {
+        let r = http.get(s.api("/resolve/m")).send().await.expect("send");
+        if r.status() == StatusCode::OK {
+            last.clear();
+            break;
+        }
+        last = format!("{} {}", r.status(), r.text().await.unwrap_or_default());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(last.is_empty(), "the registry did not recover after PostgreSQL came back: {last}");
+    assert_eq!(upload(&s).await, StatusCode::CREATED);
+    let versions: serde_json::Value =
+        http.get(s.api("/models/m/versions")).send().await.expect("send").json().await.expect("json");
+    let numbers: Vec<i64> =
+        versions["versions"].as_array().expect("versions").iter().filter_map(|v| v["version"].as_i64()).collect();
+    assert_eq!(numbers, [1, 2], "the failed upload took no version number and left no row");
+    s.stop().await;
+}
