@@ -71,18 +71,6 @@ async fn create_model(s: &TestServer, token: &str, name: &str) {
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
-async fn upload(s: &TestServer, token: &str, name: &str) -> StatusCode {
-    reqwest::Client::new()
-        .post(s.api(&format!("/models/{name}/versions")))
-        .bearer_auth(token)
-        .header("content-type", "application/octet-stream")
-        .body(model_bytes("logreg.onnx"))
-        .send()
-        .await
-        .expect("send")
-        .status()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_are_checked_strictly() {
     let (i, s) = start(Db::Sqlite).await;
@@ -188,7 +176,7 @@ async fn grants_give_access_to_one_model(db: Db) {
     let team = i.token(json!({"oid": "bob", "groups": ["team-risk"]}));
     create_model(&s, &owner, "fraud").await;
     create_model(&s, &owner, "churn").await;
-    assert_eq!(upload(&s, &owner, "fraud").await, StatusCode::CREATED);
+    assert_eq!(s.upload("fraud", model_bytes("logreg.onnx"), Some(&owner)).await.status(), StatusCode::CREATED);
 
     // No global role, no grant: nothing visible, nothing readable.
     let list: Value = get(&s, "/models", Some(&alice)).send().await.expect("send").json().await.expect("json");
@@ -214,8 +202,16 @@ async fn grants_give_access_to_one_model(db: Db) {
         list["models"].as_array().expect("models").iter().filter_map(|m| m["name"].as_str()).collect();
     assert_eq!(names, ["fraud"], "only the granted model is listed");
     assert_eq!(status(get(&s, "/models/churn", Some(&alice))).await, StatusCode::FORBIDDEN, "a grant covers one model");
-    assert_eq!(upload(&s, &alice, "fraud").await, StatusCode::FORBIDDEN, "read does not allow writing");
-    assert_eq!(upload(&s, &team, "fraud").await, StatusCode::CREATED, "a group's write grant does");
+    assert_eq!(
+        s.upload("fraud", model_bytes("logreg.onnx"), Some(&alice)).await.status(),
+        StatusCode::FORBIDDEN,
+        "read does not allow writing"
+    );
+    assert_eq!(
+        s.upload("fraud", model_bytes("logreg.onnx"), Some(&team)).await.status(),
+        StatusCode::CREATED,
+        "a group's write grant does"
+    );
     let artifact = get(&s, "/models/fraud/versions/1/artifact", Some(&alice)).send().await.expect("send");
     assert_eq!(artifact.status(), StatusCode::OK);
 
@@ -237,7 +233,7 @@ async fn audit_log_records_writes(db: Db) {
     let owner = writer(&i, "owner-1");
     let admin = i.token(json!({"oid": "admin-1", "roles": ["LakeScore.Admin"]}));
     create_model(&s, &owner, "fraud").await;
-    assert_eq!(upload(&s, &owner, "fraud").await, StatusCode::CREATED);
+    assert_eq!(s.upload("fraud", model_bytes("logreg.onnx"), Some(&owner)).await.status(), StatusCode::CREATED);
     let r = reqwest::Client::new()
         .put(s.api("/models/fraud/aliases/champion"))
         .bearer_auth(&owner)

@@ -3,60 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::{models_dir, sha256_hex};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lakescore");
-
-struct Server {
-    child: Child,
-    url: String,
-    flight: String,
-}
-
-/// Starts `lakescore serve` on a free port and waits for its "listening" log line.
-fn start_server(data_dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--flight-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(extra)
-        .env_remove("LAKESCORE_DATABASE_URL")
-        .env_remove("LAKESCORE_STORAGE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lakescore serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let (mut url, mut flight) = (None, None);
-    while url.is_none() || flight.is_none() {
-        let line = lines.next().expect("server exited before listening").expect("read stderr");
-        let Ok(entry) = serde_json::from_str::<Value>(&line) else { continue };
-        let addr =
-            entry["fields"]["addr"].as_str().unwrap_or_default().trim_start_matches("Some(").trim_end_matches(')');
-        match entry["fields"]["message"].as_str() {
-            Some("registry listening") => url = Some(format!("http://{addr}")),
-            Some(m) if m.starts_with("scoring worker") => flight = Some(format!("grpc://{addr}")),
-            _ => {}
-        }
-    }
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url: url.expect("url"), flight: flight.expect("flight") }
-}
 
 fn lakescore(url: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).env("LAKESCORE_URL", url).output().expect("run lakescore");
@@ -76,7 +29,7 @@ fn json_of(url: &str, args: &[&str]) -> Value {
 #[test]
 fn client_commands_against_a_running_server() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut server = start_server(data.path(), &[]);
+    let mut server = common::spawn_serve(data.path(), &[]);
     let url = server.url.clone();
     let model = models_dir().join("rf.onnx");
     let model = model.to_str().expect("utf-8 path");
@@ -186,7 +139,7 @@ fn serve_refuses_a_public_address_without_auth() {
 #[test]
 fn gc_finds_and_removes_only_unreferenced_artifacts() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut server = start_server(data.path(), &[]);
+    let mut server = common::spawn_serve(data.path(), &[]);
     let model = models_dir().join("logreg.onnx");
     json_of(&server.url, &["models", "register", "kept", model.to_str().expect("path"), "-o", "json"]);
     let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
@@ -237,8 +190,8 @@ fn labels(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<i64> {
 #[test]
 fn score_command_scores_parquet_and_csv_files() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut server = start_server(data.path(), &[]);
-    let (url, flight) = (server.url.clone(), server.flight.clone());
+    let mut server = common::spawn_serve(data.path(), &[]);
+    let (url, flight) = (server.url.clone(), format!("grpc://{}", server.flight));
     let models = models_dir();
     json_of(
         &url,
@@ -313,7 +266,7 @@ fn score_command_scores_parquet_and_csv_files() {
 }
 
 /// A server that requires tokens from the tests' issuer.
-async fn authenticated_server(issuer: &common::issuer::Issuer, data: &Path) -> Server {
+async fn authenticated_server(issuer: &common::issuer::Issuer, data: &Path) -> common::ServeProcess {
     let config = data.join("auth.toml");
     std::fs::write(
         &config,
@@ -326,7 +279,7 @@ async fn authenticated_server(issuer: &common::issuer::Issuer, data: &Path) -> S
     .expect("config");
     let config = config.to_str().expect("path").to_string();
     let data = data.to_path_buf();
-    tokio::task::spawn_blocking(move || start_server(&data, &["--config", &config])).await.expect("start")
+    tokio::task::spawn_blocking(move || common::spawn_serve(&data, &["--config", &config])).await.expect("start")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +346,7 @@ async fn login_caches_a_token_for_later_commands() {
 #[test]
 fn registrations_survive_sigkill_and_restart() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut server = start_server(data.path(), &[]);
+    let mut server = common::spawn_serve(data.path(), &[]);
     let files = ["logreg.onnx", "rf.onnx", "gbr.onnx", "mlp.onnx", "linreg.onnx"];
     let mut registered = Vec::new();
     for (i, file) in files.iter().cycle().take(12).enumerate() {
@@ -412,7 +365,7 @@ fn registrations_survive_sigkill_and_restart() {
     server.child.kill().expect("SIGKILL");
     let _ = server.child.wait();
 
-    let mut restarted = start_server(data.path(), &[]);
+    let mut restarted = common::spawn_serve(data.path(), &[]);
     for (name, version, sha) in &registered {
         let v = json_of(&restarted.url, &["models", "resolve", &format!("{name}:{version}"), "-o", "json"]);
         assert_eq!(v["sha256"].as_str(), Some(sha.as_str()), "{name}:{version} survived");

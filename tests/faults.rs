@@ -44,17 +44,6 @@ impl Drop for Cluster {
     }
 }
 
-async fn upload(s: &TestServer) -> StatusCode {
-    reqwest::Client::new()
-        .post(s.api("/models/m/versions"))
-        .header("content-type", "application/octet-stream")
-        .body(model_bytes("logreg.onnx"))
-        .send()
-        .await
-        .expect("send")
-        .status()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restart_gives_503_then_recovers() {
     let cluster = tokio::task::spawn_blocking(Cluster::start).await.expect("cluster");
@@ -63,13 +52,13 @@ async fn postgres_restart_gives_503_then_recovers() {
     let http = reqwest::Client::new();
     let r = http.post(s.api("/models")).json(&json!({"name": "m"})).send().await.expect("send");
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(upload(&s).await, StatusCode::CREATED);
+    assert_eq!(s.upload("m", model_bytes("logreg.onnx"), None).await.status(), StatusCode::CREATED);
 
     let dir = cluster.dir.clone();
     tokio::task::spawn_blocking(move || script(&["down", &dir])).await.expect("down");
     let r = http.get(s.api("/resolve/m")).send().await.expect("send");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", r.text().await.unwrap_or_default());
-    assert_eq!(upload(&s).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.upload("m", model_bytes("logreg.onnx"), None).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         http.get(format!("{}/readyz", s.base)).send().await.expect("send").status(),
         StatusCode::SERVICE_UNAVAILABLE
@@ -90,7 +79,7 @@ async fn postgres_restart_gives_503_then_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(last.is_empty(), "the registry did not recover after PostgreSQL came back: {last}");
-    assert_eq!(upload(&s).await, StatusCode::CREATED);
+    assert_eq!(s.upload("m", model_bytes("logreg.onnx"), None).await.status(), StatusCode::CREATED);
     let versions: serde_json::Value =
         http.get(s.api("/models/m/versions")).send().await.expect("send").json().await.expect("json");
     let numbers: Vec<i64> =

@@ -31,18 +31,8 @@ async fn create_model(s: &TestServer, name: &str, tags: Value) -> Value {
     r.json().await.expect("json")
 }
 
-async fn upload(s: &TestServer, name: &str, bytes: Vec<u8>) -> reqwest::Response {
-    http()
-        .post(s.api(&format!("/models/{name}/versions")))
-        .header(CONTENT_TYPE, "application/octet-stream")
-        .body(bytes)
-        .send()
-        .await
-        .expect("send")
-}
-
 async fn upload_ok(s: &TestServer, name: &str, file: &str) -> Value {
-    let r = upload(s, name, model_bytes(file)).await;
+    let r = s.upload(name, model_bytes(file), None).await;
     assert_eq!(r.status(), StatusCode::CREATED, "upload {file}");
     r.json().await.expect("json")
 }
@@ -408,15 +398,15 @@ async fn bad_uploads_leave_nothing_behind(db: Db) {
         ("bad_external_dotdot.onnx", "escapes"),
         ("bad_raw_len.onnx", "raw data"),
     ] {
-        let r = upload(&s, "m", model_bytes(file)).await;
+        let r = s.upload("m", model_bytes(file), None).await;
         assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, reason).await;
     }
-    let r = upload(&s, "m", Vec::new()).await;
+    let r = s.upload("m", Vec::new(), None).await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "empty").await;
 
     // Over the cap: refused from Content-Length, and while streaming a chunked body.
     let big = vec![7u8; 64 * 1024 + 1];
-    assert_problem(upload(&s, "m", big.clone()).await, StatusCode::PAYLOAD_TOO_LARGE, "limit").await;
+    assert_problem(s.upload("m", big.clone(), None).await, StatusCode::PAYLOAD_TOO_LARGE, "limit").await;
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.chunks(4096).map(|c| Ok(c.to_vec())).collect();
     let r = http()
         .post(s.api("/models/m/versions"))
@@ -443,7 +433,7 @@ async fn bad_uploads_leave_nothing_behind(db: Db) {
         .part("artifact", reqwest::multipart::Part::bytes(model_bytes("logreg.onnx")));
     let r = http().post(s.api("/models/m/versions")).multipart(form).send().await.expect("send");
     assert_problem(r, StatusCode::BAD_REQUEST, "metadata").await;
-    let r = upload(&s, "missing", model_bytes("logreg.onnx")).await;
+    let r = s.upload("missing", model_bytes("logreg.onnx"), None).await;
     assert_problem(r, StatusCode::NOT_FOUND, "missing").await;
 
     assert_eq!(version_count(&s, "m").await, 0, "no version row was left behind");
@@ -462,7 +452,7 @@ async fn concurrent_uploads_get_consecutive_versions(db: Db) {
     let uploads = (0..50).map(|i| {
         let s = &s;
         async move {
-            let r = upload(s, "busy", model_bytes(files[i % files.len()])).await;
+            let r = s.upload("busy", model_bytes(files[i % files.len()]), None).await;
             assert_eq!(r.status(), StatusCode::CREATED, "upload {i}");
             let v: Value = r.json().await.expect("json");
             v["version"].as_i64().expect("version")

@@ -32,16 +32,6 @@ fn azurite_endpoint() -> String {
         .expect("LAKESCORE_TEST_AZURITE_BLOB is not set: run the tests with scripts/test, which starts Azurite")
 }
 
-async fn upload(s: &TestServer, name: &str, bytes: Vec<u8>) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(s.api(&format!("/models/{name}/versions")))
-        .header("content-type", "application/octet-stream")
-        .body(bytes)
-        .send()
-        .await
-        .expect("send")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn artifacts_round_trip_through_azure_blob() {
     let endpoint = azurite_endpoint();
@@ -59,7 +49,7 @@ async fn artifacts_round_trip_through_azure_blob() {
     let small = model_bytes("rf.onnx");
     let big = model_of_10mb(7);
     for (bytes, version) in [(small.clone(), 1), (big.clone(), 2)] {
-        let r = upload(&s, "m", bytes.clone()).await;
+        let r = s.upload("m", bytes.clone(), None).await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let v: Value = r.json().await.expect("json");
         assert_eq!(v["version"], version);
@@ -101,7 +91,7 @@ async fn storage_down_gives_503_and_leaves_no_row() {
     let r = http.get(format!("{}/readyz", s.base)).send().await.expect("send");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     http.post(s.api("/models")).json(&json!({"name": "m"})).send().await.expect("create");
-    let r = upload(&s, "m", model_bytes("logreg.onnx")).await;
+    let r = s.upload("m", model_bytes("logreg.onnx"), None).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let problem: Value = r.json().await.expect("problem");
     assert!(problem["detail"].as_str().is_some_and(|d| d.contains("object storage")), "{problem}");

@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use arrow::record_batch::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -18,17 +15,8 @@ use futures::TryStreamExt;
 use serde_json::{json, Value};
 
 struct Serve {
-    child: Child,
-    http: String,
-    flight: String,
+    server: common::ServeProcess,
     _data: tempfile::TempDir,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts `lakescore serve` with OIDC settings pointing at `issuer`, on free ports.
@@ -56,39 +44,14 @@ admin = ["role:LakeScore.Admin"]
         ),
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lakescore"))
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lakescore serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let (mut http, mut flight) = (None, None);
-    while http.is_none() || flight.is_none() {
-        let line = lines.next().expect("serve exited before listening").expect("stderr");
-        let Ok(entry) = serde_json::from_str::<Value>(&line) else { continue };
-        let fields = &entry["fields"];
-        let addr =
-            fields["addr"].as_str().unwrap_or_default().trim_start_matches("Some(").trim_end_matches(')').to_string();
-        match fields["message"].as_str() {
-            Some("registry listening") => http = Some(format!("http://{addr}")),
-            Some(m) if m.starts_with("scoring worker") => flight = Some(addr),
-            _ => {}
-        }
-        assert!(entry["level"] != "ERROR", "serve logged an error: {line}");
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Serve { child, http: http.expect("http"), flight: flight.expect("flight"), _data: data }
+    let config = config.to_str().expect("utf-8 path").to_string();
+    Serve { server: common::spawn_serve(data.path(), &["--config", &config]), _data: data }
 }
 
 async fn register(s: &Serve, token: &str, name: &str, file: &str) {
     let http = reqwest::Client::new();
     let r = http
-        .post(format!("{}/api/v1/models", s.http))
+        .post(format!("{}/api/v1/models", s.server.url))
         .bearer_auth(token)
         .json(&json!({"name": name}))
         .send()
@@ -96,7 +59,7 @@ async fn register(s: &Serve, token: &str, name: &str, file: &str) {
         .expect("send");
     assert_eq!(r.status(), 201);
     let r = http
-        .post(format!("{}/api/v1/models/{name}/versions", s.http))
+        .post(format!("{}/api/v1/models/{name}/versions", s.server.url))
         .bearer_auth(token)
         .header("content-type", "application/octet-stream")
         .body(model_bytes(file))
@@ -105,7 +68,7 @@ async fn register(s: &Serve, token: &str, name: &str, file: &str) {
         .expect("send");
     assert_eq!(r.status(), 201);
     let r = http
-        .put(format!("{}/api/v1/models/{name}/aliases/champion", s.http))
+        .put(format!("{}/api/v1/models/{name}/aliases/champion", s.server.url))
         .bearer_auth(token)
         .json(&json!({"version": 1}))
         .send()
@@ -125,7 +88,7 @@ fn rows(model: &str) -> Vec<RecordBatch> {
 }
 
 async fn exchange(s: &Serve, token: Option<&str>, cmd: &Value) -> Result<Vec<RecordBatch>, tonic::Status> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.flight))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.server.flight))
         .expect("uri")
         .connect()
         .await
@@ -146,7 +109,7 @@ async fn exchange(s: &Serve, token: Option<&str>, cmd: &Value) -> Result<Vec<Rec
 
 /// Grants (or, with `grant == false`, revokes) alice's read access to `rf`; the status.
 async fn grant_alice(s: &Serve, owner: &str, grant: bool) -> u16 {
-    let url = format!("{}/api/v1/models/rf/grants", s.http);
+    let url = format!("{}/api/v1/models/rf/grants", s.server.url);
     let http = reqwest::Client::new();
     let req = if grant {
         http.put(url).json(&json!({"principal": "user:alice", "permission": "read"}))
@@ -238,7 +201,7 @@ print(json.dumps(report))
     for (name, file) in [("rf", "rf.onnx"), ("logreg_nozipmap", "logreg_nozipmap.onnx"), ("gbr", "gbr.onnx")] {
         register(&s, &owner, name, file).await;
     }
-    let location = format!("grpc://{}", s.flight);
+    let location = format!("grpc://{}", s.server.flight);
     let models = models_dir();
     let report =
         tokio::task::spawn_blocking(move || python_json(SCRIPT, &[&location, &owner, models.to_str().expect("utf-8")]))

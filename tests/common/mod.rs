@@ -51,6 +51,21 @@ impl TestServer {
         format!("{}/api/v1{path}", self.base)
     }
 
+    /// Uploads `bytes` as the next version of `name`, with a bearer token when given.
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>, token: Option<&str>) -> reqwest::Response {
+        let req = reqwest::Client::new()
+            .post(self.api(&format!("/models/{name}/versions")))
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+        .send()
+        .await
+        .expect("send the upload")
+    }
+
     /// Files under the artifact store (the default local one).
     pub fn artifact_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
@@ -167,3 +182,55 @@ macro_rules! on_both_databases {
 pub mod big_model;
 #[allow(dead_code)]
 pub mod issuer;
+
+/// `lakescore serve` as a real process on free ports (registry and Flight worker).
+/// Killed on drop if still running.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    /// The registry: `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The Flight worker: `127.0.0.1:PORT`.
+    pub flight: String,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `lakescore serve --data-dir DATA_DIR EXTRA…` and waits for both "listening" log
+/// lines; the process must log no error while starting.
+pub fn spawn_serve(data_dir: &Path, extra: &[&str]) -> ServeProcess {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lakescore"))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env_remove("LAKESCORE_DATABASE_URL")
+        .env_remove("LAKESCORE_STORAGE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lakescore serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let (mut url, mut flight) = (None, None);
+    while url.is_none() || flight.is_none() {
+        let line = lines.next().expect("serve exited before listening").expect("read stderr");
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let fields = &entry["fields"];
+        let addr = fields["addr"].as_str().unwrap_or_default().trim_start_matches("Some(").trim_end_matches(')');
+        match fields["message"].as_str() {
+            Some("registry listening") => url = Some(format!("http://{addr}")),
+            Some(m) if m.starts_with("scoring worker") => flight = Some(addr.to_string()),
+            _ => {}
+        }
+        assert!(entry["level"] != "ERROR", "serve logged an error: {line}");
+    }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    ServeProcess { child, url: url.expect("url"), flight: flight.expect("flight") }
+}
