@@ -180,9 +180,13 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    // One token validator per process: in `serve` the worker shares the registry's (one
+    // JWKS cache, one verified-token cache).
+    let mut authenticator = None;
     if with_registry {
         let listen = settings.registry.listen;
         let registry = Registry::open(settings.registry.clone(), settings.auth.clone()).await?;
+        authenticator = Some(registry.auth.clone());
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         if with_scorer && settings.scorer.model_source.is_empty() {
@@ -206,9 +210,16 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
             .await?
             .map_err(|e| anyhow::anyhow!("cannot start the scoring worker: {e}"))?;
         let mut service = lakescore_scorer::ScorerService::new(std::sync::Arc::new(scorer));
-        let authenticator = lakescore_registry::auth::Authenticator::new(settings.auth.clone())?;
+        let authenticator = match authenticator {
+            // The registry warms its keys when it starts serving.
+            Some(shared) => shared,
+            None => {
+                let own = lakescore_registry::auth::Authenticator::new(settings.auth.clone())?;
+                own.warm().await;
+                own
+            }
+        };
         if authenticator.enabled() {
-            authenticator.warm().await;
             service = service.with_token_validator(std::sync::Arc::new(FlightTokens(authenticator)));
         }
         let listener =
