@@ -129,6 +129,11 @@ impl ScoreError {
     pub fn from_status(status: &tonic::Status) -> Self {
         let msg = status.message().to_string();
         match status.code() {
+            // tonic's decoder answers OUT_OF_RANGE for a message over the configured
+            // decoding limit; gRPC's own code for that is RESOURCE_EXHAUSTED.
+            tonic::Code::OutOfRange if msg.contains("message length too large") => ScoreError::ResourceExhausted(
+                format!("a Flight message is over the worker's limit (max_message_bytes): {msg}"),
+            ),
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ScoreError::InvalidArgument(msg),
             tonic::Code::NotFound => ScoreError::NotFound(msg),
             tonic::Code::Unauthenticated => ScoreError::Unauthenticated(msg),

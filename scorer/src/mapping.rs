@@ -254,6 +254,10 @@ fn is_string(dt: &DataType) -> bool {
 
 /// Can a column of `dt` feed a tensor of `elem` (possibly after a checked cast)?
 fn can_feed(dt: &DataType, elem: &ElemType) -> bool {
+    if let DataType::Dictionary(_, values) = dt {
+        // Dictionary-encoded columns (Parquet readers, pandas categoricals) are decoded first.
+        return can_feed(values, elem);
+    }
     match elem {
         ElemType::String => is_string(dt),
         ElemType::Bool => dt == &DataType::Boolean || dt.is_integer(),
@@ -837,8 +841,23 @@ fn primitive_columns<T: ArrowPrimitiveType>(
     Ok(out)
 }
 
+/// A dictionary-encoded column as plain values (a lossless cast); other columns as they are.
+fn decode_dictionary(array: &ArrayRef, column: &str, input: &str, elem: &ElemType) -> Result<ArrayRef> {
+    match array.data_type() {
+        DataType::Dictionary(_, values) => cast_with_options(array, values, &CastOptions::default())
+            .map_err(|e| feed_err(column, input, elem, format!("cannot be decoded from its dictionary: {e}"))),
+        _ => Ok(array.clone()),
+    }
+}
+
 /// Columns (all of `rows` rows) → one row-major tensor payload of `elem`.
 fn interleave(arrays: &[(&str, &ArrayRef)], elem: &ElemType, input: &str, fill: Option<f64>) -> Result<TensorData> {
+    let decoded: Vec<(&str, ArrayRef)> = arrays
+        .iter()
+        .map(|(name, array)| Ok((*name, decode_dictionary(array, name, input, elem)?)))
+        .collect::<Result<_>>()?;
+    let arrays: Vec<(&str, &ArrayRef)> = decoded.iter().map(|(name, array)| (*name, array)).collect();
+    let arrays = arrays.as_slice();
     Ok(match elem {
         ElemType::Float32 => {
             TensorData::Float32(primitive_columns::<Float32Type>(arrays, elem, input, fill.map(|f| f as f32))?)

@@ -196,6 +196,16 @@ fn decode_command(bytes: &[u8]) -> Result<ScoreCommand> {
     ScoreCommand::from_bytes(bytes).map_err(|e| ScoreError::InvalidArgument(format!("invalid score command: {e}")))
 }
 
+/// An error of a client's input stream. What the IPC decoder finds wrong with the bytes
+/// (malformed messages, buffers that do not fit the schema, invalid UTF-8) is the client's
+/// doing, so `INVALID_ARGUMENT`; transport statuses keep their code.
+fn input_error(e: FlightError) -> ScoreError {
+    match e {
+        FlightError::Arrow(e) => ScoreError::InvalidArgument(format!("invalid Flight stream: {e}")),
+        other => ScoreError::from(other),
+    }
+}
+
 fn to_status(e: FlightError) -> Status {
     ScoreError::from(e).into()
 }
@@ -253,7 +263,7 @@ impl Incoming {
     /// Wait for the schema; `None` when the stream ends before one.
     async fn schema(&mut self) -> Result<Option<SchemaRef>> {
         while let Some(item) = self.decoder.next().await {
-            match item?.payload {
+            match item.map_err(input_error)?.payload {
                 DecodedPayload::Schema(s) => return Ok(Some(s)),
                 DecodedPayload::None => continue,
                 DecodedPayload::RecordBatch(_) => {
@@ -287,7 +297,7 @@ impl Incoming {
                             Some(Err(ScoreError::invalid("the schema changed in the middle of the stream")))
                         }
                     },
-                    Err(e) => Some(Err(ScoreError::from(e))),
+                    Err(e) => Some(Err(input_error(e))),
                 })
             })
             .chain(broken)
