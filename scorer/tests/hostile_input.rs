@@ -8,8 +8,8 @@ mod common;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, DictionaryArray, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array, NullArray,
-    RecordBatch, StringArray,
+    Array, ArrayRef, DictionaryArray, FixedSizeListArray, Float32Array, Float64Array, Int16Array, Int32Array,
+    NullArray, RecordBatch, StringArray,
 };
 use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
@@ -116,8 +116,8 @@ async fn protocol_violations_are_invalid_argument() {
     assert!(m.contains("schema changed"), "{m}");
 
     // Batches that do not match the announced schema: fewer columns, other types.
-    let narrow = RecordBatch::try_from_iter(vec![("f0", Arc::new(Int32Array::from(vec![1, 2, 3])) as ArrayRef)])
-        .expect("batch");
+    let narrow =
+        RecordBatch::try_from_iter(vec![("f0", Arc::new(Int32Array::from(vec![1, 2, 3])) as ArrayRef)]).expect("batch");
     let narrow_msgs = encoded(&command("logreg"), narrow.schema(), vec![narrow]).await;
     expect_code(
         exchange_raw(&mut client, vec![msgs[0].clone(), narrow_msgs[1].clone()]).await,
@@ -164,13 +164,9 @@ async fn wrong_shapes_for_the_model_are_refused_before_inference() {
 
     // A fixed-size list column of the wrong width, named after the input.
     let values = Float32Array::from((0..30).map(|v| v as f32).collect::<Vec<_>>());
-    let list = FixedSizeListArray::try_new(
-        Arc::new(Field::new("item", DataType::Float32, false)),
-        3,
-        Arc::new(values),
-        None,
-    )
-    .expect("list");
+    let list =
+        FixedSizeListArray::try_new(Arc::new(Field::new("item", DataType::Float32, false)), 3, Arc::new(values), None)
+            .expect("list");
     let listed = RecordBatch::try_from_iter(vec![("X", Arc::new(list) as ArrayRef)]).expect("batch");
     let m = expect_code(
         exchange(&mut client, &json!({"model": "logreg"}), vec![listed]).await.map_err(status),
