@@ -397,6 +397,9 @@ async fn bad_uploads_leave_nothing_behind(db: Db) {
         ("bad_external_abs.onnx", "absolute path"),
         ("bad_external_dotdot.onnx", "escapes"),
         ("bad_raw_len.onnx", "raw data"),
+        ("bad_external_symlink.onnx", "a file beside the model"),
+        ("bad_missing_input.onnx", "reads 'Z'"),
+        ("bad_custom_domain.onnx", "domain 'com.example.custom', which is not allowed"),
     ] {
         let r = s.upload("m", model_bytes(file), None).await;
         assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, reason).await;
@@ -540,5 +543,20 @@ async fn operations_endpoints(db: Db) {
     assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "database").await;
     let r = http().get(format!("{}/healthz", s.base)).send().await.expect("send");
     assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn op_domains_are_accepted_once_allow_listed() {
+    let domain = "com.example.custom";
+    let s = TestServer::start_with(Db::Sqlite, |c| c.allowed_op_domains.push(domain.into())).await;
+    create_model(&s, "custom", json!({})).await;
+    let v = upload_ok(&s, "custom", "bad_custom_domain.onnx").await;
+    let imports = v["signature"]["opset_imports"].as_array().expect("opset_imports");
+    assert!(imports.iter().any(|o| o["domain"] == domain), "{v}");
+    assert!(v["backends"]["tract"].as_str().is_some_and(|t| t.starts_with("unsupported")), "{v}");
+    // Allow-listing a domain relaxes nothing else.
+    let r = s.upload("custom", model_bytes("bad_missing_input.onnx"), None).await;
+    assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "reads 'Z'").await;
     s.stop().await;
 }

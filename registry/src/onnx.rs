@@ -130,9 +130,12 @@ pub fn tract_compatibility(bytes: &[u8], signature: &Signature) -> String {
     if signature.uses_ai_onnx_ml {
         return "unsupported: uses ai.onnx.ml operators, which tract does not run correctly".to_string();
     }
-    match tract_load(bytes, signature) {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("unsupported: {}", e.root_cause()),
+    // tract is not hardened against hostile graphs the way the inspector is: a panic in it
+    // marks the model as not runnable on tract instead of failing the upload.
+    match std::panic::catch_unwind(|| tract_load(bytes, signature)) {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => format!("unsupported: {}", e.root_cause()),
+        Err(_) => "unsupported: tract failed while loading the model".to_string(),
     }
 }
 

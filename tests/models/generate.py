@@ -54,6 +54,9 @@ BAD_ARTIFACTS = [
     "bad_external_abs.onnx",
     "bad_external_dotdot.onnx",
     "bad_raw_len.onnx",
+    "bad_external_symlink.onnx",
+    "bad_missing_input.onnx",
+    "bad_custom_domain.onnx",
 ]
 
 
@@ -588,6 +591,55 @@ def gen_bad(out: Path) -> dict:
     must_not_load("bad_raw_len.onnx", data)
     entries["bad_raw_len.onnx"] = {
         "why": "initializer W with dims [1,4] float (16 bytes) but 12 bytes of raw_data",
+    }
+
+    # 7. external data in a file beside the model that is a symlink out of the directory:
+    # the classic way past a check that only looks at the path.
+    link = out / "bad_external_weights.bin"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to("/etc/hostname")
+    w = helper.make_tensor("W", TensorProto.FLOAT, [1, 4], np.zeros(4, np.float32).tobytes(), raw=True)
+    external_data_helper.set_external_data(w, location=link.name, offset=0, length=16)
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    data = tiny_graph_with_initializer(w).SerializeToString()
+    (out / "bad_external_symlink.onnx").write_bytes(data)
+    entries["bad_external_symlink.onnx"] = {
+        "why": f"Y = X + W, W external data at {link.name!r}, a symlink beside the model to /etc/hostname",
+        "external_location": link.name,
+    }
+
+    # 8. a node reading a value that nothing produces
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])
+    node = helper.make_node("Add", ["X", "Z"], ["Y"], name="add_undefined")
+    model = helper.make_model(
+        helper.make_graph([node], "tiny", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="lakescore-tests",
+    )
+    model.ir_version = 8
+    data = model.SerializeToString()
+    (out / "bad_missing_input.onnx").write_bytes(data)
+    must_not_load("bad_missing_input.onnx", data)
+    entries["bad_missing_input.onnx"] = {"why": "node 'add_undefined' reads 'Z', which no input, initializer or node makes"}
+
+    # 9. an op from a custom domain (a runtime would need a custom-op library for it):
+    # refused unless the registry's allowed_op_domains lists the domain.
+    node = helper.make_node("Scramble", ["X"], ["Y"], name="scramble", domain="com.example.custom")
+    model = helper.make_model(
+        helper.make_graph([node], "tiny", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.custom", 1)],
+        producer_name="lakescore-tests",
+    )
+    model.ir_version = 8
+    data = model.SerializeToString()
+    (out / "bad_custom_domain.onnx").write_bytes(data)
+    must_not_load("bad_custom_domain.onnx", data)
+    entries["bad_custom_domain.onnx"] = {
+        "why": "node 'scramble' is op Scramble of domain com.example.custom",
+        "domain": "com.example.custom",
     }
 
     for fname, e in entries.items():
