@@ -330,3 +330,81 @@ async fn azure_multi_tenant_issuers() {
     assert_eq!(status(get(&s, "/models", Some(&mismatch))).await, StatusCode::UNAUTHORIZED);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_times_at_the_skew_boundary() {
+    // 60 s of skew: a token that expired (or starts) up to a minute ago (ahead) is taken,
+    // one a few seconds past that is not. A margin of 3 s keeps the test off the clock edge.
+    let (i, s) = start(Db::Sqlite).await;
+    let now = chrono::Utc::now().timestamp();
+    let read = |claims: Value| {
+        let mut c = claims;
+        c["roles"] = json!(["LakeScore.Read"]);
+        i.token(c)
+    };
+    let cases = [
+        ("expired 57 s ago", read(json!({"exp": now - 57})), StatusCode::OK, ""),
+        ("expired 63 s ago", read(json!({"exp": now - 63})), StatusCode::UNAUTHORIZED, "expired"),
+        ("valid from 57 s ahead", read(json!({"nbf": now + 57})), StatusCode::OK, ""),
+        ("valid from 63 s ahead", read(json!({"nbf": now + 63})), StatusCode::UNAUTHORIZED, "not valid yet"),
+    ];
+    for (what, token, want, detail_has) in cases {
+        let (st, d) = detail(get(&s, "/models", Some(&token))).await;
+        assert_eq!(st, want, "{what}: {d}");
+        assert!(d.contains(detail_has), "{what}: {d}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_kid_costs_exactly_one_jwks_refresh() {
+    let i = Issuer::start().await;
+    let mut config = auth_config(&i);
+    if let Some(o) = config.oidc.as_mut() {
+        o.jwks_refresh_cooldown_secs = 1;
+    }
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let reader = i.token(json!({"roles": ["LakeScore.Read"]}));
+    assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK);
+    // Past the cooldown of the start-up fetch: the next unknown kid may refresh once.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let before = i.jwks_fetches();
+    let unpublished = i.token_with(1, json!({"roles": ["LakeScore.Read"]}));
+    let (st, d) = detail(get(&s, "/models", Some(&unpublished))).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{d}");
+    assert!(d.contains("unknown key 'key-2'"), "{d}");
+    assert_eq!(i.jwks_fetches(), before + 1, "exactly one refresh for the unknown kid");
+    // Within the cooldown, the same and other unknown kids cost nothing more.
+    for _ in 0..5 {
+        assert_eq!(status(get(&s, "/models", Some(&unpublished))).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(i.jwks_fetches(), before + 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn app_tokens_and_scopes_without_a_role_are_forbidden() {
+    let (i, s) = start(Db::Sqlite).await;
+    let owner = writer(&i, "owner-1");
+    create_model(&s, &owner, "fraud").await;
+    // An app-only (client-credentials) token of another application: valid, but none of
+    // lakescore's app roles. And a user's delegated token with a scope lakescore does not map.
+    let app = i.token(json!({"oid": "sp-42", "azp": "other-app", "idtyp": "app", "roles": ["Other.Role"]}));
+    let scoped = i.token(json!({"oid": "user-7", "scp": "User.Read openid profile"}));
+    for (who, token) in [("app-only token", &app), ("scope without a role", &scoped)] {
+        let (st, d) =
+            detail(reqwest::Client::new().post(s.api("/models")).bearer_auth(token).json(&json!({"name": "mine"})))
+                .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{who} creates a model: {d}");
+        assert_eq!(status(get(&s, "/resolve/fraud", Some(token))).await, StatusCode::FORBIDDEN, "{who} resolves");
+        assert_eq!(
+            s.upload("fraud", model_bytes("logreg.onnx"), Some(token)).await.status(),
+            StatusCode::FORBIDDEN,
+            "{who} uploads"
+        );
+    }
+    // Nothing was created by the refused calls.
+    let models: Value = get(&s, "/models", Some(&owner)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(models["models"].as_array().map(Vec::len), Some(1));
+    s.stop().await;
+}
