@@ -21,7 +21,12 @@ pub struct FileConfig {
     /// Authentication: `[auth.oidc]` (issuer, audiences, tenants), `[auth.claims]`, `[auth.roles]`.
     pub auth: AuthConfig,
     pub insecure_no_auth: bool,
+    /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C.
+    pub shutdown_grace_secs: Option<u64>,
 }
+
+/// How long in-flight requests may run on after a stop signal, unless configured.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 
 #[derive(Debug, Args, Clone)]
 pub struct ServerArgs {
@@ -83,6 +88,11 @@ pub struct ServerArgs {
     /// Allow listening on a non-loopback address without authentication (never in production).
     #[arg(long, env = "LAKESCORE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Seconds in-flight requests and Flight streams get to finish after SIGTERM or Ctrl-C;
+    /// past it, scoring jobs are cancelled (their partial output removed, no manifest) and
+    /// the process exits. Keep it below Kubernetes' terminationGracePeriodSeconds [default: 25].
+    #[arg(long, env = "LAKESCORE_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
 }
 
 /// The settled configuration the servers run with.
@@ -92,6 +102,7 @@ pub struct Settings {
     pub scorer: ScorerConfig,
     pub auth: AuthConfig,
     pub insecure_no_auth: bool,
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl ServerArgs {
@@ -167,7 +178,14 @@ impl ServerArgs {
         if let Some(url) = &registry.storage_url {
             url::Url::parse(url).with_context(|| format!("storage_url '{url}' is not a URL"))?;
         }
-        Ok(Settings { registry, scorer, auth, insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth })
+        let grace = self.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
+        Ok(Settings {
+            registry,
+            scorer,
+            auth,
+            insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth,
+            shutdown_grace: std::time::Duration::from_secs(grace),
+        })
     }
 }
 

@@ -123,14 +123,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             redact_secrets(scorer.storage_options.iter_mut());
             #[derive(serde::Serialize)]
             struct Effective<'a> {
+                shutdown_grace_secs: u64,
                 registry: &'a lakescore_registry::RegistryConfig,
                 scorer: &'a lakescore_scorer::ScorerConfig,
                 auth: &'a lakescore_registry::AuthConfig,
             }
-            println!(
-                "{}",
-                toml::to_string_pretty(&Effective { registry: &registry, scorer: &scorer, auth: &settings.auth })?
-            );
+            let effective = Effective {
+                shutdown_grace_secs: settings.shutdown_grace.as_secs(),
+                registry: &registry,
+                scorer: &scorer,
+                auth: &settings.auth,
+            };
+            println!("{}", toml::to_string_pretty(&effective)?);
             eprintln!("configuration OK");
             Ok(())
         }
@@ -183,6 +187,7 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
     // One token validator per process: in `serve` the worker shares the registry's (one
     // JWKS cache, one verified-token cache).
     let mut authenticator = None;
+    let mut worker: Option<std::sync::Arc<lakescore_scorer::Scorer>> = None;
     if with_registry {
         let listen = settings.registry.listen;
         let registry = Registry::open(settings.registry.clone(), settings.auth.clone()).await?;
@@ -209,7 +214,9 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
         let scorer = tokio::task::spawn_blocking(move || lakescore_scorer::Scorer::from_config(config))
             .await?
             .map_err(|e| anyhow::anyhow!("cannot start the scoring worker: {e}"))?;
-        let mut service = lakescore_scorer::ScorerService::new(std::sync::Arc::new(scorer));
+        let scorer = std::sync::Arc::new(scorer);
+        worker = Some(scorer.clone());
+        let mut service = lakescore_scorer::ScorerService::new(scorer);
         let authenticator = match authenticator {
             // The registry warms its keys when it starts serving.
             Some(shared) => shared,
@@ -241,10 +248,37 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
         Some(done) => done.context("server task panicked")?,
         None => Ok(()),
     };
-    while let Some(done) = tasks.join_next().await {
-        let r = done.context("server task panicked")?;
-        if result.is_ok() {
-            result = r;
+    // Drain: in-flight requests and streams finish within the grace period. Past it,
+    // scoring jobs are cancelled (they remove their partial output and answer UNAVAILABLE),
+    // and whatever is still open a few seconds later is cut off.
+    let grace = settings.shutdown_grace;
+    let cancel_at = tokio::time::Instant::now() + grace;
+    let abort_at = cancel_at + Duration::from_secs(5);
+    let (mut cancelled, mut aborted) = (false, false);
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(Ok(r)) => {
+                    if result.is_ok() {
+                        result = r;
+                    }
+                }
+                Some(Err(e)) if e.is_cancelled() => {}
+                Some(Err(e)) => return Err(anyhow::anyhow!("server task panicked: {e}")),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(cancel_at), if !cancelled => {
+                cancelled = true;
+                tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over: cancelling in-flight scoring jobs");
+                if let Some(scorer) = &worker {
+                    scorer.cancel_jobs();
+                }
+            }
+            _ = tokio::time::sleep_until(abort_at), if cancelled && !aborted => {
+                aborted = true;
+                tracing::warn!("requests still open after the grace period: closing them");
+                tasks.abort_all();
+            }
         }
     }
     tracing::info!("stopped");

@@ -84,9 +84,7 @@ fn client_commands_against_a_running_server() {
     assert!(err.contains("/nonexistent.onnx"), "{err}");
 
     // SIGTERM drains and exits cleanly.
-    let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-    let exit = server.child.wait().expect("wait");
+    let exit = server.terminate();
     assert!(exit.success(), "serve exited with {exit:?} after SIGTERM");
     let (ok, _, err) = lakescore(&url, &["models", "list"]);
     assert!(!ok && err.contains("cannot reach the registry"), "{err}");
@@ -142,8 +140,7 @@ fn gc_finds_and_removes_only_unreferenced_artifacts() {
     let mut server = common::spawn_serve(data.path(), &[]);
     let model = models_dir().join("logreg.onnx");
     json_of(&server.url, &["models", "register", "kept", model.to_str().expect("path"), "-o", "json"]);
-    let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
-    let _ = server.child.wait();
+    server.terminate();
 
     // An artifact whose row was never committed (as after a crash between the two writes).
     let orphan_sha = "ab".repeat(32);
@@ -261,33 +258,15 @@ fn score_command_scores_parquet_and_csv_files() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"), "{}", String::from_utf8_lossy(&out.stderr));
-    let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
-    let _ = server.child.wait();
-}
-
-/// A server that requires tokens from the tests' issuer.
-async fn authenticated_server(issuer: &common::issuer::Issuer, data: &Path) -> common::ServeProcess {
-    let config = data.join("auth.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[auth.oidc]\nissuer = \"{}\"\naudiences = [\"{}\"]\n\n[auth.roles]\nwriter = [\"role:LakeScore.Write\"]\n",
-            issuer.url,
-            common::issuer::AUDIENCE
-        ),
-    )
-    .expect("config");
-    let config = config.to_str().expect("path").to_string();
-    let data = data.to_path_buf();
-    tokio::task::spawn_blocking(move || common::spawn_serve(&data, &["--config", &config])).await.expect("start")
+    server.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_caches_a_token_for_later_commands() {
     use common::issuer::{Issuer, CLIENT_ID, CLIENT_SECRET};
     let issuer = Issuer::start().await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut server = authenticated_server(&issuer, data.path()).await;
+    let mut serve = tokio::task::block_in_place(|| common::spawn_serve_with_issuer(&issuer, &[]));
+    let server = &mut serve.server;
     let home = tempfile::tempdir().expect("home");
     let cli = |args: &[&str]| {
         let out = Command::new(BIN)
@@ -339,8 +318,7 @@ async fn login_caches_a_token_for_later_commands() {
     assert!(ok, "{err}");
     let created: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(created["created_by"], "person-1");
-    let _ = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
-    let _ = server.child.wait();
+    server.terminate();
 }
 
 #[test]
@@ -375,6 +353,48 @@ fn registrations_survive_sigkill_and_restart() {
             &["models", "download", &format!("{name}:{version}"), "-f", out.to_str().expect("path"), "-o", "json"],
         );
     }
-    let _ = Command::new("kill").args(["-TERM", &restarted.child.id().to_string()]).status();
-    let _ = restarted.child.wait();
+    restarted.terminate();
+}
+
+#[test]
+fn sigkill_between_artifact_and_row_leaves_only_what_gc_removes() {
+    let data = tempfile::tempdir().expect("tempdir");
+    // The failpoint holds the upload after its artifact is stored, before its row commits.
+    let mut server = common::spawn_serve_env(data.path(), &[], &[("LAKESCORE_FAILPOINTS", "upload.after_artifact")]);
+    json_of(&server.url, &["models", "create", "m", "-o", "json"]);
+    let model = models_dir().join("rf.onnx");
+    let sha = sha256_hex(&std::fs::read(&model).expect("model"));
+    let url = server.url.clone();
+    let upload =
+        std::thread::spawn(move || lakescore(&url, &["models", "register", "m", model.to_str().expect("path")]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !server.log_lines().iter().any(|l| l.contains("failpoint reached")) {
+        assert!(std::time::Instant::now() < deadline, "the upload never reached the failpoint");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let artifact = data.path().join(format!("artifacts/sha256/{}/{sha}.onnx", &sha[..2]));
+    assert!(artifact.is_file(), "the artifact was written before the crash");
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+    let (ok, _, err) = upload.join().expect("upload thread");
+    assert!(!ok, "the client sees the upload fail: {err}");
+
+    // After a restart: no version row (so none that points at a missing file), and the
+    // artifact is the one thing gc finds.
+    let mut restarted = common::spawn_serve(data.path(), &[]);
+    let versions = json_of(&restarted.url, &["models", "versions", "m", "-o", "json"]);
+    assert_eq!(versions, serde_json::json!([]), "no row was committed");
+    let (ok, _, err) = lakescore(&restarted.url, &["models", "resolve", "m"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    restarted.terminate();
+    let gc = |args: &[&str]| {
+        let out = Command::new(BIN).arg("gc").arg("--data-dir").arg(data.path()).args(args).output().expect("gc");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(gc(&["--min-age-secs", "0"]), sha, "dry run finds the orphan");
+    assert!(artifact.is_file(), "a dry run deletes nothing");
+    assert_eq!(gc(&["--min-age-secs", "0", "--delete"]), sha);
+    assert!(!artifact.exists(), "gc --delete removed it");
+    assert_eq!(gc(&["--min-age-secs", "0"]), "", "nothing left to collect");
 }

@@ -10,42 +10,18 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, FlightDescriptor};
 use common::issuer::{Issuer, AUDIENCE};
-use common::{model_bytes, models_dir, python_json};
+use common::{model_bytes, models_dir, python_json, AuthedServe as Serve};
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 
-struct Serve {
-    server: common::ServeProcess,
-    _data: tempfile::TempDir,
-}
-
 /// Starts `lakescore serve` with OIDC settings pointing at `issuer`, on free ports.
 fn serve(issuer: &Issuer) -> Serve {
-    let data = tempfile::tempdir().expect("tempdir");
-    let config = data.path().join("lakescore.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-# One inference thread: tree sums then add up in the same order as in Python.
-[scorer]
-intra_op_threads = 1
+    common::spawn_serve_with_issuer(issuer, &[])
+}
 
-[auth.oidc]
-issuer = "{}"
-audiences = ["{AUDIENCE}"]
-
-[auth.roles]
-reader = ["role:LakeScore.Read"]
-writer = ["role:LakeScore.Write"]
-admin = ["role:LakeScore.Admin"]
-"#,
-            issuer.url
-        ),
-    )
-    .expect("write config");
-    let config = config.to_str().expect("utf-8 path").to_string();
-    Serve { server: common::spawn_serve(data.path(), &["--config", &config]), _data: data }
+/// [`serve`] with extra environment variables for the process.
+fn serve_env(issuer: &Issuer, env: &[(&str, &str)]) -> Serve {
+    common::spawn_serve_with_issuer(issuer, env)
 }
 
 async fn register(s: &Serve, token: &str, name: &str, file: &str) {
@@ -217,4 +193,153 @@ print(json.dumps(report))
         let diff = entry["max_rel_diff"].as_f64().expect("diff");
         assert!(diff <= 1e-5, "{name}: predictions differ from onnxruntime by {diff} (relative)");
     }
+}
+
+/// Requests the registry has answered on its gRPC service (what workers call), from its
+/// Prometheus counters.
+async fn registry_grpc_calls(s: &Serve) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", s.server.url)).await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .filter(|l| l.starts_with("lakescore_http_requests_total{") && l.contains("lakescore.registry.v1"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_worker_checks_each_token_itself_and_never_logs_it() {
+    let issuer = Issuer::start().await;
+    // Everything at debug level, the transport libraries included: no token at any level.
+    let s = serve_env(&issuer, &[("LAKESCORE_LOG", "debug")]);
+    let owner = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"]}));
+    register(&s, &owner, "rf", "rf.onnx").await;
+    exchange(&s, Some(&owner), &rf_command()).await.expect("the owner scores");
+
+    let now = chrono::Utc::now().timestamp();
+    let expired = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"], "exp": now - 3600}));
+    let other_api = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"], "aud": "api://other"}));
+    let forged = {
+        use base64::Engine as _;
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let claims = json!({"iss": issuer.url, "aud": AUDIENCE, "exp": now + 600, "oid": "owner-1"});
+        format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims))
+    };
+    let before = registry_grpc_calls(&s).await;
+    assert!(before > 0, "the worker resolved the model through the registry's gRPC service");
+    for (what, token, reason) in
+        [("expired", &expired, "expired"), ("another API's", &other_api, "audience"), ("alg none", &forged, "")]
+    {
+        let err = exchange(&s, Some(token), &rf_command()).await.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{what}: {err}");
+        assert!(err.message().contains(reason), "{what}: {err}");
+    }
+    assert_eq!(
+        registry_grpc_calls(&s).await,
+        before,
+        "the worker refused the tokens itself, before asking the registry anything"
+    );
+
+    // The process logged at debug level, and no token (nor a token's signature) is in it.
+    let logs = s.server.log_lines();
+    assert!(logs.iter().any(|l| l.contains("\"DEBUG\"")), "debug logging is on");
+    let all = logs.join("\n");
+    for (what, token) in [("valid", &owner), ("expired", &expired), ("other API", &other_api), ("forged", &forged)] {
+        let payload = token.split('.').nth(1).expect("payload");
+        assert!(!all.contains(payload), "the {what} token's payload appears in the log");
+        let signature = token.rsplit('.').next().unwrap_or_default();
+        if !signature.is_empty() {
+            assert!(!all.contains(signature), "the {what} token's signature appears in the log");
+        }
+    }
+}
+
+/// A DoPut whose batches are fed through the returned sender; the call runs in a task.
+async fn streaming_put(
+    s: &Serve,
+    token: &str,
+    cmd: &Value,
+) -> (
+    futures::channel::mpsc::UnboundedSender<Result<RecordBatch, FlightError>>,
+    tokio::task::JoinHandle<Result<Vec<arrow_flight::PutResult>, FlightError>>,
+) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.server.flight))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to the worker");
+    let mut client = FlightClient::new(channel);
+    client.add_header("authorization", &format!("Bearer {token}")).expect("header");
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let input = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd.to_string())))
+        .build(rx);
+    let call = tokio::spawn(async move { client.do_put(input).await?.try_collect::<Vec<_>>().await });
+    (tx, call)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_streams_and_cancels_the_ones_that_overrun() {
+    let issuer = Issuer::start().await;
+    let mut s = serve_env(&issuer, &[("LAKESCORE_SHUTDOWN_GRACE_SECS", "3")]);
+    let owner = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"]}));
+    register(&s, &owner, "rf", "rf.onnx").await;
+    let out = s.data.path().join("scores");
+    let job = |name: &str| {
+        let mut cmd = rf_command();
+        cmd["output"] = json!(format!("file://{}/{name}/", out.display()));
+        cmd
+    };
+    let batches = rows("rf");
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let first = batches[0].slice(0, 50);
+    let rest: Vec<RecordBatch> = std::iter::once(batches[0].slice(50, batches[0].num_rows() - 50))
+        .chain(batches.iter().skip(1).cloned())
+        .collect();
+
+    // Two uploads in flight: one that finishes after the signal, one that never does.
+    let (finishing, finishing_call) = streaming_put(&s, &owner, &job("finishing")).await;
+    let (stalled, stalled_call) = streaming_put(&s, &owner, &job("stalled")).await;
+    finishing.unbounded_send(Ok(first.clone())).expect("send");
+    stalled.unbounded_send(Ok(first)).expect("send");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let pid = s.server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // The in-flight stream goes on after SIGTERM and completes: all rows, manifest written.
+    for b in rest {
+        finishing.unbounded_send(Ok(b)).expect("send after SIGTERM");
+    }
+    drop(finishing);
+    let results = finishing_call.await.expect("task").expect("the in-flight DoPut completes during the drain");
+    let summary: Value = serde_json::from_slice(&results[0].app_metadata).expect("summary");
+    assert_eq!(summary["rows"], total, "{summary}");
+    assert!(out.join("finishing/_lakescore.json").is_file(), "committed with its manifest");
+
+    // The stalled one is cancelled when the grace period is over: UNAVAILABLE, and nothing
+    // of it stays in storage.
+    let err = stalled_call.await.expect("task").expect_err("the stalled DoPut is cancelled");
+    let status = match err {
+        FlightError::Tonic(s) => *s,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(status.message().contains("shutting down"), "{status}");
+    let left: Vec<String> = std::fs::read_dir(out.join("stalled"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the cancelled job left {left:?}");
+    drop(stalled);
+
+    // And the process exits, cleanly, soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = s.server.child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not exit after the grace period");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "serve exited with {exit:?}");
+    let logs = s.server.log_lines().join("\n");
+    assert!(logs.contains("grace period over"), "the cancellation is logged");
 }

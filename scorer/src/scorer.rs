@@ -89,6 +89,8 @@ pub struct Scorer {
     config: ScorerConfig,
     cache: ModelCache,
     storage: Storage,
+    /// Cancelled when the process stops waiting for in-flight work (see [`Scorer::cancel_jobs`]).
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Scorer {
@@ -119,7 +121,14 @@ impl Scorer {
     pub fn with_parts(config: ScorerConfig, source: Arc<dyn ModelSource>, engine: Arc<dyn Engine>) -> Result<Self> {
         let storage = Storage::new(&config.storage_roots, config.storage_options.clone())?;
         let cache = ModelCache::new(engine, source, config.model_cache_bytes);
-        Ok(Self { config, cache, storage })
+        Ok(Self { config, cache, storage, shutdown: tokio_util::sync::CancellationToken::new() })
+    }
+
+    /// Ends every scoring stream in flight, now and later, with `UNAVAILABLE`: for a
+    /// shutdown whose grace period is over. Jobs writing output take their error path
+    /// (partial files removed, no manifest), so nothing half-written is left behind.
+    pub fn cancel_jobs(&self) {
+        self.shutdown.cancel();
     }
 
     /// The configuration.
@@ -207,7 +216,7 @@ impl Scorer {
         });
         let chunks = Rechunk::new(Box::pin(checked), plan.input_schema().clone(), self.chunk_rows(cmd, &plan));
         let handle = model.handle.clone();
-        chunks
+        let scored = chunks
             .map(move |chunk| {
                 let handle = handle.clone();
                 let plan = plan.clone();
@@ -217,7 +226,8 @@ impl Scorer {
                 }
             })
             .buffered(2)
-            .boxed()
+            .boxed();
+        until_cancelled(scored, self.shutdown.clone())
     }
 
     /// Score `input` and write it under `cmd.output` with the commit protocol. On any
@@ -363,6 +373,27 @@ fn job_id(cmd: &ScoreCommand) -> Result<String> {
     }
 }
 
+/// `stream`, ended by an `UNAVAILABLE` error once `cancel` fires (never silently: a stream
+/// that just stopped would let a writer commit a partial result).
+fn until_cancelled(stream: BatchStream, cancel: tokio_util::sync::CancellationToken) -> BatchStream {
+    futures::stream::unfold(Some((stream, cancel)), |state| async move {
+        let (mut stream, cancel) = state?;
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Some((
+                Err(ScoreError::Unavailable(
+                    "the worker is shutting down and its grace period is over: the job was cancelled \
+                     (any partial output removed); retry on another worker"
+                        .into(),
+                )),
+                None,
+            )),
+            item = stream.next() => item.map(|item| (item, Some((stream, cancel)))),
+        }
+    })
+    .boxed()
+}
+
 /// Score one chunk (blocking).
 fn score_chunk(handle: &ModelHandle, plan: &ScorePlan, chunk: &RecordBatch) -> Result<RecordBatch> {
     if chunk.num_rows() == 0 {
@@ -487,6 +518,20 @@ mod tests {
             })
             .collect();
         assert_eq!(all, (0..11).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn cancelled_streams_end_with_unavailable() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        // A stream that yields one batch, then waits forever (a client that went quiet).
+        let input = futures::stream::iter(vec![Ok(batch(&schema, 0..3))]).chain(futures::stream::pending()).boxed();
+        let mut stream = until_cancelled(input, cancel.clone());
+        assert_eq!(stream.next().await.map(|b| b.map(|b| b.num_rows())), Some(Ok(3)));
+        cancel.cancel();
+        let end = stream.next().await.expect("an error item, not a silent end");
+        assert!(matches!(end, Err(ScoreError::Unavailable(_))), "{end:?}");
+        assert!(stream.next().await.is_none());
     }
 
     #[tokio::test]

@@ -191,6 +191,23 @@ pub struct ServeProcess {
     pub url: String,
     /// The Flight worker: `127.0.0.1:PORT`.
     pub flight: String,
+    /// Every line the process logged (JSON), as it arrives.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        self.child.wait().expect("wait")
+    }
+
+    /// A copy of the log so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().expect("logs").clone()
+    }
 }
 
 impl Drop for ServeProcess {
@@ -202,7 +219,50 @@ impl Drop for ServeProcess {
 
 /// Starts `lakescore serve --data-dir DATA_DIR EXTRA…` and waits for both "listening" log
 /// lines; the process must log no error while starting.
+/// `lakescore serve` with OIDC authentication against a test issuer, and the data
+/// directory it runs on (removed when dropped).
+pub struct AuthedServe {
+    pub server: ServeProcess,
+    pub data: tempfile::TempDir,
+}
+
+/// Starts `lakescore serve` on free ports with OIDC settings for `issuer` (app roles
+/// LakeScore.Read / .Write / .Admin) and one inference thread, so that tree ensembles sum
+/// in the same order as onnxruntime in Python; `env` is added to its environment.
+pub fn spawn_serve_with_issuer(issuer: &issuer::Issuer, env: &[(&str, &str)]) -> AuthedServe {
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = data.path().join("lakescore.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[scorer]
+intra_op_threads = 1
+
+[auth.oidc]
+issuer = "{}"
+audiences = ["{}"]
+
+[auth.roles]
+reader = ["role:LakeScore.Read"]
+writer = ["role:LakeScore.Write"]
+admin = ["role:LakeScore.Admin"]
+"#,
+            issuer.url,
+            issuer::AUDIENCE
+        ),
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8 path").to_string();
+    AuthedServe { server: spawn_serve_env(data.path(), &["--config", &config], env), data }
+}
+
 pub fn spawn_serve(data_dir: &Path, extra: &[&str]) -> ServeProcess {
+    spawn_serve_env(data_dir, extra, &[])
+}
+
+/// [`spawn_serve`] with extra environment variables (`LAKESCORE_LOG`, failpoints).
+pub fn spawn_serve_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServeProcess {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_lakescore"))
@@ -212,14 +272,17 @@ pub fn spawn_serve(data_dir: &Path, extra: &[&str]) -> ServeProcess {
         .args(extra)
         .env_remove("LAKESCORE_DATABASE_URL")
         .env_remove("LAKESCORE_STORAGE_URL")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn lakescore serve");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (mut url, mut flight) = (None, None);
     while url.is_none() || flight.is_none() {
         let line = lines.next().expect("serve exited before listening").expect("read stderr");
+        logs.lock().expect("logs").push(line.clone());
         let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
         let fields = &entry["fields"];
         let addr = fields["addr"].as_str().unwrap_or_default().trim_start_matches("Some(").trim_end_matches(')');
@@ -230,7 +293,12 @@ pub fn spawn_serve(data_dir: &Path, extra: &[&str]) -> ServeProcess {
         }
         assert!(entry["level"] != "ERROR", "serve logged an error: {line}");
     }
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    ServeProcess { child, url: url.expect("url"), flight: flight.expect("flight") }
+    // Keep draining stderr (kept for the tests) so the server never blocks on a full pipe.
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().expect("logs").push(line);
+        }
+    });
+    ServeProcess { child, url: url.expect("url"), flight: flight.expect("flight"), logs }
 }

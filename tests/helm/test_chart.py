@@ -507,6 +507,10 @@ def test_binary_accepts_the_chart_config(objs: list[dict[str, Any]], tmp_path: P
             assert effective["registry"]["data_dir"] == "/var/lib/lakescore"
             if "LAKESCORE_DATABASE_URL" in env:
                 assert effective["registry"]["database_url"].startswith("postgres://")
+            # The process drains within what the pod's grace period leaves after preStop.
+            pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+            want = max(1, spec["terminationGracePeriodSeconds"] - pre_stop - 5)
+            assert effective["shutdown_grace_secs"] == want, f"{ident}: {effective['shutdown_grace_secs']} != {want}"
             if c["args"] == ["scorer"]:
                 # check-config applies the authentication posture to [registry].listen only;
                 # the worker listens on [scorer].listen, so check that address as well.

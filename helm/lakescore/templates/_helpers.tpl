@@ -272,6 +272,10 @@ backend = {{ $s.backend | quote }}
   value: {{ $.Values.logFormat | quote }}
 - name: LAKESCORE_LOG
   value: {{ $.Values.logLevel | quote }}
+{{- /* Drain on SIGTERM within what the pod's grace period leaves after preStop, minus a
+       5 s margin: past it, scoring jobs are cancelled cleanly before Kubernetes kills. */}}
+- name: LAKESCORE_SHUTDOWN_GRACE_SECS
+  value: {{ max 1 (sub (sub (int $c.terminationGracePeriodSeconds) (int $c.preStopSleepSeconds)) 5) | quote }}
 {{- with $.Values.auth.oidc }}
 {{- if and .enabled .existingSecret }}
 - name: LAKESCORE_OIDC_ISSUER
