@@ -87,3 +87,32 @@ async fn postgres_restart_gives_503_then_recovers() {
     assert_eq!(numbers, [1, 2], "the failed upload took no version number and left no row");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_stuck_behind_a_lock_times_out_with_503() {
+    use sqlx::Connection as _;
+    let s = TestServer::start_with(Db::Postgres, |c| c.db_statement_timeout_secs = 1).await;
+    let http = reqwest::Client::new();
+    let r = http.post(s.api("/models")).json(&json!({"name": "m"})).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Another session holds the models table: the registry's query waits for the lock,
+    // then gives up after the statement timeout with a 503, rather than hanging.
+    let url = s.registry.config.database_url.clone().expect("a PostgreSQL URL");
+    let mut other = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let mut tx = other.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE models IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await.expect("lock");
+    let started = std::time::Instant::now();
+    let r = http.get(s.api("/models/m")).send().await.expect("send");
+    let waited = started.elapsed();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.expect("problem");
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("timed out")), "{body}");
+    assert!(waited < std::time::Duration::from_secs(10), "answered after {waited:?}");
+    assert_eq!(http.get(format!("{}/healthz", s.base)).send().await.expect("send").status(), StatusCode::OK);
+
+    tx.rollback().await.expect("rollback");
+    let r = http.get(s.api("/models/m")).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::OK, "served again once the lock is gone");
+    s.stop().await;
+}

@@ -35,6 +35,9 @@ pub struct RegistryConfig {
     pub allowed_op_domains: Vec<String>,
     /// Maximum database connections.
     pub db_max_connections: u32,
+    /// Longest a database statement may run or wait for a lock (PostgreSQL
+    /// `statement_timeout`, SQLite busy timeout) before the caller gets a 503.
+    pub db_statement_timeout_secs: u64,
 }
 
 impl Default for RegistryConfig {
@@ -50,6 +53,7 @@ impl Default for RegistryConfig {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             allowed_op_domains: crate::onnx::DEFAULT_ALLOWED_OP_DOMAINS.iter().map(|s| s.to_string()).collect(),
             db_max_connections: 16,
+            db_statement_timeout_secs: 30,
         }
     }
 }

@@ -108,7 +108,9 @@ pub fn now() -> String {
 
 impl Store {
     /// Connects, creating the SQLite file (and its directory) when needed, and migrates.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+    /// A statement that runs or waits for a lock longer than `statement_timeout` fails
+    /// (503 for the caller) instead of holding the request.
+    pub async fn connect(url: &str, max_connections: u32, statement_timeout: Duration) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -132,14 +134,20 @@ impl Store {
             // Also how long a request waits for an unreachable database before its 503.
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
+                let timeout_ms = statement_timeout.as_millis();
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the one writer; the busy timeout makes
-                        // concurrent writers queue instead of failing with "database is locked".
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    match backend {
+                        Backend::Sqlite => {
+                            // WAL lets readers run beside the one writer; the busy timeout makes
+                            // concurrent writers queue instead of failing with "database is locked".
+                            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                            sqlx::query(&format!("PRAGMA busy_timeout = {timeout_ms}")).execute(&mut *conn).await?;
+                            sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                            sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        }
+                        Backend::Postgres => {
+                            sqlx::query(&format!("SET statement_timeout = {timeout_ms}")).execute(&mut *conn).await?;
+                        }
                     }
                     Ok(())
                 })

@@ -112,6 +112,9 @@ impl From<sqlx::Error> for RegistryError {
             sqlx::Error::Database(db) if is_connection_loss(db.code().as_deref()) => {
                 Self::Unavailable(format!("database unavailable: {e}"))
             }
+            sqlx::Error::Database(db) if is_timeout(db.code().as_deref(), db.message()) => {
+                Self::Unavailable(format!("database timed out: {e}"))
+            }
             _ => Self::Internal(format!("database error: {e}")),
         }
     }
@@ -121,6 +124,12 @@ impl From<sqlx::Error> for RegistryError {
 /// 08 connection exception, 57P01..57P03 admin shutdown / crash / cannot connect now.
 fn is_connection_loss(code: Option<&str>) -> bool {
     matches!(code, Some(c) if c.starts_with("08") || c.starts_with("57P"))
+}
+
+/// A statement that ran out of time: PostgreSQL's statement or lock timeout (57014, 55P03),
+/// SQLite still busy or locked after its busy timeout.
+fn is_timeout(code: Option<&str>, message: &str) -> bool {
+    matches!(code, Some("57014" | "55P03" | "5" | "6")) || message.contains("database is locked")
 }
 
 impl From<object_store::Error> for RegistryError {

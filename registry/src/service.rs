@@ -60,7 +60,12 @@ pub struct Spooled {
 impl Registry {
     pub async fn open(config: RegistryConfig, auth: AuthConfig) -> Result<Self> {
         let auth = Authenticator::new(auth)?;
-        let store = Store::connect(&config.effective_database_url(), config.db_max_connections).await?;
+        let store = Store::connect(
+            &config.effective_database_url(),
+            config.db_max_connections,
+            Duration::from_secs(config.db_statement_timeout_secs.max(1)),
+        )
+        .await?;
         let artifacts = ArtifactStore::open(
             config.storage_url.as_deref(),
             &config.storage_options,
