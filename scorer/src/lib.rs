@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod flight_input;
 pub mod mapping;
 pub mod model_ref;
 pub mod scorer;

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
-use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
@@ -28,6 +27,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Result, ScoreError};
+use crate::flight_input::FlightInput;
 use crate::mapping::schema_from_model;
 use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::Credentials;
@@ -196,16 +196,6 @@ fn decode_command(bytes: &[u8]) -> Result<ScoreCommand> {
     ScoreCommand::from_bytes(bytes).map_err(|e| ScoreError::InvalidArgument(format!("invalid score command: {e}")))
 }
 
-/// An error of a client's input stream. What the IPC decoder finds wrong with the bytes
-/// (malformed messages, buffers that do not fit the schema, invalid UTF-8) is the client's
-/// doing, so `INVALID_ARGUMENT`; transport statuses keep their code.
-fn input_error(e: FlightError) -> ScoreError {
-    match e {
-        FlightError::Arrow(e) => ScoreError::InvalidArgument(format!("invalid Flight stream: {e}")),
-        other => ScoreError::from(other),
-    }
-}
-
 fn to_status(e: FlightError) -> Status {
     ScoreError::from(e).into()
 }
@@ -234,11 +224,11 @@ fn fields_json(schema: &Schema) -> serde_json::Value {
     )
 }
 
-/// The input stream of a DoPut / DoExchange: the descriptor of the first message, and the
-/// decoded batches (messages without an IPC header — a bare descriptor — skipped).
+/// The input stream of a DoPut / DoExchange: the score command from the first message's
+/// descriptor, and the decoded input.
 struct Incoming {
     cmd: ScoreCommand,
-    decoder: FlightDataDecoder,
+    input: FlightInput,
     body: Option<Arc<BodyState>>,
 }
 
@@ -253,25 +243,13 @@ impl Incoming {
             Err(status) => return Err(ScoreError::from_status(&status)),
         };
         let cmd = command_from_descriptor(first.flight_descriptor.as_ref())?;
-        let rest = stream.map_err(FlightError::from);
-        let all = stream::once(async move { Ok(first) })
-            .chain(rest)
-            .try_filter(|d| futures::future::ready(!d.data_header.is_empty()));
-        Ok(Some(Self { cmd, decoder: FlightDataDecoder::new(all), body }))
+        let all = stream::once(async move { Ok(first) }).chain(stream.map_err(FlightError::from));
+        Ok(Some(Self { cmd, input: FlightInput::new(all), body }))
     }
 
     /// Wait for the schema; `None` when the stream ends before one.
     async fn schema(&mut self) -> Result<Option<SchemaRef>> {
-        while let Some(item) = self.decoder.next().await {
-            match item.map_err(input_error)?.payload {
-                DecodedPayload::Schema(s) => return Ok(Some(s)),
-                DecodedPayload::None => continue,
-                DecodedPayload::RecordBatch(_) => {
-                    return Err(ScoreError::invalid("a record batch arrived before the schema"))
-                }
-            }
-        }
-        Ok(None)
+        self.input.schema().await
     }
 
     /// The record batches; a stream the client reset ends with a `CANCELLED` error rather
@@ -287,21 +265,7 @@ impl Incoming {
             }
         })
         .filter_map(futures::future::ready);
-        self.decoder
-            .filter_map(|item| {
-                futures::future::ready(match item {
-                    Ok(d) => match d.payload {
-                        DecodedPayload::RecordBatch(b) => Some(Ok(b)),
-                        DecodedPayload::None => None,
-                        DecodedPayload::Schema(_) => {
-                            Some(Err(ScoreError::invalid("the schema changed in the middle of the stream")))
-                        }
-                    },
-                    Err(e) => Some(Err(input_error(e))),
-                })
-            })
-            .chain(broken)
-            .boxed()
+        self.input.batches().chain(broken).boxed()
     }
 }
 
@@ -344,10 +308,11 @@ impl ScorerService {
         let input: SchemaRef = if req.schema.is_empty() {
             schema_from_model(&cmd, model.handle.model.inputs())?
         } else {
-            Arc::new(
-                arrow::ipc::convert::try_schema_from_ipc_buffer(&req.schema)
-                    .map_err(|e| ScoreError::InvalidArgument(format!("describe: invalid IPC schema: {e}")))?,
-            )
+            // Guarded like the Flight input (see flight_input): the IPC reader is not
+            // hardened against every malformed message.
+            let decoded = std::panic::catch_unwind(|| arrow::ipc::convert::try_schema_from_ipc_buffer(&req.schema))
+                .map_err(|_| ScoreError::invalid("describe: invalid IPC schema: the message is malformed"))?;
+            Arc::new(decoded.map_err(|e| ScoreError::InvalidArgument(format!("describe: invalid IPC schema: {e}")))?)
         };
         let plan = self.scorer.plan(&model, &cmd, input.clone())?;
         let out = plan.output_schema();

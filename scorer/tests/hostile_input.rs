@@ -310,3 +310,50 @@ async fn invalid_utf8_in_a_string_column_is_refused() {
     still_serves(&mut client).await;
     worker.stop().await;
 }
+
+/// The Flight messages of a fuzz input (`fuzz/fuzz_targets/arrow_to_tensor.rs` layout:
+/// signature byte, u16 command length and command, then u32-length-prefixed IPC header
+/// and body per message).
+fn fuzz_input_messages(bytes: &[u8]) -> Vec<FlightData> {
+    let cmd_len = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
+    let mut rest = &bytes[3 + cmd_len..];
+    let mut take = |n: usize| {
+        let (head, tail) = rest.split_at(n.min(rest.len()));
+        rest = tail;
+        head.to_vec()
+    };
+    let mut out = Vec::new();
+    loop {
+        let len = take(4);
+        if len.len() < 4 {
+            break;
+        }
+        let header = take(u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize);
+        let body_len = u32::from_le_bytes(take(4).try_into().expect("4 bytes")) as usize;
+        let body = take(body_len);
+        out.push(FlightData { data_header: header.into(), data_body: body.into(), ..Default::default() });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipc_messages_that_crash_the_arrow_reader_are_invalid_argument() {
+    let worker = Worker::start().await;
+    let mut client = worker.client().await;
+    // Found by the arrow_to_tensor fuzz target: a dictionary batch whose buffer offset lies
+    // far past its body, on which arrow-ipc panics instead of returning an error.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("fuzz-regressions").flatten().map(|e| e.path()).collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for file in files {
+        let mut msgs = fuzz_input_messages(&std::fs::read(&file).expect("read"));
+        assert!(!msgs.is_empty(), "{}", file.display());
+        // The schema of these inputs is the pipeline model's (age, income, tenure, city).
+        msgs[0].flight_descriptor = Some(descriptor(&command("pipeline")));
+        let m = expect_code(exchange_raw(&mut client, msgs).await, tonic::Code::InvalidArgument, "malformed IPC");
+        assert!(m.contains("invalid Flight stream"), "{}: {m}", file.display());
+        still_serves(&mut client).await;
+    }
+    worker.stop().await;
+}
