@@ -116,3 +116,86 @@ async fn a_statement_stuck_behind_a_lock_times_out_with_503() {
     assert_eq!(r.status(), StatusCode::OK, "served again once the lock is gone");
     s.stop().await;
 }
+
+/// Scores the rf sample rows through the worker at `flight` (no token); the rows back.
+async fn score_rf(flight: &str) -> Result<usize, tonic::Status> {
+    use futures::TryStreamExt as _;
+    let file = std::fs::File::open(common::models_dir().join("rf.rows.parquet")).expect("rows");
+    let batches: Vec<arrow::record_batch::RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("parquet")
+            .build()
+            .expect("reader")
+            .collect::<Result<_, _>>()
+            .expect("batches");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{flight}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = arrow_flight::FlightClient::new(channel);
+    let cmd = json!({"model": "rf", "feature_columns": (0..20).map(|i| format!("f{i}")).collect::<Vec<_>>()});
+    let input = arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(arrow_flight::FlightDescriptor::new_cmd(cmd.to_string())))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    let out: Result<Vec<arrow::record_batch::RecordBatch>, _> =
+        async { client.do_exchange(input).await?.try_collect().await }.await;
+    match out {
+        Ok(b) => Ok(b.iter().map(|b| b.num_rows()).sum()),
+        Err(arrow_flight::error::FlightError::Tonic(s)) => Err(*s),
+        Err(other) => Err(tonic::Status::unknown(other.to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_worker_rides_out_a_registry_restart() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let listen = format!("127.0.0.1:{port}");
+    let start_registry = || {
+        let (data, listen) = (data.path().to_path_buf(), listen.clone());
+        tokio::task::spawn_blocking(move || common::spawn_lakescore("registry", &data, &["--listen", &listen], &[]))
+    };
+    let mut registry = start_registry().await.expect("registry");
+    let http = reqwest::Client::new();
+    let r =
+        http.post(format!("{}/api/v1/models", registry.url)).json(&json!({"name": "rf"})).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http
+        .post(format!("{}/api/v1/models/rf/versions", registry.url))
+        .header("content-type", "application/octet-stream")
+        .body(model_bytes("rf.onnx"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // A worker of its own, resolving models through the registry's gRPC service.
+    let worker_dir = tempfile::tempdir().expect("tempdir");
+    let registry_url = format!("grpc://{listen}");
+    let worker_path = worker_dir.path().to_path_buf();
+    let worker = tokio::task::spawn_blocking(move || {
+        common::spawn_lakescore(
+            "scorer",
+            &worker_path,
+            &["--flight-listen", "127.0.0.1:0", "--registry-url", &registry_url, "--intra-op-threads", "1"],
+            &[],
+        )
+    })
+    .await
+    .expect("worker");
+    assert_eq!(score_rf(&worker.flight).await.expect("scores while the registry is up"), 200);
+
+    // The registry restarts (a rolling update): a call made while it is away waits for it.
+    assert!(registry.terminate().success());
+    let call = tokio::spawn({
+        let flight = worker.flight.clone();
+        async move { score_rf(&flight).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let _registry = start_registry().await.expect("registry again");
+    let rows = call.await.expect("task").expect("the call made during the restart succeeds");
+    assert_eq!(rows, 200);
+    let logs = worker.log_lines().join("\n");
+    assert!(logs.contains("registry unavailable; retrying"), "the worker retried the resolve");
+}

@@ -263,10 +263,24 @@ pub fn spawn_serve(data_dir: &Path, extra: &[&str]) -> ServeProcess {
 
 /// [`spawn_serve`] with extra environment variables (`LAKESCORE_LOG`, failpoints).
 pub fn spawn_serve_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+    let args = [&["--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"], extra].concat();
+    spawn_lakescore("serve", data_dir, &args, env)
+}
+
+/// `lakescore COMMAND` (`serve`, `registry` or `scorer`) as a real process with JSON logs,
+/// returned once the parts it runs listen (`url` / `flight` stay empty for a part it does
+/// not run). `extra` follows the command: listen addresses, `--registry-url`, …
+pub fn spawn_lakescore(command: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServeProcess {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
+    let (want_url, want_flight) = match command {
+        "serve" => (true, true),
+        "registry" => (true, false),
+        "scorer" => (false, true),
+        other => panic!("lakescore {other} is not a server command"),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_lakescore"))
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", command])
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
@@ -276,12 +290,13 @@ pub fn spawn_serve_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn lakescore serve");
+        .unwrap_or_else(|e| panic!("spawn lakescore {command}: {e}"));
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (mut url, mut flight) = (None, None);
-    while url.is_none() || flight.is_none() {
-        let line = lines.next().expect("serve exited before listening").expect("read stderr");
+    while (want_url && url.is_none()) || (want_flight && flight.is_none()) {
+        let line =
+            lines.next().unwrap_or_else(|| panic!("lakescore {command} exited before listening")).expect("read stderr");
         logs.lock().expect("logs").push(line.clone());
         let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
         let fields = &entry["fields"];
@@ -291,7 +306,7 @@ pub fn spawn_serve_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
             Some(m) if m.starts_with("scoring worker") => flight = Some(addr.to_string()),
             _ => {}
         }
-        assert!(entry["level"] != "ERROR", "serve logged an error: {line}");
+        assert!(entry["level"] != "ERROR", "lakescore {command} logged an error: {line}");
     }
     // Keep draining stderr (kept for the tests) so the server never blocks on a full pipe.
     let kept = logs.clone();
@@ -300,5 +315,5 @@ pub fn spawn_serve_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) ->
             kept.lock().expect("logs").push(line);
         }
     });
-    ServeProcess { child, url: url.expect("url"), flight: flight.expect("flight"), logs }
+    ServeProcess { child, url: url.unwrap_or_default(), flight: flight.unwrap_or_default(), logs }
 }

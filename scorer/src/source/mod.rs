@@ -5,6 +5,7 @@
 mod dir;
 mod grpc;
 mod http;
+mod retry;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 pub use dir::DirModelSource;
 pub use grpc::GrpcModelSource;
 pub use http::HttpModelSource;
+pub use retry::{RetryPolicy, RetryingSource};
 
 use crate::error::{Result, ScoreError};
 use crate::model_ref::ModelRef;
@@ -164,8 +166,11 @@ pub fn model_source_from_url(url: &str, http: HttpSourceOptions) -> Result<Arc<d
     let parsed =
         url::Url::parse(url).map_err(|e| ScoreError::invalid(format!("invalid model source URL {url:?}: {e}")))?;
     match parsed.scheme() {
-        "http" | "https" => Ok(Arc::new(HttpModelSource::new(parsed, http)?)),
-        "grpc" => Ok(Arc::new(GrpcModelSource::new(url, http)?)),
+        // Registry calls are idempotent reads: retried while the registry is unavailable.
+        "http" | "https" => {
+            Ok(Arc::new(RetryingSource::new(HttpModelSource::new(parsed, http)?, RetryPolicy::default())))
+        }
+        "grpc" => Ok(Arc::new(RetryingSource::new(GrpcModelSource::new(url, http)?, RetryPolicy::default()))),
         "file" => {
             let path = parsed.to_file_path().map_err(|_| ScoreError::invalid(format!("invalid file URL {url:?}")))?;
             Ok(Arc::new(DirModelSource::new(path)?))
