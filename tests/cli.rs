@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{models_dir, sha256_hex};
+use common::{labels, models_dir, read_parquet, sha256_hex};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lakescore");
@@ -166,22 +166,6 @@ fn gc_finds_and_removes_only_unreferenced_artifacts() {
         .map(|d| std::fs::read_dir(d.path()).map_or(0, |e| e.count()))
         .sum();
     assert_eq!(remaining, 1, "the referenced artifact stays");
-}
-
-fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("parquet")
-        .build()
-        .expect("reader");
-    let batches: Vec<_> = reader.collect::<Result<_, _>>().expect("batches");
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).expect("concat")
-}
-
-fn labels(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<i64> {
-    let col = batch.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
-    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Int64).expect("cast");
-    col.as_any().downcast_ref::<arrow::array::Int64Array>().expect("int64").values().to_vec()
 }
 
 #[test]

@@ -157,18 +157,7 @@ async fn the_worker_rides_out_a_registry_restart() {
         tokio::task::spawn_blocking(move || common::spawn_lakescore("registry", &data, &["--listen", &listen], &[]))
     };
     let mut registry = start_registry().await.expect("registry");
-    let http = reqwest::Client::new();
-    let r =
-        http.post(format!("{}/api/v1/models", registry.url)).json(&json!({"name": "rf"})).send().await.expect("send");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let r = http
-        .post(format!("{}/api/v1/models/rf/versions", registry.url))
-        .header("content-type", "application/octet-stream")
-        .body(model_bytes("rf.onnx"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), StatusCode::CREATED);
+    common::register_champion(&registry.url, None, "rf", "rf.onnx").await;
 
     // A worker of its own, resolving models through the registry's gRPC service.
     let worker_dir = tempfile::tempdir().expect("tempdir");

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightClient, FlightDescriptor};
 use common::issuer::{encoding_key, Issuer, AUDIENCE};
-use common::{model_bytes, models_dir, AuthedServe};
+use common::{flight_client, labels, model_bytes, models_dir, read_parquet};
 use futures::TryStreamExt;
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
@@ -30,22 +30,6 @@ const MAX_RSS_BYTES: u64 = 512 << 20;
 fn load_duration() -> Duration {
     let secs = std::env::var("LAKESCORE_LOAD_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     Duration::from_secs(secs)
-}
-
-fn read_parquet(path: &std::path::Path) -> RecordBatch {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("parquet")
-        .build()
-        .expect("reader");
-    let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().expect("batches");
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).expect("concat")
-}
-
-fn labels(batch: &RecordBatch, column: &str) -> Vec<i64> {
-    let a = batch.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
-    let a = a.as_any().downcast_ref::<Int64Array>().expect("int64 labels");
-    (0..a.len()).map(|i| a.value(i)).collect()
 }
 
 /// Peak and current resident set size of a process, from /proc (bytes).
@@ -89,17 +73,6 @@ impl Errors {
     }
 }
 
-async fn flight_client(s: &AuthedServe, token: &str) -> FlightClient {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.server.flight))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect to the worker");
-    let mut client = FlightClient::new(channel);
-    client.add_header("authorization", &format!("Bearer {token}")).expect("header");
-    client
-}
-
 async fn score(client: &mut FlightClient, cmd: &[u8], batches: Vec<RecordBatch>) -> Result<RecordBatch, String> {
     let input = FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd.to_vec())))
@@ -131,27 +104,8 @@ async fn sixty_four_streams_with_registry_traffic_and_a_kid_flood() {
     let http = reqwest::Client::new();
     let owner = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"]}));
     let api = |path: &str| format!("{}/api/v1{path}", s.server.url);
-    for (name, file) in [("rf", "rf.onnx"), ("churn", "linreg.onnx")] {
-        let r = http.post(api("/models")).bearer_auth(&owner).json(&json!({"name": name})).send().await.expect("send");
-        assert_eq!(r.status(), 201);
-        let r = http
-            .post(api(&format!("/models/{name}/versions")))
-            .bearer_auth(&owner)
-            .header("content-type", "application/octet-stream")
-            .body(model_bytes(file))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), 201);
-    }
-    let r = http
-        .put(api("/models/rf/aliases/champion"))
-        .bearer_auth(&owner)
-        .json(&json!({"version": 1}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
+    common::register_champion(&s.server.url, Some(&owner), "rf", "rf.onnx").await;
+    common::register_champion(&s.server.url, Some(&owner), "churn", "linreg.onnx").await;
 
     // Rows and onnxruntime's labels for them (tests/models/generate.py).
     let rows = read_parquet(&models_dir().join("rf.rows.parquet"));
@@ -177,7 +131,7 @@ async fn sixty_four_streams_with_registry_traffic_and_a_kid_flood() {
         let (rows, want, cmd) = (rows.clone(), want.clone(), cmd.clone());
         let token = issuer.token(json!({"oid": format!("scorer-{stream}"), "roles": ["LakeScore.Read"]}));
         tasks.spawn(async move {
-            let mut client = flight_client(&s, &token).await;
+            let mut client = flight_client(&s.server.flight, Some(&token)).await;
             let mut call = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 // Each call a different window of rows, in a few batches.
@@ -251,7 +205,7 @@ async fn sixty_four_streams_with_registry_traffic_and_a_kid_flood() {
                 if !matches!(&r, Ok(r) if r.status() == 401) {
                     errors.push(format!("forged token on REST: {:?}", r.map(|r| r.status())));
                 }
-                let mut client = flight_client(&s, token).await;
+                let mut client = flight_client(&s.server.flight, Some(token)).await;
                 match score(&mut client, &cmd, vec![rows.clone()]).await {
                     Err(e) if e.starts_with("Unauthenticated") => {}
                     other => errors.push(format!("forged token on Flight: {:?}", other.map(|b| b.num_rows()))),

@@ -8,9 +8,9 @@ mod common;
 use arrow::record_batch::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::{FlightClient, FlightDescriptor};
+use arrow_flight::FlightDescriptor;
 use common::issuer::{Issuer, AUDIENCE};
-use common::{model_bytes, models_dir, python_json, AuthedServe as Serve};
+use common::{models_dir, python_json, AuthedServe as Serve};
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 
@@ -25,54 +25,15 @@ fn serve_env(issuer: &Issuer, env: &[(&str, &str)]) -> Serve {
 }
 
 async fn register(s: &Serve, token: &str, name: &str, file: &str) {
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/api/v1/models", s.server.url))
-        .bearer_auth(token)
-        .json(&json!({"name": name}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 201);
-    let r = http
-        .post(format!("{}/api/v1/models/{name}/versions", s.server.url))
-        .bearer_auth(token)
-        .header("content-type", "application/octet-stream")
-        .body(model_bytes(file))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 201);
-    let r = http
-        .put(format!("{}/api/v1/models/{name}/aliases/champion", s.server.url))
-        .bearer_auth(token)
-        .json(&json!({"version": 1}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
+    common::register_champion(&s.server.url, Some(token), name, file).await;
 }
 
 fn rows(model: &str) -> Vec<RecordBatch> {
-    let file = std::fs::File::open(models_dir().join(format!("{model}.rows.parquet"))).expect("rows parquet");
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("parquet")
-        .build()
-        .expect("reader")
-        .collect::<Result<_, _>>()
-        .expect("batches")
+    vec![common::read_parquet(&models_dir().join(format!("{model}.rows.parquet")))]
 }
 
 async fn exchange(s: &Serve, token: Option<&str>, cmd: &Value) -> Result<Vec<RecordBatch>, tonic::Status> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.server.flight))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect to the worker");
-    let mut client = FlightClient::new(channel);
-    if let Some(t) = token {
-        client.add_header("authorization", &format!("Bearer {t}")).expect("header");
-    }
+    let mut client = common::flight_client(&s.server.flight, token).await;
     let input = FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd.to_string())))
         .build(futures::stream::iter(rows("rf").into_iter().map(Ok)));
@@ -261,13 +222,7 @@ async fn streaming_put(
     futures::channel::mpsc::UnboundedSender<Result<RecordBatch, FlightError>>,
     tokio::task::JoinHandle<Result<Vec<arrow_flight::PutResult>, FlightError>>,
 ) {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.server.flight))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect to the worker");
-    let mut client = FlightClient::new(channel);
-    client.add_header("authorization", &format!("Bearer {token}")).expect("header");
+    let mut client = common::flight_client(&s.server.flight, Some(token)).await;
     let (tx, rx) = futures::channel::mpsc::unbounded();
     let input = FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd.to_string())))

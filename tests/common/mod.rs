@@ -317,3 +317,63 @@ pub fn spawn_lakescore(command: &str, data_dir: &Path, extra: &[&str], env: &[(&
     });
     ServeProcess { child, url: url.unwrap_or_default(), flight: flight.unwrap_or_default(), logs }
 }
+
+/// A Parquet file's rows as one record batch.
+pub fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().expect("batches");
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).expect("concat")
+}
+
+/// An integer column (class labels) as i64 values.
+pub fn labels(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<i64> {
+    let col = batch.column_by_name(column).unwrap_or_else(|| panic!("no column {column}"));
+    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Int64).expect("cast");
+    col.as_any().downcast_ref::<arrow::array::Int64Array>().expect("int64").values().to_vec()
+}
+
+/// A Flight client of the worker at `addr` (`host:port`), sending `token` as a bearer token.
+pub async fn flight_client(addr: &str, token: Option<&str>) -> arrow_flight::FlightClient {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to the worker");
+    let mut client = arrow_flight::FlightClient::new(channel);
+    if let Some(t) = token {
+        client.add_header("authorization", &format!("Bearer {t}")).expect("header");
+    }
+    client
+}
+
+/// Registers the generated model `file` as model `name` (version 1) at the registry `url`
+/// and points the `champion` alias at it.
+pub async fn register_champion(url: &str, token: Option<&str>, name: &str, file: &str) {
+    let http = reqwest::Client::new();
+    let auth = |r: reqwest::RequestBuilder| match token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    };
+    let r = auth(http.post(format!("{url}/api/v1/models")).json(&serde_json::json!({"name": name})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 201, "create {name}");
+    let r = auth(http.post(format!("{url}/api/v1/models/{name}/versions")))
+        .header("content-type", "application/octet-stream")
+        .body(model_bytes(file))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 201, "upload {file}");
+    let r = auth(http.put(format!("{url}/api/v1/models/{name}/aliases/champion")))
+        .json(&serde_json::json!({"version": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "alias {name}@champion");
+}
