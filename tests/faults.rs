@@ -120,24 +120,12 @@ async fn a_statement_stuck_behind_a_lock_times_out_with_503() {
 /// Scores the rf sample rows through the worker at `flight` (no token); the rows back.
 async fn score_rf(flight: &str) -> Result<usize, tonic::Status> {
     use futures::TryStreamExt as _;
-    let file = std::fs::File::open(common::models_dir().join("rf.rows.parquet")).expect("rows");
-    let batches: Vec<arrow::record_batch::RecordBatch> =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("parquet")
-            .build()
-            .expect("reader")
-            .collect::<Result<_, _>>()
-            .expect("batches");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{flight}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = arrow_flight::FlightClient::new(channel);
+    let rows = common::read_parquet(&common::models_dir().join("rf.rows.parquet"));
+    let mut client = common::flight_client(flight, None).await;
     let cmd = json!({"model": "rf", "feature_columns": (0..20).map(|i| format!("f{i}")).collect::<Vec<_>>()});
     let input = arrow_flight::encode::FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(arrow_flight::FlightDescriptor::new_cmd(cmd.to_string())))
-        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+        .build(futures::stream::iter([Ok(rows)]));
     let out: Result<Vec<arrow::record_batch::RecordBatch>, _> =
         async { client.do_exchange(input).await?.try_collect().await }.await;
     match out {
