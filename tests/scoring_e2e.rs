@@ -234,7 +234,7 @@ async fn streaming_put(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_streams_and_cancels_the_ones_that_overrun() {
     let issuer = Issuer::start().await;
-    let mut s = serve_env(&issuer, &[("LAKESCORE_SHUTDOWN_GRACE_SECS", "3")]);
+    let mut s = serve_env(&issuer, &[("LAKESCORE_SHUTDOWN_GRACE_SECS", "5")]);
     let owner = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"]}));
     register(&s, &owner, "rf", "rf.onnx").await;
     let out = s.data.path().join("scores");
@@ -255,7 +255,8 @@ async fn sigterm_drains_streams_and_cancels_the_ones_that_overrun() {
     let (stalled, stalled_call) = streaming_put(&s, &owner, &job("stalled")).await;
     finishing.unbounded_send(Ok(first.clone())).expect("send");
     stalled.unbounded_send(Ok(first)).expect("send");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Both calls are under way before the signal (the worker is scoring their first rows).
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let pid = s.server.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

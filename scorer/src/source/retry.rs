@@ -19,12 +19,15 @@ pub struct RetryPolicy {
     pub retries: u32,
     /// Wait before the first retry; doubled before each next one.
     pub first_backoff: Duration,
+    /// No retry starts later than this after the first attempt: a registry that answers
+    /// slowly (a timeout) is not asked again and again.
+    pub budget: Duration,
 }
 
 impl Default for RetryPolicy {
-    /// 4 retries: after 0.2, 0.4, 0.8 and 1.6 s (3 s in all).
+    /// Up to 5 retries, after 0.2, 0.4, 0.8, 1.6 and 3.2 s, none later than 10 s in.
     fn default() -> Self {
-        Self { retries: 4, first_backoff: Duration::from_millis(200) }
+        Self { retries: 5, first_backoff: Duration::from_millis(200), budget: Duration::from_secs(10) }
     }
 }
 
@@ -47,11 +50,14 @@ impl<S> RetryingSource<S> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        let started = std::time::Instant::now();
         let mut backoff = self.policy.first_backoff;
         let mut attempt = 0;
         loop {
             match call().await {
-                Err(ScoreError::Unavailable(msg)) if attempt < self.policy.retries => {
+                Err(ScoreError::Unavailable(msg))
+                    if attempt < self.policy.retries && started.elapsed() + backoff <= self.policy.budget =>
+                {
                     attempt += 1;
                     tracing::warn!(what, attempt, error = %msg, backoff_ms = backoff.as_millis() as u64, "registry unavailable; retrying");
                     tokio::time::sleep(backoff).await;
@@ -75,5 +81,57 @@ impl<S: ModelSource> ModelSource for RetryingSource<S> {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A source that always answers with the same error, counting the calls.
+    struct Failing {
+        error: ScoreError,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl ModelSource for Failing {
+        async fn resolve(&self, _: &ModelRef, _: &Credentials) -> Result<ModelVersion> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(self.error.clone())
+        }
+        async fn fetch(&self, _: &ModelVersion, _: &Credentials) -> Result<Bytes> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(self.error.clone())
+        }
+        fn describe(&self) -> String {
+            "failing".into()
+        }
+    }
+
+    async fn calls(error: ScoreError, policy: RetryPolicy) -> (u32, Duration) {
+        let source = RetryingSource::new(Failing { error, calls: AtomicU32::new(0) }, policy);
+        let started = tokio::time::Instant::now();
+        let reference = ModelRef::parse("m").expect("reference");
+        assert!(source.resolve(&reference, &Credentials::none()).await.is_err());
+        (source.inner.calls.load(Ordering::SeqCst), started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_only_unavailable_within_the_budget() {
+        let policy = RetryPolicy::default();
+        let (n, waited) = calls(ScoreError::Unavailable("down".into()), policy).await;
+        assert_eq!(n, 6, "the first attempt and 5 retries");
+        assert_eq!(waited, Duration::from_millis(200 + 400 + 800 + 1600 + 3200));
+        let (n, _) = calls(ScoreError::NotFound("no model".into()), policy).await;
+        assert_eq!(n, 1, "an answer is not retried");
+        let (n, _) = calls(ScoreError::PermissionDenied("no".into()), policy).await;
+        assert_eq!(n, 1);
+        let tight = RetryPolicy { budget: Duration::from_millis(700), ..policy };
+        let (n, waited) = calls(ScoreError::Unavailable("down".into()), tight).await;
+        assert_eq!(n, 3, "retries after 0.2 and 0.4 s; the next would start past the budget");
+        assert_eq!(waited, Duration::from_millis(600));
     }
 }
