@@ -272,9 +272,12 @@ async fn jwks_refresh_is_rate_limited_and_survives_issuer_outage() {
     }
     assert!(i.jwks_fetches() <= baseline + 1, "{} fetches after the flood (baseline {baseline})", i.jwks_fetches());
 
-    // Issuer down with a warm cache: known keys keep validating.
+    // Issuer down with a warm cache: known keys keep validating, also tokens never seen
+    // before (not answered from the verified-token cache).
     i.set_down(true);
     assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK);
+    let fresh = i.token(json!({"oid": "someone-new", "roles": ["LakeScore.Read"]}));
+    assert_eq!(status(get(&s, "/models", Some(&fresh))).await, StatusCode::OK, "a new token, cached keys");
     s.stop().await;
 
     // Issuer down with a cold cache: 503, never fail-open.
