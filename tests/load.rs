@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -233,22 +234,31 @@ async fn sixty_four_streams_with_registry_traffic_and_a_kid_flood() {
 
     let (n_score, p50_score, p99_score, max_score) = scoring.summary();
     let (n_reg, p50_reg, p99_reg, max_reg) = registry.summary();
-    println!(
+    // The report goes straight to the process's stderr (fd 2), past the test harness's
+    // output capture, so that every run, CI's included, shows it.
+    let report = format!(
         "load: {elapsed:.0} s, {STREAMS} scoring streams: {n_score} calls, {:.0} rows/s, p50 {p50_score:.1} ms, \
          p99 {p99_score:.1} ms, max {max_score:.1} ms",
         rows_scored.load(Ordering::Relaxed) as f64 / elapsed
-    );
-    println!(
-        "load: {REGISTRY_CLIENTS} registry clients: {n_reg} calls ({} uploads), p50 {p50_reg:.1} ms, p99 {p99_reg:.1} ms, \
+    ) + &format!(
+        "\nload: {REGISTRY_CLIENTS} registry clients: {n_reg} calls ({} uploads), p50 {p50_reg:.1} ms, p99 {p99_reg:.1} ms, \
          max {max_reg:.1} ms",
         uploads.load(Ordering::Relaxed)
-    );
-    println!(
-        "load: {} forged-token calls refused, {fetches} JWKS fetches; server peak RSS {:.0} MiB; RSS samples (s, MiB): {:?}",
+    ) + &format!(
+        "\nload: {} forged-token calls refused, {fetches} JWKS fetches; server peak RSS {:.0} MiB; RSS samples (s, MiB): {:?}",
         forged.load(Ordering::Relaxed),
         peak as f64 / 1048576.0,
         samples.iter().step_by(10).map(|(t, b)| (*t, b >> 20)).collect::<Vec<_>>()
     );
+    {
+        use std::os::fd::AsFd as _;
+        match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd2) => {
+                let _ = writeln!(std::fs::File::from(fd2), "{report}");
+            }
+            Err(_) => eprintln!("{report}"),
+        }
+    }
 
     let errors = errors.0.lock().expect("lock").clone();
     assert!(errors.is_empty(), "{} errors under load, first: {:?}", errors.len(), &errors[..errors.len().min(5)]);
