@@ -2,6 +2,7 @@
 //! write outputs, score datasets in storage. The Flight service is a thin layer over it.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,7 +10,7 @@ use std::task::{Context, Poll};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use lakescore_proto::ScoreCommand;
 use object_store::ObjectMeta;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
@@ -292,9 +293,17 @@ impl Scorer {
         row_groups: Option<Vec<usize>>,
     ) -> Result<(SchemaRef, BatchStream)> {
         let url = loc.url_of(&meta.location);
+        // The Parquet reader, like the IPC one, can panic on a malformed file instead of
+        // failing: a dataset in storage is input too, so a panic is INVALID_ARGUMENT.
+        let malformed = {
+            let url = url.clone();
+            move |_| ScoreError::InvalidArgument(format!("reading {url}: the Parquet file is malformed"))
+        };
         let reader = ObjectReader::new(loc.store.clone(), meta.location.clone());
-        let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+        let mut builder = AssertUnwindSafe(ParquetRecordBatchStreamBuilder::new(reader))
+            .catch_unwind()
             .await
+            .map_err(malformed.clone())?
             .map_err(|e| ScoreError::from(e).context(format!("reading {url}")))?
             .with_batch_size(self.config.inference_batch_rows.max(1));
         if let Some(groups) = row_groups {
@@ -305,10 +314,13 @@ impl Scorer {
             builder = builder.with_row_groups(groups);
         }
         let schema = builder.schema().clone();
-        let stream = builder
-            .build()
-            .map_err(|e| ScoreError::from(e).context(format!("reading {url}")))?
-            .map_err(move |e| ScoreError::from(e).context(format!("reading {url}")))
+        let batches = builder.build().map_err(|e| ScoreError::from(e).context(format!("reading {url}")))?;
+        let stream = AssertUnwindSafe(batches)
+            .catch_unwind()
+            .map(move |item| match item {
+                Ok(batch) => batch.map_err(|e| ScoreError::from(e).context(format!("reading {url}"))),
+                Err(panic) => Err(malformed(panic)),
+            })
             .boxed();
         Ok((schema, stream))
     }
@@ -492,6 +504,7 @@ mod tests {
     use super::*;
     use arrow::array::{Array, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
+    use futures::TryStreamExt;
 
     fn batch(schema: &SchemaRef, range: std::ops::Range<i64>) -> RecordBatch {
         RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(range))]).unwrap()

@@ -14,7 +14,7 @@ use arrow::array::{
 use arrow::buffer::Buffer;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
-use arrow_flight::{FlightClient, FlightData};
+use arrow_flight::{Action, FlightClient, FlightData};
 use common::*;
 use futures::TryStreamExt;
 use serde_json::{json, Value};
@@ -353,6 +353,45 @@ async fn ipc_messages_that_crash_the_arrow_reader_are_invalid_argument() {
         msgs[0].flight_descriptor = Some(descriptor(&command("pipeline")));
         let m = expect_code(exchange_raw(&mut client, msgs).await, tonic::Code::InvalidArgument, "malformed IPC");
         assert!(m.contains("invalid Flight stream"), "{}: {m}", file.display());
+        still_serves(&mut client).await;
+    }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_parquet_in_storage_is_invalid_argument() {
+    let worker = Worker::start().await;
+    let mut client = worker.client().await;
+    // A valid file of the model's rows, then two broken copies: random bytes, and the
+    // valid file with its column data overwritten (footer and metadata intact).
+    let dir = worker.path("lake/in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = rows("logreg");
+    let mut good = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut good, input.schema(), None).unwrap();
+    w.write(&input).unwrap();
+    w.close().unwrap();
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut scrambled = good.clone();
+    let footer = u32::from_le_bytes(scrambled[scrambled.len() - 8..scrambled.len() - 4].try_into().unwrap()) as usize;
+    let data_end = scrambled.len() - 8 - footer;
+    for (i, b) in scrambled[4..data_end].iter_mut().enumerate() {
+        *b ^= noise[i % noise.len()] | 1;
+    }
+    for (name, bytes) in [("noise", noise.clone()), ("scrambled", scrambled)] {
+        std::fs::write(dir.join(format!("{name}.parquet")), &bytes).unwrap();
+        let mut cmd = command("logreg");
+        cmd["input"] = json!(worker.url(&format!("lake/in/{name}.parquet")));
+        cmd["output"] = json!(worker.url(&format!("lake/out-{name}/")));
+        let err = match client.do_action(Action::new("score-dataset", serde_json::to_vec(&cmd).unwrap())).await {
+            Ok(s) => s.try_collect::<Vec<_>>().await.map(|r| r.len()),
+            Err(e) => Err(e),
+        }
+        .expect_err(name);
+        let s = status(err);
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{name}: {}", s.message());
+        assert!(s.message().contains(&format!("{name}.parquet")), "{name}: names the file: {}", s.message());
+        assert!(!worker.path(&format!("lake/out-{name}/_lakescore.json")).exists(), "{name}: no manifest");
         still_serves(&mut client).await;
     }
     worker.stop().await;
