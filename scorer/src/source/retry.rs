@@ -50,7 +50,8 @@ impl<S> RetryingSource<S> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let started = std::time::Instant::now();
+        // tokio's clock, the one the backoff sleeps on.
+        let started = tokio::time::Instant::now();
         let mut backoff = self.policy.first_backoff;
         let mut attempt = 0;
         loop {
@@ -129,7 +130,9 @@ mod tests {
         assert_eq!(n, 1, "an answer is not retried");
         let (n, _) = calls(ScoreError::PermissionDenied("no".into()), policy).await;
         assert_eq!(n, 1);
-        let tight = RetryPolicy { budget: Duration::from_millis(700), ..policy };
+        // 0.6 s have passed after two retries; the third would start at 1.4 s, past 1.3 s
+        // (its 0.8 s backoff alone would still fit: the time already spent counts).
+        let tight = RetryPolicy { budget: Duration::from_millis(1300), ..policy };
         let (n, waited) = calls(ScoreError::Unavailable("down".into()), tight).await;
         assert_eq!(n, 3, "retries after 0.2 and 0.4 s; the next would start past the budget");
         assert_eq!(waited, Duration::from_millis(600));
