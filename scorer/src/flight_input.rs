@@ -1,8 +1,9 @@
 //! A client's stream of Flight data (DoPut, DoExchange) decoded into its schema and record
 //! batches. Whatever is wrong with the bytes is the client's doing and becomes
 //! `INVALID_ARGUMENT`, including a panic inside the Arrow IPC reader: it does not check
-//! every buffer of a malformed message (the `arrow_to_tensor` fuzz target found arrow-ipc 59
-//! panicking on a dictionary batch whose buffer offset lies past the message body).
+//! every part of a malformed message (the `arrow_to_tensor` fuzz target found arrow-ipc 59
+//! panicking on a dictionary batch whose buffer offset lies past the message body, and in
+//! its schema conversion).
 
 use std::panic::AssertUnwindSafe;
 
@@ -51,7 +52,8 @@ impl FlightInput {
                 Ok(Ok(d)) => Ok(d.payload),
                 Ok(Err(e)) => Err(input_error(e)),
                 Err(_) => Err(ScoreError::InvalidArgument(
-                    "invalid Flight stream: an Arrow IPC message is malformed (its buffers do not fit its body)".into(),
+                    "invalid Flight stream: an Arrow IPC message is malformed (the IPC reader could not decode it)"
+                        .into(),
                 )),
             })
             .boxed();

@@ -293,6 +293,10 @@ impl Scorer {
         row_groups: Option<Vec<usize>>,
     ) -> Result<(SchemaRef, BatchStream)> {
         let url = loc.url_of(&meta.location);
+        let read_error = {
+            let url = url.clone();
+            move |e: parquet::errors::ParquetError| ScoreError::from(e).context(format!("reading {url}"))
+        };
         // The Parquet reader, like the IPC one, can panic on a malformed file instead of
         // failing: a dataset in storage is input too, so a panic is INVALID_ARGUMENT.
         let malformed = {
@@ -304,7 +308,7 @@ impl Scorer {
             .catch_unwind()
             .await
             .map_err(malformed.clone())?
-            .map_err(|e| ScoreError::from(e).context(format!("reading {url}")))?
+            .map_err(read_error.clone())?
             .with_batch_size(self.config.inference_batch_rows.max(1));
         if let Some(groups) = row_groups {
             let n = builder.metadata().num_row_groups();
@@ -314,11 +318,11 @@ impl Scorer {
             builder = builder.with_row_groups(groups);
         }
         let schema = builder.schema().clone();
-        let batches = builder.build().map_err(|e| ScoreError::from(e).context(format!("reading {url}")))?;
+        let batches = builder.build().map_err(read_error.clone())?;
         let stream = AssertUnwindSafe(batches)
             .catch_unwind()
             .map(move |item| match item {
-                Ok(batch) => batch.map_err(|e| ScoreError::from(e).context(format!("reading {url}"))),
+                Ok(batch) => batch.map_err(&read_error),
                 Err(panic) => Err(malformed(panic)),
             })
             .boxed();
