@@ -191,7 +191,7 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
     if with_registry {
         let listen = settings.registry.listen;
         let registry = Registry::open(settings.registry.clone(), settings.auth.clone()).await?;
-        authenticator = Some(registry.auth.clone());
+        authenticator = Some(registry.authenticator().clone());
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         if with_scorer && settings.scorer.model_source.is_empty() {
@@ -291,14 +291,9 @@ struct FlightTokens(lakescore_registry::auth::Authenticator);
 #[async_trait::async_trait]
 impl lakescore_scorer::TokenValidator for FlightTokens {
     async fn validate(&self, authorization: Option<&str>) -> Result<(), lakescore_scorer::ScoreError> {
-        use lakescore_registry::RegistryError as R;
-        use lakescore_scorer::ScoreError as S;
         match self.0.authenticate(authorization).await {
             Ok(_) => Ok(()),
-            Err(R::Unauthorized(m)) => Err(S::Unauthenticated(m)),
-            Err(R::Forbidden(m)) => Err(S::PermissionDenied(m)),
-            Err(R::Unavailable(m)) => Err(S::Unavailable(m)),
-            Err(other) => Err(S::Internal(other.to_string())),
+            Err(e) => Err(lakescore_scorer::ScoreError::from_code(e.code(), e.to_string())),
         }
     }
 }

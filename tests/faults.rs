@@ -98,7 +98,7 @@ async fn a_statement_stuck_behind_a_lock_times_out_with_503() {
 
     // Another session holds the models table: the registry's query waits for the lock,
     // then gives up after the statement timeout with a 503, rather than hanging.
-    let url = s.registry.config.database_url.clone().expect("a PostgreSQL URL");
+    let url = s.registry.config().database_url.clone().expect("a PostgreSQL URL");
     let mut other = sqlx::PgConnection::connect(&url).await.expect("connect");
     let mut tx = other.begin().await.expect("begin");
     sqlx::query("LOCK TABLE models IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await.expect("lock");

@@ -536,7 +536,7 @@ async fn operations_endpoints(db: Db) {
     assert!(metrics.contains("lakescore_http_request_duration_seconds_bucket"));
 
     // Readiness follows the database: closed pool → 503, liveness unaffected.
-    s.registry.store.close().await;
+    s.registry.close().await;
     let r = http().get(format!("{}/readyz", s.base)).send().await.expect("send");
     assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "database").await;
     let r = http().get(s.api("/models")).send().await.expect("send");

@@ -11,21 +11,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use base64::Engine as _;
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use lakescore_core::wire::{
+    AliasRecord, AuditEntry, AuditList, CreateModel, Grant, Model, ModelList, ModelVersion, Permission, PutGrant,
+    SetAlias, UpdateFields, VersionList, VersionMetadata, VersionStatus,
+};
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi};
 
-use crate::auth::{Caller, Role};
-use crate::db::{AuditEntry, Grant, Model, ModelVersion, Permission, Tags, VersionStatus};
+use crate::auth::Caller;
 use crate::error::{Problem, RegistryError, Result};
-use crate::filter;
 use crate::metrics;
-use crate::reference::{validate_alias, validate_name, ModelRef};
-use crate::service::{Need, Registry, VersionMetadata};
-
-const DEFAULT_PAGE_SIZE: i64 = 100;
-const MAX_PAGE_SIZE: i64 = 1000;
+use crate::service::{parse_version, Registry};
 
 /// JSON body extractor whose rejections are problem+json.
 #[derive(FromRequest)]
@@ -143,7 +140,7 @@ pub fn router(registry: Registry) -> Router {
         .route("/models/{name}/grants", get(list_grants).put(put_grant).delete(delete_grant))
         .route("/resolve/{reference}", get(resolve))
         .route("/audit", get(list_audit))
-        .layer(middleware::from_fn_with_state(registry.auth.clone(), crate::auth::middleware))
+        .layer(middleware::from_fn_with_state(registry.authenticator().clone(), crate::auth::middleware))
         // The API description is public, like the health endpoints (also under the base,
         // where the design's table lists them).
         .route("/openapi.json", get(openapi))
@@ -181,49 +178,6 @@ async fn track_metrics(req: Request, next: Next) -> Response {
 
 // ---- request and response bodies ----------------------------------------------------
 
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateModel {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub tags: Tags,
-}
-
-/// Fields to change; absent fields stay as they are. `tags` replaces the whole set.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateFields {
-    pub description: Option<String>,
-    pub tags: Option<Tags>,
-}
-
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SetAlias {
-    pub version: i64,
-}
-
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-pub struct AliasRecord {
-    pub model: String,
-    pub alias: String,
-    pub version: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ModelList {
-    pub models: Vec<Model>,
-    pub next_page_token: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct VersionList {
-    pub versions: Vec<ModelVersion>,
-    pub next_page_token: Option<String>,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListModelsQuery {
     /// e.g. `name LIKE 'fraud%' AND tags.team = 'risk'` (fields: name, description, tags.<key>;
@@ -250,33 +204,6 @@ pub struct DeleteModelQuery {
     pub force: bool,
 }
 
-fn page_size(requested: Option<i64>) -> Result<i64> {
-    match requested {
-        None => Ok(DEFAULT_PAGE_SIZE),
-        Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
-        Some(n) => Err(RegistryError::BadRequest(format!("page_size must be 1..={MAX_PAGE_SIZE}, got {n}"))),
-    }
-}
-
-fn encode_token(raw: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
-fn decode_token(token: &str) -> Result<String> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| RegistryError::BadRequest("invalid page_token".into()))
-}
-
-fn parse_version(v: &str) -> Result<i64> {
-    v.parse::<i64>()
-        .ok()
-        .filter(|v| *v >= 1)
-        .ok_or_else(|| RegistryError::BadRequest(format!("'{v}' is not a version number (1, 2, …)")))
-}
-
 // ---- models ---------------------------------------------------------------------------
 
 /// Create a registered model.
@@ -287,18 +214,7 @@ async fn create_model(
     caller: Caller,
     ApiJson(body): ApiJson<CreateModel>,
 ) -> Result<(StatusCode, Json<Model>)> {
-    caller.require(Role::Writer, "creating a model")?;
-    validate_name(&body.name)?;
-    let model = reg.store.create_model(&body.name, &body.description, &body.tags, &caller.subject).await?;
-    reg.audit(
-        &caller,
-        "model.create",
-        Some(&model.name),
-        serde_json::json!({"description": body.description, "tags": body.tags}),
-    )
-    .await;
-    tracing::info!(model = %model.name, by = %caller.subject, "model created");
-    Ok((StatusCode::CREATED, Json(model)))
+    Ok((StatusCode::CREATED, Json(reg.create_model(&caller, &body).await?)))
 }
 
 /// List and search registered models, ordered by name.
@@ -309,21 +225,15 @@ async fn list_models(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListModelsQuery>,
 ) -> Result<Json<ModelList>> {
-    let clauses = filter::parse(q.filter.as_deref().unwrap_or(""))?;
-    let after = q.page_token.as_deref().map(decode_token).transpose()?;
-    // Without a global reader role a caller sees the models it owns or was granted.
-    let principals = caller.principals();
-    let visible_to = (!caller.at_least(Role::Reader)).then_some((caller.subject.as_str(), principals.as_slice()));
-    let page = reg.store.list_models(&clauses, visible_to, page_size(q.page_size)?, after.as_deref()).await?;
-    Ok(Json(ModelList { models: page.items, next_page_token: page.next_page_token.as_deref().map(encode_token) }))
+    let filter = q.filter.as_deref().unwrap_or("");
+    Ok(Json(reg.list_models(&caller, filter, q.page_size, q.page_token.as_deref()).await?.into()))
 }
 
 /// One registered model.
 #[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models",
     responses((status = 200, body = Model), (status = 404, body = Problem)))]
 async fn get_model(State(reg): State<Registry>, caller: Caller, ApiPath(name): ApiPath<String>) -> Result<Json<Model>> {
-    reg.authorize(&caller, &name, Need::Read).await?;
-    Ok(Json(reg.store.get_model(&name).await?))
+    Ok(Json(reg.get_model(&caller, &name).await?))
 }
 
 /// Change a model's description or tags.
@@ -335,16 +245,7 @@ async fn update_model(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateFields>,
 ) -> Result<Json<Model>> {
-    reg.authorize(&caller, &name, Need::Write).await?;
-    let model = reg.store.update_model(&name, body.description.as_deref(), body.tags.as_ref()).await?;
-    reg.audit(
-        &caller,
-        "model.update",
-        Some(&name),
-        serde_json::json!({"description": body.description, "tags": body.tags}),
-    )
-    .await;
-    Ok(Json(model))
+    Ok(Json(reg.update_model(&caller, &name, &body).await?))
 }
 
 /// Delete a model. Refused (409) while it has versions, unless `force=true`.
@@ -356,9 +257,7 @@ async fn delete_model(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeleteModelQuery>,
 ) -> Result<StatusCode> {
-    reg.authorize(&caller, &name, Need::Manage).await?;
-    reg.delete_model(&name, q.force).await?;
-    reg.audit(&caller, "model.delete", Some(&name), serde_json::json!({"force": q.force})).await;
+    reg.delete_model(&caller, &name, q.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -377,13 +276,9 @@ async fn create_version(
     request: Request,
 ) -> Result<(StatusCode, Json<ModelVersion>)> {
     // Fail fast, before reading a possibly large body.
-    reg.authorize(&caller, &name, Need::Write).await?;
-    let limit = reg.config.max_upload_bytes;
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(RegistryError::PayloadTooLarge(format!("the body is larger than the limit of {limit} bytes")));
-    }
+    reg.check_upload(&caller, &name, declared).await?;
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let mime = content_type.split(';').next().unwrap_or("").trim().to_string();
@@ -429,15 +324,7 @@ async fn create_version(
             )))
         }
     };
-    let version = reg.create_version(&name, upload, &meta, &caller).await?;
-    reg.audit(
-        &caller,
-        "version.create",
-        Some(&name),
-        serde_json::json!({"version": version.version, "sha256": version.sha256, "size": version.size}),
-    )
-    .await;
-    Ok((StatusCode::CREATED, Json(version)))
+    Ok((StatusCode::CREATED, Json(reg.create_version(&caller, &name, upload, &meta).await?)))
 }
 
 /// A model's versions, oldest first.
@@ -449,10 +336,8 @@ async fn list_versions(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListVersionsQuery>,
 ) -> Result<Json<VersionList>> {
-    reg.authorize(&caller, &name, Need::Read).await?;
-    let after = q.page_token.as_deref().map(|t| decode_token(t).and_then(|s| parse_version(&s))).transpose()?;
-    let page = reg.store.list_versions(&name, q.status, page_size(q.page_size)?, after).await?;
-    Ok(Json(VersionList { versions: page.items, next_page_token: page.next_page_token.as_deref().map(encode_token) }))
+    let page = reg.list_versions(&caller, &name, q.status, q.page_size, q.page_token.as_deref()).await?;
+    Ok(Json(page.into()))
 }
 
 /// One version.
@@ -463,8 +348,7 @@ async fn get_version(
     caller: Caller,
     ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<Json<ModelVersion>> {
-    reg.authorize(&caller, &name, Need::Read).await?;
-    Ok(Json(reg.store.get_version(&name, parse_version(&version)?).await?))
+    Ok(Json(reg.get_version(&caller, &name, parse_version(&version)?).await?))
 }
 
 /// Change a version's description or tags (the artifact itself never changes).
@@ -476,17 +360,7 @@ async fn update_version(
     ApiPath((name, version)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<UpdateFields>,
 ) -> Result<Json<ModelVersion>> {
-    reg.authorize(&caller, &name, Need::Write).await?;
-    let v = parse_version(&version)?;
-    let updated = reg.store.update_version(&name, v, body.description.as_deref(), body.tags.as_ref()).await?;
-    reg.audit(
-        &caller,
-        "version.update",
-        Some(&name),
-        serde_json::json!({"version": v, "description": body.description, "tags": body.tags}),
-    )
-    .await;
-    Ok(Json(updated))
+    Ok(Json(reg.update_version(&caller, &name, parse_version(&version)?, &body).await?))
 }
 
 /// Archive a version (soft delete): still resolvable as `name:N`, never as `name` or by alias.
@@ -497,11 +371,7 @@ async fn archive_version(
     caller: Caller,
     ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<Json<ModelVersion>> {
-    reg.authorize(&caller, &name, Need::Write).await?;
-    let v = parse_version(&version)?;
-    let archived = reg.store.archive_version(&name, v).await?;
-    reg.audit(&caller, "version.archive", Some(&name), serde_json::json!({"version": v})).await;
-    Ok(Json(archived))
+    Ok(Json(reg.archive_version(&caller, &name, parse_version(&version)?).await?))
 }
 
 /// The version's ONNX bytes. `ETag` is the sha256; single `Range` requests are honoured.
@@ -515,8 +385,8 @@ async fn get_artifact(
     ApiPath((name, version)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    reg.authorize(&caller, &name, Need::Read).await?;
-    let v = reg.store.get_version(&name, parse_version(&version)?).await?;
+    let artifact = reg.artifact(&caller, &name, parse_version(&version)?).await?;
+    let v = &artifact.version;
     let etag = format!("\"{}\"", v.sha256);
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
@@ -543,7 +413,7 @@ async fn get_artifact(
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.start, r.end),
         None => (StatusCode::OK, 0, size),
     };
-    let stream = reg.artifacts.get(&v.sha256, range.clone()).await?;
+    let stream = artifact.stream(range.clone()).await?;
     if status == StatusCode::PARTIAL_CONTENT {
         response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
     }
@@ -606,12 +476,7 @@ async fn put_alias(
     ApiPath((name, alias)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<SetAlias>,
 ) -> Result<Json<AliasRecord>> {
-    validate_alias(&alias)?;
-    reg.authorize(&caller, &name, Need::Write).await?;
-    let v = reg.store.set_alias(&name, &alias, body.version).await?;
-    reg.audit(&caller, "alias.set", Some(&name), serde_json::json!({"alias": alias, "version": v.version})).await;
-    tracing::info!(model = %name, alias = %alias, version = v.version, "alias set");
-    Ok(Json(AliasRecord { model: name, alias, version: v.version }))
+    Ok(Json(reg.set_alias(&caller, &name, &alias, body.version).await?))
 }
 
 /// Which version an alias points at.
@@ -622,9 +487,7 @@ async fn get_alias(
     caller: Caller,
     ApiPath((name, alias)): ApiPath<(String, String)>,
 ) -> Result<Json<AliasRecord>> {
-    reg.authorize(&caller, &name, Need::Read).await?;
-    let version = reg.store.get_alias(&name, &alias).await?;
-    Ok(Json(AliasRecord { model: name, alias, version }))
+    Ok(Json(reg.get_alias(&caller, &name, &alias).await?))
 }
 
 /// Remove an alias.
@@ -635,9 +498,7 @@ async fn delete_alias(
     caller: Caller,
     ApiPath((name, alias)): ApiPath<(String, String)>,
 ) -> Result<StatusCode> {
-    reg.authorize(&caller, &name, Need::Write).await?;
-    reg.store.delete_alias(&name, &alias).await?;
-    reg.audit(&caller, "alias.delete", Some(&name), serde_json::json!({"alias": alias})).await;
+    reg.delete_alias(&caller, &name, &alias).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -649,30 +510,14 @@ async fn resolve(
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
 ) -> Result<Json<ModelVersion>> {
-    let reference = ModelRef::parse(&reference)?;
-    reg.authorize(&caller, reference.model_name(), Need::Read).await?;
-    Ok(Json(reg.store.resolve(&reference).await?))
+    Ok(Json(reg.resolve(&caller, &reference).await?))
 }
 
 // ---- grants and audit -----------------------------------------------------------------
 
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PutGrant {
-    /// `user:<oid>`, `group:<object id>`, `role:<app role>` or `app:<client id>`.
-    pub principal: String,
-    pub permission: Permission,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct DeleteGrantQuery {
     pub principal: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AuditList {
-    pub entries: Vec<AuditEntry>,
-    pub next_page_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -683,17 +528,6 @@ pub struct AuditQuery {
     pub page_token: Option<String>,
 }
 
-fn validate_principal(p: &str) -> Result<()> {
-    let ok = ["user:", "group:", "role:", "app:"].iter().any(|k| p.strip_prefix(k).is_some_and(|v| !v.is_empty()));
-    if ok && p.len() <= 256 {
-        Ok(())
-    } else {
-        Err(RegistryError::BadRequest(format!(
-            "invalid principal '{p}': use user:<oid>, group:<object id>, role:<app role> or app:<client id>"
-        )))
-    }
-}
-
 /// Who may use a model beyond the global roles (owner or admin only).
 #[utoipa::path(get, path = "/api/v1/models/{name}/grants", tag = "grants",
     responses((status = 200, body = Vec<Grant>), (status = 403, body = Problem), (status = 404, body = Problem)))]
@@ -702,8 +536,7 @@ async fn list_grants(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<Grant>>> {
-    reg.authorize(&caller, &name, Need::Manage).await?;
-    Ok(Json(reg.store.list_grants(&name).await?))
+    Ok(Json(reg.list_grants(&caller, &name).await?))
 }
 
 /// Grant a principal `read` or `write` on the model (owner or admin only).
@@ -715,17 +548,7 @@ async fn put_grant(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<PutGrant>,
 ) -> Result<Json<Vec<Grant>>> {
-    validate_principal(&body.principal)?;
-    reg.authorize(&caller, &name, Need::Manage).await?;
-    reg.store.put_grant(&name, &body.principal, body.permission, &caller.subject).await?;
-    reg.audit(
-        &caller,
-        "grant.put",
-        Some(&name),
-        serde_json::json!({"principal": body.principal, "permission": body.permission}),
-    )
-    .await;
-    Ok(Json(reg.store.list_grants(&name).await?))
+    Ok(Json(reg.put_grant(&caller, &name, &body).await?))
 }
 
 /// Remove a principal's grant (owner or admin only).
@@ -737,9 +560,7 @@ async fn delete_grant(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeleteGrantQuery>,
 ) -> Result<StatusCode> {
-    reg.authorize(&caller, &name, Need::Manage).await?;
-    reg.store.delete_grant(&name, &q.principal).await?;
-    reg.audit(&caller, "grant.delete", Some(&name), serde_json::json!({"principal": q.principal})).await;
+    reg.delete_grant(&caller, &name, &q.principal).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -751,17 +572,8 @@ async fn list_audit(
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditList>> {
-    caller.require(Role::Admin, "reading the audit log")?;
-    let before = q
-        .page_token
-        .as_deref()
-        .map(|t| {
-            decode_token(t)
-                .and_then(|s| s.parse::<i64>().map_err(|_| RegistryError::BadRequest("invalid page_token".into())))
-        })
-        .transpose()?;
-    let page = reg.store.list_audit(q.model.as_deref(), page_size(q.page_size)?, before).await?;
-    Ok(Json(AuditList { entries: page.items, next_page_token: page.next_page_token.as_deref().map(encode_token) }))
+    let page = reg.list_audit(&caller, q.model.as_deref(), q.page_size, q.page_token.as_deref()).await?;
+    Ok(Json(page.into()))
 }
 
 // ---- operations -----------------------------------------------------------------------

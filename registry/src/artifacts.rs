@@ -2,7 +2,6 @@
 //! A version's file lives at `<prefix>/sha256/<first two hex>/<sha256>.onnx`, so identical
 //! bytes are stored once however many versions share them.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -10,13 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::local::LocalFileSystem;
+use lakescore_core::store::{open_store, StoreOptions};
 use object_store::path::Path;
-pub use object_store::RetryConfig;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{RegistryError, Result};
@@ -32,64 +27,20 @@ pub struct ArtifactStore {
 }
 
 impl ArtifactStore {
-    /// Opens `url` (`file://`, `s3://`, `az://`, `gs://`, or an https URL object_store
-    /// recognises) or, without one, the local directory `default_dir`. Cloud stores take
-    /// credentials from the environment (`AWS_*`, `AZURE_*`, `GOOGLE_*`) and from `options`
-    /// (object_store configuration keys, which win).
-    pub fn open(
-        url: Option<&str>,
-        options: &BTreeMap<String, String>,
-        retry: RetryConfig,
-        default_dir: &FsPath,
-    ) -> Result<Self> {
-        let Some(url) = url else { return Self::local(default_dir) };
-        let bad = |e: &dyn std::fmt::Display| RegistryError::BadRequest(format!("cannot use storage URL '{url}': {e}"));
-        let parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
-        let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(&e))?;
-        fn configure<B, K>(
-            mut builder: B,
-            options: &BTreeMap<String, String>,
-            set: impl Fn(B, K, &str) -> B,
-        ) -> Result<B>
-        where
-            K: std::str::FromStr,
-            K::Err: std::fmt::Display,
-        {
-            for (k, v) in options {
-                let key = k
-                    .parse::<K>()
-                    .map_err(|e| RegistryError::BadRequest(format!("unknown storage option '{k}': {e}")))?;
-                builder = set(builder, key, v);
+    /// Opens `url` (any URL [`lakescore_core::store::open_store`] takes) or, without one,
+    /// the local directory `default_dir` (created when missing).
+    pub fn open(url: Option<&str>, options: &StoreOptions, default_dir: &FsPath) -> Result<Self> {
+        let url = match url {
+            Some(url) => lakescore_core::store::parse_url(url)?,
+            None => {
+                std::fs::create_dir_all(default_dir)?;
+                let dir = std::path::absolute(default_dir)?;
+                url::Url::from_directory_path(&dir)
+                    .map_err(|_| RegistryError::BadRequest(format!("cannot use {} for artifacts", dir.display())))?
             }
-            Ok(builder)
-        }
-        let store: Arc<dyn ObjectStore> = match scheme {
-            ObjectStoreScheme::Local => {
-                let dir = parsed.to_file_path().map_err(|_| bad(&"not a local path"))?;
-                return Self::local(&dir);
-            }
-            ObjectStoreScheme::AmazonS3 => {
-                let b = AmazonS3Builder::from_env().with_url(url).with_retry(retry);
-                Arc::new(configure(b, options, |b, k, v| b.with_config(k, v))?.build().map_err(|e| bad(&e))?)
-            }
-            ObjectStoreScheme::MicrosoftAzure => {
-                let b = MicrosoftAzureBuilder::from_env().with_url(url).with_retry(retry);
-                Arc::new(configure(b, options, |b, k, v| b.with_config(k, v))?.build().map_err(|e| bad(&e))?)
-            }
-            ObjectStoreScheme::GoogleCloudStorage => {
-                let b = GoogleCloudStorageBuilder::from_env().with_url(url).with_retry(retry);
-                Arc::new(configure(b, options, |b, k, v| b.with_config(k, v))?.build().map_err(|e| bad(&e))?)
-            }
-            other => return Err(bad(&format!("{other:?} storage is not supported for artifacts"))),
         };
+        let (store, prefix) = open_store(&url, options)?;
         Ok(Self { store, prefix, description: url.to_string() })
-    }
-
-    fn local(dir: &FsPath) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let store = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| RegistryError::BadRequest(format!("cannot use {} for artifacts: {e}", dir.display())))?;
-        Ok(Self { store: Arc::new(store), prefix: Path::default(), description: format!("file://{}", dir.display()) })
     }
 
     pub fn describe(&self) -> &str {

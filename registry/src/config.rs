@@ -59,11 +59,15 @@ impl Default for RegistryConfig {
 }
 
 impl RegistryConfig {
-    pub fn storage_retry(&self) -> object_store::RetryConfig {
-        object_store::RetryConfig {
-            max_retries: self.storage_max_retries,
-            retry_timeout: std::time::Duration::from_secs(self.storage_retry_timeout_secs),
-            ..Default::default()
+    /// How the artifact store is opened: its options and retry policy.
+    pub fn store_options(&self) -> lakescore_core::store::StoreOptions {
+        lakescore_core::store::StoreOptions {
+            options: self.storage_options.clone(),
+            retry: object_store::RetryConfig {
+                max_retries: self.storage_max_retries,
+                retry_timeout: std::time::Duration::from_secs(self.storage_retry_timeout_secs),
+                ..lakescore_core::store::default_retry()
+            },
         }
     }
 

@@ -5,73 +5,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
-use utoipa::ToSchema;
 
 use crate::error::{RegistryError, Result};
 use crate::filter::{Clause, Field, Op};
-use crate::onnx::Signature;
-use crate::reference::ModelRef;
+use lakescore_core::reference::{ModelRef, VersionSelector};
+use lakescore_core::wire::Signature;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-pub type Tags = BTreeMap<String, String>;
-
-/// A registered model.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Model {
-    pub name: String,
-    pub description: String,
-    pub tags: Tags,
-    pub created_at: String,
-    pub updated_at: String,
-    pub created_by: String,
-    /// Highest version that is `ready`, if any.
-    pub latest_version: Option<i64>,
-    /// Alias name → version.
-    pub aliases: BTreeMap<String, i64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum VersionStatus {
-    Ready,
-    Archived,
-}
-
-impl VersionStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Archived => "archived",
-        }
-    }
-}
-
-/// One immutable version of a model.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ModelVersion {
-    pub model: String,
-    pub version: i64,
-    /// Hex sha256 of the ONNX file: the version's identity.
-    pub sha256: String,
-    /// Size of the ONNX file in bytes.
-    pub size: i64,
-    pub created_at: String,
-    pub created_by: String,
-    pub description: String,
-    pub tags: Tags,
-    pub status: VersionStatus,
-    /// Aliases that point at this version.
-    pub aliases: Vec<String>,
-    pub signature: Signature,
-    /// Engines checked at registration: `{"tract": "ok" | "unsupported: <reason>"}`.
-    /// ONNX Runtime, the primary engine, is checked by workers when they load the model.
-    pub backends: BTreeMap<String, String>,
-}
+pub use lakescore_core::wire::{AuditEntry, Grant, Model, ModelVersion, Page, Permission, Tags, VersionStatus};
 
 /// What a new version row needs; the version number is assigned by [`Store::insert_version`].
 pub struct NewVersion<'a> {
@@ -82,12 +27,6 @@ pub struct NewVersion<'a> {
     pub tags: &'a Tags,
     pub signature: &'a Signature,
     pub backends: &'a BTreeMap<String, String>,
-}
-
-/// A page of results and the token for the next one.
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_page_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -468,7 +407,7 @@ impl Store {
                 created_by: row.try_get(5)?,
                 description: row.try_get(6)?,
                 tags: serde_json::from_str(&tags).map_err(|e| RegistryError::Internal(format!("stored tags: {e}")))?,
-                status: if status == "archived" { VersionStatus::Archived } else { VersionStatus::Ready },
+                status: VersionStatus::parse(&status).unwrap_or(VersionStatus::Ready),
                 aliases,
                 signature: serde_json::from_str(&signature)
                     .map_err(|e| RegistryError::Internal(format!("stored signature: {e}")))?,
@@ -628,13 +567,14 @@ impl Store {
     // ---- resolution and artifacts ------------------------------------------------------
 
     pub async fn resolve(&self, reference: &ModelRef) -> Result<ModelVersion> {
-        match reference {
-            ModelRef::Version(name, v) => self.get_version(name, *v).await,
-            ModelRef::Alias(name, alias) => {
+        let name = &reference.name;
+        match &reference.selector {
+            VersionSelector::Version(v) => self.get_version(name, *v).await,
+            VersionSelector::Alias(alias) => {
                 let v = self.get_alias(name, alias).await?;
                 self.get_version(name, v).await
             }
-            ModelRef::Latest(name) => {
+            VersionSelector::Latest => {
                 let model = self.get_model(name).await?;
                 let v = model
                     .latest_version
@@ -796,41 +736,6 @@ pub enum Access {
     Read,
     Write,
     Owner,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Permission {
-    Read,
-    Write,
-}
-
-impl Permission {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Read => "read",
-            Self::Write => "write",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Grant {
-    /// `user:<oid>`, `group:<object id>`, `role:<app role>` or `app:<client id>`.
-    pub principal: String,
-    pub permission: Permission,
-    pub granted_at: String,
-    pub granted_by: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: String,
-    pub principal: String,
-    pub action: String,
-    pub model: Option<String>,
-    pub detail: serde_json::Value,
 }
 
 fn model_not_found(name: &str) -> RegistryError {

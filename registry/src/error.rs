@@ -1,9 +1,12 @@
-//! The registry's one error type, mapped once to an HTTP problem+json response (RFC 9457).
+//! The registry's one error type, mapped once to an [`ErrorCode`], from which its HTTP
+//! problem+json response (RFC 9457) and its gRPC status follow.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
+use lakescore_core::reference::ReferenceError;
+use lakescore_core::store::StoreError;
+pub use lakescore_core::wire::Problem;
+use lakescore_core::ErrorCode;
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
@@ -36,48 +39,27 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// What kind of failure this is; the HTTP status, the problem type and the gRPC code
+    /// all follow from it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::InvalidArgument,
+            Self::Unauthorized(_) => ErrorCode::Unauthenticated,
+            Self::Forbidden(_) => ErrorCode::PermissionDenied,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
+            Self::InvalidModel(_) => ErrorCode::InvalidModel,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-            Self::InvalidModel(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
-
-    /// A stable, dereferenceable-looking problem type per error kind.
-    fn problem_type(&self) -> &'static str {
-        match self {
-            Self::BadRequest(_) => "https://lakescore.dev/problems/bad-request",
-            Self::Unauthorized(_) => "https://lakescore.dev/problems/unauthorized",
-            Self::Forbidden(_) => "https://lakescore.dev/problems/forbidden",
-            Self::NotFound(_) => "https://lakescore.dev/problems/not-found",
-            Self::Conflict(_) => "https://lakescore.dev/problems/conflict",
-            Self::PayloadTooLarge(_) => "https://lakescore.dev/problems/payload-too-large",
-            Self::UnsupportedMediaType(_) => "https://lakescore.dev/problems/unsupported-media-type",
-            Self::RangeNotSatisfiable(_) => "https://lakescore.dev/problems/range-not-satisfiable",
-            Self::InvalidModel(_) => "https://lakescore.dev/problems/invalid-model",
-            Self::Unavailable(_) => "https://lakescore.dev/problems/dependency-unavailable",
-            Self::Internal(_) => "https://lakescore.dev/problems/internal",
-        }
-    }
-}
-
-/// RFC 9457 problem details, as every error response body.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub problem_type: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
 }
 
 impl IntoResponse for RegistryError {
@@ -89,13 +71,31 @@ impl IntoResponse for RegistryError {
             tracing::debug!(error = %self, status = status.as_u16(), "request rejected");
         }
         let problem = Problem {
-            problem_type: self.problem_type().to_string(),
+            problem_type: self.code().problem_type().to_string(),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
             detail: self.to_string(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+    }
+}
+
+impl From<RegistryError> for tonic::Status {
+    fn from(e: RegistryError) -> Self {
+        tonic::Status::new(e.code().grpc_code(), e.to_string())
+    }
+}
+
+impl From<ReferenceError> for RegistryError {
+    fn from(e: ReferenceError) -> Self {
+        Self::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        Self::BadRequest(e.to_string())
     }
 }
 

@@ -10,31 +10,10 @@ use lakescore_proto::registry::{ArtifactChunk, FetchArtifactRequest, ResolveMode
 use tonic::{Request, Response, Status};
 
 use crate::auth::Caller;
-use crate::error::RegistryError;
-use crate::reference::ModelRef;
-use crate::service::{Need, Registry};
+use crate::service::Registry;
 
 /// Largest chunk of an artifact in one message (well under gRPC's 4 MiB default).
 const CHUNK: usize = 1 << 20;
-
-impl From<RegistryError> for Status {
-    fn from(e: RegistryError) -> Self {
-        let msg = e.to_string();
-        match e {
-            RegistryError::BadRequest(_) | RegistryError::InvalidModel(_) => Status::invalid_argument(msg),
-            RegistryError::Unauthorized(_) => Status::unauthenticated(msg),
-            RegistryError::Forbidden(_) => Status::permission_denied(msg),
-            RegistryError::NotFound(_) => Status::not_found(msg),
-            RegistryError::Conflict(_) => Status::already_exists(msg),
-            RegistryError::PayloadTooLarge(_) => Status::resource_exhausted(msg),
-            RegistryError::UnsupportedMediaType(_) | RegistryError::RangeNotSatisfiable(_) => {
-                Status::invalid_argument(msg)
-            }
-            RegistryError::Unavailable(_) => Status::unavailable(msg),
-            RegistryError::Internal(_) => Status::internal(msg),
-        }
-    }
-}
 
 /// The tonic service as mounted on the registry's router.
 pub type Server = RegistryServer<GrpcRegistry>;
@@ -53,7 +32,7 @@ impl GrpcRegistry {
             Some(v) => Some(v.to_str().map_err(|_| Status::unauthenticated("the authorization header is not ASCII"))?),
             None => None,
         };
-        Ok(self.registry.auth.authenticate(header).await?)
+        Ok(self.registry.authenticator().authenticate(header).await?)
     }
 }
 
@@ -66,17 +45,16 @@ impl RegistryService for GrpcRegistry {
         request: Request<ResolveModelRequest>,
     ) -> Result<Response<ResolveModelResponse>, Status> {
         let caller = self.caller(&request).await?;
-        let reference = ModelRef::parse(&request.get_ref().reference)?;
-        self.registry.authorize(&caller, reference.model_name(), Need::Read).await?;
-        let v = self.registry.store.resolve(&reference).await?;
+        let v = self.registry.resolve(&caller, &request.get_ref().reference).await?;
         let record_json = serde_json::to_string(&v).map_err(|e| Status::internal(e.to_string()))?;
+        let version_status = lakescore_proto::registry::VersionStatus::from(v.status) as i32;
         Ok(Response::new(ResolveModelResponse {
             model: v.model,
             version: v.version,
             sha256: v.sha256,
             size: v.size,
-            status: format!("{:?}", v.status).to_lowercase(),
             record_json,
+            version_status,
         }))
     }
 
@@ -85,9 +63,7 @@ impl RegistryService for GrpcRegistry {
     async fn fetch_artifact(&self, request: Request<FetchArtifactRequest>) -> Result<Response<ChunkStream>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
-        self.registry.authorize(&caller, &req.model, Need::Read).await?;
-        let v = self.registry.store.get_version(&req.model, req.version).await?;
-        let stream = self.registry.artifacts.get(&v.sha256, None).await?;
+        let stream = self.registry.artifact(&caller, &req.model, req.version).await?.stream(None).await?;
         // Re-chunk storage reads to bounded message sizes.
         let chunks = stream.flat_map(|piece| {
             let out: Vec<Result<ArtifactChunk, Status>> = match piece {

@@ -13,7 +13,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod oidc;
 pub mod onnx;
-pub mod reference;
 pub mod service;
 
 use std::future::Future;
@@ -31,14 +30,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     metrics::init();
-    registry.auth.warm().await;
+    registry.authenticator().warm().await;
     // gRPC (for scoring workers) and REST share the port: requests are told apart by
     // their content type, and HTTP/2 without TLS (h2c) is accepted beside HTTP/1.1.
     let app = api::router(registry.clone());
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, database = %db::redact_url(&registry.config.effective_database_url()),
-        storage = registry.artifacts.describe(), "registry listening");
+    tracing::info!(%addr, database = %db::redact_url(&registry.config().effective_database_url()),
+        storage = registry.storage_description(), "registry listening");
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    registry.store.close().await;
+    registry.close().await;
     served
 }

@@ -1,12 +1,10 @@
 //! ONNX inspection: decode an uploaded ModelProto, reject what cannot be served safely,
 //! and read the model's signature (inputs, outputs, opsets, producer) from the file itself.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use tract_onnx::pb;
-use utoipa::ToSchema;
 
 use crate::error::{RegistryError, Result};
 
@@ -17,53 +15,7 @@ pub const DEFAULT_ALLOWED_OP_DOMAINS: &[&str] =
 
 const ML_DOMAIN: &str = "ai.onnx.ml";
 
-/// What a registered version's ONNX file says about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Signature {
-    pub ir_version: i64,
-    pub producer_name: String,
-    pub producer_version: String,
-    pub graph_name: String,
-    pub opset_imports: Vec<OpsetImport>,
-    /// True when the graph uses operators of the `ai.onnx.ml` domain (classic ML models:
-    /// trees, linear classifiers, ZipMap, ...), which pure tensor runtimes often lack.
-    pub uses_ai_onnx_ml: bool,
-    pub inputs: Vec<ValueInfo>,
-    pub outputs: Vec<ValueInfo>,
-    /// `metadata_props` of the ModelProto.
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct OpsetImport {
-    /// Empty string for the default `ai.onnx` domain.
-    pub domain: String,
-    pub version: i64,
-}
-
-/// One graph input or output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ValueInfo {
-    pub name: String,
-    /// The ONNX type, written as ONNX writes it: `tensor(float)`, `seq(map(int64,tensor(float)))`.
-    #[serde(rename = "type")]
-    pub value_type: String,
-    /// Element type for tensors (`float`, `int64`, `string`, ...), absent for other types.
-    pub elem_type: Option<String>,
-    /// Shape for tensors: a number per fixed dimension, a name per symbolic one, null where
-    /// the model leaves the dimension unnamed. Absent when the rank itself is unknown.
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub shape: Option<Vec<Dim>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Dim {
-    Fixed(i64),
-    Symbolic(String),
-    Unknown,
-}
+pub use lakescore_core::wire::{Dim, OpsetImport, Signature, ValueInfo};
 
 /// Inspect `bytes` as an ONNX model. Anything that is not a servable single-file model is
 /// an [`RegistryError::InvalidModel`] whose message says exactly why.

@@ -1,37 +1,50 @@
-//! The registry's domain operations, independent of HTTP: the handlers in `api` and the
-//! CLI's maintenance commands call these.
+//! The registry's operations, independent of any transport. Every operation a caller can
+//! ask for is a method of [`Registry`] that authorizes the caller and records writes in
+//! the audit log itself, so the REST handlers (`api`) and the gRPC service for workers
+//! (`grpc`) only decode a request, call one method and encode its answer: both apply the
+//! same rules because there is one place that applies them.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
+use lakescore_core::reference::{validate_alias, validate_name, ModelRef};
+use lakescore_core::wire::{
+    AliasRecord, AuditEntry, CreateModel, Grant, Model, ModelVersion, Page, PutGrant, UpdateFields, VersionMetadata,
+    VersionStatus,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use utoipa::ToSchema;
 
 use crate::artifacts::ArtifactStore;
 use crate::auth::{AuthConfig, Authenticator, Caller, Role};
 use crate::config::RegistryConfig;
-use crate::db::{Access, ModelVersion, NewVersion, Store, Tags};
+use crate::db::{Access, NewVersion, Store};
 use crate::error::{RegistryError, Result};
-use crate::onnx;
+use crate::{filter, onnx};
+
+/// Page size when the caller names none, and the most one page may hold.
+pub const DEFAULT_PAGE_SIZE: i64 = 100;
+pub const MAX_PAGE_SIZE: i64 = 1000;
 
 /// The registry: metadata store, artifact store and the settings they run under.
 #[derive(Clone)]
 pub struct Registry {
-    pub store: Store,
-    pub artifacts: ArtifactStore,
-    pub config: Arc<RegistryConfig>,
-    pub auth: Authenticator,
+    store: Store,
+    artifacts: ArtifactStore,
+    config: Arc<RegistryConfig>,
+    auth: Authenticator,
     spool_dir: PathBuf,
 }
 
 /// What an operation on one model needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
+enum Need {
     /// Read the model, its versions and artifacts: global reader, or a read/write grant, or owner.
     Read,
     /// Upload versions, move aliases, edit: global writer, or a write grant, or owner.
@@ -40,21 +53,25 @@ pub enum Need {
     Manage,
 }
 
-/// Optional metadata sent with an upload (`metadata` part of a multipart upload).
-#[derive(Debug, Default, Clone, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VersionMetadata {
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub tags: Tags,
-}
-
 /// An upload received into a local spool file, hashed on the way in.
 pub struct Spooled {
     file: tempfile::NamedTempFile,
     pub sha256: String,
     pub size: u64,
+}
+
+/// A version's artifact the caller may read: its record (sha256, size) and a way to
+/// stream its bytes.
+pub struct Artifact {
+    pub version: ModelVersion,
+    store: ArtifactStore,
+}
+
+impl Artifact {
+    /// The bytes, or the bytes of `range`.
+    pub async fn stream(&self, range: Option<Range<u64>>) -> Result<BoxStream<'static, Result<Bytes>>> {
+        self.store.get(&self.version.sha256, range).await
+    }
 }
 
 impl Registry {
@@ -68,8 +85,7 @@ impl Registry {
         .await?;
         let artifacts = ArtifactStore::open(
             config.storage_url.as_deref(),
-            &config.storage_options,
-            config.storage_retry(),
+            &config.store_options(),
             &config.data_dir.join("artifacts"),
         )?;
         let spool_dir = config.data_dir.join("spool");
@@ -77,42 +93,102 @@ impl Registry {
         Ok(Self { store, artifacts, config: Arc::new(config), auth, spool_dir })
     }
 
-    /// Checks that `caller` may do `need` with `model` (404 when the model does not exist,
-    /// 403 when it exists but the caller may not).
-    pub async fn authorize(&self, caller: &Caller, model: &str, need: Need) -> Result<()> {
-        let global = match need {
-            Need::Read => Role::Reader,
-            Need::Write => Role::Writer,
-            Need::Manage => Role::Admin,
-        };
-        if caller.at_least(global) {
-            // The global role suffices; a missing model is the operation's own 404.
-            return Ok(());
-        }
-        let access = self.store.model_access(model, &caller.subject, &caller.principals()).await?;
-        let allowed = match need {
-            Need::Read => access >= Access::Read,
-            Need::Write => access >= Access::Write,
-            Need::Manage => access == Access::Owner,
-        };
-        if allowed {
-            Ok(())
-        } else {
-            let verb = match need {
-                Need::Read => "read",
-                Need::Write => "change",
-                Need::Manage => "manage",
-            };
-            Err(RegistryError::Forbidden(format!("{} may not {verb} model '{model}'", caller.subject)))
-        }
+    /// The token validator every transport authenticates callers with.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
     }
 
-    /// Records a write in the audit log. The write has happened: a failure to record it is
-    /// logged loudly rather than turned into an error for the caller.
-    pub async fn audit(&self, caller: &Caller, action: &str, model: Option<&str>, detail: serde_json::Value) {
-        if let Err(e) = self.store.record_audit(&caller.subject, action, model, &detail).await {
-            tracing::error!(error = %e, action, model, principal = %caller.subject, "could not write the audit log");
+    pub fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    /// Where artifacts are stored, for logs.
+    pub fn storage_description(&self) -> &str {
+        self.artifacts.describe()
+    }
+
+    /// Closes the database pool (at shutdown).
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
+    // ---- models --------------------------------------------------------------------------
+
+    pub async fn create_model(&self, caller: &Caller, body: &CreateModel) -> Result<Model> {
+        caller.require(Role::Writer, "creating a model")?;
+        validate_name(&body.name)?;
+        let model = self.store.create_model(&body.name, &body.description, &body.tags, &caller.subject).await?;
+        self.audit(
+            caller,
+            "model.create",
+            Some(&model.name),
+            serde_json::json!({"description": body.description, "tags": body.tags}),
+        )
+        .await;
+        tracing::info!(model = %model.name, by = %caller.subject, "model created");
+        Ok(model)
+    }
+
+    /// Models matching `filter`, by name. A caller without a global reader role sees the
+    /// models it owns or was granted.
+    pub async fn list_models(
+        &self,
+        caller: &Caller,
+        filter: &str,
+        page_size: Option<i64>,
+        page_token: Option<&str>,
+    ) -> Result<Page<Model>> {
+        let clauses = filter::parse(filter)?;
+        let after = page_token.map(decode_page_token).transpose()?;
+        let principals = caller.principals();
+        let visible_to = (!caller.at_least(Role::Reader)).then_some((caller.subject.as_str(), principals.as_slice()));
+        let page =
+            self.store.list_models(&clauses, visible_to, checked_page_size(page_size)?, after.as_deref()).await?;
+        Ok(encode_next_page(page))
+    }
+
+    pub async fn get_model(&self, caller: &Caller, name: &str) -> Result<Model> {
+        self.authorize(caller, name, Need::Read).await?;
+        self.store.get_model(name).await
+    }
+
+    pub async fn update_model(&self, caller: &Caller, name: &str, fields: &UpdateFields) -> Result<Model> {
+        self.authorize(caller, name, Need::Write).await?;
+        let model = self.store.update_model(name, fields.description.as_deref(), fields.tags.as_ref()).await?;
+        self.audit(
+            caller,
+            "model.update",
+            Some(name),
+            serde_json::json!({"description": fields.description, "tags": fields.tags}),
+        )
+        .await;
+        Ok(model)
+    }
+
+    /// Deletes a model; refused while it has versions unless `force`, which removes them
+    /// and the artifacts no other version shares.
+    pub async fn delete_model(&self, caller: &Caller, name: &str, force: bool) -> Result<()> {
+        self.authorize(caller, name, Need::Manage).await?;
+        let shas = self.store.delete_model(name, force).await?;
+        for sha in shas {
+            self.remove_if_unreferenced(&sha).await;
         }
+        self.audit(caller, "model.delete", Some(name), serde_json::json!({"force": force})).await;
+        tracing::info!(model = name, "model deleted");
+        Ok(())
+    }
+
+    // ---- versions ------------------------------------------------------------------------
+
+    /// Checks that `caller` may upload a version of `model` and that `declared_size`
+    /// fits the cap: called before reading a possibly large body.
+    pub async fn check_upload(&self, caller: &Caller, model: &str, declared_size: Option<u64>) -> Result<()> {
+        self.authorize(caller, model, Need::Write).await?;
+        let limit = self.config.max_upload_bytes;
+        if declared_size.is_some_and(|n| n > limit) {
+            return Err(RegistryError::PayloadTooLarge(format!("the body is larger than the limit of {limit} bytes")));
+        }
+        Ok(())
     }
 
     /// Receives an upload body into a spool file while computing its sha256. Stops reading
@@ -147,11 +223,12 @@ impl Registry {
     /// an unreferenced artifact (found by `gc`), never a row without its file.
     pub async fn create_version(
         &self,
+        caller: &Caller,
         model: &str,
         upload: Spooled,
         meta: &VersionMetadata,
-        caller: &Caller,
     ) -> Result<ModelVersion> {
+        self.authorize(caller, model, Need::Write).await?;
         if upload.size == 0 {
             return Err(RegistryError::InvalidModel("the artifact is empty".into()));
         }
@@ -180,42 +257,164 @@ impl Registry {
             signature: &signature,
             backends: &backends,
         };
-        match self.store.insert_version(model, new).await {
-            Ok(v) => {
-                tracing::info!(model, version = v.version, sha256 = %v.sha256, size = v.size, "version registered");
-                Ok(v)
-            }
+        let version = match self.store.insert_version(model, new).await {
+            Ok(v) => v,
             Err(e) => {
                 if wrote {
                     self.remove_if_unreferenced(&upload.sha256).await;
                 }
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        tracing::info!(model, version = version.version, sha256 = %version.sha256, size = version.size, "version registered");
+        self.audit(
+            caller,
+            "version.create",
+            Some(model),
+            serde_json::json!({"version": version.version, "sha256": version.sha256, "size": version.size}),
+        )
+        .await;
+        Ok(version)
     }
 
-    /// Deletes an artifact no version row references any more. Best effort: what is left
-    /// behind (storage or database down) is found later by `gc`.
-    pub async fn remove_if_unreferenced(&self, sha256: &str) {
-        match self.store.is_artifact_referenced(sha256).await {
-            Ok(false) => {
-                if let Err(e) = self.artifacts.delete(sha256).await {
-                    tracing::warn!(sha256, error = %e, "could not delete unreferenced artifact; gc will");
-                }
-            }
-            Ok(true) => {}
-            Err(e) => tracing::warn!(sha256, error = %e, "could not check artifact references; gc will"),
-        }
+    /// A model's versions, oldest first.
+    pub async fn list_versions(
+        &self,
+        caller: &Caller,
+        model: &str,
+        status: Option<VersionStatus>,
+        page_size: Option<i64>,
+        page_token: Option<&str>,
+    ) -> Result<Page<ModelVersion>> {
+        self.authorize(caller, model, Need::Read).await?;
+        let after = page_token.map(|t| decode_page_token(t).and_then(|s| parse_version(&s))).transpose()?;
+        let page = self.store.list_versions(model, status, checked_page_size(page_size)?, after).await?;
+        Ok(encode_next_page(page))
     }
 
-    pub async fn delete_model(&self, name: &str, force: bool) -> Result<()> {
-        let shas = self.store.delete_model(name, force).await?;
-        for sha in shas {
-            self.remove_if_unreferenced(&sha).await;
-        }
-        tracing::info!(model = name, "model deleted");
+    pub async fn get_version(&self, caller: &Caller, model: &str, version: i64) -> Result<ModelVersion> {
+        self.authorize(caller, model, Need::Read).await?;
+        self.store.get_version(model, version).await
+    }
+
+    /// Changes a version's description or tags (the artifact itself never changes).
+    pub async fn update_version(
+        &self,
+        caller: &Caller,
+        model: &str,
+        version: i64,
+        fields: &UpdateFields,
+    ) -> Result<ModelVersion> {
+        self.authorize(caller, model, Need::Write).await?;
+        let updated =
+            self.store.update_version(model, version, fields.description.as_deref(), fields.tags.as_ref()).await?;
+        self.audit(
+            caller,
+            "version.update",
+            Some(model),
+            serde_json::json!({"version": version, "description": fields.description, "tags": fields.tags}),
+        )
+        .await;
+        Ok(updated)
+    }
+
+    /// Archives a version (soft delete): still resolvable as `name:N`, never as `name` or
+    /// by alias.
+    pub async fn archive_version(&self, caller: &Caller, model: &str, version: i64) -> Result<ModelVersion> {
+        self.authorize(caller, model, Need::Write).await?;
+        let archived = self.store.archive_version(model, version).await?;
+        self.audit(caller, "version.archive", Some(model), serde_json::json!({"version": version})).await;
+        Ok(archived)
+    }
+
+    /// A version's artifact, for a caller who may read the model.
+    pub async fn artifact(&self, caller: &Caller, model: &str, version: i64) -> Result<Artifact> {
+        let version = self.get_version(caller, model, version).await?;
+        Ok(Artifact { version, store: self.artifacts.clone() })
+    }
+
+    // ---- aliases and resolution ------------------------------------------------------------
+
+    /// Points an alias at a version (creates or moves it atomically).
+    pub async fn set_alias(&self, caller: &Caller, model: &str, alias: &str, version: i64) -> Result<AliasRecord> {
+        validate_alias(alias)?;
+        self.authorize(caller, model, Need::Write).await?;
+        let v = self.store.set_alias(model, alias, version).await?;
+        self.audit(caller, "alias.set", Some(model), serde_json::json!({"alias": alias, "version": v.version})).await;
+        tracing::info!(model, alias, version = v.version, "alias set");
+        Ok(AliasRecord { model: model.to_string(), alias: alias.to_string(), version: v.version })
+    }
+
+    pub async fn get_alias(&self, caller: &Caller, model: &str, alias: &str) -> Result<AliasRecord> {
+        self.authorize(caller, model, Need::Read).await?;
+        let version = self.store.get_alias(model, alias).await?;
+        Ok(AliasRecord { model: model.to_string(), alias: alias.to_string(), version })
+    }
+
+    pub async fn delete_alias(&self, caller: &Caller, model: &str, alias: &str) -> Result<()> {
+        self.authorize(caller, model, Need::Write).await?;
+        self.store.delete_alias(model, alias).await?;
+        self.audit(caller, "alias.delete", Some(model), serde_json::json!({"alias": alias})).await;
         Ok(())
     }
+
+    /// Resolves `name` (latest ready version), `name:7` or `name@alias`.
+    pub async fn resolve(&self, caller: &Caller, reference: &str) -> Result<ModelVersion> {
+        let reference = ModelRef::parse(reference)?;
+        self.authorize(caller, reference.model_name(), Need::Read).await?;
+        self.store.resolve(&reference).await
+    }
+
+    // ---- grants and audit --------------------------------------------------------------------
+
+    /// Who may use a model beyond the global roles (owner or admin only).
+    pub async fn list_grants(&self, caller: &Caller, model: &str) -> Result<Vec<Grant>> {
+        self.authorize(caller, model, Need::Manage).await?;
+        self.store.list_grants(model).await
+    }
+
+    /// Grants a principal `read` or `write` on the model; answers the model's grants.
+    pub async fn put_grant(&self, caller: &Caller, model: &str, grant: &PutGrant) -> Result<Vec<Grant>> {
+        validate_principal(&grant.principal)?;
+        self.authorize(caller, model, Need::Manage).await?;
+        self.store.put_grant(model, &grant.principal, grant.permission, &caller.subject).await?;
+        self.audit(
+            caller,
+            "grant.put",
+            Some(model),
+            serde_json::json!({"principal": grant.principal, "permission": grant.permission}),
+        )
+        .await;
+        self.store.list_grants(model).await
+    }
+
+    pub async fn delete_grant(&self, caller: &Caller, model: &str, principal: &str) -> Result<()> {
+        self.authorize(caller, model, Need::Manage).await?;
+        self.store.delete_grant(model, principal).await?;
+        self.audit(caller, "grant.delete", Some(model), serde_json::json!({"principal": principal})).await;
+        Ok(())
+    }
+
+    /// The audit log of writes, newest first (admins only).
+    pub async fn list_audit(
+        &self,
+        caller: &Caller,
+        model: Option<&str>,
+        page_size: Option<i64>,
+        page_token: Option<&str>,
+    ) -> Result<Page<AuditEntry>> {
+        caller.require(Role::Admin, "reading the audit log")?;
+        let before = page_token
+            .map(|t| {
+                decode_page_token(t)
+                    .and_then(|s| s.parse::<i64>().map_err(|_| RegistryError::BadRequest("invalid page_token".into())))
+            })
+            .transpose()?;
+        let page = self.store.list_audit(model, checked_page_size(page_size)?, before).await?;
+        Ok(encode_next_page(page))
+    }
+
+    // ---- maintenance ---------------------------------------------------------------------------
 
     /// Artifacts that no version references and that are older than `min_age` (younger
     /// ones may belong to an upload whose row is being committed right now). Deletes them
@@ -235,9 +434,106 @@ impl Registry {
         Ok(orphans)
     }
 
+    /// Every stored artifact's sha256 (what `gc` looks at).
+    pub async fn stored_artifacts(&self) -> Result<Vec<String>> {
+        self.artifacts.list().map_ok(|(sha, _)| sha).try_collect().await
+    }
+
     /// Readiness: database and storage both answer.
     pub async fn check_ready(&self) -> Result<()> {
         self.store.ping().await?;
         self.artifacts.check().await
+    }
+
+    // ---- the rules every operation goes through ------------------------------------------------
+
+    /// Checks that `caller` may do `need` with `model` (404 when the model does not exist,
+    /// 403 when it exists but the caller may not).
+    async fn authorize(&self, caller: &Caller, model: &str, need: Need) -> Result<()> {
+        let global = match need {
+            Need::Read => Role::Reader,
+            Need::Write => Role::Writer,
+            Need::Manage => Role::Admin,
+        };
+        if caller.at_least(global) {
+            // The global role suffices; a missing model is the operation's own 404.
+            return Ok(());
+        }
+        let access = self.store.model_access(model, &caller.subject, &caller.principals()).await?;
+        let allowed = match need {
+            Need::Read => access >= Access::Read,
+            Need::Write => access >= Access::Write,
+            Need::Manage => access == Access::Owner,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            let verb = match need {
+                Need::Read => "read",
+                Need::Write => "change",
+                Need::Manage => "manage",
+            };
+            Err(RegistryError::Forbidden(format!("{} may not {verb} model '{model}'", caller.subject)))
+        }
+    }
+
+    /// Records a write in the audit log. The write has happened: a failure to record it is
+    /// logged loudly rather than turned into an error for the caller.
+    async fn audit(&self, caller: &Caller, action: &str, model: Option<&str>, detail: serde_json::Value) {
+        if let Err(e) = self.store.record_audit(&caller.subject, action, model, &detail).await {
+            tracing::error!(error = %e, action, model, principal = %caller.subject, "could not write the audit log");
+        }
+    }
+
+    /// Deletes an artifact no version row references any more. Best effort: what is left
+    /// behind (storage or database down) is found later by `gc`.
+    async fn remove_if_unreferenced(&self, sha256: &str) {
+        match self.store.is_artifact_referenced(sha256).await {
+            Ok(false) => {
+                if let Err(e) = self.artifacts.delete(sha256).await {
+                    tracing::warn!(sha256, error = %e, "could not delete unreferenced artifact; gc will");
+                }
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!(sha256, error = %e, "could not check artifact references; gc will"),
+        }
+    }
+}
+
+/// A version number in a URL path or a page token.
+pub fn parse_version(text: &str) -> Result<i64> {
+    Ok(lakescore_core::reference::parse_version(text)?)
+}
+
+fn checked_page_size(requested: Option<i64>) -> Result<i64> {
+    match requested {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+        Some(n) => Err(RegistryError::BadRequest(format!("page_size must be 1..={MAX_PAGE_SIZE}, got {n}"))),
+    }
+}
+
+/// Page tokens are opaque to callers: the store's cursor, base64url-encoded.
+fn encode_next_page<T>(page: Page<T>) -> Page<T> {
+    let next_page_token = page.next_page_token.map(|raw| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
+    Page { items: page.items, next_page_token }
+}
+
+fn decode_page_token(token: &str) -> Result<String> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| RegistryError::BadRequest("invalid page_token".into()))
+}
+
+fn validate_principal(p: &str) -> Result<()> {
+    let ok = ["user:", "group:", "role:", "app:"].iter().any(|k| p.strip_prefix(k).is_some_and(|v| !v.is_empty()));
+    if ok && p.len() <= 256 {
+        Ok(())
+    } else {
+        Err(RegistryError::BadRequest(format!(
+            "invalid principal '{p}': use user:<oid>, group:<object id>, role:<app role> or app:<client id>"
+        )))
     }
 }

@@ -177,8 +177,8 @@ mod tests {
 
     use super::*;
     use crate::engine::{IoInfo, OutputValue, Tensor};
-    use crate::model_ref::ModelRef;
     use crate::source::sha256_hex;
+    use lakescore_core::reference::ModelRef;
 
     struct CountingEngine(AtomicUsize);
 
@@ -217,9 +217,8 @@ mod tests {
                 model: r.name.clone(),
                 version: 1,
                 sha256: sha256_hex(body.as_bytes()),
-                size: body.len() as u64,
-                status: "ready".into(),
-                signature: None,
+                size: body.len() as i64,
+                ..Default::default()
             })
         }
         async fn fetch(&self, v: &ModelVersion, _: &Credentials) -> Result<Bytes> {

@@ -1,6 +1,6 @@
 //! The worker's typed configuration.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,8 +46,9 @@ pub struct ScorerConfig {
     /// `s3://bucket/prefix/`). Empty: any location the worker's credentials reach.
     pub storage_roots: Vec<String>,
     /// Options passed to the object store builders (keys as object_store names them, e.g.
-    /// `aws_region`); environment variables (`AWS_*`, `AZURE_*`, `GOOGLE_*`) apply too.
-    pub storage_options: HashMap<String, String>,
+    /// `aws_region`); environment variables (`AWS_*`, `AZURE_*`, `GOOGLE_*`) apply too. A key
+    /// no provider knows is refused at start-up.
+    pub storage_options: BTreeMap<String, String>,
     /// Flight location advertised in `GetFlightInfo` endpoints (`grpc://host:8815`);
     /// `None`: no location, i.e. "this same worker".
     pub advertise_location: Option<String>,
@@ -136,7 +137,7 @@ impl Default for ScorerConfig {
             max_rows_per_file: 4 << 20,
             row_group_rows: 131_072,
             storage_roots: Vec::new(),
-            storage_options: HashMap::new(),
+            storage_options: BTreeMap::new(),
             advertise_location: None,
             registry_timeout: Duration::from_secs(120),
             max_artifact_bytes: 2 << 30,

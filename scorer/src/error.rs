@@ -1,6 +1,11 @@
-//! The scorer's one error type, mapped once to a gRPC status.
+//! The scorer's one error type, mapped once to an [`ErrorCode`] and through it to a gRPC
+//! status.
 
 use std::fmt;
+
+use lakescore_core::reference::ReferenceError;
+use lakescore_core::store::StoreError;
+use lakescore_core::ErrorCode;
 
 /// Every failure the scoring worker reports. Each variant maps to exactly one gRPC code
 /// (see the `From<ScoreError> for tonic::Status` impl); messages are meant for the caller.
@@ -56,20 +61,42 @@ impl ScoreError {
         ScoreError::Internal(msg.to_string())
     }
 
-    /// The gRPC code this error maps to.
-    pub fn code(&self) -> tonic::Code {
+    /// What kind of failure this is; the gRPC status follows from it.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ScoreError::InvalidArgument(_) => tonic::Code::InvalidArgument,
-            ScoreError::NotFound(_) => tonic::Code::NotFound,
-            ScoreError::Unauthenticated(_) => tonic::Code::Unauthenticated,
-            ScoreError::PermissionDenied(_) => tonic::Code::PermissionDenied,
-            ScoreError::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
-            ScoreError::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
-            ScoreError::Unavailable(_) => tonic::Code::Unavailable,
-            ScoreError::Unimplemented(_) => tonic::Code::Unimplemented,
-            ScoreError::Cancelled(_) => tonic::Code::Cancelled,
-            ScoreError::DataLoss(_) => tonic::Code::DataLoss,
-            ScoreError::Internal(_) => tonic::Code::Internal,
+            ScoreError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            ScoreError::NotFound(_) => ErrorCode::NotFound,
+            ScoreError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ScoreError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            ScoreError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            ScoreError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
+            ScoreError::Unavailable(_) => ErrorCode::Unavailable,
+            ScoreError::Unimplemented(_) => ErrorCode::Unimplemented,
+            ScoreError::Cancelled(_) => ErrorCode::Cancelled,
+            ScoreError::DataLoss(_) => ErrorCode::DataLoss,
+            ScoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The error of `code` with `msg`: how errors that crossed a transport (a registry
+    /// answer, another server's status) become the worker's own.
+    pub fn from_code(code: ErrorCode, msg: impl Into<String>) -> Self {
+        let msg = msg.into();
+        match code {
+            ErrorCode::InvalidArgument
+            | ErrorCode::UnsupportedMediaType
+            | ErrorCode::InvalidModel
+            | ErrorCode::RangeNotSatisfiable => ScoreError::InvalidArgument(msg),
+            ErrorCode::Unauthenticated => ScoreError::Unauthenticated(msg),
+            ErrorCode::PermissionDenied => ScoreError::PermissionDenied(msg),
+            ErrorCode::NotFound => ScoreError::NotFound(msg),
+            ErrorCode::Conflict | ErrorCode::FailedPrecondition => ScoreError::FailedPrecondition(msg),
+            ErrorCode::PayloadTooLarge | ErrorCode::ResourceExhausted => ScoreError::ResourceExhausted(msg),
+            ErrorCode::Unavailable | ErrorCode::DeadlineExceeded => ScoreError::Unavailable(msg),
+            ErrorCode::Cancelled => ScoreError::Cancelled(msg),
+            ErrorCode::Unimplemented => ScoreError::Unimplemented(msg),
+            ErrorCode::DataLoss => ScoreError::DataLoss(msg),
+            ErrorCode::Internal => ScoreError::Internal(msg),
         }
     }
 
@@ -125,28 +152,19 @@ impl ScoreError {
         }
     }
 
-    /// Turn a status received from somewhere else (e.g. a client stream) back into an error.
+    /// Turn a status received from a client's stream back into an error. A stream the
+    /// client ended (cancelled, timed out, aborted) is `CANCELLED`; an oversized message
+    /// names the worker's limit.
     pub fn from_status(status: &tonic::Status) -> Self {
         let msg = status.message().to_string();
-        match status.code() {
-            // tonic's decoder answers OUT_OF_RANGE for a message over the configured
-            // decoding limit; gRPC's own code for that is RESOURCE_EXHAUSTED.
-            tonic::Code::OutOfRange if msg.contains("message length too large") => ScoreError::ResourceExhausted(
-                format!("a Flight message is over the worker's limit (max_message_bytes): {msg}"),
-            ),
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ScoreError::InvalidArgument(msg),
-            tonic::Code::NotFound => ScoreError::NotFound(msg),
-            tonic::Code::Unauthenticated => ScoreError::Unauthenticated(msg),
-            tonic::Code::PermissionDenied => ScoreError::PermissionDenied(msg),
-            tonic::Code::FailedPrecondition => ScoreError::FailedPrecondition(msg),
-            tonic::Code::ResourceExhausted => ScoreError::ResourceExhausted(msg),
-            tonic::Code::Unavailable => ScoreError::Unavailable(msg),
-            tonic::Code::Unimplemented => ScoreError::Unimplemented(msg),
-            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Aborted => {
+        match (status.code(), ErrorCode::from_grpc(status)) {
+            (tonic::Code::Cancelled | tonic::Code::DeadlineExceeded | tonic::Code::Aborted, _) => {
                 ScoreError::Cancelled(format!("client stream ended: {msg}"))
             }
-            tonic::Code::DataLoss => ScoreError::DataLoss(msg),
-            _ => ScoreError::Internal(msg),
+            (tonic::Code::OutOfRange, ErrorCode::ResourceExhausted) => ScoreError::ResourceExhausted(format!(
+                "a Flight message is over the worker's limit (max_message_bytes): {msg}"
+            )),
+            (_, code) => ScoreError::from_code(code, msg),
         }
     }
 }
@@ -154,10 +172,22 @@ impl ScoreError {
 impl From<ScoreError> for tonic::Status {
     fn from(err: ScoreError) -> Self {
         let code = err.code();
-        if code == tonic::Code::Internal {
+        if code == ErrorCode::Internal {
             tracing::error!(error = %err, "internal error");
         }
-        tonic::Status::new(code, err.message().to_string())
+        tonic::Status::new(code.grpc_code(), err.message().to_string())
+    }
+}
+
+impl From<ReferenceError> for ScoreError {
+    fn from(err: ReferenceError) -> Self {
+        ScoreError::InvalidArgument(err.to_string())
+    }
+}
+
+impl From<StoreError> for ScoreError {
+    fn from(err: StoreError) -> Self {
+        ScoreError::InvalidArgument(err.to_string())
     }
 }
 

@@ -13,7 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod flight_input;
 pub mod mapping;
-pub mod model_ref;
+
 pub mod scorer;
 pub mod server;
 pub mod service;

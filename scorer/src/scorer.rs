@@ -22,9 +22,10 @@ use crate::engine::tract::TractEngine;
 use crate::engine::Engine;
 use crate::error::{Result, ScoreError};
 use crate::mapping::{PlanOptions, ScorePlan};
-use crate::model_ref::ModelRef;
-use crate::source::{model_source_from_url, Credentials, HttpSourceOptions, ModelSource, ModelVersion};
+use crate::source::{model_source_from_url, Credentials, HttpSourceOptions, ModelSource, ModelVersion, VersionStatus};
 use crate::storage::{valid_job_id, JobWriter, Location, ManifestModel, ObjectReader, OutputSummary, Storage};
+use lakescore_core::reference::ModelRef;
+use lakescore_core::store::StoreOptions;
 
 /// A model resolved for one request and loaded.
 #[derive(Debug, Clone)]
@@ -120,7 +121,10 @@ impl Scorer {
 
     /// Build from explicit parts (another model source or engine).
     pub fn with_parts(config: ScorerConfig, source: Arc<dyn ModelSource>, engine: Arc<dyn Engine>) -> Result<Self> {
-        let storage = Storage::new(&config.storage_roots, config.storage_options.clone())?;
+        let storage = Storage::new(
+            &config.storage_roots,
+            StoreOptions { options: config.storage_options.clone(), ..Default::default() },
+        )?;
         let cache = ModelCache::new(engine, source, config.model_cache_bytes);
         Ok(Self { config, cache, storage, shutdown: tokio_util::sync::CancellationToken::new() })
     }
@@ -151,7 +155,7 @@ impl Scorer {
     pub async fn resolve_model(&self, reference: &str, creds: &Credentials) -> Result<ResolvedModel> {
         let model_ref = ModelRef::parse(reference)?;
         let version = self.cache.source().resolve(&model_ref, creds).await?;
-        if version.status == "archived" {
+        if version.status == VersionStatus::Archived {
             return Err(ScoreError::FailedPrecondition(format!("model {} is archived", version.pinned_reference())));
         }
         let (handle, cached) = self.cache.get(&version, creds).await?;

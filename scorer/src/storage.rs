@@ -5,16 +5,17 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryFutureExt, TryStreamExt};
+use lakescore_core::store::{open_store, StoreOptions};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::{AsyncFileReader, MetadataSuffixFetch};
 use parquet::arrow::AsyncArrowWriter;
@@ -72,36 +73,18 @@ impl Location {
 #[derive(Debug)]
 pub struct Storage {
     roots: Vec<String>,
-    options: HashMap<String, String>,
+    options: StoreOptions,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
-fn memory_store() -> Arc<dyn ObjectStore> {
-    static MEMORY: OnceLock<Arc<dyn ObjectStore>> = OnceLock::new();
-    MEMORY.get_or_init(|| Arc::new(object_store::memory::InMemory::new())).clone()
-}
-
 fn parse_storage_url(raw: &str) -> Result<Url> {
-    if raw.is_empty() {
-        return Err(ScoreError::invalid("empty storage URL"));
-    }
-    if raw.starts_with('/') {
-        return Url::from_file_path(raw).map_err(|_| ScoreError::invalid(format!("invalid path {raw:?}")));
-    }
-    let url = Url::parse(raw).map_err(|e| {
-        ScoreError::invalid(format!(
-            "invalid storage URL {raw:?}: {e} (use file:///abs/path, s3://bucket/prefix, az://…, gs://…)"
-        ))
-    })?;
-    if url.cannot_be_a_base() {
-        return Err(ScoreError::invalid(format!("invalid storage URL {raw:?}")));
-    }
-    Ok(url)
+    Ok(lakescore_core::store::parse_url(raw)?)
 }
 
 impl Storage {
-    /// `roots`: URL prefixes that may be used (empty: any). `options`: object store options.
-    pub fn new(roots: &[String], options: HashMap<String, String>) -> Result<Self> {
+    /// `roots`: URL prefixes that may be used (empty: any). `options`: how stores are opened.
+    pub fn new(roots: &[String], options: StoreOptions) -> Result<Self> {
+        lakescore_core::store::validate_options(&options.options)?;
         let roots = roots
             .iter()
             .map(|r| {
@@ -135,65 +118,15 @@ impl Storage {
                 "{what}: {url} is outside the storage locations this worker may use"
             )));
         }
-        let (scheme, path) = ObjectStoreScheme::parse(&url)
-            .map_err(|e| ScoreError::InvalidArgument(format!("{what}: unsupported storage URL {url}: {e}")))?;
+        let (store, path) = open_store(&url, &self.options).map_err(|e| ScoreError::from(e).context(what))?;
+        // One store per scheme and authority (bucket, container, account), reused across
+        // calls so that connections and credentials are too.
         let key = format!("{}://{}", url.scheme(), url.authority());
         let store = {
             let mut stores = self.stores.lock().map_err(|_| ScoreError::internal("storage lock poisoned"))?;
-            match stores.get(&key) {
-                Some(s) => s.clone(),
-                None => {
-                    let store = self.build(&scheme, &url).map_err(|e| e.context(what))?;
-                    stores.insert(key, store.clone());
-                    store
-                }
-            }
+            stores.entry(key).or_insert(store).clone()
         };
         Ok(Location { store, path, url })
-    }
-
-    fn build(&self, scheme: &ObjectStoreScheme, url: &Url) -> Result<Arc<dyn ObjectStore>> {
-        let opts = self.options.iter();
-        let bad = |e: object_store::Error| ScoreError::InvalidArgument(format!("cannot use {url}: {e}"));
-        Ok(match scheme {
-            ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
-            ObjectStoreScheme::Memory => memory_store(),
-            ObjectStoreScheme::AmazonS3 => {
-                let b = opts.fold(
-                    object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str()),
-                    |b, (k, v)| match k.to_ascii_lowercase().parse() {
-                        Ok(key) => b.with_config(key, v),
-                        Err(_) => b,
-                    },
-                );
-                Arc::new(b.build().map_err(bad)?)
-            }
-            ObjectStoreScheme::MicrosoftAzure => {
-                let b = opts.fold(
-                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str()),
-                    |b, (k, v)| match k.to_ascii_lowercase().parse() {
-                        Ok(key) => b.with_config(key, v),
-                        Err(_) => b,
-                    },
-                );
-                Arc::new(b.build().map_err(bad)?)
-            }
-            ObjectStoreScheme::GoogleCloudStorage => {
-                let b = opts.fold(
-                    object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str()),
-                    |b, (k, v)| match k.to_ascii_lowercase().parse() {
-                        Ok(key) => b.with_config(key, v),
-                        Err(_) => b,
-                    },
-                );
-                Arc::new(b.build().map_err(bad)?)
-            }
-            other => {
-                return Err(ScoreError::InvalidArgument(format!(
-                    "storage scheme {other:?} is not supported (file, s3, az/abfs, gs, memory)"
-                )))
-            }
-        })
     }
 
     /// The Parquet files at `loc`: the object itself, or every `*.parquet` object under
@@ -310,7 +243,7 @@ pub struct ManifestModel {
     /// Resolved name.
     pub name: String,
     /// Resolved version.
-    pub version: u64,
+    pub version: i64,
     /// Artifact sha256.
     pub sha256: String,
     /// Engine used.
@@ -333,7 +266,7 @@ pub struct OutputSummary {
     /// Model name.
     pub model: String,
     /// Model version.
-    pub version: u64,
+    pub version: i64,
     /// Artifact sha256.
     pub sha256: String,
 }
@@ -579,7 +512,7 @@ mod tests {
 
     #[test]
     fn enforces_roots_and_refuses_dot_dot() {
-        let s = Storage::new(&["file:///data/lake".to_string()], HashMap::new()).unwrap();
+        let s = Storage::new(&["file:///data/lake".to_string()], StoreOptions::default()).unwrap();
         assert!(s.resolve("file:///data/lake/x.parquet", "input").is_ok());
         assert!(s.resolve("/data/lake/sub/", "input").is_ok());
         assert!(matches!(s.resolve("file:///data/lakehouse/x", "input"), Err(ScoreError::PermissionDenied(_))));
@@ -593,7 +526,7 @@ mod tests {
     #[tokio::test]
     async fn writes_files_then_manifest_and_aborts_cleanly() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::new(&[], HashMap::new()).unwrap();
+        let storage = Storage::new(&[], StoreOptions::default()).unwrap();
         let out = format!("{}/out/", dir.path().display());
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..25))]).unwrap();

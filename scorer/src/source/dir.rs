@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::{sha256_hex, verify_sha256, Credentials, ModelSource, ModelVersion};
 use crate::error::{Result, ScoreError};
-use crate::model_ref::{ModelRef, VersionSelector};
+use lakescore_core::reference::{ModelRef, VersionSelector};
 
 type HashCache = HashMap<PathBuf, (u64, Option<SystemTime>, String)>;
 
@@ -41,7 +41,7 @@ impl DirModelSource {
         Ok(Self { root, hashes: Arc::new(Mutex::new(HashMap::new())) })
     }
 
-    fn version_path(&self, name: &str, version: u64) -> Option<PathBuf> {
+    fn version_path(&self, name: &str, version: i64) -> Option<PathBuf> {
         let dir = self.root.join(name);
         if dir.is_dir() {
             let p = dir.join(format!("{version}.onnx"));
@@ -51,7 +51,7 @@ impl DirModelSource {
         (version == 1 && single.is_file()).then_some(single)
     }
 
-    fn versions(&self, name: &str) -> Result<Vec<u64>> {
+    fn versions(&self, name: &str) -> Result<Vec<i64>> {
         let dir = self.root.join(name);
         if dir.is_dir() {
             let mut out = Vec::new();
@@ -62,7 +62,7 @@ impl DirModelSource {
                 let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".onnx")) else {
                     continue;
                 };
-                if let Ok(v) = stem.parse::<u64>() {
+                if let Ok(v) = stem.parse::<i64>() {
                     if v >= 1 {
                         out.push(v);
                     }
@@ -77,14 +77,14 @@ impl DirModelSource {
         }
     }
 
-    fn alias(&self, name: &str, alias: &str) -> Result<Option<u64>> {
+    fn alias(&self, name: &str, alias: &str) -> Result<Option<i64>> {
         let path = self.root.join(name).join("aliases.json");
         let text = match std::fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ScoreError::Unavailable(format!("reading {}: {e}", path.display()))),
         };
-        let map: HashMap<String, u64> = serde_json::from_slice(&text)
+        let map: HashMap<String, i64> = serde_json::from_slice(&text)
             .map_err(|e| ScoreError::Internal(format!("{} is not {{alias: version}}: {e}", path.display())))?;
         Ok(map.get(alias).copied())
     }
@@ -125,7 +125,9 @@ impl ModelSource for DirModelSource {
         let path = self.version_path(&name, version).ok_or_else(not_found)?;
         let hashes = self.hashes.clone();
         let (size, sha256) = tokio::task::spawn_blocking(move || hash_of(&hashes, &path)).await??;
-        Ok(ModelVersion { model: name, version, sha256, size, status: "ready".into(), signature: None })
+        // The directory knows no signature, owner or tags: the worker reads the signature
+        // from the model itself when it loads it.
+        Ok(ModelVersion { model: name, version, sha256, size: size as i64, ..Default::default() })
     }
 
     async fn fetch(&self, version: &ModelVersion, _creds: &Credentials) -> Result<Bytes> {

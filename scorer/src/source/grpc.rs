@@ -9,7 +9,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{verify_sha256, Credentials, HttpSourceOptions, ModelSource, ModelVersion};
 use crate::error::{Result, ScoreError};
-use crate::model_ref::ModelRef;
+use lakescore_core::reference::ModelRef;
+use lakescore_core::ErrorCode;
 
 /// Resolves and fetches models over the registry's gRPC service.
 #[derive(Debug, Clone)]
@@ -46,16 +47,14 @@ impl GrpcModelSource {
     }
 }
 
+/// A registry answer that is not OK, as the worker's error: the same code (decoded once,
+/// by `ErrorCode::from_grpc`), with what the worker was doing.
 fn status_error(what: &str, s: tonic::Status) -> ScoreError {
-    let msg = format!("{what}: {}", s.message());
-    match s.code() {
-        tonic::Code::NotFound => ScoreError::NotFound(msg),
-        tonic::Code::Unauthenticated => ScoreError::Unauthenticated(msg),
-        tonic::Code::PermissionDenied => ScoreError::PermissionDenied(msg),
-        tonic::Code::InvalidArgument => ScoreError::InvalidArgument(msg),
-        tonic::Code::ResourceExhausted => ScoreError::ResourceExhausted(msg),
-        _ => ScoreError::Unavailable(format!("{what}: registry unavailable ({}): {}", s.code(), s.message())),
+    let code = ErrorCode::from_grpc(&s);
+    if code == ErrorCode::Unavailable {
+        return ScoreError::Unavailable(format!("{what}: registry unavailable: {}", s.message()));
     }
+    ScoreError::from_code(code, format!("{what}: {}", s.message()))
 }
 
 #[async_trait]
@@ -69,31 +68,35 @@ impl ModelSource for GrpcModelSource {
             .await
             .map_err(|s| status_error(&what, s))?
             .into_inner();
-        let version: ModelVersion = serde_json::from_str(&resp.record_json)
+        let mut version: ModelVersion = serde_json::from_str(&resp.record_json)
             .map_err(|e| ScoreError::Internal(format!("{what}: the registry's answer is not a version record: {e}")))?;
         if version.model != reference.name || version.sha256 != resp.sha256 {
             return Err(ScoreError::Internal(format!("{what}: inconsistent answer from the registry")));
         }
+        // The typed status is authoritative: a worker never scores a version the registry
+        // says is archived, whatever the JSON record says.
+        version.status =
+            resp.version_status().try_into().map_err(|e: String| ScoreError::Internal(format!("{what}: {e}")))?;
         Ok(version)
     }
 
     async fn fetch(&self, version: &ModelVersion, creds: &Credentials) -> Result<Bytes> {
         let what = format!("fetching the artifact of {}", version.pinned_reference());
         let limit = self.options.max_artifact_bytes;
-        if version.size > limit {
+        if version.size.max(0) as u64 > limit {
             return Err(ScoreError::ResourceExhausted(format!(
                 "{what}: {} bytes is over the worker's limit of {limit} bytes",
                 version.size
             )));
         }
         let mut client = RegistryClient::new(self.channel.clone());
-        let request = FetchArtifactRequest { model: version.model.clone(), version: version.version as i64 };
+        let request = FetchArtifactRequest { model: version.model.clone(), version: version.version };
         let mut stream = client
             .fetch_artifact(self.request(request, creds)?)
             .await
             .map_err(|s| status_error(&what, s))?
             .into_inner();
-        let mut body = Vec::with_capacity(version.size.min(limit) as usize);
+        let mut body = Vec::with_capacity((version.size.max(0) as u64).min(limit) as usize);
         while let Some(chunk) = stream.message().await.map_err(|s| status_error(&what, s))? {
             if (body.len() + chunk.data.len()) as u64 > limit {
                 return Err(ScoreError::ResourceExhausted(format!(

@@ -3,12 +3,13 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::{header, StatusCode};
+use reqwest::header;
 use url::Url;
 
 use super::{verify_sha256, Credentials, HttpSourceOptions, ModelSource, ModelVersion};
 use crate::error::{Result, ScoreError};
-use crate::model_ref::ModelRef;
+use lakescore_core::reference::ModelRef;
+use lakescore_core::ErrorCode;
 
 /// Resolves and fetches models over the registry's REST API (`/api/v1`), forwarding the
 /// caller's `authorization` header unchanged.
@@ -79,16 +80,7 @@ impl HttpModelSource {
         } else {
             format!("{what}: {detail}")
         };
-        Err(match status {
-            StatusCode::NOT_FOUND | StatusCode::GONE => ScoreError::NotFound(msg),
-            StatusCode::UNAUTHORIZED => ScoreError::Unauthenticated(msg),
-            StatusCode::FORBIDDEN => ScoreError::PermissionDenied(msg),
-            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => ScoreError::InvalidArgument(msg),
-            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => ScoreError::FailedPrecondition(msg),
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => ScoreError::ResourceExhausted(msg),
-            s if s.is_server_error() => ScoreError::Unavailable(msg),
-            _ => ScoreError::Internal(msg),
-        })
+        Err(ScoreError::from_code(ErrorCode::from_http(status.as_u16()), msg))
     }
 }
 
@@ -112,7 +104,7 @@ impl ModelSource for HttpModelSource {
         let v = version.version.to_string();
         let url = self.url(&["models", &version.model, "versions", &v, "artifact"])?;
         let what = format!("fetching the artifact of {}", version.pinned_reference());
-        if version.size > self.options.max_artifact_bytes {
+        if version.size.max(0) as u64 > self.options.max_artifact_bytes {
             return Err(ScoreError::ResourceExhausted(format!(
                 "{what}: {} bytes is over the worker's limit of {} bytes",
                 version.size, self.options.max_artifact_bytes
@@ -128,7 +120,7 @@ impl ModelSource for HttpModelSource {
                 )));
             }
         }
-        let mut body = Vec::with_capacity(version.size.min(self.options.max_artifact_bytes) as usize);
+        let mut body = Vec::with_capacity((version.size.max(0) as u64).min(self.options.max_artifact_bytes) as usize);
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ScoreError::Unavailable(format!("{what}: {e}")))?;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use dir::DirModelSource;
@@ -20,7 +19,7 @@ pub use http::HttpModelSource;
 pub use retry::{RetryPolicy, RetryingSource};
 
 use crate::error::{Result, ScoreError};
-use crate::model_ref::ModelRef;
+use lakescore_core::reference::ModelRef;
 
 /// The caller's credentials, forwarded unchanged to the registry (passthrough auth).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -50,74 +49,7 @@ impl Credentials {
     }
 }
 
-/// One dimension of a tensor shape in a signature: a size, a symbolic name, or unknown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Dim {
-    /// A fixed size.
-    Fixed(i64),
-    /// A symbolic dimension (`N`, `batch`).
-    Symbolic(String),
-}
-
-/// One input or output in a model signature, as the registry reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignatureIo {
-    /// Input/output name.
-    pub name: String,
-    /// ONNX type string: `tensor(float)`, `seq(map(int64,tensor(float)))`.
-    #[serde(rename = "type", default)]
-    pub ty: String,
-    /// Element type for tensors (`float`, `int64`, `string`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub elem_type: Option<String>,
-    /// Shape for tensors; `None` inside for unknown dims.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shape: Option<Vec<Option<Dim>>>,
-}
-
-/// The model signature read from the ONNX file (only the parts the worker uses; other
-/// fields of the registry's record are ignored).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signature {
-    /// Graph inputs.
-    #[serde(default)]
-    pub inputs: Vec<SignatureIo>,
-    /// Graph outputs.
-    #[serde(default)]
-    pub outputs: Vec<SignatureIo>,
-}
-
-/// A resolved model version: what `GET /api/v1/resolve/{reference}` returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelVersion {
-    /// Registered model name.
-    pub model: String,
-    /// Version number (from 1).
-    pub version: u64,
-    /// Hex sha256 of the artifact: the version's identity.
-    pub sha256: String,
-    /// Artifact size in bytes.
-    #[serde(default)]
-    pub size: u64,
-    /// `ready` or `archived`.
-    #[serde(default = "default_status")]
-    pub status: String,
-    /// The signature, when the source knows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<Signature>,
-}
-
-fn default_status() -> String {
-    "ready".to_string()
-}
-
-impl ModelVersion {
-    /// `name:version`, the pinned reference of this version.
-    pub fn pinned_reference(&self) -> String {
-        format!("{}:{}", self.model, self.version)
-    }
-}
+pub use lakescore_core::wire::{ModelVersion, VersionStatus};
 
 /// Resolves model references and fetches artifacts. Implementations must forward the
 /// caller's credentials so that the registry decides what the caller may score.
@@ -199,22 +131,6 @@ impl Default for HttpSourceOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_registry_record() {
-        let json = r#"{"model": "fraud", "version": 3, "sha256": "ab", "size": 123, "status": "ready",
-            "created_at": "2026-01-01T00:00:00Z", "tags": {"a": "b"},
-            "signature": {"inputs": [{"name":"X","type":"tensor(float)","elem_type":"float","shape":["N",4]},
-                                     {"name":"Y","type":"tensor(float)","elem_type":"float","shape":[null,1]}],
-                          "outputs": [{"name":"p","type":"seq(map(int64,tensor(float)))"}],
-                          "opset_imports": {"ai.onnx": 17}}}"#;
-        let v: ModelVersion = serde_json::from_str(json).unwrap();
-        assert_eq!(v.pinned_reference(), "fraud:3");
-        let sig = v.signature.unwrap();
-        assert_eq!(sig.inputs[0].shape.as_ref().unwrap(), &vec![Some(Dim::Symbolic("N".into())), Some(Dim::Fixed(4))]);
-        assert_eq!(sig.inputs[1].shape.as_ref().unwrap()[0], None);
-        assert_eq!(sig.outputs[0].shape, None);
-    }
 
     #[test]
     fn credentials_debug_hides_the_token() {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::{Credentials, ModelSource, ModelVersion};
 use crate::error::{Result, ScoreError};
-use crate::model_ref::ModelRef;
+use lakescore_core::reference::ModelRef;
 
 /// How often, and how patiently, [`RetryingSource`] tries again.
 #[derive(Debug, Clone, Copy)]
