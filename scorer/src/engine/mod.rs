@@ -2,6 +2,7 @@
 //! Arrow mapping layer ([`crate::mapping`]) produces and consumes.
 
 pub mod ort;
+pub mod probe;
 pub mod tract;
 pub mod zipmap;
 
