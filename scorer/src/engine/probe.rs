@@ -1,7 +1,7 @@
 //! The load-time output probe: one run on an all-zero row learns each output's per-row
 //! shape (widths, ZipMap class labels), which the mapping layer turns into columns.
 
-use super::{ElemType, LoadedModel, MapKeys, OutputValue, Tensor, TensorData, ValueInfo};
+use super::{ElemType, LoadedModel, MapKeys, OutputValue, Tensor, TensorData, ValueType};
 use crate::error::{Result, ScoreError};
 
 /// A model output with its per-row shape, learnt by a probe run when the model is loaded.
@@ -65,7 +65,7 @@ pub fn probe_outputs(model: &dyn LoadedModel) -> Vec<ResolvedOutput> {
             .map(|o| ResolvedOutput {
                 name: o.name.clone(),
                 shape: match &o.info {
-                    ValueInfo::Tensor { elem, shape }
+                    ValueType::Tensor { elem, shape }
                         if !shape.is_empty() && shape[1..].iter().all(|d| d.is_some_and(|d| d >= 0)) =>
                     {
                         OutputShape::Tensor {
@@ -80,7 +80,7 @@ pub fn probe_outputs(model: &dyn LoadedModel) -> Vec<ResolvedOutput> {
     };
     let mut feeds = Vec::new();
     for input in model.inputs() {
-        let ValueInfo::Tensor { elem, shape } = &input.info else {
+        let ValueType::Tensor { elem, shape } = &input.info else {
             return declared();
         };
         if shape.is_empty() || !supported_elem(elem) {
@@ -104,7 +104,7 @@ pub fn probe_outputs(model: &dyn LoadedModel) -> Vec<ResolvedOutput> {
         .inputs()
         .first()
         .and_then(|i| match &i.info {
-            ValueInfo::Tensor { shape, .. } => shape.first().copied().flatten(),
+            ValueType::Tensor { shape, .. } => shape.first().copied().flatten(),
             _ => None,
         })
         .filter(|d| *d > 0)

@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Int
 use lakescore_proto::ScoreCommand;
 
 use crate::engine::probe::supported_elem;
-use crate::engine::{ElemType, IoInfo, Tensor, TensorData, ValueInfo};
+use crate::engine::{ElemType, IoInfo, Tensor, TensorData, ValueType};
 use crate::error::{Result, ScoreError};
 
 /// How one model input is fed.
@@ -157,7 +157,7 @@ pub(super) fn plan_inputs(cmd: &ScoreCommand, schema: &Schema, inputs: &[IoInfo]
 
     let mut feeds = Vec::new();
     for input in inputs {
-        let ValueInfo::Tensor { elem, shape } = &input.info else {
+        let ValueType::Tensor { elem, shape } = &input.info else {
             return Err(ScoreError::FailedPrecondition(format!(
                 "model input '{}' is {}, which lakescore cannot feed (tensors only)",
                 input.name, input.info

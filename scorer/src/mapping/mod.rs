@@ -24,7 +24,7 @@ use self::input::{fixed_dims, plan_inputs, InputFeed};
 pub use self::output::default_column_name;
 use self::output::{output_arrays, output_fields, OutputColumns};
 use crate::engine::probe::{OutputShape, ResolvedOutput};
-use crate::engine::{ElemType, IoInfo, OutputValue, Tensor, ValueInfo};
+use crate::engine::{ElemType, IoInfo, OutputValue, Tensor, ValueType};
 use crate::error::{Result, ScoreError};
 
 fn arrow_type(elem: &ElemType) -> Result<DataType> {
@@ -77,7 +77,7 @@ impl ScorePlan {
     ) -> Result<Self> {
         let feeds = plan_inputs(cmd, &input_schema, inputs)?;
         let fixed_rows = inputs.iter().find_map(|i| match &i.info {
-            ValueInfo::Tensor { shape, .. } => shape.first().copied().flatten().filter(|d| *d > 0).map(|d| d as usize),
+            ValueType::Tensor { shape, .. } => shape.first().copied().flatten().filter(|d| *d > 0).map(|d| d as usize),
             _ => None,
         });
         if let Some(fill) = cmd.fill_null {
@@ -247,7 +247,7 @@ impl ScorePlan {
 pub fn schema_from_model(cmd: &ScoreCommand, inputs: &[IoInfo]) -> Result<SchemaRef> {
     let mut fields = Vec::new();
     for input in inputs {
-        let ValueInfo::Tensor { elem, shape } = &input.info else {
+        let ValueType::Tensor { elem, shape } = &input.info else {
             return Err(ScoreError::FailedPrecondition(format!("model input '{}' is not a tensor", input.name)));
         };
         let dt = arrow_type(elem)?;
@@ -282,7 +282,7 @@ mod tests {
     use lakescore_proto::{ColumnList, OutputSpec};
 
     pub(super) fn tensor_io(name: &str, elem: ElemType, shape: Vec<Option<i64>>) -> IoInfo {
-        IoInfo { name: name.into(), info: ValueInfo::Tensor { elem, shape } }
+        IoInfo { name: name.into(), info: ValueType::Tensor { elem, shape } }
     }
 
     pub(super) fn classifier_outputs() -> Vec<ResolvedOutput> {
