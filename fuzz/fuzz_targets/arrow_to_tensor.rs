@@ -12,14 +12,15 @@
 
 use arrow_flight::FlightData;
 use futures::StreamExt;
-use lakescore_scorer::engine::{ElemType, IoInfo, OutputValue, Tensor, TensorData, ValueInfo};
+use lakescore_scorer::engine::{ElemType, IoInfo, OutputValue, Tensor, TensorData, ValueType};
 use lakescore_scorer::flight_input::FlightInput;
-use lakescore_scorer::mapping::{OutputShape, PlanOptions, ResolvedOutput, ScorePlan};
+use lakescore_scorer::engine::probe::{OutputShape, ResolvedOutput};
+use lakescore_scorer::mapping::{PlanOptions, ScorePlan};
 use lakescore_scorer::proto::ScoreCommand;
 use libfuzzer_sys::fuzz_target;
 
 fn tensor(name: &str, elem: ElemType, shape: &[Option<i64>]) -> IoInfo {
-    IoInfo { name: name.into(), info: ValueInfo::Tensor { elem, shape: shape.to_vec() } }
+    IoInfo { name: name.into(), info: ValueType::Tensor { elem, shape: shape.to_vec() } }
 }
 
 /// Model signatures like the ones skl2onnx and other converters write.

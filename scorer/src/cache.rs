@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
+use crate::engine::probe::{probe_outputs, ResolvedOutput};
 use crate::engine::{Engine, LoadedModel};
 use crate::error::{Result, ScoreError};
-use crate::mapping::{probe_outputs, ResolvedOutput};
 use crate::source::{Credentials, ModelSource, ModelVersion};
 
 /// A loaded model with what the mapping layer needs to know about its outputs.

@@ -380,7 +380,7 @@ async fn columns_map_outputs_and_passthrough() {
 #[test]
 fn zipmap_outputs_are_served_from_the_probability_tensor() {
     use lakescore_scorer::engine::zipmap::strip_zipmaps;
-    use lakescore_scorer::engine::{Engine, MapKeys, OutputValue, Tensor, TensorData, ValueInfo};
+    use lakescore_scorer::engine::{Engine, MapKeys, OutputValue, Tensor, TensorData, ValueType};
     use lakescore_scorer::{OrtEngine, OrtOptions};
 
     let bytes = Bytes::from(std::fs::read(models_dir().join("rf.onnx")).unwrap());
@@ -397,7 +397,7 @@ fn zipmap_outputs_are_served_from_the_probability_tensor() {
     let model = engine.load(bytes).unwrap();
     let names: Vec<&str> = model.outputs().iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, vec!["output_label", "output_probability"]);
-    assert!(matches!(model.outputs()[1].info, ValueInfo::SeqMap { .. }));
+    assert!(matches!(model.outputs()[1].info, ValueType::SeqMap { .. }));
     let x = Tensor { shape: vec![2, 20], data: TensorData::Float32(vec![0.5; 40]) };
     let out = model.run(vec![("X".into(), x)]).unwrap();
     match &out[1] {

@@ -2,6 +2,7 @@
 //! Arrow mapping layer ([`crate::mapping`]) produces and consumes.
 
 pub mod ort;
+pub mod probe;
 pub mod tract;
 pub mod zipmap;
 
@@ -48,7 +49,7 @@ impl fmt::Display for ElemType {
 /// The type of a model input or output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ValueInfo {
+pub enum ValueType {
     /// A tensor; `None` dims are symbolic or unknown.
     Tensor {
         /// Element type.
@@ -70,10 +71,10 @@ pub enum ValueInfo {
     },
 }
 
-impl fmt::Display for ValueInfo {
+impl fmt::Display for ValueType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ValueInfo::Tensor { elem, shape } => {
+            ValueType::Tensor { elem, shape } => {
                 write!(f, "tensor({elem})[")?;
                 for (i, d) in shape.iter().enumerate() {
                     if i > 0 {
@@ -86,8 +87,8 @@ impl fmt::Display for ValueInfo {
                 }
                 f.write_str("]")
             }
-            ValueInfo::SeqMap { key, value } => write!(f, "seq(map({key}, {value}))"),
-            ValueInfo::Other { description } => f.write_str(description),
+            ValueType::SeqMap { key, value } => write!(f, "seq(map({key}, {value}))"),
+            ValueType::Other { description } => f.write_str(description),
         }
     }
 }
@@ -99,7 +100,7 @@ pub struct IoInfo {
     pub name: String,
     /// Its type.
     #[serde(flatten)]
-    pub info: ValueInfo,
+    pub info: ValueType,
 }
 
 /// Dense tensor data, row-major.

@@ -5,11 +5,11 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynMapValueType, DynValue, TensorElementType, ValueType};
+use ort::value::{DynMapValueType, DynValue, TensorElementType, ValueType as OrtValueType};
 use serde::{Deserialize, Serialize};
 
 use super::zipmap::{strip_zipmaps, StrippedZipMap};
-use super::{ElemType, Engine, IoInfo, LoadedModel, MapKeys, OutputValue, Tensor, TensorData, ValueInfo};
+use super::{ElemType, Engine, IoInfo, LoadedModel, MapKeys, OutputValue, Tensor, TensorData, ValueType};
 use crate::error::{Result, ScoreError};
 
 /// The ONNX Runtime release line the worker is built against (ort rc.15, API 31).
@@ -196,7 +196,7 @@ impl OrtModel {
                 Some(z) => {
                     outputs.push(IoInfo {
                         name: z.output.clone(),
-                        info: ValueInfo::SeqMap {
+                        info: ValueType::SeqMap {
                             key: match z.keys {
                                 MapKeys::Int64(_) => ElemType::Int64,
                                 MapKeys::String(_) => ElemType::String,
@@ -228,16 +228,16 @@ fn elem_type(t: &TensorElementType) -> ElemType {
     }
 }
 
-fn io_info(name: &str, dtype: &ValueType) -> IoInfo {
+fn io_info(name: &str, dtype: &OrtValueType) -> IoInfo {
     let info = match dtype {
-        ValueType::Tensor { ty, shape, .. } => {
-            ValueInfo::Tensor { elem: elem_type(ty), shape: shape.iter().map(|d| (*d >= 0).then_some(*d)).collect() }
+        OrtValueType::Tensor { ty, shape, .. } => {
+            ValueType::Tensor { elem: elem_type(ty), shape: shape.iter().map(|d| (*d >= 0).then_some(*d)).collect() }
         }
-        ValueType::Sequence(inner) => match inner.as_ref() {
-            ValueType::Map { key, value } => ValueInfo::SeqMap { key: elem_type(key), value: elem_type(value) },
-            other => ValueInfo::Other { description: format!("seq({other})") },
+        OrtValueType::Sequence(inner) => match inner.as_ref() {
+            OrtValueType::Map { key, value } => ValueType::SeqMap { key: elem_type(key), value: elem_type(value) },
+            other => ValueType::Other { description: format!("seq({other})") },
         },
-        other => ValueInfo::Other { description: format!("{other}") },
+        other => ValueType::Other { description: format!("{other}") },
     };
     IoInfo { name: name.to_string(), info }
 }
@@ -271,7 +271,7 @@ fn from_ort_value(name: &str, value: &DynValue) -> Result<OutputValue> {
     let what = format!("model output '{name}'");
     let err = ort_err(&what);
     match value.dtype() {
-        ValueType::Tensor { ty, .. } => {
+        OrtValueType::Tensor { ty, .. } => {
             let (shape, data) = match ty {
                 TensorElementType::Float32 => {
                     let (s, d) = value.try_extract_tensor::<f32>().map_err(&err)?;
@@ -305,8 +305,8 @@ fn from_ort_value(name: &str, value: &DynValue) -> Result<OutputValue> {
             };
             Ok(OutputValue::Tensor(Tensor { shape, data }))
         }
-        ValueType::Sequence(inner) => match inner.as_ref() {
-            ValueType::Map { key, value: val } => {
+        OrtValueType::Sequence(inner) => match inner.as_ref() {
+            OrtValueType::Map { key, value: val } => {
                 let maps = value.try_extract_sequence::<DynMapValueType>().map_err(&err)?;
                 let rows = maps.len();
                 match (key, val) {

@@ -20,7 +20,7 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_core::plan::SimplePlan;
 use tract_onnx::tract_hir::infer::{GenericFactoid, ShapeFactoid};
 
-use super::{ElemType, Engine, IoInfo, LoadedModel, OutputValue, Tensor, TensorData, ValueInfo};
+use super::{ElemType, Engine, IoInfo, LoadedModel, OutputValue, Tensor, TensorData, ValueType};
 use crate::error::{Result, ScoreError};
 
 /// The operator domain tract cannot be trusted with.
@@ -109,7 +109,7 @@ fn onnx_elem(elem_type: i32) -> ElemType {
 /// as numbers, symbolic or unnamed ones as `None`.
 fn declared(v: &ValueInfoProto) -> IoInfo {
     let info = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(type_proto::Value::TensorType(t)) => ValueInfo::Tensor {
+        Some(type_proto::Value::TensorType(t)) => ValueType::Tensor {
             elem: onnx_elem(t.elem_type()),
             shape: t
                 .shape
@@ -125,8 +125,8 @@ fn declared(v: &ValueInfoProto) -> IoInfo {
                 })
                 .unwrap_or_default(),
         },
-        Some(_) => ValueInfo::Other { description: "a non-tensor value".into() },
-        None => ValueInfo::Other { description: "an untyped value".into() },
+        Some(_) => ValueType::Other { description: "a non-tensor value".into() },
+        None => ValueType::Other { description: "an untyped value".into() },
     };
     IoInfo { name: v.name().to_string(), info }
 }
@@ -154,13 +154,13 @@ impl Engine for TractEngine {
             graph.input.iter().filter(|i| !initializers.contains(i.name())).map(declared).collect();
         let outputs: Vec<IoInfo> = graph.output.iter().map(declared).collect();
         for io in inputs.iter().chain(&outputs) {
-            if let ValueInfo::Tensor { elem: ElemType::Other(t), .. } = &io.info {
+            if let ValueType::Tensor { elem: ElemType::Other(t), .. } = &io.info {
                 return Err(ScoreError::FailedPrecondition(format!(
                     "the tract backend cannot serve '{}': {t} is not supported",
                     io.name
                 )));
             }
-            if !matches!(io.info, ValueInfo::Tensor { .. }) {
+            if !matches!(io.info, ValueType::Tensor { .. }) {
                 return Err(ScoreError::FailedPrecondition(format!(
                     "the tract backend serves tensors only; '{}' is {}",
                     io.name, io.info

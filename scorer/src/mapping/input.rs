@@ -1,0 +1,507 @@
+//! Columns → tensors: matching columns to model inputs at plan time, then per batch
+//! dictionary decoding, lossless casts, null handling and row-major interleaving.
+
+use std::collections::HashSet;
+
+use arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, PrimitiveArray,
+    RecordBatch, StringArray,
+};
+use arrow::compute::kernels::cmp::eq;
+use arrow::compute::{cast_with_options, CastOptions};
+use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema};
+use lakescore_proto::ScoreCommand;
+
+use crate::engine::probe::supported_elem;
+use crate::engine::{ElemType, IoInfo, Tensor, TensorData, ValueType};
+use crate::error::{Result, ScoreError};
+
+/// How one model input is fed.
+#[derive(Debug, Clone)]
+pub(super) struct InputFeed {
+    pub(super) name: String,
+    pub(super) elem: ElemType,
+    /// The full tensor shape with the batch dim first (`None` dims resolved per batch).
+    rank: usize,
+    source: FeedSource,
+}
+
+#[derive(Debug, Clone)]
+enum FeedSource {
+    /// `[N]` or `[N, F]` from F scalar columns (`[N]`: exactly one column).
+    Columns(Vec<(usize, String)>),
+    /// `[N, d1, d2, ...]` from one FixedSizeList column of `width` = d1·d2·… elements.
+    List { index: usize, column: String, dims: Vec<usize> },
+}
+
+fn type_label(dt: &DataType) -> String {
+    match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Boolean => "bool".into(),
+        other => other.to_string().to_lowercase(),
+    }
+}
+
+fn is_numeric(dt: &DataType) -> bool {
+    dt.is_integer() || dt.is_floating() || matches!(dt, DataType::Decimal128(_, _) | DataType::Decimal256(_, _))
+}
+
+fn is_string(dt: &DataType) -> bool {
+    match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => matches!(v.as_ref(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+        _ => false,
+    }
+}
+
+/// Can a column of `dt` feed a tensor of `elem` (possibly after a checked cast)?
+fn can_feed(dt: &DataType, elem: &ElemType) -> bool {
+    if let DataType::Dictionary(_, values) = dt {
+        // Dictionary-encoded columns (Parquet readers, pandas categoricals) are decoded first.
+        return can_feed(values, elem);
+    }
+    match elem {
+        ElemType::String => is_string(dt),
+        ElemType::Bool => dt == &DataType::Boolean || dt.is_integer(),
+        ElemType::Float32 | ElemType::Float64 | ElemType::Int32 | ElemType::Int64 => {
+            is_numeric(dt) || dt == &DataType::Boolean
+        }
+        ElemType::Other(_) => false,
+    }
+}
+
+/// Casts that can never lose information.
+fn statically_lossless(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    if from == to {
+        return true;
+    }
+    matches!(
+        (from, to),
+        (Boolean, Float32 | Float64 | Int32 | Int64)
+            | (Int8 | Int16 | UInt8 | UInt16 | Float16, Float32)
+            | (Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32 | Float16 | Float32, Float64)
+            | (Int8 | Int16 | UInt8 | UInt16, Int32)
+            | (Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32, Int64)
+    )
+}
+
+fn feed_err(column: &str, input: &str, elem: &ElemType, what: impl std::fmt::Display) -> ScoreError {
+    ScoreError::InvalidArgument(format!("column '{column}' {what}; model input '{input}' expects {elem}"))
+}
+
+impl InputFeed {
+    /// This input's tensor for a batch (nulls replaced by `fill_null` where allowed).
+    pub(super) fn tensor(&self, batch: &RecordBatch, fill_null: Option<f64>) -> Result<Tensor> {
+        let rows = batch.num_rows();
+        let tensor = match &self.source {
+            FeedSource::Columns(cols) => {
+                let arrays: Vec<(&str, &ArrayRef)> =
+                    cols.iter().map(|(i, name)| (name.as_str(), batch.column(*i))).collect();
+                let data = interleave(&arrays, &self.elem, &self.name, fill_null)?;
+                let shape = if self.rank == 1 { vec![rows] } else { vec![rows, cols.len()] };
+                Tensor { shape, data }
+            }
+            FeedSource::List { index, column, dims } => {
+                let list = batch
+                    .column(*index)
+                    .as_any()
+                    .downcast_ref::<FixedSizeListArray>()
+                    .ok_or_else(|| feed_err(column, &self.name, &self.elem, "is not a fixed-size list"))?;
+                if list.null_count() > 0 {
+                    let row = (0..list.len()).find(|i| list.is_null(*i)).unwrap_or(0);
+                    return Err(feed_err(column, &self.name, &self.elem, format!("has a null list at row {row}")));
+                }
+                let width: usize = dims.iter().product();
+                let values = list.values().slice(list.offset() * width, rows * width);
+                let data = interleave(&[(column.as_str(), &values)], &self.elem, &self.name, fill_null)?;
+                let mut shape = vec![rows];
+                shape.extend(dims);
+                Tensor { shape, data }
+            }
+        };
+        Ok(tensor)
+    }
+}
+
+pub(super) fn plan_inputs(cmd: &ScoreCommand, schema: &Schema, inputs: &[IoInfo]) -> Result<Vec<InputFeed>> {
+    if !cmd.feature_columns.is_empty() && inputs.len() != 1 {
+        return Err(ScoreError::InvalidArgument(format!(
+            "feature_columns applies to models with a single 2-D input; this model has inputs {}: use columns",
+            inputs.iter().map(|i| format!("'{}'", i.name)).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    for key in cmd.columns.keys() {
+        if !inputs.iter().any(|i| &i.name == key) {
+            return Err(ScoreError::InvalidArgument(format!(
+                "columns names model input '{key}', which the model does not have (inputs: {})",
+                inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let column = |name: &str, input: &str, elem: &ElemType| -> Result<(usize, &Field)> {
+        let i = schema.index_of(name).map_err(|_| {
+            ScoreError::InvalidArgument(format!(
+                "column '{name}' is missing from the input; model input '{input}' expects {elem}"
+            ))
+        })?;
+        Ok((i, schema.field(i)))
+    };
+    let check_type = |field: &Field, input: &str, elem: &ElemType| -> Result<()> {
+        if can_feed(field.data_type(), elem) {
+            Ok(())
+        } else {
+            Err(feed_err(field.name(), input, elem, format!("is {}", type_label(field.data_type()))))
+        }
+    };
+
+    let mut feeds = Vec::new();
+    for input in inputs {
+        let ValueType::Tensor { elem, shape } = &input.info else {
+            return Err(ScoreError::FailedPrecondition(format!(
+                "model input '{}' is {}, which lakescore cannot feed (tensors only)",
+                input.name, input.info
+            )));
+        };
+        if !supported_elem(elem) {
+            return Err(ScoreError::FailedPrecondition(format!(
+                "model input '{}' has element type {elem}, which lakescore cannot feed \
+                 (float32, float64, int32, int64, bool, string)",
+                input.name
+            )));
+        }
+        let rank = shape.len();
+        if rank == 0 {
+            return Err(ScoreError::FailedPrecondition(format!(
+                "model input '{}' is a scalar, not one value per row",
+                input.name
+            )));
+        }
+        let inner: Vec<Option<i64>> = shape[1..].to_vec();
+        let describe = input.info.to_string();
+        let explicit: Option<Vec<String>> = cmd
+            .columns
+            .get(&input.name)
+            .map(|l| l.names.clone())
+            .or_else(|| (!cmd.feature_columns.is_empty()).then(|| cmd.feature_columns.clone()));
+
+        // A single FixedSizeList column (named explicitly, or after the input).
+        let list_candidate: Option<String> = match &explicit {
+            Some(names) if names.len() == 1 => Some(names[0].clone()),
+            None => Some(input.name.clone()),
+            _ => None,
+        };
+        if rank >= 2 {
+            if let Some(name) = &list_candidate {
+                if let Ok(i) = schema.index_of(name) {
+                    if let DataType::FixedSizeList(item, width) = schema.field(i).data_type() {
+                        let dims = fixed_dims(&inner).ok_or_else(|| {
+                            ScoreError::FailedPrecondition(format!(
+                                "model input '{}' ({describe}) has symbolic inner dimensions; feed it from scalar columns",
+                                input.name
+                            ))
+                        })?;
+                        let want: usize = dims.iter().product();
+                        if *width as usize != want {
+                            return Err(feed_err(
+                                name,
+                                &input.name,
+                                elem,
+                                format!("is a list of {width} values, but {want} are needed ({describe})"),
+                            ));
+                        }
+                        if !can_feed(item.data_type(), elem) {
+                            return Err(feed_err(
+                                name,
+                                &input.name,
+                                elem,
+                                format!("holds {}", type_label(item.data_type())),
+                            ));
+                        }
+                        feeds.push(InputFeed {
+                            name: input.name.clone(),
+                            elem: elem.clone(),
+                            rank,
+                            source: FeedSource::List { index: i, column: name.clone(), dims },
+                        });
+                        continue;
+                    }
+                }
+            }
+        }
+        if rank > 2 {
+            return Err(ScoreError::InvalidArgument(format!(
+                "model input '{}' ({describe}) must be fed from one fixed-size list column named '{}' (or mapped with columns)",
+                input.name, input.name
+            )));
+        }
+        let width = inner.first().copied().flatten();
+        let names: Vec<String> = match explicit {
+            Some(names) => names,
+            None => {
+                if schema.index_of(&input.name).is_ok() && (rank == 1 || width.is_none() || width == Some(1)) {
+                    vec![input.name.clone()]
+                } else if schema.index_of(&input.name).is_ok() {
+                    return Err(ScoreError::InvalidArgument(format!(
+                        "column '{}' is one value per row, but model input '{}' expects {describe}: \
+                         send a fixed-size list column, or name the columns with {}",
+                        input.name,
+                        input.name,
+                        if inputs.len() == 1 { "feature_columns" } else { "columns" }
+                    )));
+                } else {
+                    return Err(ScoreError::InvalidArgument(format!(
+                        "column '{}' is missing from the input; model input '{}' expects {describe}: \
+                         send a column named '{}', or name the columns with {}",
+                        input.name,
+                        input.name,
+                        input.name,
+                        if inputs.len() == 1 { "feature_columns" } else { "columns" }
+                    )));
+                }
+            }
+        };
+        if names.is_empty() {
+            return Err(ScoreError::InvalidArgument(format!("no columns given for model input '{}'", input.name)));
+        }
+        if rank == 1 && names.len() != 1 {
+            return Err(ScoreError::InvalidArgument(format!(
+                "model input '{}' ({describe}) takes one column, {} given",
+                input.name,
+                names.len()
+            )));
+        }
+        if let Some(w) = width {
+            if rank == 2 && names.len() as i64 != w {
+                return Err(ScoreError::InvalidArgument(format!(
+                    "model input '{}' expects {describe}: {w} columns, {} given",
+                    input.name,
+                    names.len()
+                )));
+            }
+        }
+        let mut cols = Vec::with_capacity(names.len());
+        let mut seen = HashSet::new();
+        for name in &names {
+            if !seen.insert(name.as_str()) {
+                return Err(ScoreError::InvalidArgument(format!(
+                    "column '{name}' is listed twice for model input '{}'",
+                    input.name
+                )));
+            }
+            let (i, field) = column(name, &input.name, elem)?;
+            check_type(field, &input.name, elem)?;
+            cols.push((i, name.clone()));
+        }
+        feeds.push(InputFeed { name: input.name.clone(), elem: elem.clone(), rank, source: FeedSource::Columns(cols) });
+    }
+    Ok(feeds)
+}
+
+pub(super) fn fixed_dims(dims: &[Option<i64>]) -> Option<Vec<usize>> {
+    dims.iter().map(|d| d.filter(|d| *d > 0).map(|d| d as usize)).collect()
+}
+
+/// Cast `array` to `to`, refusing values that do not survive the cast (float64 → float32
+/// only refuses overflow: rounding to the nearest float32 is what every ONNX user does).
+fn checked_cast(array: &ArrayRef, to: &DataType, column: &str, input: &str, elem: &ElemType) -> Result<ArrayRef> {
+    let from = array.data_type();
+    let safe = CastOptions { safe: true, ..Default::default() };
+    let casted = cast_with_options(array, to, &safe)
+        .map_err(|e| feed_err(column, input, elem, format!("cannot be cast: {e}")))?;
+    if statically_lossless(from, to) {
+        return Ok(casted);
+    }
+    let mismatch: Option<usize> = if from == &DataType::Float64 && to == &DataType::Float32 {
+        let src = array.as_any().downcast_ref::<Float64Array>();
+        let dst = casted.as_any().downcast_ref::<Float32Array>();
+        match (src, dst) {
+            (Some(src), Some(dst)) => {
+                (0..src.len()).find(|i| src.is_valid(*i) && src.value(*i).is_finite() && !dst.value(*i).is_finite())
+            }
+            _ => return Err(ScoreError::internal("float64 → float32 cast produced another type")),
+        }
+    } else {
+        let back = cast_with_options(&casted, from, &safe)?;
+        let same = eq(&back, array)?;
+        (0..array.len()).find(|i| array.is_valid(*i) && !(same.is_valid(*i) && same.value(*i)))
+    };
+    if let Some(row) = mismatch {
+        let value = arrow::util::display::array_value_to_string(array, row).unwrap_or_default();
+        return Err(feed_err(
+            column,
+            input,
+            elem,
+            format!("value {value} at row {row} cannot be converted to {} without loss", type_label(to)),
+        ));
+    }
+    Ok(casted)
+}
+
+fn null_error(array: &dyn Array, column: &str, input: &str, elem: &ElemType, fill_possible: bool) -> ScoreError {
+    let row = (0..array.len()).find(|i| array.is_null(*i)).unwrap_or(0);
+    let hint = if fill_possible { "; set fill_null in the score command to replace nulls" } else { "" };
+    feed_err(column, input, elem, format!("has {} null value(s), the first at row {row}{hint}", array.null_count()))
+}
+
+fn primitive_columns<T: ArrowPrimitiveType>(
+    arrays: &[(&str, &ArrayRef)],
+    elem: &ElemType,
+    input: &str,
+    fill: Option<T::Native>,
+) -> Result<Vec<T::Native>> {
+    let width = arrays.len();
+    let rows = arrays.first().map(|(_, a)| a.len()).unwrap_or(0);
+    let mut out: Vec<T::Native> = vec![T::Native::default(); rows * width];
+    for (j, (name, array)) in arrays.iter().enumerate() {
+        let casted = checked_cast(array, &T::DATA_TYPE, name, input, elem)?;
+        let typed = casted
+            .as_any()
+            .downcast_ref::<PrimitiveArray<T>>()
+            .ok_or_else(|| ScoreError::internal("cast produced another type"))?;
+        if array.null_count() > 0 && fill.is_none() {
+            return Err(null_error(array.as_ref(), name, input, elem, true));
+        }
+        let values = typed.values();
+        let valid = |i: usize| typed.is_valid(i);
+        if width == 1 {
+            if typed.null_count() == 0 {
+                out.copy_from_slice(values);
+            } else {
+                let f = fill.unwrap_or_default();
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = if valid(i) { values[i] } else { f };
+                }
+            }
+        } else if typed.null_count() == 0 {
+            for (i, v) in values.iter().enumerate() {
+                out[i * width + j] = *v;
+            }
+        } else {
+            let f = fill.unwrap_or_default();
+            for (i, v) in values.iter().enumerate() {
+                out[i * width + j] = if valid(i) { *v } else { f };
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A dictionary-encoded column as plain values (a lossless cast); other columns as they are.
+fn decode_dictionary(array: &ArrayRef, column: &str, input: &str, elem: &ElemType) -> Result<ArrayRef> {
+    match array.data_type() {
+        DataType::Dictionary(_, values) => cast_with_options(array, values, &CastOptions::default())
+            .map_err(|e| feed_err(column, input, elem, format!("cannot be decoded from its dictionary: {e}"))),
+        _ => Ok(array.clone()),
+    }
+}
+
+/// Columns (all of `rows` rows) → one row-major tensor payload of `elem`.
+fn interleave(arrays: &[(&str, &ArrayRef)], elem: &ElemType, input: &str, fill: Option<f64>) -> Result<TensorData> {
+    let decoded: Vec<(&str, ArrayRef)> = arrays
+        .iter()
+        .map(|(name, array)| Ok((*name, decode_dictionary(array, name, input, elem)?)))
+        .collect::<Result<_>>()?;
+    let arrays: Vec<(&str, &ArrayRef)> = decoded.iter().map(|(name, array)| (*name, array)).collect();
+    let arrays = arrays.as_slice();
+    Ok(match elem {
+        ElemType::Float32 => {
+            TensorData::Float32(primitive_columns::<Float32Type>(arrays, elem, input, fill.map(|f| f as f32))?)
+        }
+        ElemType::Float64 => TensorData::Float64(primitive_columns::<Float64Type>(arrays, elem, input, fill)?),
+        ElemType::Int32 => {
+            TensorData::Int32(primitive_columns::<Int32Type>(arrays, elem, input, fill.map(|f| f as i32))?)
+        }
+        ElemType::Int64 => {
+            TensorData::Int64(primitive_columns::<Int64Type>(arrays, elem, input, fill.map(|f| f as i64))?)
+        }
+        ElemType::Bool => {
+            let width = arrays.len();
+            let rows = arrays.first().map(|(_, a)| a.len()).unwrap_or(0);
+            let mut out = vec![false; rows * width];
+            for (j, (name, array)) in arrays.iter().enumerate() {
+                let casted = checked_cast(array, &DataType::Boolean, name, input, elem)?;
+                let typed = casted
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .ok_or_else(|| ScoreError::internal("cast produced another type"))?;
+                if array.null_count() > 0 && fill.is_none() {
+                    return Err(null_error(array.as_ref(), name, input, elem, true));
+                }
+                let f = fill.is_some_and(|f| f != 0.0);
+                for i in 0..rows {
+                    out[i * width + j] = if typed.is_valid(i) { typed.value(i) } else { f };
+                }
+            }
+            TensorData::Bool(out)
+        }
+        ElemType::String => {
+            let width = arrays.len();
+            let rows = arrays.first().map(|(_, a)| a.len()).unwrap_or(0);
+            let mut out = vec![String::new(); rows * width];
+            for (j, (name, array)) in arrays.iter().enumerate() {
+                if array.null_count() > 0 {
+                    return Err(null_error(array.as_ref(), name, input, elem, false));
+                }
+                let casted = cast_with_options(array, &DataType::Utf8, &CastOptions::default())
+                    .map_err(|e| feed_err(name, input, elem, format!("cannot be read as string: {e}")))?;
+                let typed = casted
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| ScoreError::internal("cast produced another type"))?;
+                for i in 0..rows {
+                    out[i * width + j] = typed.value(i).to_string();
+                }
+            }
+            TensorData::String(out)
+        }
+        ElemType::Other(o) => {
+            return Err(ScoreError::FailedPrecondition(format!("model input '{input}' has element type {o}")))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, UInt64Array};
+
+    use super::*;
+    use crate::mapping::tests::{batch, classifier_outputs, tensor_io};
+    use crate::mapping::ScorePlan;
+
+    #[test]
+    fn refuses_lossy_casts_and_nulls_naming_the_column() {
+        let b = batch(vec![
+            ("a", Arc::new(Int64Array::from(vec![1, 16_777_217])) as ArrayRef),
+            ("b", Arc::new(Float64Array::from(vec![Some(1.0), None])) as ArrayRef),
+        ]);
+        let inputs = [tensor_io("X", ElemType::Float32, vec![None, Some(2)])];
+        let cmd = ScoreCommand { feature_columns: vec!["a".into(), "b".into()], ..Default::default() };
+        let plan = ScorePlan::new(&cmd, b.schema(), &inputs, &classifier_outputs(), Default::default()).unwrap();
+        let err = plan.feeds(&b).unwrap_err();
+        assert!(
+            matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'a'") && m.contains("16777217") && m.contains("float32")),
+            "{err}"
+        );
+
+        let b2 = batch(vec![
+            ("a", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+            ("b", Arc::new(Float64Array::from(vec![Some(1.0), None])) as ArrayRef),
+        ]);
+        let err = plan.feeds(&b2).unwrap_err();
+        assert!(matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'b'") && m.contains("null")), "{err}");
+
+        let cmd = ScoreCommand { fill_null: Some(-1.0), ..cmd };
+        let plan = ScorePlan::new(&cmd, b2.schema(), &inputs, &classifier_outputs(), Default::default()).unwrap();
+        assert_eq!(plan.feeds(&b2).unwrap()[0].1.data, TensorData::Float32(vec![1.0, 1.0, 2.0, -1.0]));
+
+        let b3 = batch(vec![("a", Arc::new(UInt64Array::from(vec![u64::MAX])) as ArrayRef)]);
+        let inputs = [tensor_io("a", ElemType::Int64, vec![None])];
+        let plan =
+            ScorePlan::new(&ScoreCommand::default(), b3.schema(), &inputs, &classifier_outputs(), Default::default())
+                .unwrap();
+        assert!(plan.feeds(&b3).is_err());
+    }
+}
