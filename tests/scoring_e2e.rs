@@ -299,3 +299,52 @@ async fn sigterm_drains_streams_and_cancels_the_ones_that_overrun() {
     let logs = s.server.log_lines().join("\n");
     assert!(logs.contains("grace period over"), "the cancellation is logged");
 }
+
+/// REST and Flight parse model references with one grammar: every entry of the table
+/// that drives the parser's own test is accepted or refused alike by both transports
+/// (a valid reference to a model that does not exist is 404 / NOT_FOUND, a malformed one
+/// 400 / INVALID_ARGUMENT). An archived version stays resolvable over REST as `name:N`,
+/// and the worker refuses to score it, reading the registry's typed status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rest_and_flight_share_the_reference_grammar_and_refuse_archived_versions() {
+    let issuer = Issuer::start().await;
+    let s = serve(&issuer);
+    let owner = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"]}));
+    register(&s, &owner, "rf", "rf.onnx").await;
+    let http = reqwest::Client::new();
+    let resolve = |reference: &str| {
+        let encoded: String = url::form_urlencoded::byte_serialize(reference.as_bytes()).collect();
+        http.get(format!("{}/api/v1/resolve/{}", s.server.url, encoded.replace('+', "%20"))).bearer_auth(&owner).send()
+    };
+    let features: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    for (reference, parsed) in lakescore_core::reference::GRAMMAR_CASES {
+        let flight = exchange(&s, Some(&owner), &json!({"model": reference, "feature_columns": features}))
+            .await
+            .expect_err("no model of the table exists");
+        let (want_http, want_grpc) = match parsed {
+            Some(_) => (404, tonic::Code::NotFound),
+            None => (400, tonic::Code::InvalidArgument),
+        };
+        assert_eq!(flight.code(), want_grpc, "Flight, {reference:?}: {flight}");
+        // An empty path segment is no reference at all: there is no such route.
+        if !reference.is_empty() {
+            let rest = resolve(reference).await.expect("send").status().as_u16();
+            assert_eq!(rest, want_http, "REST, {reference:?}");
+        }
+    }
+
+    let r = http
+        .delete(format!("{}/api/v1/models/rf/versions/1", s.server.url))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "archive rf:1");
+    let record: Value = resolve("rf:1").await.expect("send").json().await.expect("json");
+    assert_eq!(record["status"], "archived");
+    let err = exchange(&s, Some(&owner), &json!({"model": "rf:1", "feature_columns": features}))
+        .await
+        .expect_err("an archived version is not scored");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("archived"), "{err}");
+}
