@@ -1,13 +1,27 @@
 //! `lakescore login`: get an access token from the OIDC issuer (client-credentials grant,
-//! or the device-code grant for people) and cache it for later commands.
+//! or the device-code grant for people) and cache it for later commands; the client commands
+//! take it through [`current_token`], which refreshes it when the issuer gave a refresh token.
+//!
+//! Discovery and the grants are `openidconnect`'s, over the workspace's reqwest client.
 
+use std::fmt::Display;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use clap::Args;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreSubjectIdentifierType, CoreTokenResponse,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, DeviceAuthorizationResponse, DeviceAuthorizationUrl,
+    DeviceCodeErrorResponseType, DiscoveryError, EndpointMaybeSet, EndpointNotSet, EndpointSet, ErrorResponse,
+    ExtraDeviceAuthorizationFields, HttpClientError, IssuerUrl, JsonWebKeySet, OAuth2TokenResponse, ProviderMetadata,
+    RefreshToken, RequestTokenError, Scope, TokenUrl,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
@@ -20,7 +34,8 @@ pub struct LoginArgs {
     /// Client secret: uses the client-credentials grant (apps, pipelines).
     #[arg(long, env = "LAKESCORE_CLIENT_SECRET", hide_env_values = true)]
     pub client_secret: Option<String>,
-    /// Scope to ask for, e.g. api://lakescore/.default.
+    /// Scope to ask for, e.g. api://lakescore/.default (add offline_access for a refresh
+    /// token from Entra ID, so that later commands renew the token themselves).
     #[arg(long, env = "LAKESCORE_SCOPE")]
     pub scope: String,
     /// Sign in as a person with the device-code grant (the default without a client secret).
@@ -35,7 +50,60 @@ pub struct CachedToken {
     /// Unix seconds.
     pub expires_at: i64,
     pub issuer: String,
+    /// What renewing the access token takes, when the issuer returned a refresh token.
+    /// Optional so that caches written before it existed still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<CachedRefresh>,
 }
+
+/// A refresh token and what the refresh_token grant needs besides it. No client secret: it
+/// is never written to disk, so only issuers that let the client refresh without one renew.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedRefresh {
+    pub refresh_token: String,
+    /// Cached so that a refresh costs one request, not discovery and JWKS first.
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// Entra ID's v2 endpoint wants the scope again on refresh.
+    pub scope: String,
+}
+
+/// The discovery document's `device_authorization_endpoint` (RFC 8628), which
+/// openidconnect's core metadata leaves out. Optional: issuers without the device-code
+/// grant do not name one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeviceEndpointMetadata {
+    device_authorization_endpoint: Option<DeviceAuthorizationUrl>,
+}
+impl AdditionalProviderMetadata for DeviceEndpointMetadata {}
+
+type IssuerMetadata = ProviderMetadata<
+    DeviceEndpointMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// A client built from discovery, with its token endpoint known to be set.
+type DiscoveredClient =
+    CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet, EndpointMaybeSet>;
+
+/// Entra ID's device-code answer carries a ready-made `message` for the user.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeviceMessage {
+    message: Option<String>,
+}
+impl ExtraDeviceAuthorizationFields for DeviceMessage {}
+
+type TokenRequestError<TE> = RequestTokenError<HttpClientError<reqwest::Error>, TE>;
 
 fn cache_path() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -44,11 +112,40 @@ fn cache_path() -> Option<PathBuf> {
     Some(base.join("lakescore").join("token.json"))
 }
 
+fn read_cache() -> Option<CachedToken> {
+    let text = std::fs::read_to_string(cache_path()?).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Tokens this close to expiry are treated as expired: a command started now should not
+/// have its token lapse on the way.
+const EXPIRY_MARGIN_SECS: i64 = 60;
+
 /// The cached token while it is valid for at least another minute.
 pub fn cached_token() -> Option<String> {
-    let text = std::fs::read_to_string(cache_path()?).ok()?;
-    let cached: CachedToken = serde_json::from_str(&text).ok()?;
-    (cached.expires_at > chrono_now() + 60).then_some(cached.access_token)
+    let cached = read_cache()?;
+    (cached.expires_at > chrono_now() + EXPIRY_MARGIN_SECS).then_some(cached.access_token)
+}
+
+/// The token for a client command: the cached one while it is valid for at least another
+/// minute, else one renewed with the cached refresh token (and cached in turn). None when
+/// nothing usable is cached; a failed refresh is said on stderr and also gives None, so the
+/// command goes on as if not logged in, as it did before refresh tokens were kept.
+pub async fn current_token() -> Option<String> {
+    if let Some(token) = cached_token() {
+        return Some(token);
+    }
+    let cached = read_cache()?;
+    let refresh = cached.refresh?;
+    match renew(&cached.issuer, &refresh).await {
+        Ok(token) => Some(token),
+        Err(e) => {
+            eprintln!(
+                "warning: the cached token expired and could not be refreshed: {e:#}; run `lakescore login` again"
+            );
+            None
+        }
+    }
 }
 
 fn chrono_now() -> i64 {
@@ -71,113 +168,173 @@ fn save(token: &CachedToken) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-async fn post_form(http: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> anyhow::Result<(bool, Value)> {
-    let resp = http.post(url).form(form).send().await.with_context(|| format!("cannot reach {url}"))?;
-    let ok = resp.status().is_success();
-    let body: Value = resp.json().await.with_context(|| format!("{url} did not answer JSON"))?;
-    Ok((ok, body))
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        // openidconnect's advice: following redirects would let an answer from the issuer
+        // aim this client's requests (with its credentials) anywhere (SSRF).
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
 }
 
-fn oauth_error(body: &Value) -> String {
-    let code = body["error"].as_str().unwrap_or("error");
-    match body["error_description"].as_str() {
-        Some(d) => format!("{code}: {d}"),
-        None => code.to_string(),
+/// `--scope` may hold several space-separated scopes.
+fn scopes(scope: &str) -> impl Iterator<Item = Scope> + '_ {
+    scope.split_whitespace().map(|s| Scope::new(s.to_string()))
+}
+
+/// An error of a token-endpoint request, worded as before openidconnect: the issuer's OAuth
+/// error as `code: description` after `refused`, or what kept the request from an answer.
+fn token_error<TE>(err: TokenRequestError<TE>, endpoint: &str, refused: &str) -> anyhow::Error
+where
+    TE: ErrorResponse + Display,
+{
+    match err {
+        RequestTokenError::ServerResponse(e) => anyhow!("{refused}: {e}"),
+        RequestTokenError::Request(e) => anyhow::Error::new(e).context(format!("cannot reach {endpoint}")),
+        RequestTokenError::Parse(e, _) => {
+            anyhow::Error::new(e).context(format!("{endpoint} did not answer a token response"))
+        }
+        RequestTokenError::Other(m) => anyhow!("{endpoint}: {m}"),
     }
 }
 
-pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let discovery = format!("{}/.well-known/openid-configuration", args.issuer.trim_end_matches('/'));
-    let doc: Value = http
-        .get(&discovery)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {discovery}"))?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token_endpoint =
-        doc["token_endpoint"].as_str().ok_or_else(|| anyhow!("{discovery} names no token_endpoint"))?.to_string();
-
-    let body = match (&args.client_secret, args.device) {
-        (Some(secret), false) => {
-            let (ok, body) = post_form(
-                &http,
-                &token_endpoint,
-                &[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", &args.client_id),
-                    ("client_secret", secret),
-                    ("scope", &args.scope),
-                ],
-            )
-            .await?;
-            if !ok {
-                bail!("the issuer refused the client credentials: {}", oauth_error(&body));
-            }
-            body
-        }
-        _ => device_code(&http, &doc, &token_endpoint, &args).await?,
+/// The cache entry for a token response, and the token's lifetime in seconds.
+/// `previous_refresh_token` is the one just redeemed, if any: an issuer need not send a new
+/// refresh token on refresh (RFC 6749 §6), and then the old one stays valid.
+fn to_cache(
+    response: &CoreTokenResponse,
+    issuer: &str,
+    token_endpoint: &str,
+    client_id: &str,
+    scope: &str,
+    previous_refresh_token: Option<String>,
+) -> (CachedToken, i64) {
+    // Issuers that leave out expires_in are taken to give an hour, as before.
+    let expires_in = response.expires_in().map_or(3600, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let refresh_token = response.refresh_token().map(|t| t.secret().clone()).or(previous_refresh_token);
+    let token = CachedToken {
+        access_token: response.access_token().secret().clone(),
+        expires_at: chrono_now().saturating_add(expires_in),
+        issuer: issuer.to_string(),
+        refresh: refresh_token.map(|refresh_token| CachedRefresh {
+            refresh_token,
+            token_endpoint: token_endpoint.to_string(),
+            client_id: client_id.to_string(),
+            scope: scope.to_string(),
+        }),
     };
-    let access_token =
-        body["access_token"].as_str().ok_or_else(|| anyhow!("the issuer's answer has no access_token"))?;
-    let expires_in = body["expires_in"].as_i64().or_else(|| body["expires_in"].as_str()?.parse().ok()).unwrap_or(3600);
-    let path = save(&CachedToken {
-        access_token: access_token.to_string(),
-        expires_at: chrono_now() + expires_in,
-        issuer: args.issuer.clone(),
+    (token, expires_in)
+}
+
+pub async fn run(args: LoginArgs) -> anyhow::Result<()> {
+    let http = http_client()?;
+    let issuer_url =
+        IssuerUrl::new(args.issuer.clone()).with_context(|| format!("--issuer {} is not a URL", args.issuer))?;
+    let discovery = format!("{}/.well-known/openid-configuration", args.issuer.trim_end_matches('/'));
+    // Fetches the discovery document and the issuer's JWKS, and checks that the document
+    // names this issuer (OIDC Discovery §4.3).
+    let metadata = IssuerMetadata::discover_async(issuer_url, &http).await.map_err(|e| match e {
+        DiscoveryError::Request(e) => anyhow::Error::new(e).context(format!("cannot reach {discovery}")),
+        e => anyhow::Error::new(e).context(format!("OIDC discovery at {discovery} failed")),
     })?;
+    let token_endpoint =
+        metadata.token_endpoint().cloned().ok_or_else(|| anyhow!("{discovery} names no token_endpoint"))?;
+    let device_endpoint = metadata.additional_metadata().device_authorization_endpoint.clone();
+    let use_client_credentials = args.client_secret.is_some() && !args.device;
+    // The device-code grant is a public client's: the secret goes only with client credentials.
+    let secret = args.client_secret.clone().filter(|_| use_client_credentials).map(ClientSecret::new);
+    let client = CoreClient::from_provider_metadata(metadata, ClientId::new(args.client_id.clone()), secret)
+        .set_token_uri(token_endpoint.clone())
+        // client_id and client_secret in the form body (client_secret_post), as before;
+        // Entra ID takes both this and Basic.
+        .set_auth_type(AuthType::RequestBody)
+        // Ask for exactly --scope: no `openid` added (an ID token is of no use here).
+        .disable_openid_scope();
+
+    let response = if use_client_credentials {
+        client
+            .exchange_client_credentials()
+            .add_scopes(scopes(&args.scope))
+            .request_async(&http)
+            .await
+            .map_err(|e| token_error(e, token_endpoint.as_str(), "the issuer refused the client credentials"))?
+    } else {
+        device_code(&client, device_endpoint, &http, &args).await?
+    };
+    let (token, expires_in) =
+        to_cache(&response, &args.issuer, token_endpoint.as_str(), &args.client_id, &args.scope, None);
+    let path = save(&token)?;
     eprintln!("logged in; token cached in {} (valid for {} min)", path.display(), expires_in / 60);
     Ok(())
 }
 
 async fn device_code(
+    client: &DiscoveredClient,
+    device_endpoint: Option<DeviceAuthorizationUrl>,
     http: &reqwest::Client,
-    doc: &Value,
-    token_endpoint: &str,
     args: &LoginArgs,
-) -> anyhow::Result<Value> {
-    let endpoint = doc["device_authorization_endpoint"].as_str().ok_or_else(|| {
+) -> anyhow::Result<CoreTokenResponse> {
+    let device_endpoint = device_endpoint.ok_or_else(|| {
         anyhow!("the issuer offers no device-code grant; pass --client-secret for client credentials")
     })?;
-    let (ok, start) = post_form(http, endpoint, &[("client_id", &args.client_id), ("scope", &args.scope)]).await?;
-    if !ok {
-        bail!("the issuer refused the device-code request: {}", oauth_error(&start));
-    }
-    let device_code = start["device_code"].as_str().ok_or_else(|| anyhow!("no device_code in the issuer's answer"))?;
-    match start["message"].as_str() {
+    let endpoint = device_endpoint.as_str().to_string();
+    let client = client.clone().set_device_authorization_url(device_endpoint);
+    let start: DeviceAuthorizationResponse<DeviceMessage> = client
+        .exchange_device_code()
+        .add_scopes(scopes(&args.scope))
+        .request_async(http)
+        .await
+        .map_err(|e| token_error(e, &endpoint, "the issuer refused the device-code request"))?;
+    match &start.extra_fields().message {
         Some(m) => eprintln!("{m}"),
         None => eprintln!(
             "To sign in, open {} and enter the code {}",
-            start["verification_uri"].as_str().unwrap_or("the verification page"),
-            start["user_code"].as_str().unwrap_or("?")
+            start.verification_uri().as_str(),
+            start.user_code().secret()
         ),
     }
-    let mut interval = start["interval"].as_u64().unwrap_or(5).max(1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(start["expires_in"].as_u64().unwrap_or(900));
-    loop {
-        tokio::time::sleep(Duration::from_secs(interval)).await;
-        if std::time::Instant::now() > deadline {
-            bail!("the device code expired before sign-in completed");
-        }
-        let (ok, body) = post_form(
-            http,
-            token_endpoint,
-            &[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-                ("client_id", &args.client_id),
-                ("device_code", device_code),
-            ],
-        )
-        .await?;
-        if ok {
-            return Ok(body);
-        }
-        match body["error"].as_str() {
-            Some("authorization_pending") => {}
-            Some("slow_down") => interval += 5,
-            _ => bail!("sign-in failed: {}", oauth_error(&body)),
-        }
-    }
+    // openidconnect polls at the issuer's interval, waits 5 s longer after each slow_down and
+    // gives up when the device code expires; the floor of a second keeps an issuer that
+    // answers interval 0 from being polled in a busy loop.
+    client
+        .exchange_device_access_token(&start)
+        .request_async(http, |interval| tokio::time::sleep(interval.max(Duration::from_secs(1))), None)
+        .await
+        .map_err(|e| match e {
+            RequestTokenError::ServerResponse(e) if *e.error() == DeviceCodeErrorResponseType::ExpiredToken => {
+                anyhow!("the device code expired before sign-in completed")
+            }
+            e => token_error(e, client.token_uri().as_str(), "sign-in failed"),
+        })
+}
+
+/// The refresh_token grant with the cached refresh token; caches and returns the new token.
+async fn renew(issuer: &str, refresh: &CachedRefresh) -> anyhow::Result<String> {
+    let http = http_client()?;
+    let token_endpoint = TokenUrl::new(refresh.token_endpoint.clone())
+        .with_context(|| format!("the cached token endpoint {} is not a URL", refresh.token_endpoint))?;
+    let issuer_url =
+        IssuerUrl::new(issuer.to_string()).with_context(|| format!("the cached issuer {issuer} is not a URL"))?;
+    // No discovery, so no JWKS: nothing here verifies an ID token.
+    let client: CoreClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet> =
+        CoreClient::new(ClientId::new(refresh.client_id.clone()), issuer_url, JsonWebKeySet::default())
+            .set_token_uri(token_endpoint)
+            .set_auth_type(AuthType::RequestBody);
+    let refresh_token = RefreshToken::new(refresh.refresh_token.clone());
+    let response = client
+        .exchange_refresh_token(&refresh_token)
+        .add_scopes(scopes(&refresh.scope))
+        .request_async(&http)
+        .await
+        .map_err(|e| token_error(e, &refresh.token_endpoint, "the issuer refused the refresh token"))?;
+    let (token, _) = to_cache(
+        &response,
+        issuer,
+        &refresh.token_endpoint,
+        &refresh.client_id,
+        &refresh.scope,
+        Some(refresh.refresh_token.clone()),
+    );
+    save(&token)?;
+    Ok(token.access_token)
 }

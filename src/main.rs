@@ -153,12 +153,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Models { mut client, command } => {
-            // Without --token / LAKESCORE_TOKEN, the token `lakescore login` cached.
-            client.token = client.token.or_else(login::cached_token);
+            // Without --token / LAKESCORE_TOKEN, the token `lakescore login` cached (refreshed
+            // when it is about to expire and a refresh token is cached).
+            if client.token.is_none() {
+                client.token = login::current_token().await;
+            }
             client::run(&client, command).await
         }
         Command::Score(mut args) => {
-            args.token = args.token.or_else(login::cached_token);
+            if args.token.is_none() {
+                args.token = login::current_token().await;
+            }
             score::run(args).await
         }
         Command::Login(args) => login::run(args).await,

@@ -289,6 +289,10 @@ async fn login_caches_a_token_for_later_commands() {
         let mode = std::fs::metadata(&cached).expect("token cached").permissions().mode();
         assert_eq!(mode & 0o077, 0, "the cached token is private to the user");
     }
+    let read_cache = || -> Value {
+        serde_json::from_slice(&std::fs::read(&cached).expect("token cached")).expect("token cache is JSON")
+    };
+    assert!(read_cache()["refresh"].is_null(), "client credentials come without a refresh token");
     let (ok, out, err) = tokio::task::block_in_place(|| cli(&["models", "create", "from-app", "-o", "json"]));
     assert!(ok, "{err}");
     let created: Value = serde_json::from_str(&out).expect("json");
@@ -302,6 +306,44 @@ async fn login_caches_a_token_for_later_commands() {
     assert!(ok, "{err}");
     let created: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(created["created_by"], "person-1");
+
+    // The person's refresh token is cached; a token within a minute of expiry is renewed
+    // with it (rotated, as Entra ID does) before the command runs.
+    let device_cache = read_cache();
+    assert_eq!(device_cache["refresh"]["refresh_token"], "rt-1", "{device_cache}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let mut expiring = device_cache.clone();
+    expiring["expires_at"] = (now + 30).into();
+    std::fs::write(&cached, serde_json::to_vec(&expiring).expect("json")).expect("write cache");
+    let (ok, out, err) = tokio::task::block_in_place(|| cli(&["models", "create", "from-refreshed", "-o", "json"]));
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(created["created_by"], "person-1");
+    assert_eq!(issuer.refreshes(), 1);
+    let renewed = read_cache();
+    assert_eq!(renewed["refresh"]["refresh_token"], "rt-2", "the rotated refresh token replaces the old one");
+    assert!(renewed["expires_at"].as_i64().expect("expires_at") > now + 3000, "{renewed}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cached).expect("token cached").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the renewed token is private to the user too");
+    }
+    // Still valid: no second refresh.
+    let (ok, _, err) = tokio::task::block_in_place(|| cli(&["models", "list"]));
+    assert!(ok, "{err}");
+    assert_eq!(issuer.refreshes(), 1);
+
+    // A refresh token the issuer no longer honours: the command says so and goes on without
+    // a token (the server answers 401).
+    let mut expired = renewed.clone();
+    expired["expires_at"] = (now - 10).into();
+    expired["refresh"]["refresh_token"] = "rt-1".into();
+    std::fs::write(&cached, serde_json::to_vec(&expired).expect("json")).expect("write cache");
+    let (ok, _, err) = tokio::task::block_in_place(|| cli(&["models", "list"]));
+    assert!(!ok && err.contains("401"), "{err}");
+    assert!(err.contains("could not be refreshed") && err.contains("invalid_grant"), "{err}");
+    assert_eq!(issuer.refreshes(), 1);
     server.terminate();
 }
 

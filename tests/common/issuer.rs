@@ -1,6 +1,7 @@
 //! A real OIDC issuer for tests: discovery document and JWKS served over HTTP on port 0,
 //! RSA keys generated per run, tokens signed with them. It counts JWKS fetches and can be
-//! taken down or have its keys rotated.
+//! taken down or have its keys rotated. Its token endpoint serves the client-credentials,
+//! device-code and refresh-token grants (refresh tokens rotate on use, as Entra ID's do).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -58,6 +59,10 @@ struct IssuerState {
     down: AtomicBool,
     jwks_fetches: AtomicUsize,
     device_polls: AtomicUsize,
+    /// Refresh tokens issued and not yet redeemed.
+    refresh_tokens: Mutex<Vec<String>>,
+    refresh_tokens_issued: AtomicUsize,
+    refreshes: AtomicUsize,
 }
 
 /// The confidential client the test issuer knows (client-credentials grant).
@@ -79,6 +84,9 @@ impl Issuer {
             down: AtomicBool::new(false),
             jwks_fetches: AtomicUsize::new(0),
             device_polls: AtomicUsize::new(0),
+            refresh_tokens: Mutex::new(Vec::new()),
+            refresh_tokens_issued: AtomicUsize::new(0),
+            refreshes: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -95,6 +103,11 @@ impl Issuer {
 
     pub fn jwks_fetches(&self) -> usize {
         self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// Refresh-token grants answered with a new token.
+    pub fn refreshes(&self) -> usize {
+        self.state.refreshes.load(Ordering::SeqCst)
     }
 
     pub fn set_down(&self, down: bool) {
@@ -142,8 +155,14 @@ async fn discovery(State(s): State<Arc<IssuerState>>) -> Response {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let issuer = s.issuer.lock().expect("lock").clone();
+    // The members OIDC Discovery requires (openidconnect's `lakescore login` rejects a
+    // document without them), though this issuer has no authorization endpoint behind them.
     Json(json!({
         "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/authorize"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
         "jwks_uri": format!("{issuer}/jwks"),
         "token_endpoint": format!("{issuer}/token"),
         "device_authorization_endpoint": format!("{issuer}/devicecode"),
@@ -157,8 +176,10 @@ fn oauth_error(status: StatusCode, error: &str) -> Response {
     (status, Json(json!({"error": error, "error_description": format!("test issuer: {error}")}))).into_response()
 }
 
-/// Client credentials for `CLIENT_ID`/`CLIENT_SECRET` (a writer app), and the device-code
-/// grant for device code `dc-1`, which is pending on the first poll and then signed in.
+/// Client credentials for `CLIENT_ID`/`CLIENT_SECRET` (a writer app, no refresh token: RFC
+/// 6749 §4.4.3), the device-code grant for device code `dc-1`, which is pending on the first
+/// poll and then signed in with a refresh token, and the refresh-token grant for `CLIENT_ID`
+/// with an unredeemed refresh token (answered with a new one).
 async fn token_endpoint(State(s): State<Arc<IssuerState>>, axum::Form(form): Form) -> Response {
     let issuer = s.issuer.lock().expect("lock").clone();
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
@@ -172,11 +193,32 @@ async fn token_endpoint(State(s): State<Arc<IssuerState>>, axum::Form(form): For
             if s.device_polls.fetch_add(1, Ordering::SeqCst) == 0 {
                 return oauth_error(StatusCode::BAD_REQUEST, "authorization_pending");
             }
-            let t = sign(&issuer, 0, json!({"oid": "person-1", "roles": ["LakeScore.Write"]}));
-            Json(json!({"access_token": t, "token_type": "Bearer", "expires_in": 3599})).into_response()
+            person_token(&s, &issuer)
+        }
+        "refresh_token" if field("client_id") == CLIENT_ID => {
+            let redeemed = {
+                let mut live = s.refresh_tokens.lock().expect("lock");
+                let before = live.len();
+                live.retain(|t| t != field("refresh_token"));
+                live.len() < before
+            };
+            if !redeemed {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            s.refreshes.fetch_add(1, Ordering::SeqCst);
+            person_token(&s, &issuer)
         }
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
+}
+
+/// A signed-in person's token with a fresh refresh token.
+fn person_token(s: &IssuerState, issuer: &str) -> Response {
+    let t = sign(issuer, 0, json!({"oid": "person-1", "roles": ["LakeScore.Write"]}));
+    let refresh_token = format!("rt-{}", s.refresh_tokens_issued.fetch_add(1, Ordering::SeqCst) + 1);
+    s.refresh_tokens.lock().expect("lock").push(refresh_token.clone());
+    Json(json!({"access_token": t, "token_type": "Bearer", "expires_in": 3599, "refresh_token": refresh_token}))
+        .into_response()
 }
 
 async fn device_endpoint(State(s): State<Arc<IssuerState>>, axum::Form(_form): Form) -> Response {
