@@ -2,18 +2,17 @@
 
 use sqlx::Row;
 
-use super::{model_not_found, now, Access, Grant, Permission, Store};
+use super::{model_not_found, now, placeholders, Access, Grant, Permission, Store};
 use crate::error::{RegistryError, Result};
 
 impl Store {
     /// What `subject` / `principals` may do with `model` by ownership and grants (global
     /// roles are the caller's business). Errors with 404 when the model does not exist.
     pub async fn model_access(&self, model: &str, subject: &str, principals: &[String]) -> Result<Access> {
-        let placeholders: Vec<String> = (0..principals.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
             "SELECT m.created_by, (SELECT MAX(CASE g.permission WHEN 'write' THEN 2 ELSE 1 END) FROM model_grants g \
              WHERE g.model_id = m.id AND g.principal IN ({})) FROM models m WHERE m.name = $1",
-            if placeholders.is_empty() { "NULL".to_string() } else { placeholders.join(", ") }
+            if principals.is_empty() { "NULL".to_string() } else { placeholders(2, principals.len()) }
         );
         let mut q = sqlx::query(&sql).bind(model);
         for p in principals {

@@ -5,6 +5,8 @@ mod aliases;
 mod audit;
 mod grants;
 mod models;
+#[cfg(test)]
+mod tests;
 mod types;
 mod versions;
 
@@ -28,12 +30,19 @@ pub enum DatabaseKind {
     Postgres,
 }
 
+/// The registry's metadata database: a connection pool and the queries of `db`'s submodules.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     kind: DatabaseKind,
+    /// Connections the pool has handed out: one per statement run on the pool, one per
+    /// transaction. Counted by the pool's hooks, so no query can slip past it; tests read
+    /// it to show that a listing's round trips do not grow with the page.
+    #[cfg(test)]
+    checkouts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// The current time as stored in the database: RFC 3339, UTC, milliseconds.
 pub fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -61,11 +70,18 @@ impl Store {
                 }
             }
         }
-        let pool = AnyPoolOptions::new()
+        #[cfg(test)]
+        let checkouts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        #[cfg(test)]
+        let counted = checkouts.clone();
+        let options = AnyPoolOptions::new()
             .max_connections(if kind == DatabaseKind::Sqlite { max_connections.min(8) } else { max_connections })
             // Also how long a request waits for an unreachable database before its 503.
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
+                // A new connection goes straight to its caller, without `before_acquire`.
+                #[cfg(test)]
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let timeout_ms = statement_timeout.as_millis();
                 Box::pin(async move {
                     match kind {
@@ -83,7 +99,16 @@ impl Store {
                     }
                     Ok(())
                 })
+            });
+        #[cfg(test)]
+        let options = {
+            let counted = checkouts.clone();
+            options.before_acquire(move |_conn, _meta| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Box::pin(async { Ok(true) })
             })
+        };
+        let pool = options
             .connect(url)
             .await
             .map_err(|e| RegistryError::Unavailable(format!("cannot open database {}: {e}", redact_url(url))))?;
@@ -92,7 +117,18 @@ impl Store {
             DatabaseKind::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&pool).await.map_err(|e| RegistryError::Unavailable(format!("database migration failed: {e}")))?;
-        Ok(Self { pool, kind })
+        Ok(Self {
+            pool,
+            kind,
+            #[cfg(test)]
+            checkouts,
+        })
+    }
+
+    /// How many connections the pool has handed out so far (see the field).
+    #[cfg(test)]
+    fn checkouts(&self) -> usize {
+        self.checkouts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn kind(&self) -> DatabaseKind {
@@ -107,6 +143,12 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// `$first, $first+1, …`, `n` parameters for an `IN (…)` list: the `Any` driver binds no
+/// arrays, so `= ANY($1)` (PostgreSQL only) is out, and a spelled-out list works on both.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 fn model_not_found(name: &str) -> RegistryError {

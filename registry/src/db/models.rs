@@ -1,11 +1,11 @@
 //! Models and their tags: create, get, list with filters, update, delete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{model_not_found, now, Model, Page, Store, Tags};
+use super::{model_not_found, now, placeholders, Model, Page, Store, Tags};
 use crate::error::{RegistryError, Result};
 use crate::filter::{Clause, Field, Op};
 
@@ -65,36 +65,47 @@ impl Store {
         models.pop().ok_or_else(|| model_not_found(name))
     }
 
+    /// Builds models from `get_model` / `list_models` rows, reading the tags and the aliases
+    /// of the whole page in one query each: two round trips however long the page.
     async fn models_from_rows(&self, rows: Vec<AnyRow>) -> Result<Vec<Model>> {
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.try_get(0)?;
-            let tags = sqlx::query("SELECT key, value FROM model_tags WHERE model_id = $1")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-                .collect::<Result<Tags>>()?;
-            let aliases = sqlx::query("SELECT alias, version FROM aliases WHERE model_id = $1")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
-                .collect::<Result<BTreeMap<_, _>>>()?;
-            out.push(Model {
-                name: row.try_get(1)?,
-                description: row.try_get(2)?,
-                tags,
-                created_at: row.try_get(3)?,
-                updated_at: row.try_get(4)?,
-                created_by: row.try_get(5)?,
-                latest_version: row.try_get(6)?,
-                aliases,
-            });
+        let ids = rows.iter().map(|r| r.try_get::<i64, _>(0)).collect::<Result<Vec<_>, _>>()?;
+        let mut tags: HashMap<i64, Tags> = HashMap::new();
+        let mut aliases: HashMap<i64, BTreeMap<String, i64>> = HashMap::new();
+        // An empty `IN ()` is a syntax error, and an empty page has nothing to look up.
+        if !ids.is_empty() {
+            let list = placeholders(1, ids.len());
+            let sql = format!("SELECT model_id, key, value FROM model_tags WHERE model_id IN ({list})");
+            let mut q = sqlx::query(&sql);
+            for id in &ids {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                tags.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
+            }
+            let sql = format!("SELECT model_id, alias, version FROM aliases WHERE model_id IN ({list})");
+            let mut q = sqlx::query(&sql);
+            for id in &ids {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                aliases.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
+            }
         }
-        Ok(out)
+        rows.into_iter()
+            .zip(ids)
+            .map(|(row, id)| {
+                Ok(Model {
+                    name: row.try_get(1)?,
+                    description: row.try_get(2)?,
+                    tags: tags.remove(&id).unwrap_or_default(),
+                    created_at: row.try_get(3)?,
+                    updated_at: row.try_get(4)?,
+                    created_by: row.try_get(5)?,
+                    latest_version: row.try_get(6)?,
+                    aliases: aliases.remove(&id).unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 
     /// Models matching `filter`, ordered by name; the page token is the last name returned.

@@ -1,9 +1,13 @@
 //! Model versions: insert under the model's counter, get, list, update, archive, resolve.
 
+use std::collections::{BTreeSet, HashMap};
+
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{model_not_found, now, version_not_found, ModelVersion, NewVersion, Page, Store, Tags, VersionStatus};
+use super::{
+    model_not_found, now, placeholders, version_not_found, ModelVersion, NewVersion, Page, Store, Tags, VersionStatus,
+};
 use crate::error::{RegistryError, Result};
 use crate::reference::ModelRef;
 
@@ -52,19 +56,38 @@ impl Store {
     const VERSION_COLUMNS: &'static str = "m.name, v.version, v.sha256, v.size, v.created_at, v.created_by, \
          v.description, v.tags, v.status, v.signature, v.model_id, v.backends";
 
+    /// Builds versions from `VERSION_COLUMNS` rows, reading the aliases of the whole page in
+    /// one query: one round trip however long the page.
     async fn versions_from_rows(&self, rows: Vec<AnyRow>) -> Result<Vec<ModelVersion>> {
+        let keys = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<i64, _>(10)?, r.try_get::<i64, _>(1)?)))
+            .collect::<Result<Vec<(i64, i64)>>>()?;
+        let mut aliases: HashMap<(i64, i64), Vec<String>> = HashMap::new();
+        // An empty `IN ()` is a syntax error, and an empty page has nothing to look up.
+        if !keys.is_empty() {
+            // Two lists instead of row values, which SQLite and PostgreSQL spell alike only
+            // in recent versions; rows of other (model, version) pairs are just not used.
+            let ids: BTreeSet<i64> = keys.iter().map(|k| k.0).collect();
+            let versions: BTreeSet<i64> = keys.iter().map(|k| k.1).collect();
+            let sql = format!(
+                "SELECT model_id, version, alias FROM aliases WHERE model_id IN ({}) AND version IN ({}) ORDER BY alias",
+                placeholders(1, ids.len()),
+                placeholders(ids.len() + 1, versions.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for v in ids.iter().chain(&versions) {
+                q = q.bind(*v);
+            }
+            // In the database's alias order, as each version's list was read before.
+            for r in q.fetch_all(&self.pool).await? {
+                aliases.entry((r.try_get(0)?, r.try_get(1)?)).or_default().push(r.try_get(2)?);
+            }
+        }
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let version: i64 = row.try_get(1)?;
-            let model_id: i64 = row.try_get(10)?;
-            let aliases = sqlx::query("SELECT alias FROM aliases WHERE model_id = $1 AND version = $2 ORDER BY alias")
-                .bind(model_id)
-                .bind(version)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
+        for (row, key) in rows.into_iter().zip(keys) {
+            let version = key.1;
+            let aliases = aliases.remove(&key).unwrap_or_default();
             let tags: String = row.try_get(7)?;
             let status: String = row.try_get(8)?;
             let signature: String = row.try_get(9)?;
@@ -116,7 +139,7 @@ impl Store {
         after: Option<i64>,
     ) -> Result<Page<ModelVersion>> {
         let id = self.model_id(model).await?;
-        let rows = sqlx::query(&format!(
+        let mut rows = sqlx::query(&format!(
             "SELECT {} FROM model_versions v JOIN models m ON m.id = v.model_id \
              WHERE v.model_id = $1 AND v.version > $2 AND ($3 = '' OR v.status = $3) ORDER BY v.version LIMIT {}",
             Self::VERSION_COLUMNS,
@@ -127,9 +150,9 @@ impl Store {
         .bind(status.map_or("", VersionStatus::as_str))
         .fetch_all(&self.pool)
         .await?;
-        let mut items = self.versions_from_rows(rows).await?;
-        let more = items.len() as i64 > page_size;
-        items.truncate(page_size as usize);
+        let more = rows.len() as i64 > page_size;
+        rows.truncate(page_size as usize);
+        let items = self.versions_from_rows(rows).await?;
         let next_page_token = if more { items.last().map(|v| v.version.to_string()) } else { None };
         Ok(Page { items, next_page_token })
     }
