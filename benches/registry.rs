@@ -1,10 +1,10 @@
-//! Registry throughput: `GET /api/v1/resolve/{ref}` and 10 MB model uploads at concurrency
-//! 32, against an in-process server on SQLite (or PostgreSQL with
+//! Registry throughput: `GET /api/v1/resolve/{ref}`, listing 1,000 models and 10 MB model
+//! uploads at concurrency 32, against an in-process server on SQLite (or PostgreSQL with
 //! `LAKESCORE_BENCH_POSTGRES_URL`). Baselines in the same process: `GET /healthz` (the HTTP
-//! floor) for resolve, and writing the same bytes straight to local files for uploads.
+//! floor) for resolve and listing, and writing the same bytes straight to local files for uploads.
 //!
 //!     cargo bench --bench registry
-//!     LAKESCORE_BENCH_RESOLVES=50000 LAKESCORE_BENCH_UPLOADS=256 cargo bench --bench registry
+//!     LAKESCORE_BENCH_RESOLVES=50000 LAKESCORE_BENCH_LISTS=1000 LAKESCORE_BENCH_UPLOADS=256 cargo bench --bench registry
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,8 @@ mod issuer;
 use big_model::model_of_10mb;
 
 const CONCURRENCY: usize = 32;
+/// Models listed in one page: the API's largest `page_size`.
+const LISTED_MODELS: usize = 1000;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -72,6 +74,7 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() {
     let resolves = env_usize("LAKESCORE_BENCH_RESOLVES", 20_000);
+    let lists = env_usize("LAKESCORE_BENCH_LISTS", 200);
     let uploads = env_usize("LAKESCORE_BENCH_UPLOADS", 128);
     let data = tempfile::tempdir().expect("temp dir");
     let mut config = RegistryConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
@@ -113,6 +116,25 @@ async fn main() {
     };
     let healthz = drive(resolves, |_| get(format!("{base}/healthz"))).await;
     let resolve = drive(resolves, |_| get(format!("{base}/api/v1/resolve/bench@champion"))).await;
+
+    // Listing: a full page of models, each with two tags (besides "bench", which sorts after them).
+    drive(LISTED_MODELS, |i| {
+        let req = http.post(format!("{base}/api/v1/models")).json(&serde_json::json!({
+            "name": format!("a-listed-{i:04}"),
+            "tags": {"team": format!("team-{}", i % 7), "stage": "prod"},
+        }));
+        async move {
+            assert_eq!(req.send().await.expect("create").status(), 201);
+        }
+    })
+    .await;
+    let list_url = format!("{base}/api/v1/models?page_size={LISTED_MODELS}");
+    let page: serde_json::Value = http.get(&list_url).send().await.expect("list").json().await.expect("json");
+    assert_eq!(page["models"].as_array().map(Vec::len), Some(LISTED_MODELS), "one full page");
+    let list = drive(lists, |_| get(list_url.clone())).await;
+    // Baseline: the same query and handler for a page of one, so the ratio is what the
+    // other 999 models cost.
+    let list_one = drive(lists, |_| get(format!("{base}/api/v1/models?page_size=1"))).await;
 
     // Baseline for uploads: the same bytes written to local files, same concurrency.
     let raw_dir = data.path().join("raw");
@@ -202,6 +224,12 @@ async fn main() {
     };
     row("GET /healthz (baseline)", &healthz, "1.00".into());
     row("GET /api/v1/resolve/bench@champion", &resolve, format!("{:.2}", resolve.per_sec() / healthz.per_sec()));
+    row("GET /api/v1/models?page_size=1 (baseline)", &list_one, "1.00".into());
+    row(
+        &format!("GET /api/v1/models?page_size={LISTED_MODELS}"),
+        &list,
+        format!("{:.3}", list.per_sec() / list_one.per_sec()),
+    );
     row("GET /api/v1/resolve/bench:1 (no auth, baseline)", &resolve_anon, "1.00".into());
     row(
         "GET /api/v1/resolve/bench:1 (bearer token)",
@@ -210,6 +238,12 @@ async fn main() {
     );
     row(&format!("write {mb:.1} MB file (baseline)"), &disk, "1.00".into());
     row(&format!("POST {mb:.1} MB version"), &upload, format!("{:.2}", upload.per_sec() / disk.per_sec()));
+    println!(
+        "listing: {:.0} models/s in pages of {LISTED_MODELS} ({:.1} µs per model), {:.0} in pages of 1",
+        list.per_sec() * LISTED_MODELS as f64,
+        1e6 / (list.per_sec() * LISTED_MODELS as f64),
+        list_one.per_sec()
+    );
     println!("upload throughput: {:.1} MB/s (disk baseline {:.1} MB/s)", upload.per_sec() * mb, disk.per_sec() * mb);
     println!(
         "token validation adds {} ms at p50 and {} ms at p99 per resolve",

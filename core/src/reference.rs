@@ -50,7 +50,7 @@ impl ModelRef {
         }
         let (name, selector) = if let Some((name, alias)) = reference.split_once('@') {
             if !is_valid_alias(alias) {
-                return Err(bad("alias must match [a-z][a-z0-9_-]{0,63}"));
+                return Err(bad("invalid alias (it must match [a-z][a-z0-9_-]{0,63})"));
             }
             (name, VersionSelector::Alias(alias.to_string()))
         } else if let Some((name, version)) = reference.split_once(':') {
@@ -62,7 +62,7 @@ impl ModelRef {
             (reference, VersionSelector::Latest)
         };
         if !is_valid_name(name) {
-            return Err(bad("name must match [a-z0-9][a-z0-9._-]{0,127}"));
+            return Err(bad("invalid model name (it must match [a-z0-9][a-z0-9._-]{0,127})"));
         }
         Ok(Self { name: name.to_string(), selector })
     }
@@ -191,6 +191,15 @@ mod tests {
         assert!(ModelRef::parse(&"a".repeat(129)).is_err());
         assert!(ModelRef::parse(&format!("a@{}", "b".repeat(64))).is_ok());
         assert!(ModelRef::parse(&format!("a@{}", "b".repeat(65))).is_err());
+    }
+
+    /// Each refusal names what is wrong, in the words the APIs have always used.
+    #[test]
+    fn refusals_say_why() {
+        let why = |r: &str| ModelRef::parse(r).unwrap_err().to_string();
+        assert!(why("Fraud").contains("invalid model name"), "{}", why("Fraud"));
+        assert!(why("fraud:zero").contains("not a version number"), "{}", why("fraud:zero"));
+        assert!(why("fraud@Champion").contains("invalid alias"), "{}", why("fraud@Champion"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod mapping;
 
 pub mod scorer;
 pub mod server;
-pub mod service;
+pub mod flight;
 pub mod source;
 pub mod storage;
 
@@ -27,6 +27,6 @@ pub use error::ScoreError;
 pub use lakescore_proto as proto;
 pub use scorer::{ResolvedModel, Scorer};
 pub use server::{serve, serve_scorer, serve_service};
-pub use service::{FlightServer, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET, ACTION_WARM};
+pub use flight::{FlightServer, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET, ACTION_WARM};
 pub use source::{Credentials, DirModelSource, GrpcModelSource, HttpModelSource, ModelSource, ModelVersion};
 pub use storage::{OutputSummary, MANIFEST_NAME};

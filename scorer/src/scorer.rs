@@ -276,7 +276,7 @@ impl Scorer {
         if cmd.output.is_empty() {
             return Err(ScoreError::invalid("the score command has no output (a storage URL prefix)"));
         }
-        self.storage.resolve(&cmd.output, "output")
+        self.storage.locate(&cmd.output, "output")
     }
 
     /// The Parquet files of `cmd.input`.
@@ -284,7 +284,7 @@ impl Scorer {
         if cmd.input.is_empty() {
             return Err(ScoreError::invalid("the score command has no input (a storage URL of Parquet files)"));
         }
-        let loc = self.storage.resolve(&cmd.input, "input")?;
+        let loc = self.storage.locate(&cmd.input, "input")?;
         let files = self.storage.list_parquet(&loc).await?;
         Ok((loc, files))
     }

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::ScorerConfig;
 use crate::error::{Result, ScoreError};
 use crate::scorer::Scorer;
-use crate::service::ScorerService;
+use crate::flight::ScorerService;
 
 /// Build the scorer from `config` (loading ONNX Runtime, connecting the model source) and
 /// serve Arrow Flight on `listener` until `shutdown` completes.

@@ -107,8 +107,9 @@ impl Storage {
         self.roots.iter().any(|root| s.starts_with(root.as_str()) || s == root.trim_end_matches('/'))
     }
 
-    /// Resolve a storage URL (or an absolute local path). `what` names the field in errors.
-    pub fn resolve(&self, raw: &str, what: &str) -> Result<Location> {
+    /// The location of a storage URL (or an absolute local path) inside the allowed roots.
+    /// `what` names the field in errors.
+    pub fn locate(&self, raw: &str, what: &str) -> Result<Location> {
         let url = parse_storage_url(raw).map_err(|e| e.context(what))?;
         if url.path().split('/').any(|seg| seg == ".." || seg == "%2e%2e" || seg == "%2E%2E") {
             return Err(ScoreError::InvalidArgument(format!("{what}: '..' is not allowed in {url}")));
@@ -513,12 +514,12 @@ mod tests {
     #[test]
     fn enforces_roots_and_refuses_dot_dot() {
         let s = Storage::new(&["file:///data/lake".to_string()], StoreOptions::default()).unwrap();
-        assert!(s.resolve("file:///data/lake/x.parquet", "input").is_ok());
-        assert!(s.resolve("/data/lake/sub/", "input").is_ok());
-        assert!(matches!(s.resolve("file:///data/lakehouse/x", "input"), Err(ScoreError::PermissionDenied(_))));
+        assert!(s.locate("file:///data/lake/x.parquet", "input").is_ok());
+        assert!(s.locate("/data/lake/sub/", "input").is_ok());
+        assert!(matches!(s.locate("file:///data/lakehouse/x", "input"), Err(ScoreError::PermissionDenied(_))));
         // Normalized by the URL parser, then refused as outside the root.
-        assert!(s.resolve("file:///data/lake/../etc/passwd", "input").is_err());
-        assert!(matches!(s.resolve("relative/path", "output"), Err(ScoreError::InvalidArgument(_))));
+        assert!(s.locate("file:///data/lake/../etc/passwd", "input").is_err());
+        assert!(matches!(s.locate("relative/path", "output"), Err(ScoreError::InvalidArgument(_))));
         assert!(valid_job_id("a-b_C9"));
         assert!(!valid_job_id("../x"));
     }
@@ -538,7 +539,7 @@ mod tests {
             engine: "ort".into(),
         };
 
-        let mut w = JobWriter::new(storage.resolve(&out, "output").unwrap(), "job1".into(), schema.clone(), 10, 4);
+        let mut w = JobWriter::new(storage.locate(&out, "output").unwrap(), "job1".into(), schema.clone(), 10, 4);
         w.write(&batch).await.unwrap();
         let summary = w.finish(&model).await.unwrap();
         assert_eq!(summary.rows, 25);
@@ -547,12 +548,12 @@ mod tests {
         assert!(dir.path().join("out/part-job1-00002.parquet").is_file());
 
         // Reusing a job id does not clobber.
-        let mut w = JobWriter::new(storage.resolve(&out, "output").unwrap(), "job1".into(), schema.clone(), 10, 4);
+        let mut w = JobWriter::new(storage.locate(&out, "output").unwrap(), "job1".into(), schema.clone(), 10, 4);
         assert!(matches!(w.write(&batch).await, Err(ScoreError::FailedPrecondition(_))));
 
         // An aborted job leaves neither files nor a manifest.
         let out2 = format!("{}/out2/", dir.path().display());
-        let mut w = JobWriter::new(storage.resolve(&out2, "output").unwrap(), "job2".into(), schema, 10, 4);
+        let mut w = JobWriter::new(storage.locate(&out2, "output").unwrap(), "job2".into(), schema, 10, 4);
         w.write(&batch).await.unwrap();
         w.abort().await;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -561,7 +562,7 @@ mod tests {
             .unwrap_or_default();
         assert!(left.is_empty(), "{left:?}");
 
-        let files = storage.list_parquet(&storage.resolve(&out, "input").unwrap()).await.unwrap();
+        let files = storage.list_parquet(&storage.locate(&out, "input").unwrap()).await.unwrap();
         assert_eq!(files.len(), 3);
     }
 }

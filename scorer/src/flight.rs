@@ -404,7 +404,7 @@ impl FlightService for ScorerService {
             .map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: {e}")))?;
         let cmd = ticket.command.ok_or_else(|| ScoreError::invalid("invalid ticket: no score command"))?;
         let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
-        let loc = self.scorer.storage().resolve(&ticket.file, "ticket file")?;
+        let loc = self.scorer.storage().locate(&ticket.file, "ticket file")?;
         let meta =
             loc.store.head(&loc.path).await.map_err(|e| ScoreError::from_store(e, format!("input {}", loc.url)))?;
         let row_groups =

@@ -1,0 +1,227 @@
+//! Listing loads tags and aliases per page, not per row: round trips and results.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{DatabaseKind, Model, NewVersion, Store, Tags, VersionStatus};
+use lakescore_core::wire::Signature;
+
+/// What listing a seeded model must give: name, tags, latest version, aliases.
+type Expected = (String, Tags, Option<i64>, BTreeMap<String, i64>);
+
+/// The databases to run each test on: SQLite, and PostgreSQL where
+/// `LAKESCORE_TEST_POSTGRES_URL` names a server (scripts/test always sets it).
+fn databases() -> Vec<DatabaseKind> {
+    if std::env::var_os("LAKESCORE_TEST_POSTGRES_URL").is_some() {
+        vec![DatabaseKind::Sqlite, DatabaseKind::Postgres]
+    } else {
+        assert!(std::env::var_os("LAKESCORE_TEST_STRICT").is_none(), "LAKESCORE_TEST_POSTGRES_URL is not set");
+        vec![DatabaseKind::Sqlite]
+    }
+}
+
+/// A store on a fresh, empty database (the directory holds the SQLite file).
+async fn store(kind: DatabaseKind) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = match kind {
+        DatabaseKind::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("registry.db").display()),
+        DatabaseKind::Postgres => {
+            use sqlx::Connection;
+            let url = std::env::var("LAKESCORE_TEST_POSTGRES_URL").expect("LAKESCORE_TEST_POSTGRES_URL");
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect to the test PostgreSQL");
+            let name = format!("lakescore_t_{}", uuid::Uuid::new_v4().simple());
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+            let mut parsed = url::Url::parse(&url).expect("postgres URL");
+            parsed.set_path(&format!("/{name}"));
+            parsed.to_string()
+        }
+    };
+    let store = Store::connect(&url, 4, Duration::from_secs(5)).await.expect("connect");
+    (dir, store)
+}
+
+fn signature() -> Signature {
+    Signature {
+        ir_version: 8,
+        producer_name: "test".into(),
+        producer_version: String::new(),
+        graph_name: "g".into(),
+        opset_imports: Vec::new(),
+        uses_ai_onnx_ml: false,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        metadata: BTreeMap::new(),
+    }
+}
+
+async fn add_version(store: &Store, model: &str, n: u32) -> i64 {
+    let (sig, backends, tags) = (signature(), BTreeMap::new(), Tags::from([("n".to_string(), n.to_string())]));
+    let new = NewVersion {
+        sha256: &format!("{model}-{n}"),
+        size: 1,
+        created_by: "alice",
+        description: "",
+        tags: &tags,
+        signature: &sig,
+        backends: &backends,
+    };
+    store.insert_version(model, new).await.expect("insert version").version
+}
+
+/// Models `m0000`…: every one has tags; even ones have versions 1 and 2 with aliases
+/// (`a`, `b` → 1; `c` → 2); every fourth has version 2 archived, so its latest is 1.
+/// Returns what listing them must give, in listing order.
+async fn seed_models(store: &Store, count: usize) -> Vec<Expected> {
+    let mut expected = Vec::new();
+    for i in 0..count {
+        let name = format!("m{i:04}");
+        let tags = Tags::from([("team".to_string(), format!("t{}", i % 3)), ("idx".to_string(), i.to_string())]);
+        store.create_model(&name, "", &tags, "alice").await.expect("create");
+        let (mut latest, mut aliases) = (None, BTreeMap::new());
+        if i % 2 == 0 {
+            add_version(store, &name, 1).await;
+            add_version(store, &name, 2).await;
+            for (alias, v) in [("a", 1), ("b", 1), ("c", 2)] {
+                store.set_alias(&name, alias, v).await.expect("alias");
+                aliases.insert(alias.to_string(), v);
+            }
+            latest = Some(2);
+            if i % 4 == 0 {
+                store.archive_version(&name, 2).await.expect("archive");
+                aliases.remove("c");
+                latest = Some(1);
+            }
+        }
+        expected.push((name, tags, latest, aliases));
+    }
+    expected
+}
+
+fn assert_models(got: &[Model], expected: &[Expected]) {
+    assert_eq!(got.len(), expected.len());
+    for (m, (name, tags, latest, aliases)) in got.iter().zip(expected) {
+        assert_eq!(&m.name, name);
+        assert_eq!(&m.tags, tags, "{name}");
+        assert_eq!(&m.latest_version, latest, "{name}");
+        assert_eq!(&m.aliases, aliases, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn listing_models_takes_the_same_round_trips_for_10_and_1000() {
+    for kind in databases() {
+        let mut checkouts = Vec::new();
+        for count in [10, 1000] {
+            let (_dir, store) = store(kind).await;
+            let expected = seed_models(&store, count).await;
+            let before = store.checkouts();
+            let page = store.list_models(&[], None, 1000, None).await.expect("list");
+            checkouts.push(store.checkouts() - before);
+            assert_models(&page.items, &expected);
+            assert_eq!(page.next_page_token, None);
+        }
+        // The page's rows, then tags and aliases for the whole page.
+        assert_eq!(checkouts, [3, 3], "round trips listing 10 and 1,000 models on {kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn listing_models_pages_and_filters_as_before() {
+    for kind in databases() {
+        listing_models_pages_and_filters_as_before_on(kind).await;
+    }
+}
+
+async fn listing_models_pages_and_filters_as_before_on(kind: DatabaseKind) {
+    let (_dir, store) = store(kind).await;
+    let expected = seed_models(&store, 10).await;
+    let (mut listed, mut after, mut tokens) = (Vec::new(), None, Vec::new());
+    loop {
+        let page = store.list_models(&[], None, 3, after.as_deref()).await.expect("list");
+        listed.extend(page.items);
+        match page.next_page_token {
+            Some(token) => {
+                tokens.push(token.clone());
+                after = Some(token);
+            }
+            None => break,
+        }
+    }
+    assert_models(&listed, &expected);
+    assert_eq!(tokens, ["m0002", "m0005", "m0008"]);
+    // Filtered and visibility-restricted lists carry the same tags and aliases.
+    let filter = crate::filter::parse("tags.team = 't1'").expect("filter");
+    let alice = ["user:alice".to_string()];
+    let page = store.list_models(&filter, Some(("alice", &alice)), 1000, None).await.expect("list");
+    let t1: Vec<_> = expected.iter().filter(|(_, tags, ..)| tags["team"] == "t1").cloned().collect();
+    assert_models(&page.items, &t1);
+    let bob = ["user:bob".to_string()];
+    assert!(store.list_models(&[], Some(("bob", &bob)), 1000, None).await.expect("list").items.is_empty());
+    // One model alone reads the same as in the list.
+    let one = store.get_model("m0004").await.expect("get");
+    assert_models(&[one], &expected[4..5]);
+}
+
+#[tokio::test]
+async fn listing_versions_takes_the_same_round_trips_for_10_and_1000() {
+    for kind in databases() {
+        listing_versions_takes_the_same_round_trips_for_10_and_1000_on(kind).await;
+    }
+}
+
+async fn listing_versions_takes_the_same_round_trips_for_10_and_1000_on(kind: DatabaseKind) {
+    let (_dir, store) = store(kind).await;
+    let mut checkouts = Vec::new();
+    for (model, count) in [("small", 10), ("large", 1000)] {
+        store.create_model(model, "", &Tags::new(), "alice").await.expect("create");
+        for n in 1..=count {
+            add_version(&store, model, n).await;
+        }
+        // Aliases on every seventh version; every third ready version carries two.
+        let mut aliases = BTreeMap::<i64, Vec<String>>::new();
+        for v in (1..=count as i64).step_by(7) {
+            store.set_alias(model, &format!("z{v}"), v).await.expect("alias");
+            aliases.entry(v).or_default().push(format!("z{v}"));
+            if v % 3 == 0 {
+                store.set_alias(model, &format!("a{v}"), v).await.expect("alias");
+                aliases.entry(v).or_default().insert(0, format!("a{v}"));
+            }
+        }
+        store.archive_version(model, 8).await.ok();
+        aliases.remove(&8);
+        let before = store.checkouts();
+        let page = store.list_versions(model, None, 1000, None).await.expect("list");
+        checkouts.push(store.checkouts() - before);
+        assert_eq!(page.items.len(), count as usize);
+        assert_eq!(page.next_page_token, None);
+        for (i, v) in page.items.iter().enumerate() {
+            assert_eq!(v.model, model);
+            assert_eq!(v.version, i as i64 + 1);
+            assert_eq!(v.tags["n"], v.version.to_string());
+            assert_eq!(v.aliases, aliases.get(&v.version).cloned().unwrap_or_default(), "{model}:{}", v.version);
+            let status = if v.version == 8 { VersionStatus::Archived } else { VersionStatus::Ready };
+            assert_eq!(v.status, status);
+        }
+    }
+    // The model's id, the page's rows, then aliases for the whole page.
+    assert_eq!(checkouts, [3, 3], "round trips listing 10 and 1,000 versions on {kind:?}");
+
+    // Pages of 4 over the small model, archived ones filtered out, aliases as on one version.
+    let (mut listed, mut after, mut tokens) = (Vec::new(), None, Vec::new());
+    loop {
+        let page = store.list_versions("small", Some(VersionStatus::Ready), 4, after).await.expect("list");
+        listed.extend(page.items);
+        match page.next_page_token {
+            Some(token) => {
+                after = Some(token.parse().expect("token"));
+                tokens.push(token);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(listed.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7, 9, 10]);
+    assert_eq!(tokens, ["4", "9"]);
+    for v in &listed {
+        assert_eq!(v.aliases, store.get_version("small", v.version).await.expect("get").aliases);
+    }
+}
