@@ -56,7 +56,9 @@ impl ModelRef {
         } else if let Some((name, version)) = reference.split_once(':') {
             (
                 name,
-                VersionSelector::Version(parse_version(version).map_err(|_| bad("version must be an integer from 1"))?),
+                VersionSelector::Version(
+                    parse_version(version).map_err(|_| bad("not a version number (an integer from 1)"))?,
+                ),
             )
         } else {
             (reference, VersionSelector::Latest)

@@ -14,9 +14,9 @@ pub mod error;
 pub mod flight_input;
 pub mod mapping;
 
+pub mod flight;
 pub mod scorer;
 pub mod server;
-pub mod flight;
 pub mod source;
 pub mod storage;
 
@@ -24,9 +24,9 @@ pub use config::{Backend, ScorerConfig};
 pub use engine::ort::{find_onnxruntime, GraphOptimization, OrtEngine, OrtOptions};
 pub use engine::tract::TractEngine;
 pub use error::ScoreError;
+pub use flight::{FlightServer, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET, ACTION_WARM};
 pub use lakescore_proto as proto;
 pub use scorer::{ResolvedModel, Scorer};
 pub use server::{serve, serve_scorer, serve_service};
-pub use flight::{FlightServer, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET, ACTION_WARM};
 pub use source::{Credentials, DirModelSource, GrpcModelSource, HttpModelSource, ModelSource, ModelVersion};
 pub use storage::{OutputSummary, MANIFEST_NAME};

@@ -8,8 +8,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ScorerConfig;
 use crate::error::{Result, ScoreError};
-use crate::scorer::Scorer;
 use crate::flight::ScorerService;
+use crate::scorer::Scorer;
 
 /// Build the scorer from `config` (loading ONNX Runtime, connecting the model source) and
 /// serve Arrow Flight on `listener` until `shutdown` completes.

@@ -29,14 +29,7 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        for (k, v) in tags {
-            sqlx::query("INSERT INTO model_tags (model_id, key, value) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_tags(&mut tx, id, tags).await?;
         tx.commit().await?;
         self.get_model(name).await
     }
@@ -193,14 +186,7 @@ impl Store {
         .try_get(0)?;
         if let Some(tags) = tags {
             sqlx::query("DELETE FROM model_tags WHERE model_id = $1").bind(id).execute(&mut *tx).await?;
-            for (k, v) in tags {
-                sqlx::query("INSERT INTO model_tags (model_id, key, value) VALUES ($1, $2, $3)")
-                    .bind(id)
-                    .bind(k)
-                    .bind(v)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            insert_tags(&mut tx, id, tags).await?;
         }
         tx.commit().await?;
         self.get_model(name).await
@@ -238,4 +224,17 @@ impl Store {
         tx.commit().await?;
         Ok(shas)
     }
+}
+
+/// Writes a model's tags inside the transaction that creates or updates it.
+async fn insert_tags(tx: &mut sqlx::Transaction<'_, sqlx::Any>, model_id: i64, tags: &Tags) -> Result<()> {
+    for (k, v) in tags {
+        sqlx::query("INSERT INTO model_tags (model_id, key, value) VALUES ($1, $2, $3)")
+            .bind(model_id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
