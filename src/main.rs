@@ -226,8 +226,10 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
             // The registry warms its keys when it starts serving.
             Some(shared) => shared,
             None => {
+                // Keys are fetched beside serving: a hung issuer must not hold up start-up.
                 let own = lakescore_registry::auth::Authenticator::new(settings.auth.clone())?;
-                own.warm().await;
+                let warming = own.clone();
+                tokio::spawn(async move { warming.warm().await });
                 own
             }
         };

@@ -411,3 +411,114 @@ async fn app_tokens_and_scopes_without_a_role_are_forbidden() {
     assert_eq!(models["models"].as_array().map(Vec::len), Some(1));
     s.stop().await;
 }
+
+/// Calls, each with a token never seen before (so none is answered from the
+/// verified-token cache), `n` at once; every status and the slowest latency.
+async fn concurrent_calls(i: &Issuer, s: &TestServer, n: usize) -> (Vec<StatusCode>, std::time::Duration) {
+    let calls = (0..n).map(|k| {
+        let token =
+            i.token(json!({"oid": format!("caller-{k}-{}", rand::random::<u64>()), "roles": ["LakeScore.Read"]}));
+        let req = get(s, "/models", Some(&token));
+        async move {
+            let started = std::time::Instant::now();
+            (status(req).await, started.elapsed())
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let slowest = results.iter().map(|r| r.1).max().unwrap_or_default();
+    (results.into_iter().map(|r| r.0).collect(), slowest)
+}
+
+/// Validation never waits on the issuer while keys are held: past their maximum age they
+/// are refreshed in the background, and an issuer that accepts connections but answers
+/// late (or never) costs the callers nothing. An unknown `kid` waits for one fetch that
+/// all such callers share, bounded by the issuer timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_or_hung_issuer_never_stalls_calls_with_held_keys() {
+    let i = Issuer::start().await;
+    let mut config = auth_config(&i);
+    if let Some(o) = config.oidc.as_mut() {
+        o.jwks_max_age_secs = 1;
+        o.jwks_refresh_cooldown_secs = 1;
+        o.http_timeout_secs = 3;
+    }
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let (statuses, _) = concurrent_calls(&i, &s, 1).await;
+    assert_eq!(statuses, [StatusCode::OK], "keys fetched");
+
+    for (what, delay) in [("slow", 1_500), ("hung", 3_600_000)] {
+        i.set_delay(std::time::Duration::from_millis(delay));
+        // The held keys pass their maximum age: the next calls start a refresh that the
+        // issuer answers late or never, and must not wait for it.
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        for n in [1, 64] {
+            let fetches = i.jwks_fetches();
+            let (statuses, slowest) = concurrent_calls(&i, &s, n).await;
+            assert!(statuses.iter().all(|st| *st == StatusCode::OK), "{what} issuer, {n} callers: {statuses:?}");
+            // Waiting on the issuer would take its delay (1.5 s) or timeout (3 s); the bound
+            // is far above the real figure (printed) so that a busy machine cannot fail it.
+            eprintln!("{what} issuer, {n} concurrent callers: slowest {slowest:?}");
+            assert!(slowest < std::time::Duration::from_millis(1_000), "{what} issuer, {n} callers: {slowest:?}");
+            assert!(i.jwks_fetches() <= fetches + 1, "one background refresh at most, not one per call");
+        }
+    }
+
+    // Unknown kids while the issuer hangs: one fetch shared by all, bounded by the timeout
+    // (3 s), not one after the other (8 × 3 s).
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let started = std::time::Instant::now();
+    let unknown = (0..8).map(|n| {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(format!("rotated-{n}"));
+        let claims = json!({"iss": i.url, "aud": AUDIENCE, "exp": chrono::Utc::now().timestamp() + 60, "oid": "x"});
+        let t = jsonwebtoken::encode(&h, &claims, &encoding_key(0)).expect("sign");
+        let req = get(&s, "/models", Some(&t));
+        async move { status(req).await }
+    });
+    let statuses = futures::future::join_all(unknown).await;
+    let took = started.elapsed();
+    assert!(statuses.iter().all(|st| *st == StatusCode::UNAUTHORIZED), "{statuses:?}");
+    assert!(took < std::time::Duration::from_secs(6), "8 unknown kids took {took:?}: the fetch was not shared");
+    i.set_delay(std::time::Duration::ZERO);
+    s.stop().await;
+}
+
+/// With the issuer hung at start-up the server serves at once and says it is not ready
+/// (503 with Retry-After, like every call that needs keys), and becomes ready by itself
+/// once the issuer answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_up_does_not_wait_for_a_hung_issuer_and_readiness_follows_the_keys() {
+    let i = Issuer::start().await;
+    i.set_delay(std::time::Duration::from_secs(3600));
+    let mut config = auth_config(&i);
+    if let Some(o) = config.oidc.as_mut() {
+        o.jwks_refresh_cooldown_secs = 1;
+        o.http_timeout_secs = 2;
+    }
+    let started = std::time::Instant::now();
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let r = reqwest::get(format!("{}/healthz", s.base)).await.expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "start-up waited for the issuer");
+
+    let r = reqwest::get(format!("{}/readyz", s.base)).await.expect("send");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "no keys: not ready");
+    assert!(r.headers().get("retry-after").is_some(), "503 says when to retry");
+    let reader = i.token(json!({"roles": ["LakeScore.Read"]}));
+    let r = get(&s, "/models", Some(&reader)).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().get("retry-after").is_some(), "503 says when to retry");
+
+    i.set_delay(std::time::Duration::ZERO);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = reqwest::get(format!("{}/readyz", s.base)).await.expect("send");
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never became ready after the issuer came back");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK);
+    s.stop().await;
+}

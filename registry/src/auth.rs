@@ -247,6 +247,20 @@ impl Authenticator {
         }
     }
 
+    /// Readiness: without usable signing keys every authenticated call would get 503, so
+    /// the server is not ready to take traffic.
+    pub async fn check_ready(&self) -> Result<()> {
+        match &self.validator {
+            Some(v) if !v.has_keys().await => {
+                v.refresh_in_background();
+                Err(RegistryError::Unavailable(
+                    "no signing keys from the OIDC issuer yet: tokens cannot be validated".into(),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The caller behind an `Authorization` header value (None: header absent).
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller> {
         let Some(validator) = &self.validator else { return Ok(Caller::anonymous()) };

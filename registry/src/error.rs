@@ -10,6 +10,9 @@ use lakescore_core::ErrorCode;
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
+/// What a 503 asks clients to wait before they try again, in seconds.
+const RETRY_AFTER_SECS: &str = "5";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{0}")]
@@ -77,7 +80,12 @@ impl IntoResponse for RegistryError {
             detail: self.to_string(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+        let mut response = (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if self.code().is_transient() {
+            // A dependency is down or a call timed out: tell clients when to try again.
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
     }
 }
 

@@ -30,7 +30,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     metrics::init();
-    registry.authenticator().warm().await;
+    // Keys are fetched beside serving, not before it: an issuer that hangs must not hold
+    // up start-up (readiness says "not ready" until they are held).
+    let auth = registry.authenticator().clone();
+    tokio::spawn(async move { auth.warm().await });
     // gRPC (for scoring workers) and REST share the port: requests are told apart by
     // their content type, and HTTP/2 without TLS (h2c) is accepted beside HTTP/1.1.
     let app = api::router(registry.clone());

@@ -4,13 +4,17 @@
 //! time checks with a configurable skew.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, Shared};
+use futures::FutureExt;
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::RwLock;
 
 use crate::error::{RegistryError, Result};
 
@@ -39,8 +43,12 @@ pub struct OidcConfig {
     pub clock_skew_secs: u64,
     /// A token with an unknown `kid` triggers at most one JWKS fetch per this many seconds.
     pub jwks_refresh_cooldown_secs: u64,
-    /// Keys older than this are refreshed (key rotation), in seconds.
+    /// Keys older than this are refreshed (key rotation), in seconds. The refresh runs in
+    /// the background: calls keep validating with the keys held meanwhile.
     pub jwks_max_age_secs: u64,
+    /// Keys older than this are no longer trusted while the issuer cannot be reached
+    /// (calls then get 503 until a refresh succeeds), in seconds.
+    pub jwks_stale_limit_secs: u64,
     /// Timeout of discovery and JWKS requests, in seconds.
     pub http_timeout_secs: u64,
 }
@@ -57,6 +65,7 @@ impl Default for OidcConfig {
             clock_skew_secs: 60,
             jwks_refresh_cooldown_secs: 30,
             jwks_max_age_secs: 3600,
+            jwks_stale_limit_secs: 86_400,
             http_timeout_secs: 10,
         }
     }
@@ -114,13 +123,28 @@ struct KeyCache {
     fetched_at: Option<Instant>,
 }
 
+/// One JWKS fetch that every caller needing it shares (single flight); its error is the
+/// 503 message.
+type SharedRefresh = Shared<BoxFuture<'static, std::result::Result<(), String>>>;
+
+/// When the keys were last asked for, and the fetch in progress, if any.
+#[derive(Default)]
+struct Refresher {
+    last_attempt: Option<Instant>,
+    in_flight: Option<SharedRefresh>,
+}
+
 /// Validates bearer tokens against one issuer.
+///
+/// Validation never waits on the issuer while usable keys are held: keys past
+/// `jwks_max_age_secs` are refreshed in the background and used meanwhile. Only a token
+/// whose `kid` is not held (or keys past `jwks_stale_limit_secs`, or none at all) waits,
+/// for one fetch shared by every such caller and bounded by `http_timeout_secs`.
 pub struct OidcValidator {
     config: OidcConfig,
     http: reqwest::Client,
     cache: RwLock<KeyCache>,
-    /// Serializes refreshes and remembers when the last one was tried.
-    last_refresh: Mutex<Option<Instant>>,
+    refresher: std::sync::Mutex<Refresher>,
     verified: std::sync::Mutex<VerifiedTokens>,
 }
 
@@ -140,7 +164,7 @@ impl OidcValidator {
             config,
             http,
             cache: RwLock::new(KeyCache { keys: HashMap::new(), fetched_at: None }),
-            last_refresh: Mutex::new(None),
+            refresher: std::sync::Mutex::new(Refresher::default()),
             verified: std::sync::Mutex::new(VerifiedTokens { entries: HashMap::new() }),
         })
     }
@@ -151,14 +175,28 @@ impl OidcValidator {
 
     /// Fetches the keys ahead of the first request; failures are logged, not fatal (the
     /// issuer may come back before the first token does).
-    pub async fn warm(&self) {
-        if let Err(e) = self.refresh(true).await {
-            tracing::warn!(error = %e, "could not fetch the issuer's signing keys yet");
+    pub async fn warm(self: &Arc<Self>) {
+        if let Some(fetch) = self.start_refresh(true) {
+            if let Err(e) = fetch.await {
+                tracing::warn!(error = %e, "could not fetch the issuer's signing keys yet");
+            }
         }
     }
 
+    /// Starts a refresh unless one ran within the cooldown, without waiting for it: how a
+    /// server without keys (its start-up fetch failed) recovers while nobody calls it.
+    pub fn refresh_in_background(self: &Arc<Self>) {
+        let _ = self.start_refresh(false);
+    }
+
+    /// Whether signing keys are held that may still be used (for readiness).
+    pub async fn has_keys(&self) -> bool {
+        let cache = self.cache.read().await;
+        !cache.keys.is_empty() && cache.fetched_at.is_some_and(|t| t.elapsed() < self.stale_limit())
+    }
+
     /// Validates `token` and returns its claims.
-    pub async fn validate(&self, token: &str) -> Result<Map<String, Value>> {
+    pub async fn validate(self: &Arc<Self>, token: &str) -> Result<Map<String, Value>> {
         use sha2::Digest;
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         if let Ok(cache) = self.verified.lock() {
@@ -189,7 +227,7 @@ impl OidcValidator {
     }
 
     /// The full check: signature, algorithm, issuer, audience, times.
-    async fn verify(&self, token: &str) -> Result<Map<String, Value>> {
+    async fn verify(self: &Arc<Self>, token: &str) -> Result<Map<String, Value>> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| unauthorized(format!("malformed token: {e}")))?;
         if !ACCEPTED.contains(&header.alg) {
             return Err(unauthorized(format!(
@@ -229,47 +267,75 @@ impl OidcValidator {
         Ok(claims)
     }
 
-    /// The key for `kid`: from the cache, else after one refresh (rate limited). With the
-    /// issuer unreachable, cached keys keep working; with none cached, the caller gets 503.
-    async fn key_for(&self, kid: &str) -> Result<(DecodingKey, Option<Algorithm>)> {
+    /// The key for `kid`. A held key is answered at once, stale or not (a stale one starts
+    /// a background refresh); an unknown `kid`, or no usable keys, waits for one shared
+    /// refresh (rate limited by the cooldown). With the issuer unreachable, held keys keep
+    /// working up to `jwks_stale_limit_secs`; with none, the caller gets 503.
+    async fn key_for(self: &Arc<Self>, kid: &str) -> Result<(DecodingKey, Option<Algorithm>)> {
         {
             let cache = self.cache.read().await;
-            let fresh =
-                cache.fetched_at.is_some_and(|t| t.elapsed() < Duration::from_secs(self.config.jwks_max_age_secs));
-            if let Some(k) = lookup(&cache.keys, kid) {
-                if fresh {
-                    return Ok(k);
+            let age = cache.fetched_at.map(|t| t.elapsed());
+            let held = lookup(&cache.keys, kid).filter(|_| age.is_some_and(|a| a < self.stale_limit()));
+            if let (Some(key), Some(age)) = (held, age) {
+                if age >= Duration::from_secs(self.config.jwks_max_age_secs) {
+                    // Refreshed behind the caller's back; this call does not wait for it.
+                    let _ = self.start_refresh(false);
                 }
+                return Ok(key);
             }
         }
-        let refreshed = self.refresh(false).await;
+        // Within the cooldown of the last attempt nothing is fetched again, whatever this
+        // caller lacks: a down issuer is asked once per cooldown, not once per call.
+        let refreshed = match self.start_refresh(false) {
+            Some(fetch) => fetch.await.map_err(RegistryError::Unavailable),
+            None => Ok(()),
+        };
         let cache = self.cache.read().await;
-        match (lookup(&cache.keys, kid), refreshed) {
+        let fresh_enough = cache.fetched_at.is_some_and(|t| t.elapsed() < self.stale_limit());
+        match (lookup(&cache.keys, kid).filter(|_| fresh_enough), refreshed) {
             (Some(k), _) => Ok(k),
-            (None, Err(e)) if cache.keys.is_empty() => Err(e),
+            (None, Err(e)) if cache.keys.is_empty() || !fresh_enough => Err(e),
             // No keys at all (the last fetch failed, and the next one waits for the
             // cooldown): the issuer is unavailable, never "anything goes".
-            (None, Ok(())) if cache.keys.is_empty() => Err(RegistryError::Unavailable(
+            (None, Ok(())) if cache.keys.is_empty() || !fresh_enough => Err(RegistryError::Unavailable(
                 "cannot validate tokens: no signing keys could be fetched from the issuer yet".into(),
             )),
             (None, _) => Err(unauthorized(format!("token signed with unknown key '{kid}'"))),
         }
     }
 
-    /// Re-reads the JWKS unless one was read within the cooldown (or `force`).
-    async fn refresh(&self, force: bool) -> Result<()> {
-        let mut last = self.last_refresh.lock().await;
-        let cooldown = Duration::from_secs(self.config.jwks_refresh_cooldown_secs);
-        if !force && last.is_some_and(|t| t.elapsed() < cooldown) {
-            return Ok(());
+    fn stale_limit(&self) -> Duration {
+        Duration::from_secs(self.config.jwks_stale_limit_secs.max(self.config.jwks_max_age_secs))
+    }
+
+    /// The JWKS fetch to wait for: the one in progress, else a new one unless one was
+    /// tried within the cooldown (and not `force`d), in which case there is none. The
+    /// fetch runs as its own task, so it completes (and fills the cache) even when every
+    /// caller waiting for it has gone away.
+    fn start_refresh(self: &Arc<Self>, force: bool) -> Option<SharedRefresh> {
+        let mut refresher = self.refresher.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(fetch) = refresher.in_flight.as_ref().filter(|f| f.peek().is_none()) {
+            return Some(fetch.clone());
         }
-        *last = Some(Instant::now());
-        let keys = self.fetch_keys().await?;
-        tracing::info!(keys = keys.len(), "fetched the issuer's signing keys");
-        let mut cache = self.cache.write().await;
-        cache.keys = keys;
-        cache.fetched_at = Some(Instant::now());
-        Ok(())
+        let cooldown = Duration::from_secs(self.config.jwks_refresh_cooldown_secs);
+        if !force && refresher.last_attempt.is_some_and(|t| t.elapsed() < cooldown) {
+            return None;
+        }
+        refresher.last_attempt = Some(Instant::now());
+        let this = Arc::clone(self);
+        let fetch: SharedRefresh = async move {
+            let keys = this.fetch_keys().await.map_err(|e| e.to_string())?;
+            tracing::info!(keys = keys.len(), "fetched the issuer's signing keys");
+            let mut cache = this.cache.write().await;
+            cache.keys = keys;
+            cache.fetched_at = Some(Instant::now());
+            Ok(())
+        }
+        .boxed()
+        .shared();
+        refresher.in_flight = Some(fetch.clone());
+        tokio::spawn(fetch.clone());
+        Some(fetch)
     }
 
     async fn fetch_keys(&self) -> Result<HashMap<String, (DecodingKey, Option<Algorithm>)>> {

@@ -439,10 +439,11 @@ impl Registry {
         self.artifacts.list().map_ok(|(sha, _)| sha).try_collect().await
     }
 
-    /// Readiness: database and storage both answer.
+    /// Readiness: database and storage both answer, and tokens can be validated.
     pub async fn check_ready(&self) -> Result<()> {
         self.store.ping().await?;
-        self.artifacts.check().await
+        self.artifacts.check().await?;
+        self.auth.check_ready().await
     }
 
     // ---- the rules every operation goes through ------------------------------------------------

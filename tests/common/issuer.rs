@@ -57,6 +57,8 @@ struct IssuerState {
     /// Indexes into `keys()` currently published.
     published: Mutex<Vec<usize>>,
     down: AtomicBool,
+    /// Milliseconds discovery and JWKS take to answer (a slow or hung issuer).
+    delay_ms: std::sync::atomic::AtomicU64,
     jwks_fetches: AtomicUsize,
     device_polls: AtomicUsize,
     /// Refresh tokens issued and not yet redeemed.
@@ -82,6 +84,7 @@ impl Issuer {
             issuer: Mutex::new(String::new()),
             published: Mutex::new(vec![0]),
             down: AtomicBool::new(false),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
             jwks_fetches: AtomicUsize::new(0),
             device_polls: AtomicUsize::new(0),
             refresh_tokens: Mutex::new(Vec::new()),
@@ -108,6 +111,12 @@ impl Issuer {
     /// Refresh-token grants answered with a new token.
     pub fn refreshes(&self) -> usize {
         self.state.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Discovery and JWKS requests are accepted, then answered only after `delay` (an hour:
+    /// an issuer that hangs).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn set_down(&self, down: bool) {
@@ -150,7 +159,15 @@ fn sign(issuer: &str, key: usize, extra: Value) -> String {
     jsonwebtoken::encode(&header, &claims, &encoding_key(key)).expect("sign")
 }
 
+async fn answer_late(s: &IssuerState) {
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+}
+
 async fn discovery(State(s): State<Arc<IssuerState>>) -> Response {
+    answer_late(&s).await;
     if s.down.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
@@ -232,6 +249,7 @@ async fn device_endpoint(State(s): State<Arc<IssuerState>>, axum::Form(_form): F
 
 async fn jwks(State(s): State<Arc<IssuerState>>) -> Response {
     s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    answer_late(&s).await;
     if s.down.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }

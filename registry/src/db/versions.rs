@@ -101,7 +101,9 @@ impl Store {
                 created_by: row.try_get(5)?,
                 description: row.try_get(6)?,
                 tags: serde_json::from_str(&tags).map_err(|e| RegistryError::Internal(format!("stored tags: {e}")))?,
-                status: VersionStatus::parse(&status).unwrap_or(VersionStatus::Ready),
+                status: VersionStatus::parse(&status).ok_or_else(|| {
+                    RegistryError::Internal(format!("stored status '{status}' is neither ready nor archived"))
+                })?,
                 aliases,
                 signature: serde_json::from_str(&signature)
                     .map_err(|e| RegistryError::Internal(format!("stored signature: {e}")))?,
