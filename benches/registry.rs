@@ -176,6 +176,7 @@ async fn main() {
             writer: vec!["role:LakeScore.Write".into()],
             ..Default::default()
         },
+        ..Default::default()
     };
     let secured_dir = tempfile::tempdir().expect("temp dir");
     let secured =

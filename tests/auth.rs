@@ -28,6 +28,7 @@ pub fn auth_config(issuer: &Issuer) -> AuthConfig {
             writer: vec!["role:LakeScore.Write".into(), "scope:Models.Write".into()],
             admin: vec!["role:LakeScore.Admin".into(), "group:11111111-admins".into()],
         },
+        ..Default::default()
     }
 }
 
@@ -520,5 +521,82 @@ async fn start_up_does_not_wait_for_a_hung_issuer_and_readiness_follows_the_keys
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK);
+    s.stop().await;
+}
+
+/// Keycloak puts roles in nested claims: a dotted claim name is a path into them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nested_role_claims_are_read_by_path() {
+    let i = Issuer::start().await;
+    let mut config = auth_config(&i);
+    config.claims.roles = "realm_access.roles".into();
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let post = |token: &str, name: &str| {
+        reqwest::Client::new().post(s.api("/models")).bearer_auth(token).json(&json!({"name": name}))
+    };
+    let nested = i.token(json!({"oid": "kc-1", "realm_access": {"roles": ["LakeScore.Write"]}}));
+    assert_eq!(status(post(&nested, "from-keycloak")).await, StatusCode::CREATED);
+    // The top-level claim is not what this configuration reads.
+    let top_level = i.token(json!({"oid": "kc-2", "roles": ["LakeScore.Write"]}));
+    assert_eq!(status(post(&top_level, "not-mapped")).await, StatusCode::FORBIDDEN);
+    s.stop().await;
+}
+
+/// Entra sends `_claim_names` / `hasgroups` instead of `groups` for a user in too many
+/// groups: the refusal says so and what to configure, instead of a bare "may not".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_overage_is_reported_in_the_refusal() {
+    let (i, s) = start(Db::Sqlite).await;
+    let overage = [
+        json!({"oid": "many-groups", "_claim_names": {"groups": "src1"},
+               "_claim_sources": {"src1": {"endpoint": "https://graph.windows.net/t/users/u/getMemberObjects"}}}),
+        json!({"oid": "many-groups-implicit", "hasgroups": true}),
+    ];
+    for claims in overage {
+        let token = i.token(claims);
+        let (st, d) = detail(get(&s, "/audit", Some(&token))).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{d}");
+        assert!(d.contains("group overage") && d.contains("app roles"), "{d}");
+    }
+    let plain = i.token(json!({"oid": "few-groups", "groups": ["g1"]}));
+    let (st, d) = detail(get(&s, "/audit", Some(&plain))).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{d}");
+    assert!(!d.contains("overage"), "{d}");
+    s.stop().await;
+}
+
+/// With `default_permission = "granted"`, global readers and writers reach only the models
+/// they own or were granted; admins still reach every model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn default_permission_granted_needs_a_grant_even_for_global_roles() {
+    let i = Issuer::start().await;
+    let mut config = auth_config(&i);
+    config.default_permission = lakescore_registry::auth::DefaultPermission::Granted;
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let owner = writer(&i, "owner-1");
+    let other_writer = writer(&i, "writer-2");
+    let reader = i.token(json!({"oid": "reader-1", "roles": ["LakeScore.Read"]}));
+    let admin = i.token(json!({"oid": "admin-1", "roles": ["LakeScore.Admin"]}));
+    create_model(&s, &owner, "shared").await;
+
+    assert_eq!(status(get(&s, "/models/shared", Some(&owner))).await, StatusCode::OK, "the owner");
+    assert_eq!(status(get(&s, "/models/shared", Some(&admin))).await, StatusCode::OK, "an admin");
+    assert_eq!(status(get(&s, "/models/shared", Some(&reader))).await, StatusCode::FORBIDDEN, "a global reader");
+    let listed: Value = get(&s, "/models", Some(&reader)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(listed["models"].as_array().map(Vec::len), Some(0), "nothing listed without a grant: {listed}");
+    let patch = reqwest::Client::new()
+        .patch(s.api("/models/shared"))
+        .bearer_auth(&other_writer)
+        .json(&json!({"description": "not mine"}));
+    assert_eq!(status(patch).await, StatusCode::FORBIDDEN, "a global writer");
+
+    let grant = reqwest::Client::new()
+        .put(s.api("/models/shared/grants"))
+        .bearer_auth(&owner)
+        .json(&json!({"principal": "user:reader-1", "permission": "read"}));
+    assert_eq!(status(grant).await, StatusCode::OK);
+    assert_eq!(status(get(&s, "/models/shared", Some(&reader))).await, StatusCode::OK, "granted");
+    let listed: Value = get(&s, "/models", Some(&reader)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(listed["models"][0]["name"], "shared");
     s.stop().await;
 }

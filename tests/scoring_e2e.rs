@@ -348,3 +348,23 @@ async fn rest_and_flight_share_the_reference_grammar_and_refuse_archived_version
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("archived"), "{err}");
 }
+
+/// A bearer token of tens of KiB (an Entra token with many groups) reaches the worker's
+/// token check and is answered on its own stream, and the connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_tokens_are_answered_not_dropped() {
+    let issuer = Issuer::start().await;
+    let s = serve(&issuer);
+    let owner = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"]}));
+    register(&s, &owner, "rf", "rf.onnx").await;
+    let groups: Vec<String> = (0..1500).map(|n| format!("{n:08}-0000-0000-0000-000000000000")).collect();
+    let big = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"], "groups": groups}));
+    assert!(big.len() > 64 << 10, "the token is {} bytes", big.len());
+    let out = exchange(&s, Some(&big), &rf_command()).await.expect("a 64 KiB+ token is accepted");
+    assert!(out[0].schema().field_with_name("label").is_ok());
+    // A forged large token is refused on its own stream; the worker keeps serving.
+    let forged = format!("{}x", &big[..big.len() - 1]);
+    let err = exchange(&s, Some(&forged), &rf_command()).await.expect_err("bad signature");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    exchange(&s, Some(&owner), &rf_command()).await.expect("still serving");
+}

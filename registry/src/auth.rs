@@ -27,7 +27,9 @@ pub enum Role {
     Admin,
 }
 
-/// Which claims carry what (Azure's names by default).
+/// Which claims carry what (Azure's names by default). A name with dots that is not itself
+/// a claim is a path into nested claims: Keycloak's `realm_access.roles` or
+/// `resource_access.<client>.roles`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimNames {
@@ -64,6 +66,19 @@ pub struct RoleMapping {
     pub admin: Vec<String>,
 }
 
+/// What a global role lets a caller do with models it neither owns nor holds a grant on
+/// (MLflow's `default_permission`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPermission {
+    /// Global readers read every model, global writers change every model: one team.
+    #[default]
+    Global,
+    /// Only admins reach every model; readers and writers reach the models they own or
+    /// were granted (writers still create models, which they then own): a shared registry.
+    Granted,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -71,6 +86,9 @@ pub struct AuthConfig {
     pub oidc: Option<OidcConfig>,
     pub claims: ClaimNames,
     pub roles: RoleMapping,
+    /// Whether global reader and writer roles reach every model (`global`) or only the
+    /// models the caller owns or was granted (`granted`).
+    pub default_permission: DefaultPermission,
 }
 
 impl AuthConfig {
@@ -102,6 +120,9 @@ pub struct Caller {
     pub app_roles: Vec<String>,
     pub groups: Vec<String>,
     pub scopes: Vec<String>,
+    /// The issuer left the groups out because the caller is in too many (Entra's group
+    /// overage: `_claim_names.groups` or `hasgroups`), so `groups` is not the whole truth.
+    pub groups_overage: bool,
     /// Highest global role, if any.
     pub role: Option<Role>,
     /// The bearer token as presented, for passing on; never logged.
@@ -128,6 +149,7 @@ impl Caller {
             app_roles: Vec::new(),
             groups: Vec::new(),
             scopes: Vec::new(),
+            groups_overage: false,
             role: Some(Role::Admin),
             token: None,
         }
@@ -140,9 +162,9 @@ impl Caller {
         token: &str,
     ) -> Result<Self> {
         let first =
-            |keys: &[String]| keys.iter().find_map(|k| claims.get(k).and_then(Value::as_str)).map(str::to_string);
+            |keys: &[String]| keys.iter().find_map(|k| claim(claims, k).and_then(Value::as_str)).map(str::to_string);
         let list = |key: &str| -> Vec<String> {
-            match claims.get(key) {
+            match claim(claims, key) {
                 Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
                 Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
                 _ => Vec::new(),
@@ -157,6 +179,8 @@ impl Caller {
             app_roles: list(&names.roles),
             groups: list(&names.groups),
             scopes: list(&names.scopes),
+            groups_overage: claims.get("_claim_names").and_then(|n| n.get(&names.groups)).is_some()
+                || claims.get("hasgroups").and_then(Value::as_bool) == Some(true),
             role: None,
             token: Some(token.to_string()),
         };
@@ -206,9 +230,34 @@ impl Caller {
         if self.at_least(role) {
             Ok(())
         } else {
-            Err(RegistryError::Forbidden(format!("{what} needs the {role:?} role; {} does not have it", self.subject)))
+            Err(self.forbidden(format!("{what} needs the {role:?} role; {} does not have it", self.subject)))
         }
     }
+
+    /// A 403 for this caller. When the token left the groups out (group overage), the
+    /// refusal may be due to that rather than to a missing grant: the message says so and
+    /// what to configure, and the refusal is logged.
+    pub fn forbidden(&self, msg: String) -> RegistryError {
+        if !self.groups_overage {
+            return RegistryError::Forbidden(msg);
+        }
+        tracing::info!(subject = %self.subject, "refused a caller whose token omits its groups (group overage)");
+        RegistryError::Forbidden(format!(
+            "{msg}. Note: the token carries no groups claim because the caller is in too many groups \
+             (group overage), so grants and roles given to groups cannot apply; use app roles, or have \
+             the app registration emit only the groups assigned to the application"
+        ))
+    }
+}
+
+/// A claim by name or, when no claim has that name and it has dots, by path into nested
+/// objects (`realm_access.roles`).
+fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    claims.get(name).or_else(|| {
+        let mut parts = name.split('.');
+        let first = claims.get(parts.next()?)?;
+        parts.try_fold(first, |value, part| value.get(part))
+    })
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -239,6 +288,10 @@ impl Authenticator {
 
     pub fn enabled(&self) -> bool {
         self.validator.is_some()
+    }
+
+    pub fn default_permission(&self) -> DefaultPermission {
+        self.config.default_permission
     }
 
     pub async fn warm(&self) {

@@ -40,7 +40,70 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %db::redact_url(&registry.config().effective_database_url()),
         storage = registry.storage_description(), "registry listening");
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let served = serve_http(listener, app, shutdown).await;
     registry.close().await;
     served
+}
+
+/// Largest HTTP/2 header list (bytes) the registry accepts. Workers pass callers' tokens
+/// through, and an Entra token with many groups or roles runs to tens of KiB; hyper's
+/// default (16 KiB) refused them, which is why this is not `axum::serve`.
+pub const MAX_HEADER_LIST_BYTES: u32 = 256 << 10;
+
+/// HTTP/1.1 and HTTP/2 (h2c, for the workers' gRPC) on `listener` until `shutdown`
+/// resolves; then stops accepting, lets every connection finish its in-flight requests
+/// (graceful shutdown), and returns once they have.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_header_list_size(MAX_HEADER_LIST_BYTES);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pass, rather than spin or exit.
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let mut stopping = stopping.clone();
+        connections.spawn(async move {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                done = connection.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stopping.changed() => connection.as_mut().graceful_shutdown(),
+            }
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error while shutting down");
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }

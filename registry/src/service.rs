@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::artifacts::ArtifactStore;
-use crate::auth::{AuthConfig, Authenticator, Caller, Role};
+use crate::auth::{AuthConfig, Authenticator, Caller, DefaultPermission, Role};
 use crate::config::RegistryConfig;
 use crate::db::{Access, NewVersion, Store};
 use crate::error::{RegistryError, Result};
@@ -141,7 +141,8 @@ impl Registry {
         let clauses = filter::parse(filter)?;
         let after = page_token.map(decode_page_token).transpose()?;
         let principals = caller.principals();
-        let visible_to = (!caller.at_least(Role::Reader)).then_some((caller.subject.as_str(), principals.as_slice()));
+        let everything = self.global_role_suffices(caller, Need::Read);
+        let visible_to = (!everything).then_some((caller.subject.as_str(), principals.as_slice()));
         let page =
             self.store.list_models(&clauses, visible_to, checked_page_size(page_size)?, after.as_deref()).await?;
         Ok(encode_next_page(page))
@@ -451,12 +452,7 @@ impl Registry {
     /// Checks that `caller` may do `need` with `model` (404 when the model does not exist,
     /// 403 when it exists but the caller may not).
     async fn authorize(&self, caller: &Caller, model: &str, need: Need) -> Result<()> {
-        let global = match need {
-            Need::Read => Role::Reader,
-            Need::Write => Role::Writer,
-            Need::Manage => Role::Admin,
-        };
-        if caller.at_least(global) {
+        if self.global_role_suffices(caller, need) {
             // The global role suffices; a missing model is the operation's own 404.
             return Ok(());
         }
@@ -474,8 +470,20 @@ impl Registry {
                 Need::Write => "change",
                 Need::Manage => "manage",
             };
-            Err(RegistryError::Forbidden(format!("{} may not {verb} model '{model}'", caller.subject)))
+            Err(caller.forbidden(format!("{} may not {verb} model '{model}'", caller.subject)))
         }
+    }
+
+    /// Whether the caller's global role alone allows `need` on any model. With
+    /// `default_permission = "granted"` only admins reach models they neither own nor
+    /// were granted.
+    fn global_role_suffices(&self, caller: &Caller, need: Need) -> bool {
+        let global = match (need, self.auth.default_permission()) {
+            (Need::Read, DefaultPermission::Global) => Role::Reader,
+            (Need::Write, DefaultPermission::Global) => Role::Writer,
+            (Need::Manage, _) | (_, DefaultPermission::Granted) => Role::Admin,
+        };
+        caller.at_least(global)
     }
 
     /// Records a write in the audit log. The write has happened: a failure to record it is

@@ -38,6 +38,9 @@ pub struct ScorerConfig {
     pub max_batch_bytes: usize,
     /// Largest gRPC message the worker accepts (bytes).
     pub max_message_bytes: usize,
+    /// Largest HTTP/2 header list of a call (bytes): room for large bearer tokens (an Entra
+    /// token with many groups or roles runs to tens of KiB).
+    pub max_header_list_bytes: u32,
     /// Rows per output Parquet file before a new file is started.
     pub max_rows_per_file: usize,
     /// Rows per Parquet row group.
@@ -134,6 +137,7 @@ impl Default for ScorerConfig {
             max_batch_rows: 4 << 20,
             max_batch_bytes: 512 << 20,
             max_message_bytes: 512 << 20,
+            max_header_list_bytes: 256 << 10,
             max_rows_per_file: 4 << 20,
             row_group_rows: 131_072,
             storage_roots: Vec::new(),

@@ -44,6 +44,7 @@ where
     );
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .http2_max_header_list_size(scorer.config().max_header_list_bytes)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
