@@ -57,6 +57,14 @@ async fn detail(req: reqwest::RequestBuilder) -> (StatusCode, String) {
     (s, body["detail"].as_str().unwrap_or_default().to_string())
 }
 
+/// A well-formed token whose `kid` the issuer does not publish.
+fn unknown_kid_token(i: &Issuer, kid: &str) -> String {
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some(kid.to_string());
+    let claims = json!({"iss": i.url, "aud": AUDIENCE, "exp": chrono::Utc::now().timestamp() + 60, "oid": "x"});
+    jsonwebtoken::encode(&h, &claims, &encoding_key(0)).expect("sign")
+}
+
 fn writer(i: &Issuer, oid: &str) -> String {
     i.token(json!({"oid": oid, "roles": ["LakeScore.Write"]}))
 }
@@ -264,10 +272,7 @@ async fn jwks_refresh_is_rate_limited_and_survives_issuer_outage() {
 
     // A flood of tokens with unknown kids: at most one refresh in the cooldown window.
     for n in 0..25 {
-        let mut h = Header::new(Algorithm::RS256);
-        h.kid = Some(format!("random-{n}"));
-        let claims = json!({"iss": i.url, "aud": AUDIENCE, "exp": chrono::Utc::now().timestamp() + 60, "oid": "x"});
-        let t = jsonwebtoken::encode(&h, &claims, &encoding_key(0)).expect("sign");
+        let t = unknown_kid_token(&i, &format!("random-{n}"));
         assert_eq!(status(get(&s, "/models", Some(&t))).await, StatusCode::UNAUTHORIZED);
         assert_eq!(status(get(&s, "/models", Some(&reader))).await, StatusCode::OK, "valid traffic keeps working");
     }
@@ -469,11 +474,7 @@ async fn a_slow_or_hung_issuer_never_stalls_calls_with_held_keys() {
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     let started = std::time::Instant::now();
     let unknown = (0..8).map(|n| {
-        let mut h = Header::new(Algorithm::RS256);
-        h.kid = Some(format!("rotated-{n}"));
-        let claims = json!({"iss": i.url, "aud": AUDIENCE, "exp": chrono::Utc::now().timestamp() + 60, "oid": "x"});
-        let t = jsonwebtoken::encode(&h, &claims, &encoding_key(0)).expect("sign");
-        let req = get(&s, "/models", Some(&t));
+        let req = get(&s, "/models", Some(&unknown_kid_token(&i, &format!("rotated-{n}"))));
         async move { status(req).await }
     });
     let statuses = futures::future::join_all(unknown).await;

@@ -67,20 +67,13 @@ impl Store {
         // An empty `IN ()` is a syntax error, and an empty page has nothing to look up.
         if !ids.is_empty() {
             let list = placeholders(1, ids.len());
+            let for_ids = |sql| ids.iter().fold(sqlx::query(sql), |q, id| q.bind(*id));
             let sql = format!("SELECT model_id, key, value FROM model_tags WHERE model_id IN ({list})");
-            let mut q = sqlx::query(&sql);
-            for id in &ids {
-                q = q.bind(id);
-            }
-            for r in q.fetch_all(&self.pool).await? {
+            for r in for_ids(&sql).fetch_all(&self.pool).await? {
                 tags.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
             }
             let sql = format!("SELECT model_id, alias, version FROM aliases WHERE model_id IN ({list})");
-            let mut q = sqlx::query(&sql);
-            for id in &ids {
-                q = q.bind(id);
-            }
-            for r in q.fetch_all(&self.pool).await? {
+            for r in for_ids(&sql).fetch_all(&self.pool).await? {
                 aliases.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, r.try_get(2)?);
             }
         }
