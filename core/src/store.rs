@@ -63,6 +63,14 @@ pub fn parse_url(raw: &str) -> Result<Url, StoreError> {
     Ok(url)
 }
 
+/// The path of `url` inside its store (cheap: no store is opened), for callers that keep
+/// their stores and open one per bucket or container.
+pub fn path_in_store(url: &Url) -> Result<Path, StoreError> {
+    ObjectStoreScheme::parse(url)
+        .map(|(_, path)| path)
+        .map_err(|e| StoreError(format!("cannot use storage URL {url}: {e}")))
+}
+
 /// Opens the store behind `url` and returns it with the path of `url` inside it.
 /// `memory://` is one in-process store shared by every caller (for tests).
 pub fn open_store(url: &Url, options: &StoreOptions) -> Result<(Arc<dyn ObjectStore>, Path), StoreError> {

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryFutureExt, TryStreamExt};
-use lakescore_core::store::{open_store, StoreOptions};
+use lakescore_core::store::{open_store, path_in_store, StoreOptions};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
@@ -119,14 +119,20 @@ impl Storage {
                 "{what}: {url} is outside the storage locations this worker may use"
             )));
         }
-        let (store, path) = open_store(&url, &self.options).map_err(|e| ScoreError::from(e).context(what))?;
-        // One store per scheme and authority (bucket, container, account), reused across
-        // calls so that connections and credentials are too.
+        let path = path_in_store(&url).map_err(|e| ScoreError::from(e).context(what))?;
+        // One store per scheme and authority (bucket, container, account), opened once and
+        // reused across calls so that connections and credentials are too.
         let key = format!("{}://{}", url.scheme(), url.authority());
-        let store = {
-            let mut stores = self.stores.lock().map_err(|_| ScoreError::internal("storage lock poisoned"))?;
-            stores.entry(key).or_insert(store).clone()
+        let mut stores = self.stores.lock().map_err(|_| ScoreError::internal("storage lock poisoned"))?;
+        let store = match stores.get(&key) {
+            Some(store) => store.clone(),
+            None => {
+                let (store, _) = open_store(&url, &self.options).map_err(|e| ScoreError::from(e).context(what))?;
+                stores.insert(key, store.clone());
+                store
+            }
         };
+        drop(stores);
         Ok(Location { store, path, url })
     }
 
