@@ -69,7 +69,8 @@ pub struct ServerArgs {
     #[arg(long, env = "LAKESCORE_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<usize>,
     /// Storage URL prefixes Flight jobs may read and write (comma-separated), e.g.
-    /// file:///data/,s3://lake/scores/ [default: anywhere the worker's credentials reach].
+    /// file:///data/,s3://lake/scores/ [default: anywhere the worker's credentials reach; with
+    /// OIDC on, only DATA_DIR/datasets/].
     #[arg(long, env = "LAKESCORE_STORAGE_ROOTS", value_delimiter = ',')]
     pub storage_roots: Vec<String>,
     /// Flight location advertised in GetFlightInfo endpoints, e.g. grpc://worker-0.workers:8815.
@@ -167,6 +168,20 @@ impl ServerArgs {
             }
         }
         auth.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if auth.oidc.is_some() && scorer.storage_roots.is_empty() {
+            // With authentication on, "anywhere the worker can reach" would let any caller
+            // make the worker read any local file it can open (`file:///etc/...`).
+            let datasets = std::path::absolute(registry.data_dir.join("datasets"))
+                .context("cannot make the data directory absolute")?;
+            let root = url::Url::from_directory_path(&datasets)
+                .map_err(|()| anyhow::anyhow!("{} cannot be a file:// URL", datasets.display()))?;
+            tracing::warn!(
+                storage_root = %root,
+                "storage_roots is not set: with authentication on, Flight jobs may only read and write under the \
+                 data directory's datasets/; set [scorer] storage_roots (LAKESCORE_STORAGE_ROOTS) to your lake"
+            );
+            scorer.storage_roots = vec![root.to_string()];
+        }
         if registry.max_upload_bytes == 0 {
             bail!("max_upload_bytes must be greater than 0");
         }
@@ -193,6 +208,9 @@ impl Settings {
     /// Without authentication the server only listens on loopback, unless told otherwise.
     pub fn check_auth_posture(&self, listen: &[SocketAddr]) -> anyhow::Result<()> {
         if self.auth.oidc.is_some() {
+            for warning in self.auth.warnings() {
+                tracing::warn!("{warning}");
+            }
             return Ok(());
         }
         tracing::warn!(

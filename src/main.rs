@@ -297,8 +297,12 @@ struct FlightTokens(lakescore_registry::auth::Authenticator);
 
 #[async_trait::async_trait]
 impl lakescore_scorer::TokenValidator for FlightTokens {
-    async fn validate(&self, authorization: Option<&str>) -> Result<(), lakescore_scorer::ScoreError> {
-        match self.0.authenticate(authorization).await {
+    async fn validate(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(), lakescore_scorer::ScoreError> {
+        match self.0.authenticate_call("flight", peer, authorization).await {
             Ok(_) => Ok(()),
             Err(e) => Err(lakescore_scorer::ScoreError::from_code(e.code(), e.to_string())),
         }

@@ -39,6 +39,36 @@ pub struct ScoreArgs {
     /// Rows per record batch sent.
     #[arg(long, default_value_t = 65_536)]
     pub batch_rows: usize,
+    /// Compress the Arrow data sent to the worker and the scored rows it sends back: none,
+    /// lz4 or zstd (worth it across a slow network; costs CPU on both ends).
+    #[arg(long, value_enum, default_value_t = Compression::None)]
+    pub compression: Compression,
+}
+
+/// Arrow IPC body compression on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn ipc(self) -> Option<arrow::ipc::CompressionType> {
+        match self {
+            Compression::None => None,
+            Compression::Lz4 => Some(arrow::ipc::CompressionType::LZ4_FRAME),
+            Compression::Zstd => Some(arrow::ipc::CompressionType::ZSTD),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
 }
 
 /// Record batches read from the input file, in order.
@@ -102,7 +132,7 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
         client.add_header("authorization", &format!("Bearer {t}"))?;
     }
     let remote_output = args.output.contains("://");
-    let mut cmd = json!({"model": args.model});
+    let mut cmd = json!({"model": args.model, "result_compression": args.compression.name()});
     if !args.feature_columns.is_empty() {
         cmd["feature_columns"] = json!(args.feature_columns);
     }
@@ -131,6 +161,7 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
         b.map_err(|e| arrow_flight::error::FlightError::ExternalError(e.into()))
     });
     let data = FlightDataEncoderBuilder::new()
+        .with_options(arrow::ipc::writer::IpcWriteOptions::default().try_with_compression(args.compression.ipc())?)
         .with_schema(schema)
         .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd.to_string())))
         .build(input);

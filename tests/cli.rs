@@ -120,6 +120,46 @@ fn check_config_accepts_good_files_and_explains_bad_ones() {
     }
     let missing = Command::new(BIN).args(["check-config", "--config", "/nonexistent.toml"]).output().expect("run");
     assert!(!missing.status.success());
+
+    // Valid but probably wrong: Entra's claim names for a Keycloak issuer, no roles mapped.
+    // Accepted, with a warning for each, and the storage roots narrowed to the data directory.
+    let check = |text: &str| {
+        let file = dir.path().join("oidc.toml");
+        std::fs::write(&file, text).expect("write");
+        let out = Command::new(BIN)
+            .args(["check-config", "--data-dir"])
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{text}: {}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let keycloak = "[auth.oidc]\nissuer = \"https://sso.example.com/realms/data\"\naudiences = [\"lakescore\"]\n";
+    let (printed, warned) = check(keycloak);
+    for expect in
+        ["[auth.roles] is empty", r#"scopes = "scope""#, r#"leaves out "client_id""#, r#"identified by "sub""#]
+    {
+        assert!(warned.contains(expect), "missing warning {expect}: {warned}");
+    }
+    let datasets = format!("file://{}/datasets/", dir.path().display());
+    assert!(printed.contains(&datasets), "default storage root with auth on: {printed}");
+    assert!(warned.contains("storage_roots is not set"), "{warned}");
+    // Mapped as the README says: no warnings.
+    let mapped = format!(
+        "{keycloak}[auth.claims]\nsubject = [\"sub\"]\nscopes = \"scope\"\napp_id = [\"client_id\", \"azp\"]\n\
+         [auth.roles]\nreader = [\"scope:models.read\"]\n[scorer]\nstorage_roots = [\"s3://lake/\"]\n"
+    );
+    let (_, warned) = check(&mapped);
+    assert!(!warned.contains("WARN"), "{warned}");
+    // Entra ID with roles: its claim names are the defaults.
+    let entra =
+        "[auth.oidc]\nissuer = \"https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0\"\n\
+                 audiences = [\"api://lakescore\"]\n[auth.roles]\nadmin = [\"role:LakeScore.Admin\"]\n\
+                 [scorer]\nstorage_roots = [\"az://lake/\"]\n";
+    let (_, warned) = check(entra);
+    assert!(!warned.contains("WARN"), "{warned}");
 }
 
 #[test]
@@ -189,7 +229,7 @@ fn score_command_scores_parquet_and_csv_files() {
     );
     let features = (0..20).map(|i| format!("f{i}")).collect::<Vec<_>>().join(",");
     let expected = labels(&read_parquet(&models.join("rf.expected.parquet")), "output_label");
-    let score = |input: &Path, output: &str| {
+    let score = |input: &Path, output: &str, compression: &str| {
         let out = Command::new(BIN)
             .args([
                 "score",
@@ -204,7 +244,7 @@ fn score_command_scores_parquet_and_csv_files() {
             ])
             .arg("--input")
             .arg(input)
-            .args(["--output", output])
+            .args(["--output", output, "--compression", compression])
             .output()
             .expect("run lakescore score");
         assert!(out.status.success(), "score failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -213,24 +253,26 @@ fn score_command_scores_parquet_and_csv_files() {
 
     // Parquet in, Parquet out (DoExchange): same rows, labels as onnxruntime's.
     let out = data.path().join("scored.parquet");
-    score(&models.join("rf.rows.parquet"), out.to_str().expect("path"));
+    score(&models.join("rf.rows.parquet"), out.to_str().expect("path"), "none");
     let scored = read_parquet(&out);
     assert_eq!(scored.num_rows(), expected.len());
     assert_eq!(labels(&scored, "label"), expected);
 
-    // CSV in (types inferred: float64, cast losslessly to the model's float32).
+    // CSV in (types inferred: float64, cast losslessly to the model's float32), sent and
+    // answered with ZSTD-compressed Arrow bodies.
     let rows = read_parquet(&models.join("rf.rows.parquet"));
     let csv = data.path().join("rows.csv");
     let mut w = arrow::csv::Writer::new(std::fs::File::create(&csv).expect("csv"));
     w.write(&rows).expect("write csv");
     drop(w);
     let out_csv = data.path().join("scored-from-csv.parquet");
-    score(&csv, out_csv.to_str().expect("path"));
+    score(&csv, out_csv.to_str().expect("path"), "zstd");
     assert_eq!(labels(&read_parquet(&out_csv), "label"), expected);
 
-    // A storage prefix: the worker writes the Parquet and the manifest (DoPut).
+    // A storage prefix: the worker writes the Parquet and the manifest (DoPut), from LZ4 bodies.
     let prefix = format!("file://{}/lake/scores/", data.path().display());
-    let summary: Value = serde_json::from_str(&score(&models.join("rf.rows.parquet"), &prefix)).expect("summary json");
+    let summary: Value =
+        serde_json::from_str(&score(&models.join("rf.rows.parquet"), &prefix, "lz4")).expect("summary json");
     assert_eq!(summary["rows"], expected.len());
     assert!(data.path().join("lake/scores/_lakescore.json").exists(), "manifest written");
 

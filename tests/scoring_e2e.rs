@@ -73,6 +73,26 @@ async fn callers_score_only_models_they_may_read() {
     assert_eq!(n, rows("rf").iter().map(RecordBatch::num_rows).sum::<usize>(), "same rows out as in");
     assert!(out[0].schema().field_with_name("label").is_ok());
 
+    // With authentication on and no storage_roots configured, the worker reads and writes
+    // only under its data directory's datasets/: not any local file it can open.
+    let mut client = common::flight_client(&s.server.flight, Some(&owner)).await;
+    let inside = format!("file://{}/datasets/out/", s.data.path().display());
+    for (input, output) in [("file:///etc/passwd", inside.as_str()), ("file:///etc/", "file:///tmp/lakescore-out/")] {
+        let cmd = json!({"model": "rf@champion", "input": input, "output": output});
+        let err = async {
+            client
+                .do_action(arrow_flight::Action::new("score-dataset", cmd.to_string()))
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        }
+        .await
+        .expect_err("outside the storage roots");
+        let FlightError::Tonic(status) = err else { panic!("expected a status, got {err:?}") };
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+        assert!(status.message().contains("outside the storage locations"), "{status}");
+    }
+
     let err = exchange(&s, None, &rf_command()).await.expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     let err = exchange(&s, Some("garbage"), &rf_command()).await.expect_err("bad token");
@@ -99,14 +119,20 @@ import json, sys
 import numpy as np, onnxruntime as ort, pyarrow as pa, pyarrow.flight as flight, pyarrow.parquet as pq
 location, token, models = sys.argv[1], sys.argv[2], sys.argv[3]
 report = {}
-for name, features in [("rf", 20), ("logreg_nozipmap", 4), ("gbr", 8)]:
-    table = pq.read_table(f"{models}/{name}.rows.parquet")
+# The last two send compressed IPC bodies (as pyarrow clients across networks do) and ask
+# for compressed results.
+for name, features, codec in [("rf", 20, None), ("logreg_nozipmap", 4, None), ("gbr", 8, None),
+                              ("rf_lz4", 20, "lz4"), ("rf_zstd", 20, "zstd")]:
+    model = name.split("_")[0] if codec else name
+    table = pq.read_table(f"{models}/{model}.rows.parquet")
     cols = [f"f{i}" for i in range(features)]
-    cmd = json.dumps({"model": f"{name}@champion", "feature_columns": cols}).encode()
+    cmd = {"model": f"{model}@champion", "feature_columns": cols}
+    if codec:
+        cmd["result_compression"] = codec
     client = flight.FlightClient(location)
     opts = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
-    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(cmd), opts)
-    writer.begin(table.schema)
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(json.dumps(cmd).encode()), opts)
+    writer.begin(table.schema, options=pa.ipc.IpcWriteOptions(compression=codec))
     for batch in table.to_batches(max_chunksize=37):
         writer.write_batch(batch)
     writer.done_writing()
@@ -115,7 +141,7 @@ for name, features in [("rf", 20), ("logreg_nozipmap", 4), ("gbr", 8)]:
     x = np.column_stack([table.column(c).to_numpy() for c in cols]).astype(np.float32)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1  # as the worker in this test: same summation order
-    sess = ort.InferenceSession(f"{models}/{name}.onnx", so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(f"{models}/{model}.onnx", so, providers=["CPUExecutionProvider"])
     ref = sess.run(None, {sess.get_inputs()[0].name: x})
     entry = {"rows_in": table.num_rows, "rows_out": out.num_rows, "columns": out.column_names}
     if name == "gbr":
@@ -199,6 +225,35 @@ async fn the_worker_checks_each_token_itself_and_never_logs_it() {
         "the worker refused the tokens itself, before asking the registry anything"
     );
 
+    // Each refusal is logged at info with its reason and the caller's address, on both
+    // transports; then a flood of bad tokens is rate limited, and what was held back counted.
+    let status = reqwest::Client::new()
+        .get(format!("{}/api/v1/models", s.server.url))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .expect("send")
+        .status();
+    assert_eq!(status, 401);
+    for _ in 0..40 {
+        exchange(&s, Some("garbage"), &rf_command()).await.expect_err("garbage token");
+    }
+    let refusals: Vec<Value> = s
+        .server
+        .log_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "refused an unauthenticated call")
+        .collect();
+    let flight: Vec<&Value> = refusals.iter().filter(|l| l["fields"]["transport"] == "flight").collect();
+    assert!(flight.iter().all(|l| l["level"] == "INFO"), "{flight:?}");
+    assert!(flight.iter().any(|l| l["fields"]["reason"].as_str().unwrap_or("").contains("expired")), "{flight:?}");
+    assert!(flight.iter().all(|l| l["fields"]["peer"].as_str().unwrap_or("").starts_with("127.0.0.1:")), "{flight:?}");
+    let rest: Vec<&Value> = refusals.iter().filter(|l| l["fields"]["transport"] == "rest").collect();
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert!(rest[0]["fields"]["peer"].as_str().unwrap_or("").starts_with("127.0.0.1:"), "{rest:?}");
+    assert!(refusals.len() <= 20, "at most 20 refusals logged per 10 s, got {}", refusals.len());
+
     // The process logged at debug level, and no token (nor a token's signature) is in it.
     let logs = s.server.log_lines();
     assert!(logs.iter().any(|l| l.contains("\"DEBUG\"")), "debug logging is on");
@@ -237,7 +292,9 @@ async fn sigterm_drains_streams_and_cancels_the_ones_that_overrun() {
     let mut s = serve_env(&issuer, &[("LAKESCORE_SHUTDOWN_GRACE_SECS", "5")]);
     let owner = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"]}));
     register(&s, &owner, "rf", "rf.onnx").await;
-    let out = s.data.path().join("scores");
+    // With authentication on and no storage_roots, the worker writes only under the data
+    // directory's datasets/.
+    let out = s.data.path().join("datasets/scores");
     let job = |name: &str| {
         let mut cmd = rf_command();
         cmd["output"] = json!(format!("file://{}/{name}/", out.display()));

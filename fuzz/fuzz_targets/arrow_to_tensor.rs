@@ -99,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
     let inputs = signature(pick[0]);
     let Some(cmd) = take_len(&mut data, 2).and_then(|n| take(&mut data, n)) else { return };
     let Ok(cmd) = ScoreCommand::from_bytes(cmd) else { return };
-    let mut input = FlightInput::new(futures::stream::iter(messages(data).into_iter().map(Ok)));
+    let mut input = FlightInput::new(futures::stream::iter(messages(data).into_iter().map(Ok)), 64 << 20);
     futures::executor::block_on(async move {
         let Ok(Some(schema)) = input.schema().await else { return };
         let Ok(plan) = ScorePlan::new(&cmd, schema, &inputs, &outputs(), PlanOptions::default()) else { return };

@@ -5,9 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
@@ -109,6 +111,61 @@ impl AuthConfig {
         }
         Ok(())
     }
+
+    /// Settings that are valid but that probably do not do what was meant, for `check-config`
+    /// and the start-up log: a claim mapping left at Entra ID's names for an issuer that uses
+    /// others makes roles and grants silently match nothing (a 403 nobody can explain).
+    pub fn warnings(&self) -> Vec<String> {
+        let Some(oidc) = &self.oidc else { return Vec::new() };
+        let mut warnings = Vec::new();
+        let entries = || self.roles.reader.iter().chain(&self.roles.writer).chain(&self.roles.admin);
+        if entries().next().is_none() {
+            warnings.push(
+                "[auth.roles] is empty: tokens are accepted but carry no global role, so callers reach only the \
+                 models they own or were granted, and nobody may create models or administer"
+                    .to_string(),
+            );
+        }
+        if is_entra(&oidc.issuer) {
+            return warnings;
+        }
+        let defaults = ClaimNames::default();
+        if self.claims.scopes == defaults.scopes {
+            warnings.push(format!(
+                "issuer {} is not Entra ID, and [auth.claims] scopes is Entra's \"scp\": most issuers (Keycloak, \
+                 Auth0, Okta, oidc-provider) put scopes in \"scope\"; without scopes = \"scope\" no scope:… role \
+                 entry ever matches",
+                oidc.issuer
+            ));
+        }
+        if !self.claims.app_id.iter().any(|c| c == "client_id") {
+            warnings.push(format!(
+                "issuer {} is not Entra ID, and [auth.claims] app_id ({}) leaves out \"client_id\", where JWT access \
+                 tokens (RFC 9068: Okta, Auth0, oidc-provider) name the calling client; app:… roles and grants \
+                 match only the claims listed",
+                oidc.issuer,
+                self.claims.app_id.join(", ")
+            ));
+        }
+        if self.claims.subject == defaults.subject {
+            warnings.push(format!(
+                "issuer {} is not Entra ID: callers are identified by \"sub\" (there is no \"oid\"); check that \
+                 it is stable for a user across clients, or set [auth.claims] subject",
+                oidc.issuer
+            ));
+        }
+        warnings
+    }
+}
+
+/// Microsoft Entra ID's issuers (v2 `login.microsoftonline.com`, v1 `sts.windows.net`,
+/// External ID `ciamlogin.com`), whose claim names are the defaults.
+fn is_entra(issuer: &str) -> bool {
+    url::Url::parse(issuer).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)).is_some_and(|host| {
+        ["login.microsoftonline.com", "sts.windows.net", "login.microsoftonline.us", "login.chinacloudapi.cn"]
+            .contains(&host.as_str())
+            || host.ends_with(".ciamlogin.com")
+    })
 }
 
 /// The principal behind a request.
@@ -277,13 +334,63 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub struct Authenticator {
     validator: Option<Arc<OidcValidator>>,
     config: Arc<AuthConfig>,
+    refusals: Arc<RefusalLog>,
+}
+
+/// Refused calls are logged at info, with the reason and the caller's address (never the
+/// token), at most [`RefusalLog::BURST`] lines per [`RefusalLog::WINDOW`]: a client
+/// hammering with a bad token must not flood the log. What is held back is counted and
+/// reported on the next line that is written.
+#[derive(Debug)]
+struct RefusalLog {
+    state: Mutex<RefusalWindow>,
+}
+
+#[derive(Debug)]
+struct RefusalWindow {
+    started: Instant,
+    logged: u32,
+    held_back: u64,
+}
+
+impl RefusalLog {
+    const WINDOW: Duration = Duration::from_secs(10);
+    const BURST: u32 = 20;
+
+    fn new() -> Self {
+        Self { state: Mutex::new(RefusalWindow { started: Instant::now(), logged: 0, held_back: 0 }) }
+    }
+
+    fn record(&self, transport: &str, peer: Option<SocketAddr>, error: &RegistryError) {
+        let Ok(mut w) = self.state.lock() else { return };
+        if w.started.elapsed() >= Self::WINDOW {
+            w.started = Instant::now();
+            w.logged = 0;
+        }
+        if w.logged >= Self::BURST {
+            w.held_back += 1;
+            return;
+        }
+        w.logged += 1;
+        let held_back = std::mem::take(&mut w.held_back);
+        drop(w);
+        let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+        tracing::info!(
+            transport,
+            peer = %peer,
+            code = ?error.code(),
+            reason = %error,
+            refusals_not_logged = held_back,
+            "refused an unauthenticated call"
+        );
+    }
 }
 
 impl Authenticator {
     pub fn new(config: AuthConfig) -> Result<Self> {
         config.check()?;
         let validator = config.oidc.clone().map(OidcValidator::new).transpose()?.map(Arc::new);
-        Ok(Self { validator, config: Arc::new(config) })
+        Ok(Self { validator, config: Arc::new(config), refusals: Arc::new(RefusalLog::new()) })
     }
 
     pub fn enabled(&self) -> bool {
@@ -327,11 +434,27 @@ impl Authenticator {
         let claims = validator.validate(token).await?;
         Caller::from_claims(&claims, &self.config.claims, &self.config.roles, token)
     }
+
+    /// [`Self::authenticate`] for a call arriving over `transport` (`rest`, `flight`) from
+    /// `peer`: a refusal is logged (rate limited, without the token).
+    pub async fn authenticate_call(
+        &self,
+        transport: &'static str,
+        peer: Option<SocketAddr>,
+        authorization: Option<&str>,
+    ) -> Result<Caller> {
+        let result = self.authenticate(authorization).await;
+        if let Err(e) = &result {
+            self.refusals.record(transport, peer, e);
+        }
+        result
+    }
 }
 
 pub async fn middleware(State(auth): State<Authenticator>, mut req: Request, next: Next) -> Response {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match auth.authenticate(header).await {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    match auth.authenticate_call("rest", peer, header).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await

@@ -50,6 +50,15 @@ pub async fn serve(
 /// default (16 KiB) refused them, which is why this is not `axum::serve`.
 pub const MAX_HEADER_LIST_BYTES: u32 = 256 << 10;
 
+/// Puts the caller's address in each request (`ConnectInfo`), for handlers and for the log
+/// of refused calls.
+fn with_peer<B>(peer: std::net::SocketAddr) -> impl Fn(http::Request<B>) -> http::Request<B> + Clone {
+    move |mut req| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        req
+    }
+}
+
 /// HTTP/1.1 and HTTP/2 (h2c, for the workers' gRPC) on `listener` until `shutdown`
 /// resolves; then stops accepting, lets every connection finish its in-flight requests
 /// (graceful shutdown), and returns once they have.
@@ -68,9 +77,9 @@ async fn serve_http(
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pass, rather than spin or exit.
                     tracing::warn!(error = %e, "could not accept a connection");
@@ -81,7 +90,7 @@ async fn serve_http(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(app.clone(), with_peer(peer)));
         let builder = builder.clone();
         let mut stopping = stopping.clone();
         connections.spawn(async move {

@@ -46,7 +46,9 @@ pub struct ScorerConfig {
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
     /// Storage URL prefixes that commands may read from / write to (`file:///data/`,
-    /// `s3://bucket/prefix/`). Empty: any location the worker's credentials reach.
+    /// `s3://bucket/prefix/`). Empty: any location the worker's credentials reach, unless
+    /// authentication is on: then `lakescore` sets it to the data directory's `datasets/`.
+    /// A local location is checked with its symbolic links resolved.
     pub storage_roots: Vec<String>,
     /// Options passed to the object store builders (keys as object_store names them, e.g.
     /// `aws_region`); environment variables (`AWS_*`, `AZURE_*`, `GOOGLE_*`) apply too. A key

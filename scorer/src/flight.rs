@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
+use arrow::ipc::CompressionType;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
@@ -60,8 +61,9 @@ impl std::fmt::Debug for ScorerService {
 /// still decides, with the same token, which models the caller may score.
 #[async_trait::async_trait]
 pub trait TokenValidator: Send + Sync {
-    /// `Err(ScoreError::Unauthenticated)` for a missing or invalid token.
-    async fn validate(&self, authorization: Option<&str>) -> Result<()>;
+    /// `Err(ScoreError::Unauthenticated)` for a missing or invalid token; `peer` is the
+    /// caller's address, for the log of refused calls.
+    async fn validate(&self, authorization: Option<&str>, peer: Option<std::net::SocketAddr>) -> Result<()>;
 }
 
 impl ScorerService {
@@ -85,7 +87,7 @@ impl ScorerService {
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<Credentials> {
         let creds = credentials(req)?;
         if let Some(v) = &self.validator {
-            v.validate(creds.authorization.as_deref()).await?;
+            v.validate(creds.authorization.as_deref(), req.remote_addr()).await?;
         }
         Ok(creds)
     }
@@ -200,9 +202,29 @@ fn to_status(e: FlightError) -> Status {
     ScoreError::from(e).into()
 }
 
+/// The IPC options for results, with the compression the command asks for.
+fn result_options(cmd: &ScoreCommand) -> Result<IpcWriteOptions> {
+    let codec = match cmd.result_compression.to_ascii_lowercase().as_str() {
+        "" | "none" => None,
+        "lz4" | "lz4_frame" => Some(CompressionType::LZ4_FRAME),
+        "zstd" => Some(CompressionType::ZSTD),
+        other => {
+            return Err(ScoreError::InvalidArgument(format!(
+                "result_compression {other:?} is not one of none, lz4, zstd"
+            )))
+        }
+    };
+    Ok(IpcWriteOptions::default().try_with_compression(codec)?)
+}
+
 /// Encode scored batches as Flight data; the schema is sent even when there is no batch.
-fn encode(schema: SchemaRef, batches: BatchStream) -> BoxStream<'static, Result<FlightData, Status>> {
+fn encode(
+    schema: SchemaRef,
+    options: IpcWriteOptions,
+    batches: BatchStream,
+) -> BoxStream<'static, Result<FlightData, Status>> {
     FlightDataEncoderBuilder::new()
+        .with_options(options)
         .with_schema(schema)
         .build(batches.map_err(FlightError::from))
         .map_err(to_status)
@@ -234,7 +256,7 @@ struct Incoming {
 
 impl Incoming {
     /// `None` when the client sent nothing at all.
-    async fn start(request: Request<Streaming<FlightData>>) -> Result<Option<Self>> {
+    async fn start(request: Request<Streaming<FlightData>>, max_batch_bytes: usize) -> Result<Option<Self>> {
         let body = request.extensions().get::<Arc<BodyState>>().cloned();
         let mut stream = request.into_inner();
         let first = match stream.message().await {
@@ -244,7 +266,7 @@ impl Incoming {
         };
         let cmd = command_from_descriptor(first.flight_descriptor.as_ref())?;
         let all = stream::once(async move { Ok(first) }).chain(stream.map_err(FlightError::from));
-        Ok(Some(Self { cmd, input: FlightInput::new(all), body }))
+        Ok(Some(Self { cmd, input: FlightInput::new(all, max_batch_bytes), body }))
     }
 
     /// Wait for the schema; `None` when the stream ends before one.
@@ -403,6 +425,7 @@ impl FlightService for ScorerService {
         let ticket = ScoreTicket::decode(request.into_inner().ticket)
             .map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: {e}")))?;
         let cmd = ticket.command.ok_or_else(|| ScoreError::invalid("invalid ticket: no score command"))?;
+        let options = result_options(&cmd)?;
         let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
         let loc = self.scorer.storage().locate(&ticket.file, "ticket file")?;
         let meta =
@@ -412,12 +435,12 @@ impl FlightService for ScorerService {
         let (schema, batches) = self.scorer.read_parquet(&loc, &meta, row_groups).await?;
         let plan = self.scorer.plan(&model, &cmd, schema)?;
         let scored = self.scorer.score_stream(&model, plan.clone(), &cmd, batches);
-        Ok(Response::new(encode(plan.output_schema().clone(), scored)))
+        Ok(Response::new(encode(plan.output_schema().clone(), options, scored)))
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         let creds = self.authenticate(&request).await?;
-        let Some(mut incoming) = Incoming::start(request).await? else {
+        let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
             return Err(ScoreError::invalid("empty DoPut: no Flight descriptor was sent").into());
         };
         let cmd = incoming.cmd.clone();
@@ -446,17 +469,18 @@ impl FlightService for ScorerService {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let creds = self.authenticate(&request).await?;
-        let Some(mut incoming) = Incoming::start(request).await? else {
+        let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
             return Ok(Response::new(stream::empty().boxed()));
         };
         let cmd = incoming.cmd.clone();
+        let options = result_options(&cmd)?;
         let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
         let Some(schema) = incoming.schema().await? else {
             return Ok(Response::new(stream::empty().boxed()));
         };
         let plan = self.scorer.plan(&model, &cmd, schema)?;
         let scored = self.scorer.score_stream(&model, plan.clone(), &cmd, incoming.batches());
-        Ok(Response::new(encode(plan.output_schema().clone(), scored)))
+        Ok(Response::new(encode(plan.output_schema().clone(), options, scored)))
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
@@ -504,5 +528,43 @@ impl FlightService for ScorerService {
             .map(|(t, d)| Ok(ActionType { r#type: t.to_string(), description: d.to_string() }))
             .collect();
         Ok(Response::new(stream::iter(items).boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float32Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field};
+
+    use super::*;
+
+    /// The codec of each record batch message `result_compression` produces.
+    async fn result_codecs(compression: &str) -> Result<Vec<Option<CompressionType>>> {
+        let cmd = ScoreCommand { result_compression: compression.into(), ..Default::default() };
+        let schema = Arc::new(Schema::new(vec![Field::new("label", DataType::Float32, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Float32Array::from_iter_values((0..4096).map(|i| i as f32)))],
+        )
+        .map_err(ScoreError::from)?;
+        let sent: Vec<FlightData> = encode(schema, result_options(&cmd)?, stream::iter([Ok(batch)]).boxed())
+            .try_collect()
+            .await
+            .map_err(|status| ScoreError::from_status(&status))?;
+        Ok(sent
+            .iter()
+            .filter_map(|m| arrow::ipc::root_as_message(&m.data_header).ok()?.header_as_record_batch())
+            .map(|b| b.compression().map(|c| c.codec()))
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn results_are_compressed_when_asked() {
+        assert_eq!(result_codecs("").await.unwrap(), vec![None]);
+        assert_eq!(result_codecs("none").await.unwrap(), vec![None]);
+        assert_eq!(result_codecs("lz4").await.unwrap(), vec![Some(CompressionType::LZ4_FRAME)]);
+        assert_eq!(result_codecs("ZSTD").await.unwrap(), vec![Some(CompressionType::ZSTD)]);
+        let err = result_codecs("gzip").await.unwrap_err();
+        assert!(matches!(err, ScoreError::InvalidArgument(ref m) if m.contains("gzip")), "{err}");
     }
 }

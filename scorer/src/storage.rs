@@ -73,6 +73,9 @@ impl Location {
 #[derive(Debug)]
 pub struct Storage {
     roots: Vec<String>,
+    /// The local directories among `roots`, with symbolic links resolved: a `file://` location
+    /// must still be inside one of them once its own links are resolved.
+    local_roots: Vec<std::path::PathBuf>,
     options: StoreOptions,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
@@ -96,7 +99,33 @@ impl Storage {
                 Ok(s)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { roots, options, stores: Mutex::new(HashMap::new()) })
+        let local_roots = roots
+            .iter()
+            .filter_map(|r| Url::parse(r).ok())
+            .filter(|u| u.scheme() == "file")
+            .filter_map(|u| u.to_file_path().ok())
+            .map(|p| resolve_links(&p))
+            .collect();
+        Ok(Self { roots, local_roots, options, stores: Mutex::new(HashMap::new()) })
+    }
+
+    /// A local file or directory that the roots allow by name but that a symbolic link
+    /// leads out of (`/data/lake/x -> /etc`) is refused before anything is read.
+    fn check_links(&self, url: &Url, what: &str) -> Result<()> {
+        if self.roots.is_empty() || url.scheme() != "file" {
+            return Ok(());
+        }
+        let Ok(path) = url.to_file_path() else {
+            return Err(ScoreError::InvalidArgument(format!("{what}: {url} is not a local path")));
+        };
+        let real = resolve_links(&path);
+        if self.local_roots.iter().any(|root| real.starts_with(root)) {
+            return Ok(());
+        }
+        Err(ScoreError::PermissionDenied(format!(
+            "{what}: {url} leads through a symbolic link to {}, outside the storage locations this worker may use",
+            real.display()
+        )))
     }
 
     fn allowed(&self, url: &Url) -> bool {
@@ -119,6 +148,7 @@ impl Storage {
                 "{what}: {url} is outside the storage locations this worker may use"
             )));
         }
+        self.check_links(&url, what)?;
         let path = path_in_store(&url).map_err(|e| ScoreError::from(e).context(what))?;
         // One store per scheme and authority (bucket, container, account), opened once and
         // reused across calls so that connections and credentials are too.
@@ -167,7 +197,32 @@ impl Storage {
             return Err(ScoreError::NotFound(format!("input {what}: no Parquet files found")));
         }
         files.sort_by(|a, b| a.location.cmp(&b.location));
+        // A listed file may itself be a link that leads out of the roots.
+        for file in &files {
+            if let Ok(url) = Url::parse(&loc.url_of(&file.location)) {
+                self.check_links(&url, "input")?;
+            }
+        }
         Ok(files)
+    }
+}
+
+/// `path` with every symbolic link resolved: the deepest part that exists is canonicalized
+/// and the rest (not created yet, e.g. an output prefix) appended as written.
+fn resolve_links(path: &std::path::Path) -> std::path::PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc: std::path::PathBuf, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }
 
@@ -527,6 +582,32 @@ mod tests {
         assert!(s.locate("file:///data/lake/../etc/passwd", "input").is_err());
         assert!(matches!(s.locate("relative/path", "output"), Err(ScoreError::InvalidArgument(_))));
         assert!(valid_job_id("a-b_C9"));
+    }
+
+    #[tokio::test]
+    async fn refuses_symbolic_links_out_of_the_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path().join("lake");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(lake.join("ok")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.parquet"), b"PAR1").unwrap();
+        std::os::unix::fs::symlink(&outside, lake.join("escape")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.parquet"), lake.join("ok/linked.parquet")).unwrap();
+        let root = format!("file://{}/", lake.display());
+        let s = Storage::new(&[root], StoreOptions::default()).unwrap();
+        // A directory link and a file link that lead out are refused by name...
+        for url in [format!("{}/escape/secret.parquet", lake.display()), format!("{}/escape/new/", lake.display())] {
+            let err = s.locate(&url, "input").unwrap_err();
+            assert!(matches!(err, ScoreError::PermissionDenied(ref m) if m.contains("symbolic link")), "{err}");
+        }
+        // ...and a prefix whose listing holds a link out is refused as a whole.
+        let loc = s.locate(&format!("{}/ok/", lake.display()), "input").unwrap();
+        let err = s.list_parquet(&loc).await.unwrap_err();
+        assert!(matches!(err, ScoreError::PermissionDenied(ref m) if m.contains("linked.parquet")), "{err}");
+        // Locations inside the root, existing or not yet, pass.
+        assert!(s.locate(&format!("{}/ok/", lake.display()), "output").is_ok());
+        assert!(s.locate(&format!("{}/new/deeper/", lake.display()), "output").is_ok());
         assert!(!valid_job_id("../x"));
     }
 
