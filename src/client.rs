@@ -64,6 +64,10 @@ pub enum ModelsCommand {
         /// Point this alias at the new version.
         #[arg(long)]
         alias: Option<String>,
+        /// If a ready version of the model has the same sha256, use it instead of
+        /// registering the same file again.
+        #[arg(long)]
+        reuse_existing: bool,
     },
     /// Point ALIAS at VERSION, or remove it with --delete.
     Alias {
@@ -114,16 +118,20 @@ impl Client {
     }
 
     async fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
-        let resp = req.send().await.with_context(|| format!("cannot reach the registry at {}", self.base))?;
+        let resp = req.send().await.map_err(|e| RequestFailed {
+            status: None,
+            message: format!("cannot reach the registry at {}: {e}", self.base),
+        })?;
         if resp.status().is_success() || resp.status() == StatusCode::NOT_MODIFIED {
             return Ok(resp);
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        match serde_json::from_str::<Problem>(&text) {
-            Ok(p) => bail!("{} {}: {}", p.status, p.title, p.detail),
-            Err(_) => bail!("{status}: {text}"),
-        }
+        let message = match serde_json::from_str::<Problem>(&text) {
+            Ok(p) => format!("{} {}: {}", p.status, p.title, p.detail),
+            Err(_) => format!("{status}: {text}"),
+        };
+        Err(RequestFailed { status: Some(status.as_u16()), message }.into())
     }
 
     async fn json<T: serde::de::DeserializeOwned>(&self, req: RequestBuilder) -> anyhow::Result<T> {
@@ -223,14 +231,15 @@ pub async fn run(args: &ClientArgs, cmd: ModelsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelsCommand::Register { name, file, description, tags, alias } => {
+        ModelsCommand::Register { name, file, description, tags, alias, reuse_existing } => {
             // Create the model on first registration, as MLflow's register_model does.
             let exists = c.http.execute(c.request(Method::GET, &format!("/models/{name}")).build()?).await?;
             if exists.status() == StatusCode::NOT_FOUND {
                 c.send(c.request(Method::POST, "/models").json(&json!({"name": name}))).await?;
             }
             let tags: BTreeMap<_, _> = tags.into_iter().collect();
-            let v = upload(&c, &name, &file, &json!({"description": description, "tags": tags}), out).await?;
+            let metadata = json!({"description": description, "tags": tags});
+            let v = upload(&c, &name, &file, &metadata, reuse_existing, out).await?;
             if let Some(alias) = alias {
                 c.send(
                     c.request(Method::PUT, &format!("/models/{name}/aliases/{alias}"))
@@ -301,11 +310,62 @@ fn progress(len: u64, out: OutputFormat, what: &str) -> ProgressBar {
     pb
 }
 
+/// A registry request that failed: unreachable (`status` None) or answered with an error.
+#[derive(Debug)]
+struct RequestFailed {
+    status: Option<u16>,
+    message: String,
+}
+
+impl std::fmt::Display for RequestFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RequestFailed {}
+
+impl RequestFailed {
+    /// Worth sending again: the registry was unreachable, or answered 503 / 504.
+    fn is_transient(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<RequestFailed>()
+            .is_some_and(|f| f.status.is_none_or(|s| lakescore_core::ErrorCode::from_http(s).is_transient()))
+    }
+}
+
+/// Uploads a version, retrying a failed attempt (the registry unreachable, 503) up to
+/// twice with the same `Idempotency-Key`: if the first attempt was registered but its
+/// answer lost, the retry gets that version back instead of registering a second one.
 async fn upload(
     c: &Client,
     name: &str,
     file: &Path,
     metadata: &Value,
+    reuse_existing: bool,
+    out: OutputFormat,
+) -> anyhow::Result<ModelVersion> {
+    const ATTEMPTS: u32 = 3;
+    let key = uuid::Uuid::new_v4().to_string();
+    let mut attempt = 1;
+    loop {
+        match upload_once(c, name, file, metadata, &key, reuse_existing, out).await {
+            Err(e) if attempt < ATTEMPTS && RequestFailed::is_transient(&e) => {
+                eprintln!("upload failed ({e}); retrying with the same Idempotency-Key");
+                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn upload_once(
+    c: &Client,
+    name: &str,
+    file: &Path,
+    metadata: &Value,
+    idempotency_key: &str,
+    reuse_existing: bool,
     out: OutputFormat,
 ) -> anyhow::Result<ModelVersion> {
     let f = tokio::fs::File::open(file).await.with_context(|| format!("cannot open {}", file.display()))?;
@@ -321,7 +381,12 @@ async fn upload(
         .file_name(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
         .mime_str("application/octet-stream")?;
     let form = reqwest::multipart::Form::new().text("metadata", metadata.to_string()).part("artifact", part);
-    let result = c.json(c.request(Method::POST, &format!("/models/{name}/versions")).multipart(form)).await;
+    let request = c
+        .request(Method::POST, &format!("/models/{name}/versions"))
+        .query(&[("reuse_existing", reuse_existing)])
+        .header("idempotency-key", idempotency_key)
+        .multipart(form);
+    let result = c.json(request).await;
     pb.finish_and_clear();
     result
 }

@@ -68,6 +68,11 @@ pub struct ServerArgs {
     /// Threads per inference call [default: 0 = one per core].
     #[arg(long, env = "LAKESCORE_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<usize>,
+    /// Bytes ONNX Runtime may hold for inference at once in the worker (a run that needs more
+    /// fails with RESOURCE_EXHAUSTED; 0: unbounded); the registry refuses models whose
+    /// constant-shaped tensors are larger [default: 4294967296 = 4 GiB].
+    #[arg(long, env = "LAKESCORE_MAX_INFERENCE_BYTES")]
+    pub max_inference_bytes: Option<u64>,
     /// Storage URL prefixes Flight jobs may read and write (comma-separated), e.g.
     /// file:///data/,s3://lake/scores/ [default: anywhere the worker's credentials reach; with
     /// OIDC on, only DATA_DIR/datasets/].
@@ -150,6 +155,10 @@ impl ServerArgs {
         }
         if !self.storage_roots.is_empty() {
             scorer.storage_roots = self.storage_roots.clone();
+        }
+        if let Some(v) = self.max_inference_bytes {
+            scorer.max_inference_bytes = usize::try_from(v).context("max_inference_bytes is too large")?;
+            registry.max_inference_bytes = v;
         }
         if let Some(v) = &self.advertise_location {
             scorer.advertise_location = Some(v.clone());

@@ -17,6 +17,7 @@ on_both_databases!(
     aliases_resolution_and_archiving,
     bad_uploads_leave_nothing_behind,
     concurrent_uploads_get_consecutive_versions,
+    retried_creations_with_an_idempotency_key_create_once,
     delete_model_needs_force_and_removes_artifacts,
     operations_endpoints,
 );
@@ -400,6 +401,7 @@ async fn bad_uploads_leave_nothing_behind(db: Db) {
         ("bad_external_symlink.onnx", "a file beside the model"),
         ("bad_missing_input.onnx", "reads 'Z'"),
         ("bad_custom_domain.onnx", "domain 'com.example.custom', which is not allowed"),
+        ("bad_constant_oom.onnx", "node 'fill_16gib' (ConstantOfShape) makes a tensor of shape [1048576, 4096]"),
     ] {
         let r = s.upload("m", model_bytes(file), None).await;
         assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, reason).await;
@@ -558,5 +560,81 @@ async fn op_domains_are_accepted_once_allow_listed() {
     // Allow-listing a domain relaxes nothing else.
     let r = s.upload("custom", model_bytes("bad_missing_input.onnx"), None).await;
     assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "reads 'Z'").await;
+    s.stop().await;
+}
+
+async fn retried_creations_with_an_idempotency_key_create_once(db: Db) {
+    let s = TestServer::start(db).await;
+    let create = |key: &str, body: Value| http().post(s.api("/models")).header("idempotency-key", key).json(&body);
+
+    // A retried creation gets the first answer again, marked as a replay; nothing new is made.
+    let first = create("k-1", json!({"name": "fraud"})).send().await.expect("send");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.expect("json");
+    let again = create("k-1", json!({"name": "fraud"})).send().await.expect("send");
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(again.json::<Value>().await.expect("json"), first);
+    // Without the key the same body is a second request, and a conflict.
+    let r = http().post(s.api("/models")).json(&json!({"name": "fraud"})).send().await.expect("send");
+    assert_problem(r, StatusCode::CONFLICT, "already exists").await;
+    // The same key for another request is refused.
+    let r = create("k-1", json!({"name": "churn"})).send().await.expect("send");
+    let problem = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "different request").await;
+    assert!(problem["type"].as_str().unwrap_or("").ends_with("idempotency-key-reused"), "{problem}");
+    let r = create(&"x".repeat(256), json!({"name": "churn"})).send().await.expect("send");
+    assert_problem(r, StatusCode::BAD_REQUEST, "Idempotency-Key").await;
+
+    // Uploads: the retry of a lost answer gets the same version, not a second one.
+    let upload = |key: &str, file: &str| {
+        http()
+            .post(s.api("/models/fraud/versions"))
+            .header("idempotency-key", key)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(model_bytes(file))
+    };
+    let v1: Value = upload("u-1", "logreg.onnx").send().await.expect("send").json().await.expect("json");
+    assert_eq!(v1["version"], 1);
+    let retry = upload("u-1", "logreg.onnx").send().await.expect("send");
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(retry.json::<Value>().await.expect("json"), v1);
+    assert_eq!(version_count(&s, "fraud").await, 1);
+    let r = upload("u-1", "rf.onnx").send().await.expect("send");
+    assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "different request").await;
+    // Keys belong to one model's request: another model's upload with the same key is another request.
+    create_model(&s, "churn", json!({})).await;
+    let r = http()
+        .post(s.api("/models/churn/versions"))
+        .header("idempotency-key", "u-1")
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .body(model_bytes("logreg.onnx"))
+        .send()
+        .await
+        .expect("send");
+    assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "different request").await;
+
+    // A request that failed frees its key: the retry (fixed) runs.
+    let r = upload("u-2", "bad_missing_input.onnx").send().await.expect("send");
+    assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY, "reads 'Z'").await;
+    let r = upload("u-2", "rf.onnx").send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(version_count(&s, "fraud").await, 2);
+
+    // reuse_existing: the same bytes answer the version that has them (200), no new version.
+    let reuse = |file: &str| {
+        http()
+            .post(s.api("/models/fraud/versions?reuse_existing=true"))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(model_bytes(file))
+    };
+    let r = reuse("logreg.onnx").send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.expect("json")["version"], 1);
+    assert_eq!(version_count(&s, "fraud").await, 2);
+    let r = reuse("mlp.onnx").send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED, "new bytes make a new version");
+    assert_eq!(version_count(&s, "fraud").await, 3);
     s.stop().await;
 }

@@ -425,3 +425,63 @@ async fn large_tokens_are_answered_not_dropped() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     exchange(&s, Some(&owner), &rf_command()).await.expect("still serving");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_that_asks_for_too_much_memory_fails_alone() {
+    let issuer = Issuer::start().await;
+    // 256 MiB for inference: the registry refuses graphs that need more from constants alone,
+    // the worker stops runs that need more from the data.
+    let s = serve_env(&issuer, &[("LAKESCORE_MAX_INFERENCE_BYTES", "268435456")]);
+    let owner = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"]}));
+    register(&s, &owner, "rf", "rf.onnx").await;
+    register(&s, &owner, "hog", "hog_runtime.onnx").await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/v1/models/rf/versions", s.server.url))
+        .bearer_auth(&owner)
+        .header("content-type", "application/octet-stream")
+        .body(common::model_bytes("bad_constant_oom.onnx"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.expect("problem");
+    assert!(problem["detail"].as_str().unwrap_or("").contains("max_inference_bytes"), "{problem}");
+
+    // Y = X + sum(ones([max(X), 1000])): fine for small values, 4 GB for a row holding 1e6.
+    let score_hog = |values: Vec<f32>| {
+        let s = &s;
+        let owner = &owner;
+        async move {
+            let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+                "x",
+                arrow::datatypes::DataType::Float32,
+                false,
+            )]));
+            let batch =
+                RecordBatch::try_new(schema, vec![std::sync::Arc::new(arrow::array::Float32Array::from(values))])
+                    .expect("batch");
+            let mut client = common::flight_client(&s.server.flight, Some(owner)).await;
+            let cmd = json!({"model": "hog@champion", "feature_columns": ["x"]});
+            let input = FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd.to_string())))
+                .build(futures::stream::iter([Ok(batch)]));
+            async { client.do_exchange(input).await?.try_collect::<Vec<_>>().await }.await
+        }
+    };
+    let out = score_hog(vec![1.0, 3.0]).await.expect("small values run");
+    let y = out[0].column_by_name("Y").expect("Y");
+    let y = arrow::compute::cast(y, &arrow::datatypes::DataType::Float32).expect("cast");
+    let y = y.as_any().downcast_ref::<arrow::array::Float32Array>().expect("f32");
+    assert_eq!(y.values().to_vec(), vec![3001.0, 3003.0]);
+
+    let err = score_hog(vec![1.0, 1.0e6]).await.expect_err("4 GB of ones");
+    let FlightError::Tonic(status) = err else { panic!("expected a status, got {err:?}") };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("model hog:1"), "{status}");
+    assert!(status.message().contains("max_inference_bytes"), "{status}");
+
+    // The worker kept serving: the same model with small values, and another model.
+    score_hog(vec![2.0]).await.expect("the hog again, small");
+    exchange(&s, Some(&owner), &rf_command()).await.expect("rf after the refused run");
+}

@@ -27,6 +27,8 @@ pub enum ErrorCode {
     RangeNotSatisfiable,
     /// The upload is not a usable ONNX model: 422, `INVALID_ARGUMENT`.
     InvalidModel,
+    /// An `Idempotency-Key` sent again with a different request: 422, `INVALID_ARGUMENT`.
+    IdempotencyKeyReused,
     /// Over a configured limit (message, batch, memory, concurrency): 429,
     /// `RESOURCE_EXHAUSTED`.
     ResourceExhausted,
@@ -56,7 +58,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RangeNotSatisfiable => 416,
-            Self::InvalidModel => 422,
+            Self::InvalidModel | Self::IdempotencyKeyReused => 422,
             Self::ResourceExhausted => 429,
             Self::Cancelled => 499,
             Self::Unimplemented => 501,
@@ -70,7 +72,9 @@ impl ErrorCode {
     pub fn grpc_code(self) -> tonic::Code {
         use tonic::Code;
         match self {
-            Self::InvalidArgument | Self::UnsupportedMediaType | Self::InvalidModel => Code::InvalidArgument,
+            Self::InvalidArgument | Self::UnsupportedMediaType | Self::InvalidModel | Self::IdempotencyKeyReused => {
+                Code::InvalidArgument
+            }
             Self::Unauthenticated => Code::Unauthenticated,
             Self::PermissionDenied => Code::PermissionDenied,
             Self::NotFound => Code::NotFound,
@@ -100,6 +104,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "https://lakescore.dev/problems/unsupported-media-type",
             Self::RangeNotSatisfiable => "https://lakescore.dev/problems/range-not-satisfiable",
             Self::InvalidModel => "https://lakescore.dev/problems/invalid-model",
+            Self::IdempotencyKeyReused => "https://lakescore.dev/problems/idempotency-key-reused",
             Self::ResourceExhausted => "https://lakescore.dev/problems/resource-exhausted",
             Self::DeadlineExceeded => "https://lakescore.dev/problems/deadline-exceeded",
             Self::Cancelled => "https://lakescore.dev/problems/cancelled",
@@ -182,6 +187,7 @@ mod tests {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::InvalidModel,
+        ErrorCode::IdempotencyKeyReused,
         ErrorCode::ResourceExhausted,
         ErrorCode::DeadlineExceeded,
         ErrorCode::Cancelled,
@@ -217,8 +223,9 @@ mod tests {
         for &code in ALL {
             let back = ErrorCode::from_http(code.http_status());
             match code {
-                // 409 and 500 are shared: the first of each pair is what decodes.
+                // 409, 422 and 500 are shared: the first of each pair is what decodes.
                 ErrorCode::FailedPrecondition => assert_eq!(back, ErrorCode::Conflict),
+                ErrorCode::IdempotencyKeyReused => assert_eq!(back, ErrorCode::InvalidModel),
                 ErrorCode::DataLoss => assert_eq!(back, ErrorCode::Internal),
                 _ => assert_eq!(back, code, "{code:?}"),
             }

@@ -22,7 +22,7 @@ use utoipa::{IntoParams, OpenApi};
 use crate::auth::Caller;
 use crate::error::{Problem, RegistryError, Result};
 use crate::metrics;
-use crate::service::{parse_version, Registry};
+use crate::service::{parse_version, Created, Registry, UploadOptions};
 
 /// JSON body extractor whose rejections are problem+json.
 #[derive(FromRequest)]
@@ -204,17 +204,53 @@ pub struct DeleteModelQuery {
     pub force: bool,
 }
 
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct UploadQuery {
+    /// Answer a ready version of this model whose artifact has the same sha256 (200)
+    /// instead of registering another one.
+    #[serde(default)]
+    pub reuse_existing: bool,
+}
+
+/// The client's `Idempotency-Key` header: a retry with the same key and request gets the
+/// first answer again (for a day).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| RegistryError::BadRequest("Idempotency-Key must be visible ASCII".into()))
+        })
+        .transpose()
+}
+
+/// A created resource as the response: its status, and `Idempotent-Replayed: true` on a
+/// replay of an earlier answer.
+fn created<T: serde::Serialize>(created: Created<T>) -> Response {
+    let status = StatusCode::from_u16(created.status).unwrap_or(StatusCode::CREATED);
+    let mut response = (status, Json(created.value)).into_response();
+    if created.replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
 // ---- models ---------------------------------------------------------------------------
 
 /// Create a registered model.
 #[utoipa::path(post, path = "/api/v1/models", request_body = CreateModel, tag = "models",
-    responses((status = 201, body = Model), (status = 400, body = Problem), (status = 409, body = Problem)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and body get the first answer")),
+    responses((status = 201, body = Model), (status = 400, body = Problem), (status = 409, body = Problem),
+        (status = 422, body = Problem)))]
 async fn create_model(
     State(reg): State<Registry>,
     caller: Caller,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateModel>,
-) -> Result<(StatusCode, Json<Model>)> {
-    Ok((StatusCode::CREATED, Json(reg.create_model(&caller, &body).await?)))
+) -> Result<Response> {
+    let key = idempotency_key(&headers)?;
+    Ok(created(reg.create_model(&caller, &body, key.as_deref()).await?))
 }
 
 /// List and search registered models, ordered by name.
@@ -267,14 +303,20 @@ async fn delete_model(
 /// `multipart/form-data` with parts `metadata` (JSON: description, tags) and `artifact`.
 #[utoipa::path(post, path = "/api/v1/models/{name}/versions", tag = "versions",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = ModelVersion), (status = 404, body = Problem), (status = 413, body = Problem),
+    params(UploadQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key and artifact get the first answer")),
+    responses((status = 201, body = ModelVersion), (status = 200, description = "reuse_existing: an existing version with the same sha256", body = ModelVersion),
+        (status = 404, body = Problem), (status = 413, body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem)))]
 async fn create_version(
     State(reg): State<Registry>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
-) -> Result<(StatusCode, Json<ModelVersion>)> {
+) -> Result<Response> {
+    let options =
+        UploadOptions { reuse_existing: query.reuse_existing, idempotency_key: idempotency_key(request.headers())? };
     // Fail fast, before reading a possibly large body.
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -324,7 +366,7 @@ async fn create_version(
             )))
         }
     };
-    Ok((StatusCode::CREATED, Json(reg.create_version(&caller, &name, upload, &meta).await?)))
+    Ok(created(reg.create_version(&caller, &name, upload, &meta, &options).await?))
 }
 
 /// A model's versions, oldest first.

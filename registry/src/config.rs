@@ -33,6 +33,10 @@ pub struct RegistryConfig {
     pub max_upload_bytes: u64,
     /// Operator domains a model may use (see `onnx::DEFAULT_ALLOWED_OP_DOMAINS`).
     pub allowed_op_domains: Vec<String>,
+    /// A model whose graph makes a tensor of constant shape larger than this many bytes is
+    /// refused at registration; keep it equal to the workers' `max_inference_bytes` (0: no
+    /// bound).
+    pub max_inference_bytes: u64,
     /// Maximum database connections.
     pub db_max_connections: u32,
     /// Longest a database statement may run or wait for a lock (PostgreSQL
@@ -52,6 +56,7 @@ impl Default for RegistryConfig {
             data_dir: PathBuf::from("lakescore-data"),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             allowed_op_domains: crate::onnx::DEFAULT_ALLOWED_OP_DOMAINS.iter().map(|s| s.to_string()).collect(),
+            max_inference_bytes: 4 << 30,
             db_max_connections: 16,
             db_statement_timeout_secs: 30,
         }

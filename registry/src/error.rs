@@ -34,6 +34,9 @@ pub enum RegistryError {
     /// The upload is not a usable ONNX model.
     #[error("{0}")]
     InvalidModel(String),
+    /// An `Idempotency-Key` sent again with a different request.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
     /// A dependency (database, object storage) is unreachable or failing.
     #[error("{0}")]
     Unavailable(String),
@@ -55,6 +58,7 @@ impl RegistryError {
             Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
             Self::InvalidModel(_) => ErrorCode::InvalidModel,
+            Self::IdempotencyKeyReused(_) => ErrorCode::IdempotencyKeyReused,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }

@@ -1,7 +1,7 @@
 //! ONNX inspection: decode an uploaded ModelProto, reject what cannot be served safely,
 //! and read the model's signature (inputs, outputs, opsets, producer) from the file itself.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 use tract_onnx::pb;
@@ -19,7 +19,9 @@ pub use lakescore_core::wire::{Dim, OpsetImport, Signature, ValueInfo};
 
 /// Inspect `bytes` as an ONNX model. Anything that is not a servable single-file model is
 /// an [`RegistryError::InvalidModel`] whose message says exactly why.
-pub fn inspect(bytes: &[u8], allowed_domains: &[String]) -> Result<Signature> {
+/// A graph that makes a tensor of constant shape larger than `max_tensor_bytes` is refused:
+/// no worker with that inference bound could run it.
+pub fn inspect(bytes: &[u8], allowed_domains: &[String], max_tensor_bytes: u64) -> Result<Signature> {
     let model = pb::ModelProto::decode(bytes)
         .map_err(|e| invalid(format!("not an ONNX model: protobuf decoding failed ({e})")))?;
     if model.ir_version <= 0 {
@@ -35,6 +37,7 @@ pub fn inspect(bytes: &[u8], allowed_domains: &[String]) -> Result<Signature> {
         return Err(invalid("the graph declares no outputs"));
     }
     check_graph(graph, allowed_domains, true)?;
+    check_constant_shapes(graph, max_tensor_bytes)?;
     for f in &model.functions {
         for node in &f.node {
             check_node(node, allowed_domains)?;
@@ -176,6 +179,76 @@ fn check_graph(graph: &pb::GraphProto, allowed_domains: &[String], top_level: bo
         }
     }
     Ok(())
+}
+
+/// Tensors whose shape the graph fixes with constants (`ConstantOfShape`, `Expand` of a
+/// constant shape) can be sized without running anything: a file of a few hundred bytes can
+/// ask for gigabytes. Shapes computed from the data are out of reach here; the worker's
+/// `max_inference_bytes` stops those at run time.
+fn check_constant_shapes(graph: &pb::GraphProto, max_bytes: u64) -> Result<()> {
+    let mut constants: HashMap<&str, Vec<i64>> =
+        graph.initializer.iter().filter_map(|t| Some((t.name.as_str(), small_int64s(t)?))).collect();
+    for node in &graph.node {
+        for sub in node.attribute.iter().flat_map(|a| a.g.iter().chain(a.graphs.iter())) {
+            check_constant_shapes(sub, max_bytes)?;
+        }
+        if !node.domain.is_empty() {
+            continue;
+        }
+        let attr = |name: &str| node.attribute.iter().find(|a| a.name == name);
+        let (shape, width) = match node.op_type.as_str() {
+            "Constant" => {
+                let value = attr("value").and_then(|a| a.t.as_ref()).and_then(small_int64s);
+                let value = value.or_else(|| attr("value_ints").map(|a| a.ints.clone()));
+                if let (Some(out), Some(value)) = (node.output.first(), value) {
+                    constants.insert(out.as_str(), value);
+                }
+                continue;
+            }
+            // Filled with `value`'s type (float when absent).
+            "ConstantOfShape" => {
+                let value = attr("value").and_then(|a| a.t.as_ref());
+                (node.input.first(), value.map_or(Some(4), |t| elem_width(t.data_type)).unwrap_or(1))
+            }
+            // At least the shape's elements, of a type only known from the input: one byte each.
+            "Expand" => (node.input.get(1), 1),
+            _ => continue,
+        };
+        let Some(dims) = shape.and_then(|name| constants.get(name.as_str())) else { continue };
+        if dims.iter().any(|&d| d < 0) {
+            continue;
+        }
+        let bytes = dims.iter().try_fold(width, |acc, &d| acc.checked_mul(d as u64));
+        if bytes.is_none_or(|b| b > max_bytes) {
+            return Err(invalid(format!(
+                "node '{}' ({}) makes a tensor of shape {dims:?} ({}), over the registry's max_inference_bytes of \
+                 {max_bytes} bytes: no worker could run it",
+                node.name,
+                node.op_type,
+                bytes.map_or("more bytes than fit in 64 bits".to_string(), |b| format!(
+                    "{b} bytes, {:.1} GiB",
+                    b as f64 / f64::from(1u32 << 30)
+                )),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The values of a small int64 tensor (a shape), inline or raw.
+fn small_int64s(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    const INT64: i32 = 7;
+    if t.data_type != INT64 || t.raw_data.len() > 8 * 64 || t.int64_data.len() > 64 {
+        return None;
+    }
+    if !t.int64_data.is_empty() {
+        return Some(t.int64_data.clone());
+    }
+    let chunks = t.raw_data.chunks_exact(8);
+    chunks
+        .remainder()
+        .is_empty()
+        .then(|| chunks.map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8 bytes"))).collect())
 }
 
 fn check_node(node: &pb::NodeProto, allowed_domains: &[String]) -> Result<()> {
@@ -438,7 +511,7 @@ mod tests {
 
     #[test]
     fn reads_symbolic_and_fixed_dims() {
-        let sig = inspect(&identity_model().encode_to_vec(), &allowed()).expect("valid model");
+        let sig = inspect(&identity_model().encode_to_vec(), &allowed(), u64::MAX).expect("valid model");
         assert_eq!(sig.inputs.len(), 1);
         assert_eq!(sig.inputs[0].value_type, "tensor(float)");
         assert_eq!(sig.inputs[0].shape, Some(vec![Dim::Symbolic("N".into()), Dim::Fixed(3)]));
@@ -451,7 +524,7 @@ mod tests {
         if let Some(g) = m.graph.as_mut() {
             g.node[0].input[0] = "nowhere".into();
         }
-        let err = inspect(&m.encode_to_vec(), &allowed()).expect_err("dangling input");
+        let err = inspect(&m.encode_to_vec(), &allowed(), u64::MAX).expect_err("dangling input");
         assert!(err.to_string().contains("'nowhere'"), "{err}");
     }
 
@@ -461,16 +534,16 @@ mod tests {
         if let Some(g) = m.graph.as_mut() {
             g.node[0].domain = "com.evil".into();
         }
-        let err = inspect(&m.encode_to_vec(), &allowed()).expect_err("custom domain");
+        let err = inspect(&m.encode_to_vec(), &allowed(), u64::MAX).expect_err("custom domain");
         assert!(err.to_string().contains("com.evil"), "{err}");
         let mut with_evil = allowed();
         with_evil.push("com.evil".into());
-        inspect(&m.encode_to_vec(), &with_evil).expect("allow-listed domain");
+        inspect(&m.encode_to_vec(), &with_evil, u64::MAX).expect("allow-listed domain");
     }
 
     #[test]
     fn rejects_empty_bytes() {
-        assert!(matches!(inspect(&[], &allowed()), Err(RegistryError::InvalidModel(_))));
+        assert!(matches!(inspect(&[], &allowed(), u64::MAX), Err(RegistryError::InvalidModel(_))));
     }
 }
 
@@ -490,7 +563,7 @@ mod tract_tests {
         let allowed: Vec<String> = super::DEFAULT_ALLOWED_OP_DOMAINS.iter().map(|s| s.to_string()).collect();
         let check = |name: &str| {
             let bytes = std::fs::read(dir.join(name)).expect("model");
-            let sig = super::inspect(&bytes, &allowed).expect("valid");
+            let sig = super::inspect(&bytes, &allowed, u64::MAX).expect("valid");
             super::tract_compatibility(&bytes, &sig)
         };
         assert_eq!(check("linreg.onnx"), "ok");

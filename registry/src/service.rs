@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use crate::artifacts::ArtifactStore;
 use crate::auth::{AuthConfig, Authenticator, Caller, DefaultPermission, Role};
 use crate::config::RegistryConfig;
-use crate::db::{Access, NewVersion, Store};
+use crate::db::{Access, NewVersion, Reservation, Store};
 use crate::error::{RegistryError, Result};
 use crate::{filter, onnx};
 
@@ -54,6 +54,26 @@ enum Need {
 }
 
 /// An upload received into a local spool file, hashed on the way in.
+/// What a creating request produced: the resource, the HTTP status to answer with (201 for
+/// something new, 200 for an existing version reused), and whether this answer is a replay
+/// of the one given earlier to the same `Idempotency-Key`.
+#[derive(Debug)]
+pub struct Created<T> {
+    pub value: T,
+    pub status: u16,
+    pub replayed: bool,
+}
+
+/// How an upload is registered.
+#[derive(Debug, Default, Clone)]
+pub struct UploadOptions {
+    /// A ready version of the model with the same sha256 is answered (200) instead of
+    /// registering another one.
+    pub reuse_existing: bool,
+    /// The client's `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+}
+
 pub struct Spooled {
     file: tempfile::NamedTempFile,
     pub sha256: String,
@@ -114,9 +134,22 @@ impl Registry {
 
     // ---- models --------------------------------------------------------------------------
 
-    pub async fn create_model(&self, caller: &Caller, body: &CreateModel) -> Result<Model> {
+    pub async fn create_model(
+        &self,
+        caller: &Caller,
+        body: &CreateModel,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created<Model>> {
         caller.require(Role::Writer, "creating a model")?;
         validate_name(&body.name)?;
+        let request = serde_json::to_vec(body).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.idempotent(caller, idempotency_key, "model.create", &request, || async {
+            Ok((self.create_model_now(caller, body).await?, 201))
+        })
+        .await
+    }
+
+    async fn create_model_now(&self, caller: &Caller, body: &CreateModel) -> Result<Model> {
         let model = self.store.create_model(&body.name, &body.description, &body.tags, &caller.subject).await?;
         self.audit(
             caller,
@@ -228,16 +261,106 @@ impl Registry {
         model: &str,
         upload: Spooled,
         meta: &VersionMetadata,
-    ) -> Result<ModelVersion> {
+        options: &UploadOptions,
+    ) -> Result<Created<ModelVersion>> {
         self.authorize(caller, model, Need::Write).await?;
         if upload.size == 0 {
             return Err(RegistryError::InvalidModel("the artifact is empty".into()));
         }
+        // The request, as far as a retry must repeat it: the artifact by its digest.
+        let request = serde_json::to_vec(&serde_json::json!({
+            "model": model, "sha256": upload.sha256, "size": upload.size, "metadata": meta,
+            "reuse_existing": options.reuse_existing,
+        }))
+        .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.idempotent(caller, options.idempotency_key.as_deref(), "version.create", &request, || async {
+            if options.reuse_existing {
+                if let Some(version) = self.store.ready_version_with_sha(model, &upload.sha256).await? {
+                    tracing::info!(model, version, sha256 = %upload.sha256, "upload matches an existing version");
+                    return Ok((self.store.get_version(model, version).await?, 200));
+                }
+            }
+            Ok((self.create_version_now(caller, model, upload, meta).await?, 201))
+        })
+        .await
+    }
+
+    /// Runs a creating request once per `Idempotency-Key` (per caller, for a day): a retry
+    /// with the same key and the same request gets the first answer again; the same key with
+    /// another request is refused (422); a retry while the first is still running gets 409.
+    /// Without a key the request simply runs. A failed request frees its key.
+    async fn idempotent<T, F, Fut>(
+        &self,
+        caller: &Caller,
+        key: Option<&str>,
+        operation: &str,
+        request: &[u8],
+        run: F,
+    ) -> Result<Created<T>>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(T, u16)>>,
+    {
+        let Some(key) = key else {
+            let (value, status) = run().await?;
+            return Ok(Created { value, status, replayed: false });
+        };
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(RegistryError::BadRequest(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID, say)".into(),
+            ));
+        }
+        let hash =
+            hex::encode(Sha256::new().chain_update(operation).chain_update([0]).chain_update(request).finalize());
+        match self.store.reserve_idempotency(&caller.subject, key, operation, &hash).await? {
+            Reservation::Fresh => match run().await {
+                Ok((value, status)) => {
+                    let body = serde_json::to_string(&value).map_err(|e| RegistryError::Internal(e.to_string()))?;
+                    if let Err(e) = self.store.complete_idempotency(&caller.subject, key, status, &body).await {
+                        // The work is done; only a retry's replay is lost.
+                        tracing::warn!(error = %e, "could not record the answer of an idempotent request");
+                    }
+                    Ok(Created { value, status, replayed: false })
+                }
+                Err(e) => {
+                    if let Err(release) = self.store.release_idempotency(&caller.subject, key).await {
+                        tracing::warn!(error = %release, "could not free the Idempotency-Key of a failed request");
+                    }
+                    Err(e)
+                }
+            },
+            Reservation::Replay { status, response } => {
+                let value = serde_json::from_str(&response)
+                    .map_err(|e| RegistryError::Internal(format!("a stored idempotent answer does not parse: {e}")))?;
+                Ok(Created { value, status, replayed: true })
+            }
+            Reservation::Mismatch { operation: first } => Err(RegistryError::IdempotencyKeyReused(format!(
+                "Idempotency-Key '{key}' was used for a different request ({first}) in the last 24 hours; \
+                 send a new key for a new request"
+            ))),
+            Reservation::InProgress => Err(RegistryError::Conflict(format!(
+                "a request with Idempotency-Key '{key}' is still being processed; retry when it has finished"
+            ))),
+        }
+    }
+
+    async fn create_version_now(
+        &self,
+        caller: &Caller,
+        model: &str,
+        upload: Spooled,
+        meta: &VersionMetadata,
+    ) -> Result<ModelVersion> {
         let path = upload.file.path().to_path_buf();
         let allowed = self.config.allowed_op_domains.clone();
+        let max_tensor_bytes = match self.config.max_inference_bytes {
+            0 => u64::MAX, // unbounded
+            n => n,
+        };
         let (signature, backends) = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path)?;
-            let signature = onnx::inspect(&bytes, &allowed)?;
+            let signature = onnx::inspect(&bytes, &allowed, max_tensor_bytes)?;
             let backends = std::collections::BTreeMap::from([(
                 "tract".to_string(),
                 onnx::tract_compatibility(&bytes, &signature),

@@ -62,6 +62,12 @@ pub struct ScorerConfig {
     pub registry_timeout: Duration,
     /// Largest model artifact the worker downloads.
     pub max_artifact_bytes: u64,
+    /// Bytes ONNX Runtime may hold for inference at once (the tensors runs create), over all
+    /// models and calls of this worker; a run that needs more fails with
+    /// `RESOURCE_EXHAUSTED` and the worker keeps serving. `0`: unbounded. Size it for the
+    /// largest legitimate batch (`inference_batch_rows` × the widest model's tensors) and below
+    /// the container's memory limit.
+    pub max_inference_bytes: usize,
 }
 
 /// Which inference engine the worker runs models with.
@@ -147,6 +153,7 @@ impl Default for ScorerConfig {
             advertise_location: None,
             registry_timeout: Duration::from_secs(120),
             max_artifact_bytes: 2 << 30,
+            max_inference_bytes: 4 << 30,
         }
     }
 }

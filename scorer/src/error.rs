@@ -86,6 +86,7 @@ impl ScoreError {
             ErrorCode::InvalidArgument
             | ErrorCode::UnsupportedMediaType
             | ErrorCode::InvalidModel
+            | ErrorCode::IdempotencyKeyReused
             | ErrorCode::RangeNotSatisfiable => ScoreError::InvalidArgument(msg),
             ErrorCode::Unauthenticated => ScoreError::Unauthenticated(msg),
             ErrorCode::PermissionDenied => ScoreError::PermissionDenied(msg),

@@ -62,6 +62,7 @@ pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
             library: config.onnxruntime_lib.clone(),
             intra_op_threads: config.intra_op_threads,
             optimization: config.graph_optimization,
+            max_inference_bytes: config.max_inference_bytes,
         })
     };
     match config.backend {
@@ -221,13 +222,21 @@ impl Scorer {
         });
         let chunks = Rechunk::new(Box::pin(checked), plan.input_schema().clone(), self.chunk_rows(cmd, &plan));
         let handle = model.handle.clone();
+        let name = format!("{}:{}", model.version.model, model.version.version);
         let scored = chunks
             .map(move |chunk| {
                 let handle = handle.clone();
                 let plan = plan.clone();
+                let name = name.clone();
                 async move {
                     let chunk = chunk?;
-                    tokio::task::spawn_blocking(move || score_chunk(&handle, &plan, &chunk)).await?
+                    tokio::task::spawn_blocking(move || score_chunk(&handle, &plan, &chunk)).await?.map_err(|e| {
+                        // Which model ran out of its memory bound, for the caller and the log.
+                        match e {
+                            ScoreError::ResourceExhausted(_) => e.context(format!("model {name}")),
+                            e => e,
+                        }
+                    })
                 }
             })
             .buffered(2)

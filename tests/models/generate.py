@@ -57,6 +57,8 @@ BAD_ARTIFACTS = [
     "bad_external_symlink.onnx",
     "bad_missing_input.onnx",
     "bad_custom_domain.onnx",
+    "bad_constant_oom.onnx",
+    "hog_runtime.onnx",
 ]
 
 
@@ -642,9 +644,63 @@ def gen_bad(out: Path) -> dict:
         "domain": "com.example.custom",
     }
 
+    # 10. a few hundred bytes whose one constant-shaped tensor needs 16 GiB: refused at
+    # registration (its size is known from the graph alone).
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1 << 20, 1 << 12])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], name="fill_16gib",
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("ReduceSum", ["big"], ["total"], name="sum", keepdims=0),
+        helper.make_node("Add", ["X", "total"], ["Y"], name="add"),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "tiny", [x], [y], initializer=[shape]),
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="lakescore-tests",
+    )
+    model.ir_version = 8
+    data = model.SerializeToString()
+    (out / "bad_constant_oom.onnx").write_bytes(data)
+    entries["bad_constant_oom.onnx"] = {"why": "ConstantOfShape 'fill_16gib' makes a [1048576, 4096] float tensor (16 GiB)"}
+
     for fname, e in entries.items():
         p = out / fname
         e.update({"file": fname, "size": p.stat().st_size, "sha256": sha256_file(p), "expect_http_status": 422})
+
+    # 11. valid, but its memory depends on the data: Y = X + sum(ones([max(X), 1000])), so a
+    # row holding 1e6 makes a run allocate 4 GB. Nothing static can see it; the worker's
+    # max_inference_bytes must stop it.
+    x1 = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1])
+    y1 = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 1])
+    width = helper.make_tensor("width", TensorProto.INT64, [1], [1000])
+    nodes = [
+        helper.make_node("ReduceMax", ["X"], ["max"], name="max", keepdims=0),
+        helper.make_node("Cast", ["max"], ["rows"], name="rows", to=TensorProto.INT64),
+        helper.make_node("Reshape", ["rows", "one"], ["rows1"], name="rows1"),
+        helper.make_node("Concat", ["rows1", "width"], ["shape"], name="shape", axis=0),
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], name="fill",
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("ReduceSum", ["big"], ["total"], name="sum", keepdims=0),
+        helper.make_node("Add", ["X", "total"], ["Y"], name="add"),
+    ]
+    one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    model = helper.make_model(
+        helper.make_graph(nodes, "hog", [x1], [y1], initializer=[width, one]),
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="lakescore-tests",
+    )
+    model.ir_version = 8
+    data = model.SerializeToString()
+    (out / "hog_runtime.onnx").write_bytes(data)
+    got = ort_session(data).run(None, {"X": np.array([[1.0], [3.0]], np.float32)})[0]
+    assert np.array_equal(got, np.array([[3001.0], [3003.0]], np.float32)), got
+    entries["hog_runtime.onnx"] = {
+        "why": "Y = X + sum(ones([max(X), 1000])): 4000 * max(X) bytes at run time",
+        "file": "hog_runtime.onnx",
+        "size": len(data),
+        "sha256": sha256_file(out / "hog_runtime.onnx"),
+        "expect_http_status": 201,
+    }
     return entries
 
 

@@ -218,6 +218,7 @@ backend = {{ $s.backend | quote }}
 {{- include "lakescore.toml.map" (dict "key" "storage_options" "value" $s.storage.options) }}
 {{- include "lakescore.toml.string" (dict "key" "graph_optimization" "value" $s.config.graphOptimization) }}
 {{- include "lakescore.toml.int" (dict "key" "model_cache_bytes" "value" $s.config.modelCacheBytes) }}
+{{- include "lakescore.toml.int" (dict "key" "max_inference_bytes" "value" $s.config.maxInferenceBytes) }}
 {{- include "lakescore.toml.int" (dict "key" "inference_batch_rows" "value" $s.config.inferenceBatchRows) }}
 {{- include "lakescore.toml.int" (dict "key" "max_batch_rows" "value" $s.config.maxBatchRows) }}
 {{- include "lakescore.toml.int" (dict "key" "max_batch_bytes" "value" $s.config.maxBatchBytes) }}

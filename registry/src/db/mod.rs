@@ -4,6 +4,7 @@
 mod aliases;
 mod audit;
 mod grants;
+mod idempotency;
 mod models;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ use sqlx::AnyPool;
 
 use crate::error::{RegistryError, Result};
 
+pub use idempotency::{Reservation, IDEMPOTENCY_TTL};
 pub use types::{Access, AuditEntry, Grant, Model, ModelVersion, NewVersion, Page, Permission, Tags, VersionStatus};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
