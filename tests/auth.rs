@@ -601,3 +601,87 @@ async fn default_permission_granted_needs_a_grant_even_for_global_roles() {
     assert_eq!(listed["models"][0]["name"], "shared");
     s.stop().await;
 }
+
+/// Identity is (tenant, subject): with a multi-tenant issuer, a user of tenant B whose token
+/// carries the same `oid` as a user of tenant A is someone else: not the owner of A's
+/// models, not the grantee of A's grants, and told apart in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenants_never_share_an_identity() {
+    let i = Issuer::start().await;
+    let mut config = auth_config(&i);
+    if let Some(o) = config.oidc.as_mut() {
+        o.issuer = format!("{}/{{tenantid}}/v2.0", i.url);
+        o.allowed_tenants = vec!["tenant-a".into(), "tenant-b".into()];
+        o.discovery_url = Some(format!("{}/.well-known/openid-configuration", i.url));
+    }
+    // Ownership and grants decide, not a global role.
+    config.default_permission = lakescore_registry::auth::DefaultPermission::Granted;
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let in_tenant = |tenant: &str, claims: Value| {
+        let mut claims = claims;
+        claims["iss"] = json!(format!("{}/{tenant}/v2.0", i.url));
+        claims["tid"] = json!(tenant);
+        i.token(claims)
+    };
+    let alice_a = in_tenant("tenant-a", json!({"oid": "same-oid", "roles": ["LakeScore.Write"]}));
+    let alice_b = in_tenant("tenant-b", json!({"oid": "same-oid", "roles": ["LakeScore.Write"]}));
+    let admin_a = in_tenant("tenant-a", json!({"oid": "admin", "roles": ["LakeScore.Admin"]}));
+    let http = reqwest::Client::new();
+
+    create_model(&s, &alice_a, "fraud").await;
+    let model: Value = get(&s, "/models/fraud", Some(&alice_a)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(model["created_by"], "same-oid@tenant-a", "{model}");
+
+    // Tenant B's same-oid user is not the owner.
+    assert_eq!(status(get(&s, "/models/fraud", Some(&alice_b))).await, StatusCode::FORBIDDEN);
+    let list: Value = get(&s, "/models", Some(&alice_b)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(list["models"], json!([]), "{list}");
+    let patch = http.patch(s.api("/models/fraud")).bearer_auth(&alice_b).json(&json!({"description": "mine"}));
+    assert_eq!(status(patch).await, StatusCode::FORBIDDEN);
+    let grant = |token: &str, principal: &str| {
+        http.put(s.api("/models/fraud/grants"))
+            .bearer_auth(token)
+            .json(&json!({"principal": principal, "permission": "read"}))
+    };
+    assert_eq!(status(grant(&alice_b, "user:same-oid@tenant-b")).await, StatusCode::FORBIDDEN);
+    // A grant to the bare oid names tenant A's user (no home tenant here: nobody), not B's.
+    assert_eq!(status(grant(&alice_a, "user:same-oid")).await, StatusCode::OK);
+    assert_eq!(status(get(&s, "/models/fraud", Some(&alice_b))).await, StatusCode::FORBIDDEN);
+    // The owner grants tenant B's user by the qualified name: now B reads.
+    assert_eq!(status(grant(&alice_a, "user:same-oid@tenant-b")).await, StatusCode::OK);
+    assert_eq!(status(get(&s, "/models/fraud", Some(&alice_b))).await, StatusCode::OK);
+
+    // B creates a model of its own: the audit log tells the two apart.
+    create_model(&s, &alice_b, "churn").await;
+    let audit: Value = get(&s, "/audit", Some(&admin_a)).send().await.expect("send").json().await.expect("json");
+    let creators: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "model.create")
+        .map(|e| (e["model"].as_str().unwrap_or("").into(), e["principal"].as_str().unwrap_or("").into()))
+        .collect();
+    assert!(creators.contains(&("fraud".into(), "same-oid@tenant-a".into())), "{audit}");
+    assert!(creators.contains(&("churn".into(), "same-oid@tenant-b".into())), "{audit}");
+    s.stop().await;
+}
+
+/// A single-tenant deployment records callers of its tenant by their subject alone, as it
+/// always did, so rows written before tenants were recorded keep their meaning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_home_tenant_keeps_bare_subjects() {
+    let i = Issuer::start().await;
+    let mut config = auth_config(&i);
+    if let Some(o) = config.oidc.as_mut() {
+        o.issuer = format!("{}/{{tenantid}}/v2.0", i.url);
+        o.allowed_tenants = vec!["tenant-a".into()];
+        o.discovery_url = Some(format!("{}/.well-known/openid-configuration", i.url));
+    }
+    let s = TestServer::start_with_auth(Db::Sqlite, config, |_| {}).await;
+    let token = i.token(json!({"iss": format!("{}/tenant-a/v2.0", i.url), "tid": "tenant-a", "oid": "user-1",
+        "roles": ["LakeScore.Write"]}));
+    create_model(&s, &token, "fraud").await;
+    let model: Value = get(&s, "/models/fraud", Some(&token)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(model["created_by"], "user-1");
+    s.stop().await;
+}

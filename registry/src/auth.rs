@@ -126,6 +126,14 @@ impl AuthConfig {
                     .to_string(),
             );
         }
+        if oidc.home_tenant().is_none() {
+            warnings.push(
+                "several tenants are allowed and no home_tenant is set: every caller is recorded as \
+                 <oid>@<tid> (owners, grants, audit); owners and grants recorded before tenants were (bare oids) \
+                 match nobody until home_tenant names the tenant they belong to"
+                    .to_string(),
+            );
+        }
         if is_entra(&oidc.issuer) {
             return warnings;
         }
@@ -171,8 +179,13 @@ fn is_entra(issuer: &str) -> bool {
 /// The principal behind a request.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// `oid`/`sub`; recorded as `created_by` and owner.
+    /// `oid`/`sub`, qualified by the tenant when that is not the home tenant
+    /// (`<oid>@<tid>`); recorded as `created_by`, owner and audit actor.
     pub subject: String,
+    /// The token's tenant (`tid`, else `iss`); `None` for the anonymous local user.
+    pub tenant: Option<String>,
+    /// The tenant is not the home tenant: names carry `@<tenant>`.
+    pub foreign: bool,
     pub app_id: Option<String>,
     pub app_roles: Vec<String>,
     pub groups: Vec<String>,
@@ -190,6 +203,7 @@ impl fmt::Debug for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Caller")
             .field("subject", &self.subject)
+            .field("tenant", &self.tenant)
             .field("app_id", &self.app_id)
             .field("role", &self.role)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
@@ -202,6 +216,8 @@ impl Caller {
     pub fn anonymous() -> Self {
         Self {
             subject: "anonymous".into(),
+            tenant: None,
+            foreign: false,
             app_id: None,
             app_roles: Vec::new(),
             groups: Vec::new(),
@@ -212,10 +228,15 @@ impl Caller {
         }
     }
 
+    /// The caller a validated token describes. Identity is (tenant, subject): the subject,
+    /// groups and client id of a tenant other than `home_tenant` carry `@<tenant>`, so they
+    /// match only grants and role entries written for that tenant. App roles and scopes are
+    /// the token's own, evaluated per token.
     pub fn from_claims(
         claims: &Map<String, Value>,
         names: &ClaimNames,
         mapping: &RoleMapping,
+        home_tenant: Option<&str>,
         token: &str,
     ) -> Result<Self> {
         let first =
@@ -230,16 +251,24 @@ impl Caller {
         let subject = first(&names.subject).ok_or_else(|| {
             RegistryError::Unauthorized(format!("token has no subject claim ({})", names.subject.join(", ")))
         })?;
+        let tenant = ["tid", "iss"].iter().find_map(|k| claims.get(*k).and_then(Value::as_str)).map(str::to_string);
+        let foreign = tenant.as_deref().is_some_and(|t| Some(t) != home_tenant);
+        let qualify = |value: String| match (&tenant, foreign) {
+            (Some(t), true) => format!("{value}@{t}"),
+            _ => value,
+        };
         let mut caller = Self {
-            subject,
-            app_id: first(&names.app_id),
+            subject: qualify(subject),
+            app_id: first(&names.app_id).map(qualify),
             app_roles: list(&names.roles),
-            groups: list(&names.groups),
+            groups: list(&names.groups).into_iter().map(qualify).collect(),
             scopes: list(&names.scopes),
             groups_overage: claims.get("_claim_names").and_then(|n| n.get(&names.groups)).is_some()
                 || claims.get("hasgroups").and_then(Value::as_bool) == Some(true),
             role: None,
             token: Some(token.to_string()),
+            tenant,
+            foreign,
         };
         let matches = |entries: &[String]| entries.iter().any(|e| caller.has(e));
         caller.role = if matches(&mapping.admin) {
@@ -274,7 +303,12 @@ impl Caller {
         let mut p: BTreeSet<String> = BTreeSet::new();
         p.insert(format!("user:{}", self.subject));
         p.extend(self.groups.iter().map(|g| format!("group:{g}")));
-        p.extend(self.app_roles.iter().map(|r| format!("role:{r}")));
+        // An app role is assigned in each tenant by that tenant's admins: a grant to
+        // `role:X` means the home tenant's X, and another tenant's X is `role:X@<tenant>`.
+        p.extend(self.app_roles.iter().map(|r| match (&self.tenant, self.foreign) {
+            (Some(t), true) => format!("role:{r}@{t}"),
+            _ => format!("role:{r}"),
+        }));
         p.extend(self.app_id.iter().map(|a| format!("app:{a}")));
         p.into_iter().collect()
     }
@@ -334,6 +368,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub struct Authenticator {
     validator: Option<Arc<OidcValidator>>,
     config: Arc<AuthConfig>,
+    home_tenant: Option<Arc<str>>,
     refusals: Arc<RefusalLog>,
 }
 
@@ -390,7 +425,8 @@ impl Authenticator {
     pub fn new(config: AuthConfig) -> Result<Self> {
         config.check()?;
         let validator = config.oidc.clone().map(OidcValidator::new).transpose()?.map(Arc::new);
-        Ok(Self { validator, config: Arc::new(config), refusals: Arc::new(RefusalLog::new()) })
+        let home_tenant = config.oidc.as_ref().and_then(OidcConfig::home_tenant).map(Arc::from);
+        Ok(Self { validator, config: Arc::new(config), home_tenant, refusals: Arc::new(RefusalLog::new()) })
     }
 
     pub fn enabled(&self) -> bool {
@@ -432,7 +468,7 @@ impl Authenticator {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| RegistryError::Unauthorized("the Authorization header is not 'Bearer <token>'".into()))?;
         let claims = validator.validate(token).await?;
-        Caller::from_claims(&claims, &self.config.claims, &self.config.roles, token)
+        Caller::from_claims(&claims, &self.config.claims, &self.config.roles, self.home_tenant.as_deref(), token)
     }
 
     /// [`Self::authenticate`] for a call arriving over `transport` (`rest`, `flight`) from

@@ -51,6 +51,13 @@ pub struct OidcConfig {
     pub jwks_stale_limit_secs: u64,
     /// Timeout of discovery and JWKS requests, in seconds.
     pub http_timeout_secs: u64,
+    /// The tenant whose callers are recorded by their subject alone (`oid`); callers of any
+    /// other tenant are recorded as `<subject>@<tenant>` (tenant: the token's `tid`, else its
+    /// `iss`), so that two tenants' users with the same `oid` are never one principal.
+    /// Default: the tenant of a single-tenant issuer (the id in
+    /// `login.microsoftonline.com/<tid>/v2.0`, the only entry of `allowed_tenants`, or, for
+    /// any other issuer, the issuer itself); none for a `{tenantid}` issuer open to several.
+    pub home_tenant: Option<String>,
 }
 
 impl Default for OidcConfig {
@@ -67,11 +74,36 @@ impl Default for OidcConfig {
             jwks_max_age_secs: 3600,
             jwks_stale_limit_secs: 86_400,
             http_timeout_secs: 10,
+            home_tenant: None,
         }
     }
 }
 
 const TENANT: &str = "{tenantid}";
+
+impl OidcConfig {
+    /// See [`Self::home_tenant`](field@Self::home_tenant).
+    pub fn home_tenant(&self) -> Option<String> {
+        if let Some(t) = &self.home_tenant {
+            return Some(t.clone());
+        }
+        if self.issuer.contains(TENANT) {
+            return match self.allowed_tenants.as_slice() {
+                [one] if one != "*" => Some(one.clone()),
+                _ => None,
+            };
+        }
+        let url = url::Url::parse(&self.issuer).ok()?;
+        let host = url.host_str()?.to_ascii_lowercase();
+        if ["login.microsoftonline.com", "sts.windows.net", "login.microsoftonline.us", "login.chinacloudapi.cn"]
+            .contains(&host.as_str())
+        {
+            // https://login.microsoftonline.com/<tid>/v2.0, https://sts.windows.net/<tid>/
+            return url.path_segments()?.next().filter(|t| !t.is_empty()).map(str::to_string);
+        }
+        Some(self.issuer.clone())
+    }
+}
 
 impl OidcConfig {
     pub fn check(&self) -> Result<()> {
@@ -390,6 +422,28 @@ fn lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_tenant_of_each_kind_of_issuer() {
+        let with = |issuer: &str, allowed: &[&str], home: Option<&str>| OidcConfig {
+            issuer: issuer.into(),
+            allowed_tenants: allowed.iter().map(|t| t.to_string()).collect(),
+            home_tenant: home.map(str::to_string),
+            ..Default::default()
+        };
+        let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let single = format!("https://login.microsoftonline.com/{tid}/v2.0");
+        assert_eq!(with(&single, &[], None).home_tenant().as_deref(), Some(tid));
+        let v1 = format!("https://sts.windows.net/{tid}/");
+        assert_eq!(with(&v1, &[], None).home_tenant().as_deref(), Some(tid));
+        let multi = "https://login.microsoftonline.com/{tenantid}/v2.0";
+        assert_eq!(with(multi, &["t1"], None).home_tenant().as_deref(), Some("t1"));
+        assert_eq!(with(multi, &["t1", "t2"], None).home_tenant(), None);
+        assert_eq!(with(multi, &["*"], None).home_tenant(), None);
+        assert_eq!(with(multi, &["t1", "t2"], Some("t2")).home_tenant().as_deref(), Some("t2"));
+        let keycloak = "https://sso.example.com/realms/data";
+        assert_eq!(with(keycloak, &[], None).home_tenant().as_deref(), Some(keycloak));
+    }
 
     #[test]
     fn azure_multi_tenant_issuers() {
