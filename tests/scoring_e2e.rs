@@ -44,6 +44,14 @@ async fn exchange(s: &Serve, token: Option<&str>, cmd: &Value) -> Result<Vec<Rec
     })
 }
 
+/// The rf command over DoExchange on an existing client (its channel and headers).
+async fn exchange_on(client: &mut arrow_flight::FlightClient) -> Result<Vec<RecordBatch>, FlightError> {
+    let input = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(rf_command().to_string())))
+        .build(futures::stream::iter(rows("rf").into_iter().map(Ok)));
+    client.do_exchange(input).await?.try_collect::<Vec<_>>().await
+}
+
 /// Grants (or, with `grant == false`, revokes) alice's read access to `rf`; the status.
 async fn grant_alice(s: &Serve, owner: &str, grant: bool) -> u16 {
     let url = format!("{}/api/v1/models/rf/grants", s.server.url);
@@ -424,6 +432,28 @@ async fn large_tokens_are_answered_not_dropped() {
     let err = exchange(&s, Some(&forged), &rf_command()).await.expect_err("bad signature");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     exchange(&s, Some(&owner), &rf_command()).await.expect("still serving");
+
+    // Over the 256 KiB limit: answered on its own stream (RESOURCE_EXHAUSTED, 431 over
+    // REST), not by closing the connection; the same client goes on with a normal token.
+    let groups: Vec<String> = (0..5500).map(|n| format!("{n:08}-0000-0000-0000-000000000000")).collect();
+    let huge = issuer.token(json!({"oid": "owner-1", "roles": ["LakeScore.Write"], "groups": groups}));
+    assert!((260 << 10..390 << 10).contains(&huge.len()), "the token is {} bytes", huge.len());
+    let mut client = common::flight_client(&s.server.flight, Some(&huge)).await;
+    let err = exchange_on(&mut client).await.expect_err("headers over the limit");
+    let FlightError::Tonic(status) = err else { panic!("expected a status, got {err:?}") };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("max_header_list_bytes"), "{status}");
+    client.add_header("authorization", &format!("Bearer {owner}")).expect("header");
+    exchange_on(&mut client).await.expect("the same channel serves the next call");
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/models", s.server.url))
+        .bearer_auth(&huge)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 431);
+    let problem: Value = r.json().await.expect("problem+json");
+    assert!(problem["detail"].as_str().unwrap_or("").contains("over the registry's limit"), "{problem}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -21,6 +21,8 @@ pub enum ErrorCode {
     FailedPrecondition,
     /// A body over the size cap: 413, `RESOURCE_EXHAUSTED`.
     PayloadTooLarge,
+    /// Request headers over the size limit (a huge bearer token): 431, `RESOURCE_EXHAUSTED`.
+    HeadersTooLarge,
     /// The wrong content type: 415, `INVALID_ARGUMENT`.
     UnsupportedMediaType,
     /// A byte range outside the object: 416, `OUT_OF_RANGE`.
@@ -58,6 +60,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RangeNotSatisfiable => 416,
+            Self::HeadersTooLarge => 431,
             Self::InvalidModel | Self::IdempotencyKeyReused => 422,
             Self::ResourceExhausted => 429,
             Self::Cancelled => 499,
@@ -80,7 +83,7 @@ impl ErrorCode {
             Self::NotFound => Code::NotFound,
             Self::Conflict => Code::AlreadyExists,
             Self::FailedPrecondition => Code::FailedPrecondition,
-            Self::PayloadTooLarge | Self::ResourceExhausted => Code::ResourceExhausted,
+            Self::PayloadTooLarge | Self::HeadersTooLarge | Self::ResourceExhausted => Code::ResourceExhausted,
             Self::RangeNotSatisfiable => Code::OutOfRange,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Cancelled => Code::Cancelled,
@@ -101,6 +104,7 @@ impl ErrorCode {
             Self::Conflict => "https://lakescore.dev/problems/conflict",
             Self::FailedPrecondition => "https://lakescore.dev/problems/failed-precondition",
             Self::PayloadTooLarge => "https://lakescore.dev/problems/payload-too-large",
+            Self::HeadersTooLarge => "https://lakescore.dev/problems/headers-too-large",
             Self::UnsupportedMediaType => "https://lakescore.dev/problems/unsupported-media-type",
             Self::RangeNotSatisfiable => "https://lakescore.dev/problems/range-not-satisfiable",
             Self::InvalidModel => "https://lakescore.dev/problems/invalid-model",
@@ -156,6 +160,7 @@ impl ErrorCode {
             415 => Self::UnsupportedMediaType,
             416 => Self::RangeNotSatisfiable,
             422 => Self::InvalidModel,
+            431 => Self::HeadersTooLarge,
             429 => Self::ResourceExhausted,
             499 => Self::Cancelled,
             500 => Self::Internal,
@@ -184,6 +189,7 @@ mod tests {
         ErrorCode::Conflict,
         ErrorCode::FailedPrecondition,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::HeadersTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::InvalidModel,
@@ -247,4 +253,12 @@ mod tests {
             assert!(seen.insert(code.problem_type()), "{code:?}");
         }
     }
+}
+
+/// The size of a request's header list as HTTP/2 counts it (RFC 7541: name + value + 32 per
+/// field): what the registry and the worker compare with their header limits, so that a call
+/// over them is answered on its own (431 / `RESOURCE_EXHAUSTED`) rather than by the transport
+/// closing the connection.
+pub fn header_list_bytes(headers: &tonic::codegen::http::HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum()
 }

@@ -158,9 +158,30 @@ pub fn router(registry: Registry) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
         .fallback(|| async { RegistryError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(limit_headers))
         .layer(middleware::from_fn(track_metrics))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(registry)
+}
+
+/// Requests whose headers are over [`crate::MAX_HEADER_LIST_BYTES`] are answered alone
+/// (431 problem+json, or `RESOURCE_EXHAUSTED` for gRPC); the transport takes a few times that
+/// before it would close the connection and every other request on it.
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let size = lakescore_core::error::header_list_bytes(req.headers());
+    let limit = crate::MAX_HEADER_LIST_BYTES as usize;
+    if size <= limit {
+        return next.run(req).await;
+    }
+    let error = RegistryError::HeadersTooLarge(format!(
+        "the request's headers take {size} bytes, over the registry's limit of {limit}; a bearer token this large \
+         usually lists too many groups: emit app roles, or only the groups assigned to the application"
+    ));
+    let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return tonic::Status::new(error.code().grpc_code(), error.to_string()).into_http();
+    }
+    error.into_response()
 }
 
 async fn track_metrics(req: Request, next: Next) -> Response {

@@ -28,6 +28,8 @@ pub enum RegistryError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
+    HeadersTooLarge(String),
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
     RangeNotSatisfiable(String),
@@ -55,6 +57,7 @@ impl RegistryError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::HeadersTooLarge(_) => ErrorCode::HeadersTooLarge,
             Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
             Self::InvalidModel(_) => ErrorCode::InvalidModel,

@@ -72,7 +72,9 @@ async fn serve_http(
     use hyper_util::service::TowerToHyperService;
 
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http2().max_header_list_size(MAX_HEADER_LIST_BYTES);
+    // Headroom above the limit: a request over it is answered by `api::limit_headers` on its
+    // own stream; only past four times the limit does hyper refuse it with GOAWAY.
+    builder.http2().max_header_list_size(MAX_HEADER_LIST_BYTES.saturating_mul(4));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);

@@ -39,7 +39,9 @@ pub struct ScorerConfig {
     /// Largest gRPC message the worker accepts (bytes).
     pub max_message_bytes: usize,
     /// Largest HTTP/2 header list of a call (bytes): room for large bearer tokens (an Entra
-    /// token with many groups or roles runs to tens of KiB).
+    /// token with many groups or roles runs to tens of KiB). A call over it gets
+    /// `RESOURCE_EXHAUSTED` on its own stream; only past four times this does the transport
+    /// close the connection.
     pub max_header_list_bytes: u32,
     /// Rows per output Parquet file before a new file is started.
     pub max_rows_per_file: usize,

@@ -92,7 +92,9 @@ impl ScoreError {
             ErrorCode::PermissionDenied => ScoreError::PermissionDenied(msg),
             ErrorCode::NotFound => ScoreError::NotFound(msg),
             ErrorCode::Conflict | ErrorCode::FailedPrecondition => ScoreError::FailedPrecondition(msg),
-            ErrorCode::PayloadTooLarge | ErrorCode::ResourceExhausted => ScoreError::ResourceExhausted(msg),
+            ErrorCode::PayloadTooLarge | ErrorCode::HeadersTooLarge | ErrorCode::ResourceExhausted => {
+                ScoreError::ResourceExhausted(msg)
+            }
             ErrorCode::Unavailable | ErrorCode::DeadlineExceeded => ScoreError::Unavailable(msg),
             ErrorCode::Cancelled => ScoreError::Cancelled(msg),
             ErrorCode::Unimplemented => ScoreError::Unimplemented(msg),

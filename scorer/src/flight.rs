@@ -97,8 +97,10 @@ impl ScorerService {
     /// reset (which tonic reports as a normal end of stream) is never committed as output.
     pub fn into_server(self) -> FlightServer {
         let max = self.scorer.config().max_message_bytes;
+        let max_header_list_bytes = self.scorer.config().max_header_list_bytes as usize;
         FlightServer {
             inner: FlightServiceServer::new(self).max_decoding_message_size(max).max_encoding_message_size(max),
+            max_header_list_bytes,
         }
     }
 }
@@ -148,7 +150,12 @@ impl<B: http_body::Body> http_body::Body for WatchedBody<B> {
 #[derive(Debug, Clone)]
 pub struct FlightServer {
     inner: FlightServiceServer<ScorerService>,
+    max_header_list_bytes: usize,
 }
+
+/// How many times `max_header_list_bytes` the HTTP/2 transport itself takes before it
+/// tears the connection down (GOAWAY); in between, the call is answered on its own stream.
+pub const TRANSPORT_HEADER_HEADROOM: u32 = 4;
 
 impl tonic::server::NamedService for FlightServer {
     const NAME: &'static str = <FlightServiceServer<ScorerService> as tonic::server::NamedService>::NAME;
@@ -164,6 +171,17 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for FlightServer {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let size = lakescore_core::error::header_list_bytes(req.headers());
+        if size > self.max_header_list_bytes {
+            // Refused on this stream alone: the connection and its other calls go on.
+            let limit = self.max_header_list_bytes;
+            let status = Status::resource_exhausted(format!(
+                "the call's headers take {size} bytes, over the worker's limit of {limit} (max_header_list_bytes); \
+                 a bearer token this large usually lists too many groups: emit app roles, or only the groups \
+                 assigned to the application"
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         let state = Arc::new(BodyState::default());
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(state.clone());

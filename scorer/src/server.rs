@@ -44,7 +44,11 @@ where
     );
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_max_header_list_size(scorer.config().max_header_list_bytes)
+        // Room above the worker's own limit, so that a call over it is answered on its own
+        // stream (RESOURCE_EXHAUSTED, see `FlightServer`) instead of by GOAWAY.
+        .http2_max_header_list_size(
+            scorer.config().max_header_list_bytes.saturating_mul(crate::flight::TRANSPORT_HEADER_HEADROOM),
+        )
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
