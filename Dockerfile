@@ -32,7 +32,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bin lakescore \
- && install -D -m 0755 target/release/lakescore /out/lakescore
+ && install -D -s -m 0755 target/release/lakescore /out/lakescore
 
 # --------------------------------------------------------------------------- ONNX Runtime
 # libonnxruntime.so from the onnxruntime wheel the worker is built against (ort rc.15,
@@ -64,6 +64,8 @@ RUN set -eu; \
     chmod 0644 /out/lib/* /out/doc/*
 
 # --------------------------------------------------------------------------- runtime
+# What this stage puts where is listed in image/contents; scripts/build-image builds the
+# same image without pulling a base image, and tests/image.rs keeps the three in step.
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 ARG ORT_VERSION=1.31.1
 # ca-certificates: HTTPS to object stores and OIDC issuers. libstdc++ (ONNX Runtime)

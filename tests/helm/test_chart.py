@@ -518,6 +518,28 @@ def test_binary_accepts_the_chart_config(objs: list[dict[str, Any]], tmp_path: P
                 assert done.returncode == 0, f"{ident}: worker listen address refused:\n{done.stderr}"
 
 
+def test_the_image_accepts_the_chart_config(objs: list[dict[str, Any]], tmp_path: Path) -> None:
+    """`check-config` inside the built image (scripts/run-image: its user, read-only root), on
+    the rendered config mounted where the chart mounts it, with each container's environment."""
+    image = os.environ.get("LAKESCORE_TEST_IMAGE")
+    if not image:
+        pytest.skip("LAKESCORE_TEST_IMAGE is not set (scripts/test builds the image when buildah is installed)")
+    config_dir = tmp_path / "config"
+    config_dir.mkdir(mode=0o755)
+    config_dir.chmod(0o755)
+    (config_dir / "lakescore.toml").write_text(config_toml(objs))
+    for owner, spec in pod_specs(objs):
+        for c in spec["containers"]:
+            ident = f"{owner['metadata']['name']}/{c['name']}"
+            env = container_env(c, Path("/etc/lakescore/lakescore.toml"))
+            cmd = [str(ROOT / "scripts" / "run-image"), image, "--volume", f"{config_dir}:/etc/lakescore:ro"]
+            for key, value in env.items():
+                cmd += ["--env", f"{key}={value}"]
+            done = subprocess.run([*cmd, "--", "check-config"], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"{ident}: check-config in the image failed:\n{done.stderr}"
+            assert "configuration OK" in done.stderr, f"{ident}: {done.stderr}"
+
+
 EVERY_SETTING = {
     "auth": {
         "insecureNoAuth": False,
