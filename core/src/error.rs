@@ -177,6 +177,14 @@ impl ErrorCode {
     }
 }
 
+/// The size of a request's header list as HTTP/2 counts it (RFC 7541: name + value + 32 per
+/// field): what the registry and the worker compare with their header limits, so that a call
+/// over them is answered on its own (431 / `RESOURCE_EXHAUSTED`) rather than by the transport
+/// closing the connection.
+pub fn header_list_bytes(headers: &tonic::codegen::http::HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,12 +261,4 @@ mod tests {
             assert!(seen.insert(code.problem_type()), "{code:?}");
         }
     }
-}
-
-/// The size of a request's header list as HTTP/2 counts it (RFC 7541: name + value + 32 per
-/// field): what the registry and the worker compare with their header limits, so that a call
-/// over them is answered on its own (431 / `RESOURCE_EXHAUSTED`) rather than by the transport
-/// closing the connection.
-pub fn header_list_bytes(headers: &tonic::codegen::http::HeaderMap) -> usize {
-    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum()
 }
