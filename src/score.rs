@@ -3,7 +3,7 @@
 //! prefix the worker writes to (DoPut).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arrow::datatypes::SchemaRef;
@@ -20,7 +20,9 @@ pub struct ScoreArgs {
     /// Model reference: name (latest), name:7, or name@alias.
     #[arg(long)]
     pub model: String,
-    /// Input file: .parquet, or .csv (header row; types inferred).
+    /// Input: a local .parquet or .csv file (header row; types inferred), streamed to the
+    /// worker; or a storage URL of Parquet files (file:///…, s3://…, az://…) that the worker
+    /// reads itself as a batch job (then --output must be a storage URL too).
     #[arg(long)]
     pub input: PathBuf,
     /// Output: a local .parquet file (scored here, streamed back), or a storage URL prefix
@@ -43,6 +45,38 @@ pub struct ScoreArgs {
     /// lz4 or zstd (worth it across a slow network; costs CPU on both ends).
     #[arg(long, value_enum, default_value_t = Compression::None)]
     pub compression: Compression,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+}
+
+/// Batch jobs (a storage URL as --input): Azure ML batch endpoints' settings.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Names the job: running it again with the same id resumes it (committed units are
+    /// skipped) [default: a new id].
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// Row groups per unit of work (0: one file per unit).
+    #[arg(long, default_value_t = 0)]
+    pub mini_batch_size: u32,
+    /// Retries of a unit that fails with a transient error.
+    #[arg(long, default_value_t = 3)]
+    pub max_retries: u32,
+    /// Seconds one attempt of a unit may take.
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout_secs: f64,
+    /// Units scored at once by the worker.
+    #[arg(long, default_value_t = 1)]
+    pub max_concurrency: u32,
+    /// Rows the model cannot score (set aside under OUTPUT/_errors/) the job tolerates; -1: any.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub error_threshold_rows: i64,
+    /// Units that fail every attempt the job tolerates; -1: any.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub error_threshold_units: i64,
+    /// Write only the manifest with its counts, no scored rows (a validation run).
+    #[arg(long)]
+    pub summary_only: bool,
 }
 
 /// Arrow IPC body compression on the wire.
@@ -132,6 +166,9 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
         client.add_header("authorization", &format!("Bearer {t}"))?;
     }
     let remote_output = args.output.contains("://");
+    if args.input.to_string_lossy().contains("://") {
+        return run_job(&mut client, &args).await;
+    }
     let mut cmd = json!({"model": args.model, "result_compression": args.compression.name()});
     if !args.feature_columns.is_empty() {
         cmd["feature_columns"] = json!(args.feature_columns);
@@ -239,4 +276,53 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "UNAVAILABLE",
         _ => "ERROR",
     }
+}
+
+/// A batch job: the worker reads the input from storage and writes the output there; this
+/// waits for its summary. Ctrl-C leaves the job resumable with the same --job-id.
+async fn run_job(client: &mut FlightClient, args: &ScoreArgs) -> anyhow::Result<()> {
+    if !args.output.contains("://") {
+        bail!("a storage URL as --input needs a storage URL as --output (the worker writes there)");
+    }
+    let b = &args.batch;
+    let job_id = b.job_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let mut cmd = json!({
+        "model": args.model,
+        "input": args.input.to_string_lossy(),
+        "output": args.output,
+        "job_id": job_id,
+        "batch": {
+            "mini_batch_size": b.mini_batch_size,
+            "max_retries": b.max_retries,
+            "timeout_secs": b.timeout_secs,
+            "max_concurrency": b.max_concurrency,
+            "error_threshold_rows": b.error_threshold_rows,
+            "error_threshold_units": b.error_threshold_units,
+            "output_action": if b.summary_only { "OUTPUT_ACTION_SUMMARY_ONLY" } else { "OUTPUT_ACTION_APPEND_ROW" },
+        },
+    });
+    if !args.feature_columns.is_empty() {
+        cmd["feature_columns"] = json!(args.feature_columns);
+    }
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!("job {job_id}: scoring {} on the worker", args.input.display()));
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    let started = Instant::now();
+    let action = arrow_flight::Action::new("score-dataset", cmd.to_string());
+    let result: Vec<_> =
+        client.do_action(action).await.map_err(flight_error)?.try_collect().await.map_err(flight_error)?;
+    spinner.finish_and_clear();
+    let summary: Value = result.first().map(|r| serde_json::from_slice(r)).transpose()?.unwrap_or(Value::Null);
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    eprintln!(
+        "job {job_id}: {} rows scored, {} rows in error, {} of {} units failed, {} retried, {} resumed, in {:.1}s",
+        summary["rows"],
+        summary["error_rows"],
+        summary["failed_units"],
+        summary["units"],
+        summary["retried_units"],
+        summary["resumed_units"],
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //!   status and their gRPC code, and through which incoming gRPC statuses are decoded.
 
 pub mod error;
+pub mod failpoint;
 pub mod reference;
 pub mod store;
 pub mod wire;

@@ -22,7 +22,9 @@ pub mod onnx {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
-pub use v1::{ColumnList, DescribeRequest, OutputLayout, OutputSpec, ScoreCommand, ScoreTicket};
+pub use v1::{
+    BatchSettings, ColumnList, DescribeRequest, OutputAction, OutputLayout, OutputSpec, ScoreCommand, ScoreTicket,
+};
 
 /// The encoded `FileDescriptorSet` of `lakescore.proto` (for reflection / tooling).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lakescore_descriptor.bin"));

@@ -7,7 +7,6 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
-pub mod failpoint;
 pub mod filter;
 pub mod grpc;
 pub mod metrics;

@@ -371,7 +371,7 @@ impl Registry {
         .map_err(|e| RegistryError::Internal(format!("inspection task failed: {e}")))??;
 
         let wrote = self.artifacts.put_file(&upload.sha256, upload.file.path(), upload.size).await?;
-        crate::failpoint::hit("upload.after_artifact").await;
+        lakescore_core::failpoint::hit("upload.after_artifact").await;
         let new = NewVersion {
             sha256: &upload.sha256,
             size: upload.size as i64,

@@ -511,9 +511,17 @@ impl FlightService for ScorerService {
                 let cmd = decode_command(&action.body)?;
                 let scorer = self.scorer.clone();
                 // Server-side job: it completes (or cleans up) even if the caller goes away.
-                let job = tokio::spawn(async move { scorer.score_dataset(&cmd, &creds).await });
-                let summary = job.await.map_err(ScoreError::from)??;
-                serde_json::to_value(&summary).map_err(ScoreError::internal)?
+                let job = tokio::spawn(async move {
+                    match &cmd.batch {
+                        Some(batch) => {
+                            let settings = crate::job::JobSettings::from_proto(batch)?;
+                            serde_json::to_value(scorer.run_job(&cmd, &settings, &creds).await?)
+                        }
+                        None => serde_json::to_value(scorer.score_dataset(&cmd, &creds).await?),
+                    }
+                    .map_err(ScoreError::internal)
+                });
+                job.await.map_err(ScoreError::from)??
             }
             other => {
                 return Err(ScoreError::InvalidArgument(format!(

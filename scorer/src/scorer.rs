@@ -392,7 +392,7 @@ impl Scorer {
     }
 }
 
-fn job_id(cmd: &ScoreCommand) -> Result<String> {
+pub(crate) fn job_id(cmd: &ScoreCommand) -> Result<String> {
     if cmd.job_id.is_empty() {
         Ok(uuid::Uuid::now_v7().simple().to_string())
     } else if valid_job_id(&cmd.job_id) {
@@ -424,7 +424,7 @@ fn until_cancelled(stream: BatchStream, cancel: tokio_util::sync::CancellationTo
 }
 
 /// Score one chunk (blocking).
-fn score_chunk(handle: &ModelHandle, plan: &ScorePlan, chunk: &RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn score_chunk(handle: &ModelHandle, plan: &ScorePlan, chunk: &RecordBatch) -> Result<RecordBatch> {
     if chunk.num_rows() == 0 {
         return Ok(plan.empty_output());
     }

@@ -180,10 +180,12 @@ impl Storage {
             .store
             .list(prefix)
             .try_filter(|m| {
-                let ok = m
-                    .location
-                    .filename()
-                    .is_some_and(|n| n.ends_with(".parquet") && !n.starts_with('_') && !n.starts_with('.'));
+                // Hidden and bookkeeping paths (`_errors/`, `_lakescore_jobs/`, `.tmp`) are not
+                // data, at any depth below the prefix.
+                let below =
+                    m.location.prefix_match(&loc.path).map(|parts| parts.collect::<Vec<_>>()).unwrap_or_default();
+                let hidden = below.iter().any(|p| p.as_ref().starts_with('_') || p.as_ref().starts_with('.'));
+                let ok = !hidden && m.location.filename().is_some_and(|n| n.ends_with(".parquet"));
                 futures::future::ready(ok)
             })
             .try_collect()
@@ -285,7 +287,7 @@ pub fn valid_job_id(id: &str) -> bool {
 }
 
 /// One written data file.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct WrittenFile {
     /// File name relative to the output prefix.
     pub path: String,
@@ -363,6 +365,8 @@ pub struct JobWriter {
     current: Option<(AsyncArrowWriter<BufWriter>, Path, u64)>,
     done: Vec<WrittenFile>,
     seq: usize,
+    /// Key-value metadata for every file's footer (lineage).
+    metadata: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for JobWriter {
@@ -411,7 +415,25 @@ impl JobWriter {
             current: None,
             done: Vec::new(),
             seq: 0,
+            metadata: Vec::new(),
         }
+    }
+
+    /// Key-value metadata written into every data file's Parquet footer (lineage: which
+    /// model, version and input made it).
+    pub fn with_metadata(mut self, entries: Vec<(String, String)>) -> Self {
+        self.metadata = entries;
+        self
+    }
+
+    /// Closes the data files without a manifest (one unit of a batch job) and says what
+    /// they are; no file at all when nothing was written. On error the files are removed.
+    pub async fn close(mut self) -> Result<Vec<WrittenFile>> {
+        if let Err(e) = self.close_current().await {
+            self.abort().await;
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut self.done))
     }
 
     /// The schema of the written files.
@@ -447,7 +469,10 @@ impl JobWriter {
             Err(e) => return Err(ScoreError::from_store(e, format!("output {}", self.loc.url))),
         }
         let writer = BufWriter::new(self.loc.store.clone(), path.clone());
-        let w = AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(self.props.clone()))?;
+        let mut w = AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(self.props.clone()))?;
+        for (key, value) in &self.metadata {
+            w.append_key_value_metadata(parquet::file::metadata::KeyValue::new(key.clone(), value.clone()));
+        }
         self.current = Some((w, path, 0));
         Ok(())
     }

@@ -7,7 +7,8 @@
 pub async fn hit(name: &str) {
     #[cfg(debug_assertions)]
     if std::env::var("LAKESCORE_FAILPOINTS").is_ok_and(|armed| armed.split(',').any(|p| p.trim() == name)) {
-        tracing::warn!(failpoint = name, "failpoint reached: waiting here until the process is killed");
+        // stderr, not the log: the crash tests watch for this line.
+        eprintln!("failpoint reached: {name}: waiting here until the process is killed");
         std::future::pending::<()>().await;
     }
     #[cfg(not(debug_assertions))]

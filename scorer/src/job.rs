@@ -1,0 +1,710 @@
+//! Batch jobs: `score-dataset` with [`BatchSettings`], as Azure ML batch endpoints run them
+//! and a little past them.
+//!
+//! - The input is split into units (a file, or `mini_batch_size` row groups of one), scored
+//!   `max_concurrency` at a time; a unit that fails with a transient error is retried up to
+//!   `max_retries` times, each attempt bounded by `timeout_secs`.
+//! - A row the model cannot score (a null feature, a string that does not parse, an engine
+//!   error on that row) does not fail its batch: the batch is bisected until the bad rows
+//!   are alone, and they are written whole, with an error code and message, under
+//!   `<output>/_errors/`. `error_threshold_rows` / `error_threshold_units` decide when the job
+//!   as a whole fails. A clean batch costs nothing extra: isolation only starts on an error.
+//! - The model reference is resolved once, when the job first starts, and pinned in the
+//!   job's record: every unit, retries and resumed runs included, scores with that version.
+//! - Each finished unit commits a marker (`_lakescore_jobs/<job>/units/<n>.json`) after its
+//!   parts. A run with the same `job_id` skips committed units; the manifest is written once,
+//!   last, listing every part. A lock with a heartbeat refuses a second run of a job while one
+//!   is alive; a crashed run's lock goes stale and the next run takes over.
+//! - Lineage: every part carries the model, version, sha256, job id and input in its Parquet
+//!   footer; the manifest maps each input unit to its parts and row counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use futures::StreamExt;
+use lakescore_proto::{BatchSettings, OutputAction, ScoreCommand};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::ModelHandle;
+use crate::error::{Result, ScoreError};
+use crate::mapping::ScorePlan;
+use crate::scorer::{score_chunk, ResolvedModel, Scorer};
+use crate::source::Credentials;
+use crate::storage::{JobWriter, Location, ManifestModel, WrittenFile, MANIFEST_NAME};
+
+/// How long a job's lock lives without a heartbeat before another run may take it over.
+const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+
+/// [`BatchSettings`] with their defaults applied.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Row groups per unit; 0: a file per unit.
+    pub mini_batch_size: usize,
+    /// Attempts after the first for a unit failing with a transient error.
+    pub max_retries: u32,
+    /// Longest one attempt of a unit may take.
+    pub timeout: Duration,
+    /// Units scored at once.
+    pub max_concurrency: usize,
+    /// Rows in error tolerated; -1: any.
+    pub error_threshold_rows: i64,
+    /// Failed units tolerated; -1: any.
+    pub error_threshold_units: i64,
+    /// Write the manifest (counts) only, no scored rows.
+    pub summary_only: bool,
+}
+
+impl JobSettings {
+    /// The settings a command asks for, checked, with defaults for what it leaves out.
+    pub fn from_proto(b: &BatchSettings) -> Result<Self> {
+        let timeout = match b.timeout_secs {
+            0.0 => 300.0,
+            t if t.is_finite() && t > 0.0 => t,
+            t => return Err(ScoreError::InvalidArgument(format!("batch.timeout_secs must be positive, not {t}"))),
+        };
+        for (name, v) in
+            [("error_threshold_rows", b.error_threshold_rows), ("error_threshold_units", b.error_threshold_units)]
+        {
+            if v.is_some_and(|v| v < -1) {
+                return Err(ScoreError::InvalidArgument(format!("batch.{name} must be -1 (any) or at least 0")));
+            }
+        }
+        Ok(Self {
+            mini_batch_size: b.mini_batch_size as usize,
+            max_retries: b.max_retries.unwrap_or(3),
+            timeout: Duration::from_secs_f64(timeout),
+            max_concurrency: (b.max_concurrency as usize).clamp(1, 64),
+            error_threshold_rows: b.error_threshold_rows.unwrap_or(-1),
+            error_threshold_units: b.error_threshold_units.unwrap_or(0),
+            summary_only: b.output_action() == OutputAction::SummaryOnly,
+        })
+    }
+}
+
+/// One unit of work: a file, or some of its row groups.
+#[derive(Debug, Clone)]
+struct Unit {
+    index: usize,
+    file: ObjectMeta,
+    row_groups: Option<Vec<usize>>,
+}
+
+/// What a finished unit committed (its marker), and what the manifest lists per input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitRecord {
+    /// The unit's number, in input order.
+    pub unit: usize,
+    /// URL of the input file.
+    pub input: String,
+    /// The row groups of the file it covers (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_groups: Option<Vec<usize>>,
+    /// Rows scored (written unless summary_only).
+    pub rows: u64,
+    /// Rows set aside under `_errors/`.
+    pub error_rows: u64,
+    /// The Parquet parts it wrote.
+    pub files: Vec<WrittenFile>,
+    /// URL of its rows in error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_file: Option<String>,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// Set when every attempt failed: the unit's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// The pinned model of a job (`_lakescore_jobs/<job>/job.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JobRecord {
+    reference: String,
+    name: String,
+    version: i64,
+    sha256: String,
+}
+
+/// What a batch job answers and records in its manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    /// The job id.
+    pub job_id: String,
+    /// URL of the manifest.
+    pub manifest: String,
+    /// Model name.
+    pub model: String,
+    /// The version every unit scored with.
+    pub version: i64,
+    /// Its artifact's sha256.
+    pub sha256: String,
+    /// Rows scored.
+    pub rows: u64,
+    /// Rows set aside under `_errors/`.
+    pub error_rows: u64,
+    /// Units of work.
+    pub units: u64,
+    /// Units that failed every attempt.
+    pub failed_units: u64,
+    /// Units that needed more than one attempt.
+    pub retried_units: u64,
+    /// Units found committed by an earlier run of the same job.
+    pub resumed_units: u64,
+    /// URLs of the data files.
+    pub files: Vec<String>,
+    /// Bytes of data files.
+    pub bytes: u64,
+    /// `append_row` or `summary_only`.
+    pub output_action: &'static str,
+}
+
+fn child(loc: &Location, rel: &str) -> Path {
+    let mut parts: Vec<_> = loc.path.parts().collect();
+    parts.extend(rel.split('/').filter(|p| !p.is_empty()).map(object_store::path::PathPart::from));
+    Path::from_iter(parts)
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(loc: &Location, rel: &str) -> Result<Option<T>> {
+    match loc.store.get(&child(loc, rel)).await {
+        Ok(got) => {
+            let bytes = got.bytes().await.map_err(|e| ScoreError::from_store(e, format!("reading {rel}")))?;
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ScoreError::DataLoss(format!("{} is not valid: {e}", loc.url_of(&child(loc, rel)))))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(ScoreError::from_store(e, format!("reading {}", loc.url_of(&child(loc, rel))))),
+    }
+}
+
+async fn write_json<T: Serialize>(loc: &Location, rel: &str, value: &T, mode: PutMode) -> Result<()> {
+    let body = serde_json::to_vec_pretty(value).map_err(ScoreError::internal)?;
+    let path = child(loc, rel);
+    loc.store
+        .put_opts(&path, PutPayload::from(body), PutOptions { mode, ..Default::default() })
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            object_store::Error::AlreadyExists { .. } => {
+                ScoreError::FailedPrecondition(format!("{} exists already", loc.url_of(&path)))
+            }
+            e => ScoreError::from_store(e, format!("writing {}", loc.url_of(&path))),
+        })
+}
+
+/// The job's lock: created exclusively; refreshed while the run lives; taken over when stale.
+struct JobLock {
+    loc: Location,
+    rel: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl JobLock {
+    async fn acquire(loc: &Location, job_id: &str) -> Result<Self> {
+        let rel = format!("_lakescore_jobs/{job_id}/lock");
+        let path = child(loc, &rel);
+        let body = || {
+            serde_json::json!({"job_id": job_id, "host": host_name(), "pid": std::process::id(),
+                               "at": chrono::Utc::now().to_rfc3339()})
+        };
+        if let Err(e) = write_json(loc, &rel, &body(), PutMode::Create).await {
+            let ScoreError::FailedPrecondition(_) = e else { return Err(e) };
+            let head = loc.store.head(&path).await.map_err(|e| ScoreError::from_store(e, "job lock"))?;
+            let age = chrono::Utc::now().signed_duration_since(head.last_modified).to_std().unwrap_or_default();
+            // A holder on this host whose process is gone died with the lock held: no need
+            // to wait for the lock to go stale.
+            let holder: Option<serde_json::Value> = read_json(loc, &rel).await.ok().flatten();
+            let dead_here = holder.as_ref().is_some_and(|h| {
+                h["host"].as_str() == Some(host_name().as_str())
+                    && h["pid"].as_u64().is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            });
+            if age < LOCK_STALE_AFTER && !dead_here {
+                return Err(ScoreError::FailedPrecondition(format!(
+                    "job {job_id} is already running (its lock {} was refreshed {}s ago); a crashed run's lock \
+                     is taken over after {}s",
+                    loc.url_of(&path),
+                    age.as_secs(),
+                    LOCK_STALE_AFTER.as_secs()
+                )));
+            }
+            tracing::warn!(job_id, age_secs = age.as_secs(), "taking over the stale lock of a job that stopped");
+            write_json(loc, &rel, &body(), PutMode::Overwrite).await?;
+        }
+        let (hb_loc, hb_rel, id) = (loc.clone(), rel.clone(), job_id.to_string());
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                let body =
+                    serde_json::json!({"job_id": id, "pid": std::process::id(), "at": chrono::Utc::now().to_rfc3339()});
+                if let Err(e) = write_json(&hb_loc, &hb_rel, &body, PutMode::Overwrite).await {
+                    tracing::warn!(error = %e, "refreshing a job lock failed");
+                }
+            }
+        });
+        Ok(Self { loc: loc.clone(), rel, heartbeat })
+    }
+
+    async fn release(self) {
+        self.heartbeat.abort();
+        let _ = self.loc.store.delete(&child(&self.loc, &self.rel)).await;
+    }
+}
+
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// This machine's name, to tell a lock held by a dead process here from one held elsewhere.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// Whether a failed attempt is worth another: storage or registry trouble, a timeout, an
+/// engine failure; not input that will fail the same way again.
+fn transient(e: &ScoreError) -> bool {
+    matches!(e, ScoreError::Unavailable(_) | ScoreError::Internal(_) | ScoreError::Cancelled(_))
+}
+
+/// A batch's rows scored where they can be, and the rows that cannot, with their error.
+struct Isolated {
+    scored: Vec<RecordBatch>,
+    bad: Vec<(u32, ScoreError)>,
+}
+
+/// Scores `batch`; on an error that can be a row's own, splits it in halves until the
+/// failing rows are alone. Rows come out in their input order.
+fn score_isolating(model: &ModelHandle, plan: &ScorePlan, batch: &RecordBatch, offset: u32, out: &mut Isolated) {
+    match score_chunk(model, plan, batch) {
+        Ok(scored) => out.scored.push(scored),
+        Err(e) if !matches!(e, ScoreError::InvalidArgument(_) | ScoreError::Internal(_)) => {
+            // Not a row's fault (memory, cancellation): every row of the batch gets it.
+            for row in 0..batch.num_rows() as u32 {
+                out.bad.push((offset + row, e.clone()));
+            }
+        }
+        Err(e) if batch.num_rows() <= 1 => {
+            if batch.num_rows() == 1 {
+                out.bad.push((offset, e));
+            }
+        }
+        Err(_) => {
+            let half = batch.num_rows() / 2;
+            score_isolating(model, plan, &batch.slice(0, half), offset, out);
+            score_isolating(model, plan, &batch.slice(half, batch.num_rows() - half), offset + half as u32, out);
+        }
+    }
+}
+
+/// The error rows of a batch: the whole input row, its row number in the unit, the error's
+/// code and message.
+fn error_rows(batch: &RecordBatch, bad: &[(u32, ScoreError)], first_row: u64) -> Result<RecordBatch> {
+    let indices = UInt32Array::from_iter_values(bad.iter().map(|(i, _)| *i));
+    let mut columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c, &indices, None))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+    columns.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
+        bad.iter().map(|(i, _)| first_row + u64::from(*i)),
+    )));
+    fields.push(Arc::new(Field::new("_row", DataType::UInt64, false)));
+    columns.push(Arc::new(StringArray::from_iter_values(bad.iter().map(|(_, e)| format!("{:?}", e.code())))));
+    fields.push(Arc::new(Field::new("_error_code", DataType::Utf8, false)));
+    columns.push(Arc::new(StringArray::from_iter_values(bad.iter().map(|(_, e)| e.message().to_string()))));
+    fields.push(Arc::new(Field::new("_error_message", DataType::Utf8, false)));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+impl Scorer {
+    /// `score-dataset` with batch settings: see the module documentation.
+    pub async fn run_job(&self, cmd: &ScoreCommand, settings: &JobSettings, creds: &Credentials) -> Result<JobSummary> {
+        if cmd.job_id.is_empty() {
+            return Err(ScoreError::invalid("a batch job needs a job_id (it names the job for resume and locking)"));
+        }
+        let job_id = crate::scorer::job_id(cmd)?;
+        let out = self.output_location(cmd)?;
+        if let Some(done) = read_json::<serde_json::Value>(&out, MANIFEST_NAME).await? {
+            if done["job_id"] == job_id.as_str() {
+                return Err(ScoreError::FailedPrecondition(format!(
+                    "job {job_id} is complete: its manifest {} is committed",
+                    out.url_of(&child(&out, MANIFEST_NAME))
+                )));
+            }
+        }
+        let lock = JobLock::acquire(&out, &job_id).await?;
+        let result = self.run_job_locked(cmd, settings, creds, &out, &job_id).await;
+        lock.release().await;
+        result
+    }
+
+    async fn run_job_locked(
+        &self,
+        cmd: &ScoreCommand,
+        settings: &JobSettings,
+        creds: &Credentials,
+        out: &Location,
+        job_id: &str,
+    ) -> Result<JobSummary> {
+        let job_dir = format!("_lakescore_jobs/{job_id}");
+        // One model version for the whole job, resumed runs included.
+        let record = match read_json::<JobRecord>(out, &format!("{job_dir}/job.json")).await? {
+            Some(r) => r,
+            None => {
+                let model = self.resolve_model(&cmd.model, creds).await?;
+                let r = JobRecord {
+                    reference: cmd.model.clone(),
+                    name: model.version.model.clone(),
+                    version: model.version.version,
+                    sha256: model.version.sha256.clone(),
+                };
+                write_json(out, &format!("{job_dir}/job.json"), &r, PutMode::Overwrite).await?;
+                r
+            }
+        };
+        let model = self.resolve_model(&format!("{}:{}", record.name, record.version), creds).await?;
+        if model.version.sha256 != record.sha256 {
+            return Err(ScoreError::FailedPrecondition(format!(
+                "job {job_id} scores with {}:{} (sha256 {}), but the registry now has {} for it",
+                record.name, record.version, record.sha256, model.version.sha256
+            )));
+        }
+        let (input, files) = self.input_files(cmd).await?;
+        let units = self.units(&input, files, settings.mini_batch_size).await?;
+
+        let mut records: Vec<Option<UnitRecord>> = vec![None; units.len()];
+        let mut resumed = 0u64;
+        for u in &units {
+            if let Some(r) = read_json::<UnitRecord>(out, &format!("{job_dir}/units/{:05}.json", u.index)).await? {
+                if r.failed.is_none() {
+                    resumed += 1;
+                    records[u.index] = Some(r);
+                }
+            }
+        }
+        let manifest_model = ManifestModel {
+            reference: record.reference.clone(),
+            name: record.name.clone(),
+            version: record.version,
+            sha256: record.sha256.clone(),
+            engine: model.handle.engine.to_string(),
+        };
+        let pending: Vec<Unit> = units.iter().filter(|u| records[u.index].is_none()).cloned().collect();
+        let mut error_rows: u64 = records.iter().flatten().map(|r| r.error_rows).sum();
+        let mut failed_units = 0u64;
+        let mut outcome: Result<()> = Ok(());
+        let mut running = futures::stream::iter(pending.into_iter().map(|unit| {
+            let (model, manifest_model, input) = (&model, &manifest_model, &input);
+            async move {
+                let result = self.run_unit(cmd, settings, model, manifest_model, input, out, job_id, &unit).await;
+                (unit, result)
+            }
+        }))
+        .buffer_unordered(settings.max_concurrency);
+        while let Some((unit, record)) = running.next().await {
+            write_json(out, &format!("{job_dir}/units/{:05}.json", unit.index), &record, PutMode::Overwrite).await?;
+            lakescore_core::failpoint::hit("job.after_unit").await;
+            error_rows += record.error_rows;
+            if let Some(why) = &record.failed {
+                failed_units += 1;
+                tracing::warn!(job_id, unit = unit.index, input = %record.input, error = %why, "a unit failed every attempt");
+            }
+            records[unit.index] = Some(record);
+            let over_rows = settings.error_threshold_rows >= 0 && error_rows > settings.error_threshold_rows as u64;
+            let over_units =
+                settings.error_threshold_units >= 0 && failed_units > settings.error_threshold_units as u64;
+            if over_rows || over_units {
+                outcome = Err(ScoreError::FailedPrecondition(format!(
+                    "job {job_id} stopped: {error_rows} rows in error (error_threshold_rows {}) and {failed_units} failed \
+                     units (error_threshold_units {}); the rows in error are under {}",
+                    settings.error_threshold_rows,
+                    settings.error_threshold_units,
+                    out.url_of(&child(out, "_errors"))
+                )));
+                break;
+            }
+        }
+        drop(running);
+        let records: Vec<UnitRecord> = records.into_iter().flatten().collect();
+        if let Err(e) = outcome {
+            // Deterministic: a re-run would stop the same way. Nothing of the job's output
+            // stays (the error rows do, to be looked at).
+            self.remove_job_output(out, &records, &job_dir).await;
+            return Err(e);
+        }
+
+        // Every unit is accounted for: the manifest, last.
+        let files: Vec<&WrittenFile> = records.iter().flat_map(|r| r.files.iter()).collect();
+        let summary = JobSummary {
+            job_id: job_id.to_string(),
+            manifest: out.url_of(&child(out, MANIFEST_NAME)),
+            model: record.name.clone(),
+            version: record.version,
+            sha256: record.sha256.clone(),
+            rows: records.iter().map(|r| r.rows).sum(),
+            error_rows,
+            units: units.len() as u64,
+            failed_units,
+            retried_units: records.iter().filter(|r| r.attempts > 1).count() as u64,
+            resumed_units: resumed,
+            files: files.iter().map(|f| f.url.clone()).collect(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            output_action: if settings.summary_only { "summary_only" } else { "append_row" },
+        };
+        let manifest = serde_json::json!({
+            "format": 2,
+            "job_id": job_id,
+            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "model": manifest_model,
+            "output_action": summary.output_action,
+            "rows": summary.rows,
+            "error_rows": summary.error_rows,
+            "bytes": summary.bytes,
+            "units": {"total": summary.units, "failed": summary.failed_units, "retried": summary.retried_units,
+                      "resumed": summary.resumed_units},
+            "files": files,
+            "inputs": records,
+        });
+        write_json(out, MANIFEST_NAME, &manifest, PutMode::Overwrite).await?;
+        for r in &records {
+            let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
+        }
+        let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+        tracing::info!(
+            job_id,
+            rows = summary.rows,
+            error_rows,
+            units = summary.units,
+            failed_units,
+            "batch job committed"
+        );
+        Ok(summary)
+    }
+
+    /// The units of `files`: each file, or runs of `mini_batch_size` row groups.
+    async fn units(&self, input: &Location, files: Vec<ObjectMeta>, mini_batch_size: usize) -> Result<Vec<Unit>> {
+        let mut units = Vec::new();
+        for file in files {
+            if mini_batch_size == 0 {
+                units.push(Unit { index: units.len(), file, row_groups: None });
+                continue;
+            }
+            let groups = match self.row_group_count(input, &file).await {
+                Ok(n) => n,
+                // A file whose footer does not read is one unit, which fails on its own.
+                Err(_) => {
+                    units.push(Unit { index: units.len(), file, row_groups: None });
+                    continue;
+                }
+            };
+            for start in (0..groups.max(1)).step_by(mini_batch_size) {
+                let rg: Vec<usize> = (start..(start + mini_batch_size).min(groups)).collect();
+                units.push(Unit { index: units.len(), file: file.clone(), row_groups: Some(rg) });
+            }
+        }
+        Ok(units)
+    }
+
+    async fn row_group_count(&self, input: &Location, file: &ObjectMeta) -> Result<usize> {
+        use parquet::arrow::async_reader::AsyncFileReader;
+        let mut reader = crate::storage::ObjectReader::new(input.store.clone(), file.location.clone());
+        let meta = reader.get_metadata(None).await?;
+        Ok(meta.num_row_groups())
+    }
+
+    /// One unit, with its retries: never an `Err` (a unit that fails every attempt is a
+    /// failed unit of the job, recorded as such).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_unit(
+        &self,
+        cmd: &ScoreCommand,
+        settings: &JobSettings,
+        model: &ResolvedModel,
+        manifest_model: &ManifestModel,
+        input: &Location,
+        out: &Location,
+        job_id: &str,
+        unit: &Unit,
+    ) -> UnitRecord {
+        let url = input.url_of(&unit.file.location);
+        // A run that crashed may have left part of this unit (it has no marker).
+        self.remove_unit_parts(out, job_id, unit.index).await;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let attempt = self.score_unit(cmd, settings, model, manifest_model, input, out, job_id, unit);
+            let result = match tokio::time::timeout(settings.timeout, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(ScoreError::Unavailable(format!(
+                    "unit {} ({url}) took longer than {}s",
+                    unit.index,
+                    settings.timeout.as_secs_f64()
+                ))),
+            };
+            match result {
+                Ok(mut record) => {
+                    record.attempts = attempts;
+                    return record;
+                }
+                Err(e) if transient(&e) && attempts <= settings.max_retries => {
+                    tracing::warn!(job_id, unit = unit.index, attempt = attempts, error = %e, "unit failed; retrying");
+                    // Leftovers of the failed attempt (a timeout drops its writer mid-file).
+                    self.remove_unit_parts(out, job_id, unit.index).await;
+                }
+                Err(e) => {
+                    self.remove_unit_parts(out, job_id, unit.index).await;
+                    return UnitRecord {
+                        unit: unit.index,
+                        input: url,
+                        row_groups: unit.row_groups.clone(),
+                        rows: 0,
+                        error_rows: 0,
+                        files: Vec::new(),
+                        error_file: None,
+                        attempts,
+                        failed: Some(e.to_string()),
+                    };
+                }
+            }
+        }
+    }
+
+    fn unit_prefix(job_id: &str, unit: usize) -> String {
+        format!("{job_id}-u{unit:05}")
+    }
+
+    /// Removes what an unfinished attempt of `unit` left (data parts and error rows).
+    async fn remove_unit_parts(&self, out: &Location, job_id: &str, unit: usize) {
+        let prefix = format!("part-{}-", Self::unit_prefix(job_id, unit));
+        for dir in [out.path.clone(), child(out, "_errors")] {
+            let listed = out.store.list_with_delimiter(Some(&dir)).await.map(|l| l.objects).unwrap_or_default();
+            for meta in listed.iter().filter(|m| m.location.filename().is_some_and(|n| n.starts_with(&prefix))) {
+                let _ = out.store.delete(&meta.location).await;
+            }
+        }
+    }
+
+    async fn remove_job_output(&self, out: &Location, records: &[UnitRecord], job_dir: &str) {
+        for r in records {
+            for f in &r.files {
+                let _ = out.store.delete(&child(out, &f.path)).await;
+            }
+            let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
+        }
+        let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn score_unit(
+        &self,
+        cmd: &ScoreCommand,
+        settings: &JobSettings,
+        model: &ResolvedModel,
+        manifest_model: &ManifestModel,
+        input: &Location,
+        out: &Location,
+        job_id: &str,
+        unit: &Unit,
+    ) -> Result<UnitRecord> {
+        let url = input.url_of(&unit.file.location);
+        let (schema, mut batches) = self.read_parquet(input, &unit.file, unit.row_groups.clone()).await?;
+        let plan = self.plan(model, cmd, schema).map_err(|e| e.context(format!("input file {url}")))?;
+        let lineage = vec![
+            ("lakescore.model".to_string(), manifest_model.name.clone()),
+            ("lakescore.version".to_string(), manifest_model.version.to_string()),
+            ("lakescore.sha256".to_string(), manifest_model.sha256.clone()),
+            ("lakescore.job_id".to_string(), job_id.to_string()),
+            ("lakescore.input".to_string(), url.clone()),
+            (
+                "lakescore.row_groups".to_string(),
+                unit.row_groups.as_ref().map(|g| format!("{g:?}")).unwrap_or_else(|| "all".into()),
+            ),
+            ("lakescore.scored_at".to_string(), chrono::Utc::now().to_rfc3339()),
+        ];
+        let unit_id = Self::unit_prefix(job_id, unit.index);
+        let mut writer = (!settings.summary_only).then(|| {
+            JobWriter::new(
+                out.clone(),
+                unit_id.clone(),
+                plan.output_schema().clone(),
+                self.config().max_rows_per_file,
+                self.config().row_group_rows,
+            )
+            .with_metadata(lineage.clone())
+        });
+        let errors_loc = Location { path: child(out, "_errors"), ..out.clone() };
+        let mut errors: Option<JobWriter> = None;
+        let (mut rows, mut bad_rows, mut seen) = (0u64, 0u64, 0u64);
+        let result: Result<()> = async {
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                plan.check_batch(&batch)?;
+                let (model_c, plan_c, batch_c) = (model.handle.clone(), plan.clone(), batch.clone());
+                let isolated = tokio::task::spawn_blocking(move || {
+                    let mut out = Isolated { scored: Vec::new(), bad: Vec::new() };
+                    score_isolating(&model_c, &plan_c, &batch_c, 0, &mut out);
+                    out
+                })
+                .await?;
+                for scored in &isolated.scored {
+                    rows += scored.num_rows() as u64;
+                    if let Some(w) = writer.as_mut() {
+                        w.write(scored).await?;
+                    }
+                }
+                if !isolated.bad.is_empty() {
+                    let rejected = error_rows(&batch, &isolated.bad, seen)?;
+                    bad_rows += rejected.num_rows() as u64;
+                    let w = errors.get_or_insert_with(|| {
+                        JobWriter::new(
+                            errors_loc.clone(),
+                            unit_id.clone(),
+                            rejected.schema(),
+                            self.config().max_rows_per_file,
+                            self.config().row_group_rows,
+                        )
+                        .with_metadata(lineage.clone())
+                    });
+                    w.write(&rejected).await?;
+                }
+                seen += batch.num_rows() as u64;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            if let Some(mut w) = writer {
+                w.abort().await;
+            }
+            if let Some(mut w) = errors {
+                w.abort().await;
+            }
+            return Err(e);
+        }
+        let files = match writer {
+            Some(w) => w.close().await?,
+            None => Vec::new(),
+        };
+        let error_file = match errors {
+            Some(w) => w.close().await?.into_iter().next().map(|f| f.url),
+            None => None,
+        };
+        Ok(UnitRecord {
+            unit: unit.index,
+            input: url,
+            row_groups: unit.row_groups.clone(),
+            rows,
+            error_rows: bad_rows,
+            files,
+            error_file,
+            attempts: 1,
+            failed: None,
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! Batch jobs on real data in local storage: a dataset with planted bad rows and a corrupt
+//! file, scored by `lakescore score --input <prefix> --output <prefix>` through a worker
+//! (Azure ML batch-endpoint settings: units, retries, error thresholds, output action);
+//! then a worker killed mid-job, a second run of the same job refused while the first holds
+//! it, and the job resumed on a new worker. Predictions are checked against onnxruntime's.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow::array::{Array, Float32Array, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use common::{labels, models_dir, read_parquet, spawn_serve_env, ServeProcess};
+use futures::TryStreamExt;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lakescore");
+/// Rows of `rf.rows.parquet` whose `f0` is made null in the second file.
+const NULL_ROWS: [usize; 2] = [3, 7];
+
+/// `in/`: three Parquet files made of rf's 200 rows (rows 0–79, 80–139 with two nulls,
+/// 140–199) and one corrupt file; the labels onnxruntime gives the rows that can be scored,
+/// in order.
+fn dataset(dir: &Path) -> Vec<i64> {
+    let rows = read_parquet(&models_dir().join("rf.rows.parquet"));
+    let expected = labels(&read_parquet(&models_dir().join("rf.expected.parquet")), "output_label");
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let write = |name: &str, batch: &RecordBatch| {
+        let file = std::fs::File::create(input.join(name)).expect("create");
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+        w.write(batch).expect("write");
+        w.close().expect("close");
+    };
+    write("a.parquet", &rows.slice(0, 80));
+    // f0 nullable, null at two rows.
+    let b = rows.slice(80, 60);
+    let f0 = b.column(0).as_any().downcast_ref::<Float32Array>().expect("f32");
+    let with_nulls: Float32Array = (0..f0.len()).map(|i| (!NULL_ROWS.contains(&i)).then(|| f0.value(i))).collect();
+    let mut fields: Vec<Arc<Field>> = b.schema().fields().iter().cloned().collect();
+    fields[0] = Arc::new(Field::new("f0", DataType::Float32, true));
+    let mut columns = b.columns().to_vec();
+    columns[0] = Arc::new(with_nulls);
+    write("b.parquet", &RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch"));
+    write("c.parquet", &rows.slice(140, 60));
+    std::fs::write(input.join("d.parquet"), b"PAR1 this is not a Parquet file PAR1").expect("corrupt file");
+    expected.iter().enumerate().filter(|(i, _)| !NULL_ROWS.iter().any(|n| 80 + n == *i)).map(|(_, l)| *l).collect()
+}
+
+fn features() -> String {
+    (0..20).map(|i| format!("f{i}")).collect::<Vec<_>>().join(",")
+}
+
+/// `lakescore score` with a storage URL in and out; (success, stdout, stderr).
+fn score_job(s: &ServeProcess, dir: &Path, out: &str, extra: &[&str]) -> (bool, Value, String) {
+    let done = Command::new(BIN)
+        .args(["score", "--model", "rf@champion", "--feature-columns", &features()])
+        .args(["--flight-url", &format!("grpc://{}", s.flight)])
+        .arg("--input")
+        .arg(format!("file://{}/in/", dir.display()))
+        .args(["--output", &format!("file://{}/{out}/", dir.display())])
+        .args(extra)
+        .output()
+        .expect("run lakescore score");
+    let summary = serde_json::from_slice(&done.stdout).unwrap_or(Value::Null);
+    (done.status.success(), summary, String::from_utf8_lossy(&done.stderr).into_owned())
+}
+
+/// The data parts under `dir`, in name order (units in input order).
+fn parts(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn scored_labels(dir: &Path) -> Vec<i64> {
+    parts(dir).iter().flat_map(|p| labels(&read_parquet(p), "label")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_and_bad_files_are_set_aside_and_thresholds_decide() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let want = dataset(data.path());
+    let s = tokio::task::block_in_place(|| spawn_serve_env(data.path(), &["--intra-op-threads", "1"], &[]));
+    common::register_champion(&s.url, None, "rf", "rf.onnx").await;
+
+    // Tolerant: the corrupt file is a failed unit (1 allowed), the two null rows go to _errors.
+    let (ok, summary, err) = tokio::task::block_in_place(|| {
+        score_job(&s, data.path(), "out", &["--job-id", "j1", "--error-threshold-units", "1"])
+    });
+    assert!(ok, "{err}");
+    assert_eq!(summary["rows"], want.len(), "{summary}");
+    assert_eq!(summary["error_rows"], NULL_ROWS.len(), "{summary}");
+    assert_eq!((summary["units"].as_u64(), summary["failed_units"].as_u64()), (Some(4), Some(1)), "{summary}");
+    assert_eq!(summary["version"], 1);
+    let out = data.path().join("out");
+    assert_eq!(scored_labels(&out), want, "labels equal onnxruntime's, bad rows left out");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("_lakescore.json")).expect("manifest")).expect("json");
+    assert_eq!(manifest["job_id"], "j1");
+    assert_eq!(manifest["model"]["version"], 1);
+    let inputs = manifest["inputs"].as_array().expect("inputs");
+    assert!(inputs.iter().any(|u| u["input"].as_str().unwrap_or("").ends_with("d.parquet") && u["failed"].is_string()));
+    assert!(inputs.iter().any(|u| u["input"].as_str().unwrap_or("").ends_with("b.parquet") && u["error_rows"] == 2));
+    // The rows in error, whole, with their row number in the file and the reason.
+    let errors = parts(&out.join("_errors"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let rejected = read_parquet(&errors[0]);
+    assert_eq!(rejected.num_rows(), 2);
+    assert_eq!(rejected.column_by_name("f0").expect("f0").null_count(), 2);
+    let row = rejected.column_by_name("_row").expect("_row").as_any().downcast_ref::<UInt64Array>().expect("u64");
+    assert_eq!(row.values().to_vec(), NULL_ROWS.iter().map(|r| *r as u64).collect::<Vec<_>>());
+    let code =
+        rejected.column_by_name("_error_code").expect("code").as_any().downcast_ref::<StringArray>().expect("str");
+    assert_eq!(code.value(0), "InvalidArgument");
+    // Lineage in every part's footer.
+    let file = std::fs::File::open(&parts(&out)[0]).expect("part");
+    let meta = parquet::file::reader::FileReader::metadata(
+        &parquet::file::serialized_reader::SerializedFileReader::new(file).expect("reader"),
+    )
+    .file_metadata()
+    .key_value_metadata()
+    .cloned()
+    .unwrap_or_default();
+    let get = |k: &str| meta.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.clone());
+    assert_eq!(get("lakescore.version").as_deref(), Some("1"));
+    assert_eq!(get("lakescore.job_id").as_deref(), Some("j1"));
+    assert!(get("lakescore.input").is_some_and(|i| i.ends_with("a.parquet")), "{meta:?}");
+    // Done is done: the same job again is refused, the output untouched.
+    let (ok, _, err) = tokio::task::block_in_place(|| score_job(&s, data.path(), "out", &["--job-id", "j1"]));
+    assert!(!ok && err.contains("is complete"), "{err}");
+
+    // Strict: two rows in error over a threshold of one fail the job; nothing of it stays
+    // but the rows in error.
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        score_job(
+            &s,
+            data.path(),
+            "strict",
+            &["--job-id", "j2", "--error-threshold-rows", "1", "--error-threshold-units", "-1"],
+        )
+    });
+    assert!(!ok && err.contains("error_threshold_rows"), "{err}");
+    let strict = data.path().join("strict");
+    assert!(parts(&strict).is_empty(), "no parts left: {:?}", parts(&strict));
+    assert!(!strict.join("_lakescore.json").exists());
+    // The default allows no failed unit: the corrupt file fails the job.
+    let (ok, _, err) = tokio::task::block_in_place(|| score_job(&s, data.path(), "default", &["--job-id", "j3"]));
+    assert!(!ok && err.contains("failed units"), "{err}");
+
+    // summary_only: the counts, no rows.
+    let (ok, summary, err) = tokio::task::block_in_place(|| {
+        score_job(&s, data.path(), "summary", &["--job-id", "j4", "--error-threshold-units", "1", "--summary-only"])
+    });
+    assert!(ok, "{err}");
+    assert_eq!(
+        (summary["rows"].as_u64(), summary["output_action"].as_str()),
+        (Some(want.len() as u64), Some("summary_only"))
+    );
+    assert!(parts(&data.path().join("summary")).is_empty());
+    assert!(data.path().join("summary/_lakescore.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_job_is_refused_twice_then_resumed_with_the_same_version() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let want = dataset(data.path());
+    std::fs::remove_file(data.path().join("in/d.parquet")).expect("rm corrupt file");
+    // The first worker stops for good after committing its first unit.
+    let mut first = tokio::task::block_in_place(|| {
+        spawn_serve_env(data.path(), &["--intra-op-threads", "1"], &[("LAKESCORE_FAILPOINTS", "job.after_unit")])
+    });
+    common::register_champion(&first.url, None, "rf", "rf.onnx").await;
+    let cmd = serde_json::json!({
+        "model": "rf@champion", "feature_columns": features().split(',').collect::<Vec<_>>(),
+        "input": format!("file://{}/in/", data.path().display()),
+        "output": format!("file://{}/out/", data.path().display()),
+        "job_id": "resumable", "batch": {"error_threshold_rows": -1},
+    });
+    let action = |flight: String, cmd: Value| async move {
+        let mut client = common::flight_client(&flight, None).await;
+        async {
+            client
+                .do_action(arrow_flight::Action::new("score-dataset", cmd.to_string()))
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        }
+        .await
+    };
+    let running = tokio::spawn(action(first.flight.clone(), cmd.clone()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !first.log_lines().iter().any(|l| l.contains("failpoint reached: job.after_unit")) {
+        assert!(std::time::Instant::now() < deadline, "the job never committed a unit");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A second run of the job while the first holds it: refused.
+    let err = action(first.flight.clone(), cmd.clone()).await.expect_err("a second run at once");
+    assert!(err.to_string().contains("already running"), "{err}");
+    // The alias moves on: the resumed job must still score with version 1.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/v1/models/rf/versions", first.url))
+        .header("content-type", "application/octet-stream")
+        .body(common::model_bytes("logreg.onnx"))
+        .send()
+        .await
+        .expect("upload v2");
+    assert_eq!(r.status(), 201);
+    let r = http
+        .put(format!("{}/api/v1/models/rf/aliases/champion", first.url))
+        .json(&serde_json::json!({"version": 2}))
+        .send()
+        .await
+        .expect("move alias");
+    assert_eq!(r.status(), 200);
+
+    // SIGKILL mid-job: no manifest, one unit committed.
+    first.child.kill().expect("kill");
+    let _ = first.child.wait();
+    running.abort();
+    assert!(!data.path().join("out/_lakescore.json").exists());
+
+    // A new worker on the same storage resumes it: the committed unit is skipped, the rest
+    // scored with the pinned version, one manifest, labels equal onnxruntime's.
+    let second = tokio::task::block_in_place(|| spawn_serve_env(data.path(), &["--intra-op-threads", "1"], &[]));
+    let result = action(second.flight.clone(), cmd).await.expect("the resumed job completes");
+    let summary: Value = serde_json::from_slice(&result[0]).expect("summary");
+    assert_eq!(summary["resumed_units"], 1, "{summary}");
+    assert_eq!(summary["version"], 1, "pinned at the job's start: {summary}");
+    assert_eq!(summary["rows"], want.len(), "{summary}");
+    assert_eq!(scored_labels(&data.path().join("out")), want);
+    assert!(
+        !data.path().join("out/_lakescore_jobs/resumable/units").exists()
+            || std::fs::read_dir(data.path().join("out/_lakescore_jobs/resumable/units"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0
+    );
+}
