@@ -77,6 +77,12 @@ pub struct BatchArgs {
     /// Write only the manifest with its counts, no scored rows (a validation run).
     #[arg(long)]
     pub summary_only: bool,
+    /// Spread the job over these workers (comma-separated grpc://HOST:PORT), or over every
+    /// address one name resolves to (grpc://lakescore-workers:8815, the chart's headless
+    /// worker Service). A worker that goes away costs only its share, run again elsewhere.
+    /// [default: --flight-url alone]
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<String>,
 }
 
 /// Arrow IPC body compression on the wire.
@@ -151,24 +157,33 @@ fn progress(total: Option<u64>) -> ProgressBar {
     pb
 }
 
-pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
-    let endpoint = match args.flight_url.strip_prefix("grpc://").or_else(|| args.flight_url.strip_prefix("grpc+tcp://"))
-    {
-        Some(hostport) => format!("http://{hostport}"),
-        None => bail!("--flight-url must be grpc://HOST:PORT (TLS endpoints are not supported by this client yet)"),
-    };
-    let channel = tonic::transport::Channel::from_shared(endpoint.clone())?
+/// `grpc://HOST:PORT` as the HTTP/2 endpoint tonic dials.
+fn endpoint(url: &str) -> anyhow::Result<String> {
+    match url.strip_prefix("grpc://").or_else(|| url.strip_prefix("grpc+tcp://")) {
+        Some(hostport) => Ok(format!("http://{hostport}")),
+        None => bail!("{url}: worker URLs are grpc://HOST:PORT (TLS endpoints are not supported by this client yet)"),
+    }
+}
+
+/// A Flight client of the worker at `url`, sending `token`.
+async fn connect(url: &str, token: Option<&str>) -> anyhow::Result<FlightClient> {
+    let channel = tonic::transport::Channel::from_shared(endpoint(url)?)?
         .connect()
         .await
-        .with_context(|| format!("cannot reach the scoring worker at {}", args.flight_url))?;
+        .with_context(|| format!("cannot reach the scoring worker at {url}"))?;
     let mut client = FlightClient::new(channel);
-    if let Some(t) = &args.token {
+    if let Some(t) = token {
         client.add_header("authorization", &format!("Bearer {t}"))?;
     }
-    let remote_output = args.output.contains("://");
+    Ok(client)
+}
+
+pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
     if args.input.to_string_lossy().contains("://") {
-        return run_job(&mut client, &args).await;
+        return run_job(&args).await;
     }
+    let mut client = connect(&args.flight_url, args.token.as_deref()).await?;
+    let remote_output = args.output.contains("://");
     let mut cmd = json!({"model": args.model, "result_compression": args.compression.name()});
     if !args.feature_columns.is_empty() {
         cmd["feature_columns"] = json!(args.feature_columns);
@@ -278,9 +293,11 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// A batch job: the worker reads the input from storage and writes the output there; this
-/// waits for its summary. Ctrl-C leaves the job resumable with the same --job-id.
-async fn run_job(client: &mut FlightClient, args: &ScoreArgs) -> anyhow::Result<()> {
+/// A batch job: the workers read the input from storage and write the output there; this
+/// waits for the summary. With several workers each scores a shard of the units, a shard
+/// whose worker goes away is run again on another, and a last call commits the manifest.
+/// Ctrl-C leaves the job resumable with the same --job-id.
+async fn run_job(args: &ScoreArgs) -> anyhow::Result<()> {
     if !args.output.contains("://") {
         bail!("a storage URL as --input needs a storage URL as --output (the worker writes there)");
     }
@@ -304,25 +321,136 @@ async fn run_job(client: &mut FlightClient, args: &ScoreArgs) -> anyhow::Result<
     if !args.feature_columns.is_empty() {
         cmd["feature_columns"] = json!(args.feature_columns);
     }
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_message(format!("job {job_id}: scoring {} on the worker", args.input.display()));
-    spinner.enable_steady_tick(Duration::from_millis(200));
+    let workers =
+        resolve_workers(if b.workers.is_empty() { std::slice::from_ref(&args.flight_url) } else { &b.workers }).await?;
     let started = Instant::now();
-    let action = arrow_flight::Action::new("score-dataset", cmd.to_string());
-    let result: Vec<_> =
-        client.do_action(action).await.map_err(flight_error)?.try_collect().await.map_err(flight_error)?;
-    spinner.finish_and_clear();
-    let summary: Value = result.first().map(|r| serde_json::from_slice(r)).transpose()?.unwrap_or(Value::Null);
+    let bars = indicatif::MultiProgress::new();
+    let spinner = |msg: String| {
+        let pb = bars.add(ProgressBar::new_spinner());
+        pb.set_message(msg);
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    };
+    let token = args.token.as_deref();
+    if workers.len() > 1 {
+        let n = workers.len();
+        let shards = (0..n).map(|shard| {
+            let mut cmd = cmd.clone();
+            cmd["batch"]["shard_index"] = json!(shard);
+            cmd["batch"]["shard_count"] = json!(n);
+            let pb = spinner(format!("job {job_id}: shard {}/{n}", shard + 1));
+            let (workers, job_id) = (&workers, &job_id);
+            async move {
+                // Its own worker first, then the others in turn when one goes away.
+                let mut last = None;
+                for attempt in 0..n {
+                    let worker = &workers[(shard + attempt) % n];
+                    pb.set_message(format!("job {job_id}: shard {}/{n} on {worker}", shard + 1));
+                    match job_action(worker, token, &cmd).await {
+                        Ok(summary) => {
+                            pb.finish_with_message(format!(
+                                "job {job_id}: shard {}/{n} on {worker}: {} rows, {} in error",
+                                shard + 1,
+                                summary["rows"],
+                                summary["error_rows"]
+                            ));
+                            return Ok(());
+                        }
+                        Err(JobError::Unavailable(e)) => {
+                            // Also for logs (progress bars are not drawn without a terminal).
+                            pb.suspend(|| {
+                                eprintln!("job {job_id}: shard {}/{n}: {worker} went away ({e}); moving on", shard + 1)
+                            });
+                            last = Some(e);
+                        }
+                        Err(JobError::Failed(e)) => return Err(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| anyhow::anyhow!("no worker left")))
+            }
+        });
+        futures::future::try_join_all(shards).await?;
+    }
+    // The commit (and, with one worker, the whole job): the first worker that answers.
+    let pb = spinner(format!("job {job_id}: committing"));
+    let mut summary = None;
+    for worker in &workers {
+        match job_action(worker, token, &cmd).await {
+            Ok(s) => {
+                summary = Some(s);
+                break;
+            }
+            Err(JobError::Unavailable(e)) => pb.suspend(|| eprintln!("job {job_id}: {worker} went away ({e})")),
+            Err(JobError::Failed(e)) => return Err(e),
+        }
+    }
+    pb.finish_and_clear();
+    let summary = summary
+        .ok_or_else(|| anyhow::anyhow!("no worker could commit job {job_id}; run it again with --job-id {job_id}"))?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     eprintln!(
-        "job {job_id}: {} rows scored, {} rows in error, {} of {} units failed, {} retried, {} resumed, in {:.1}s",
-        summary["rows"],
-        summary["error_rows"],
-        summary["failed_units"],
-        summary["units"],
-        summary["retried_units"],
-        summary["resumed_units"],
-        started.elapsed().as_secs_f64()
+        "job {job_id}: {} rows scored, {} rows in error, {} of {} units failed, {} retried, {} resumed, on {} worker(s) in {:.1}s",
+        summary["rows"], summary["error_rows"], summary["failed_units"], summary["units"], summary["retried_units"],
+        summary["resumed_units"], workers.len(), started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// How a job call failed: the worker went away (try another), or the job did.
+enum JobError {
+    Unavailable(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+/// One `score-dataset` call; a job still held by a run that just died is waited for.
+async fn job_action(worker: &str, token: Option<&str>, cmd: &Value) -> Result<Value, JobError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut client = connect(worker, token).await.map_err(JobError::Unavailable)?;
+        let action = arrow_flight::Action::new("score-dataset", cmd.to_string());
+        let result = async { client.do_action(action).await?.try_collect::<Vec<_>>().await }.await;
+        match result {
+            Ok(result) => {
+                return result
+                    .first()
+                    .map(|r| serde_json::from_slice(r))
+                    .transpose()
+                    .map(|v| v.unwrap_or(Value::Null))
+                    .map_err(|e| JobError::Failed(e.into()))
+            }
+            Err(arrow_flight::error::FlightError::Tonic(s))
+                if s.code() == tonic::Code::FailedPrecondition
+                    && s.message().contains("already running")
+                    && Instant::now() < deadline =>
+            {
+                // The lock of a run that died elsewhere goes stale within a minute.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(arrow_flight::error::FlightError::Tonic(s))
+                if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown) =>
+            {
+                return Err(JobError::Unavailable(flight_error(arrow_flight::error::FlightError::Tonic(s))))
+            }
+            Err(e) => return Err(JobError::Failed(flight_error(e))),
+        }
+    }
+}
+
+/// The worker URLs: as given, or, for a single name, every address it resolves to (a
+/// headless Service's pods).
+async fn resolve_workers(urls: &[String]) -> anyhow::Result<Vec<String>> {
+    if urls.len() != 1 {
+        return Ok(urls.to_vec());
+    }
+    let hostport = endpoint(&urls[0])?.trim_start_matches("http://").to_string();
+    let mut addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&hostport)
+        .await
+        .with_context(|| format!("cannot resolve the worker name in {}", urls[0]))?
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(match addrs.len() {
+        0 | 1 => urls.to_vec(),
+        _ => addrs.into_iter().map(|a| format!("grpc://{a}")).collect(),
+    })
 }

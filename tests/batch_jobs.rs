@@ -242,3 +242,63 @@ async fn a_killed_worker_s_job_is_refused_twice_then_resumed_with_the_same_versi
                 == 0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_spread_over_three_workers_survives_losing_one() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let rows = read_parquet(&models_dir().join("rf.rows.parquet"));
+    let want = labels(&read_parquet(&models_dir().join("rf.expected.parquet")), "output_label");
+    let input = data.path().join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    // Six files: two units for each of three workers.
+    for (i, start) in (0..200).step_by(34).enumerate() {
+        let file = std::fs::File::create(input.join(format!("part-{i}.parquet"))).expect("create");
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, rows.schema(), None).expect("writer");
+        w.write(&rows.slice(start, 34.min(200 - start))).expect("write");
+        w.close().expect("close");
+    }
+    let serve = tokio::task::block_in_place(|| spawn_serve_env(data.path(), &["--intra-op-threads", "1"], &[]));
+    common::register_champion(&serve.url, None, "rf", "rf.onnx").await;
+    let worker = |failpoint: bool| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = format!("grpc://{}", serve.url.trim_start_matches("http://"));
+        let env: &[(&str, &str)] = if failpoint { &[("LAKESCORE_FAILPOINTS", "job.after_unit")] } else { &[] };
+        let p = common::spawn_lakescore(
+            "scorer",
+            dir.path(),
+            &["--flight-listen", "127.0.0.1:0", "--registry-url", &registry, "--intra-op-threads", "1"],
+            env,
+        );
+        (p, dir)
+    };
+    let (steady, _d1) = tokio::task::block_in_place(|| worker(false));
+    // This one stops for good after its first unit, and is then killed.
+    let (mut doomed, _d2) = tokio::task::block_in_place(|| worker(true));
+    let workers = [&serve.flight, &steady.flight, &doomed.flight].map(|a| format!("grpc://{a}")).join(",");
+    let job = Command::new(BIN)
+        .args(["score", "--model", "rf@champion", "--feature-columns", &features(), "--job-id", "spread"])
+        .arg("--input")
+        .arg(format!("file://{}/in/", data.path().display()))
+        .args(["--output", &format!("file://{}/out/", data.path().display()), "--workers", &workers])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lakescore score");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !doomed.log_lines().iter().any(|l| l.contains("failpoint reached: job.after_unit")) {
+        assert!(std::time::Instant::now() < deadline, "the third worker never took its shard");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    doomed.child.kill().expect("kill");
+    let _ = doomed.child.wait();
+    let done = tokio::task::block_in_place(|| job.wait_with_output()).expect("job");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    let summary: Value = serde_json::from_slice(&done.stdout).expect("summary");
+    assert_eq!(summary["rows"], 200, "{summary}");
+    assert_eq!(summary["units"], 6, "{summary}");
+    assert_eq!(summary["failed_units"], 0, "{summary}");
+    assert!(stderr.contains("went away"), "the lost shard moved to another worker: {stderr}");
+    // Every row once, in input order across the units, with onnxruntime's labels.
+    assert_eq!(scored_labels(&data.path().join("out")), want);
+}

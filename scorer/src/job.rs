@@ -57,6 +57,8 @@ pub struct JobSettings {
     pub error_threshold_units: i64,
     /// Write the manifest (counts) only, no scored rows.
     pub summary_only: bool,
+    /// `(index, count)`: this run scores only its shard of the units and commits no manifest.
+    pub shard: Option<(usize, usize)>,
 }
 
 impl JobSettings {
@@ -82,6 +84,15 @@ impl JobSettings {
             error_threshold_rows: b.error_threshold_rows.unwrap_or(-1),
             error_threshold_units: b.error_threshold_units.unwrap_or(0),
             summary_only: b.output_action() == OutputAction::SummaryOnly,
+            shard: match (b.shard_index, b.shard_count) {
+                (_, 0) => None,
+                (i, n) if i < n => Some((i as usize, n as usize)),
+                (i, n) => {
+                    return Err(ScoreError::InvalidArgument(format!(
+                        "batch.shard_index {i} is not below batch.shard_count {n}"
+                    )))
+                }
+            },
         })
     }
 }
@@ -204,8 +215,11 @@ struct JobLock {
 }
 
 impl JobLock {
-    async fn acquire(loc: &Location, job_id: &str) -> Result<Self> {
-        let rel = format!("_lakescore_jobs/{job_id}/lock");
+    async fn acquire(loc: &Location, job_id: &str, shard: Option<(usize, usize)>) -> Result<Self> {
+        let rel = match shard {
+            Some((i, n)) => format!("_lakescore_jobs/{job_id}/lock-{i}-of-{n}"),
+            None => format!("_lakescore_jobs/{job_id}/lock"),
+        };
         let path = child(loc, &rel);
         let body = || {
             serde_json::json!({"job_id": job_id, "host": host_name(), "pid": std::process::id(),
@@ -258,6 +272,27 @@ impl Drop for JobLock {
     fn drop(&mut self) {
         self.heartbeat.abort();
     }
+}
+
+/// The job's failure when its rows or units in error are over the thresholds.
+fn over_threshold(
+    settings: &JobSettings,
+    job_id: &str,
+    out: &Location,
+    error_rows: u64,
+    failed_units: u64,
+) -> Option<ScoreError> {
+    let over_rows = settings.error_threshold_rows >= 0 && error_rows > settings.error_threshold_rows as u64;
+    let over_units = settings.error_threshold_units >= 0 && failed_units > settings.error_threshold_units as u64;
+    (over_rows || over_units).then(|| {
+        ScoreError::FailedPrecondition(format!(
+            "job {job_id} stopped: {error_rows} rows in error (error_threshold_rows {}) and {failed_units} failed \
+             units (error_threshold_units {}); the rows in error are under {}",
+            settings.error_threshold_rows,
+            settings.error_threshold_units,
+            out.url_of(&child(out, "_errors"))
+        ))
+    })
 }
 
 /// This machine's name, to tell a lock held by a dead process here from one held elsewhere.
@@ -338,7 +373,7 @@ impl Scorer {
                 )));
             }
         }
-        let lock = JobLock::acquire(&out, &job_id).await?;
+        let lock = JobLock::acquire(&out, &job_id, settings.shard).await?;
         let result = self.run_job_locked(cmd, settings, creds, &out, &job_id).await;
         lock.release().await;
         result
@@ -364,8 +399,16 @@ impl Scorer {
                     version: model.version.version,
                     sha256: model.version.sha256.clone(),
                 };
-                write_json(out, &format!("{job_dir}/job.json"), &r, PutMode::Overwrite).await?;
-                r
+                // Shards starting at once agree on one version: the first record wins.
+                match write_json(out, &format!("{job_dir}/job.json"), &r, PutMode::Create).await {
+                    Ok(()) => r,
+                    Err(ScoreError::FailedPrecondition(_)) => {
+                        read_json::<JobRecord>(out, &format!("{job_dir}/job.json"))
+                            .await?
+                            .ok_or_else(|| ScoreError::internal("the job record vanished"))?
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let model = self.resolve_model(&format!("{}:{}", record.name, record.version), creds).await?;
@@ -395,7 +438,8 @@ impl Scorer {
             sha256: record.sha256.clone(),
             engine: model.handle.engine.to_string(),
         };
-        let pending: Vec<Unit> = units.iter().filter(|u| records[u.index].is_none()).cloned().collect();
+        let mine = |u: &Unit| settings.shard.is_none_or(|(i, n)| u.index % n == i);
+        let pending: Vec<Unit> = units.iter().filter(|u| records[u.index].is_none() && mine(u)).cloned().collect();
         let mut error_rows: u64 = records.iter().flatten().map(|r| r.error_rows).sum();
         let mut failed_units = 0u64;
         let mut outcome: Result<()> = Ok(());
@@ -416,22 +460,44 @@ impl Scorer {
                 tracing::warn!(job_id, unit = unit.index, input = %record.input, error = %why, "a unit failed every attempt");
             }
             records[unit.index] = Some(record);
-            let over_rows = settings.error_threshold_rows >= 0 && error_rows > settings.error_threshold_rows as u64;
-            let over_units =
-                settings.error_threshold_units >= 0 && failed_units > settings.error_threshold_units as u64;
-            if over_rows || over_units {
-                outcome = Err(ScoreError::FailedPrecondition(format!(
-                    "job {job_id} stopped: {error_rows} rows in error (error_threshold_rows {}) and {failed_units} failed \
-                     units (error_threshold_units {}); the rows in error are under {}",
-                    settings.error_threshold_rows,
-                    settings.error_threshold_units,
-                    out.url_of(&child(out, "_errors"))
-                )));
-                break;
+            // Shards only score; the run that commits judges the whole job.
+            if settings.shard.is_none() {
+                if let Some(e) = over_threshold(settings, job_id, out, error_rows, failed_units) {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
         drop(running);
+        if outcome.is_ok() && settings.shard.is_none() {
+            // Units committed by earlier runs or shards count too.
+            if let Some(e) = over_threshold(settings, job_id, out, error_rows, failed_units) {
+                outcome = Err(e);
+            }
+        }
         let records: Vec<UnitRecord> = records.into_iter().flatten().collect();
+        if let Some((index, count)) = settings.shard {
+            // A shard commits its units only; the run without shards writes the manifest.
+            outcome?;
+            let mine: Vec<&UnitRecord> = records.iter().filter(|r| r.unit % count == index).collect();
+            let files: Vec<&WrittenFile> = mine.iter().flat_map(|r| r.files.iter()).collect();
+            return Ok(JobSummary {
+                job_id: job_id.to_string(),
+                manifest: String::new(),
+                model: record.name.clone(),
+                version: record.version,
+                sha256: record.sha256.clone(),
+                rows: mine.iter().map(|r| r.rows).sum(),
+                error_rows: mine.iter().map(|r| r.error_rows).sum(),
+                units: mine.len() as u64,
+                failed_units,
+                retried_units: mine.iter().filter(|r| r.attempts > 1).count() as u64,
+                resumed_units: resumed,
+                files: files.iter().map(|f| f.url.clone()).collect(),
+                bytes: files.iter().map(|f| f.bytes).sum(),
+                output_action: if settings.summary_only { "summary_only" } else { "append_row" },
+            });
+        }
         if let Err(e) = outcome {
             // Deterministic: a re-run would stop the same way. Nothing of the job's output
             // stays (the error rows do, to be looked at).
