@@ -438,6 +438,8 @@ impl Scorer {
             sha256: record.sha256.clone(),
             engine: model.handle.engine.to_string(),
         };
+        // Parts an earlier, crashed run left of units it never committed: found in one listing.
+        let leftovers = self.units_with_parts(out, job_id).await;
         let mine = |u: &Unit| settings.shard.is_none_or(|(i, n)| u.index % n == i);
         let pending: Vec<Unit> = units.iter().filter(|u| records[u.index].is_none() && mine(u)).cloned().collect();
         let mut error_rows: u64 = records.iter().flatten().map(|r| r.error_rows).sum();
@@ -445,7 +447,11 @@ impl Scorer {
         let mut outcome: Result<()> = Ok(());
         let mut running = futures::stream::iter(pending.into_iter().map(|unit| {
             let (model, manifest_model, input) = (&model, &manifest_model, &input);
+            let leftover = leftovers.contains(&unit.index);
             async move {
+                if leftover {
+                    self.remove_unit_parts(out, job_id, unit.index).await;
+                }
                 let result = self.run_unit(cmd, settings, model, manifest_model, input, out, job_id, &unit).await;
                 (unit, result)
             }
@@ -599,8 +605,6 @@ impl Scorer {
         unit: &Unit,
     ) -> UnitRecord {
         let url = input.url_of(&unit.file.location);
-        // A run that crashed may have left part of this unit (it has no marker).
-        self.remove_unit_parts(out, job_id, unit.index).await;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -645,6 +649,23 @@ impl Scorer {
         format!("{job_id}-u{unit:05}")
     }
 
+    /// The units of `job_id` that have parts (data or error rows) under `out`.
+    async fn units_with_parts(&self, out: &Location, job_id: &str) -> std::collections::HashSet<usize> {
+        let prefix = format!("part-{job_id}-u");
+        let mut units = std::collections::HashSet::new();
+        for dir in [out.path.clone(), child(out, "_errors")] {
+            let listed = out.store.list_with_delimiter(Some(&dir)).await.map(|l| l.objects).unwrap_or_default();
+            for meta in &listed {
+                let unit =
+                    meta.location.filename().and_then(|n| n.strip_prefix(&prefix)).and_then(|rest| rest.get(..5));
+                if let Some(n) = unit.and_then(|u| u.parse().ok()) {
+                    units.insert(n);
+                }
+            }
+        }
+        units
+    }
+
     /// Removes what an unfinished attempt of `unit` left (data parts and error rows).
     async fn remove_unit_parts(&self, out: &Location, job_id: &str, unit: usize) {
         let prefix = format!("part-{}-", Self::unit_prefix(job_id, unit));
@@ -679,7 +700,7 @@ impl Scorer {
         unit: &Unit,
     ) -> Result<UnitRecord> {
         let url = input.url_of(&unit.file.location);
-        let (schema, mut batches) = self.read_parquet(input, &unit.file, unit.row_groups.clone()).await?;
+        let (schema, batches) = self.read_parquet(input, &unit.file, unit.row_groups.clone()).await?;
         let plan = self.plan(model, cmd, schema).map_err(|e| e.context(format!("input file {url}")))?;
         let lineage = vec![
             ("lakescore.model".to_string(), manifest_model.name.clone()),
@@ -707,17 +728,29 @@ impl Scorer {
         let errors_loc = Location { path: child(out, "_errors"), ..out.clone() };
         let mut errors: Option<JobWriter> = None;
         let (mut rows, mut bad_rows, mut seen) = (0u64, 0u64, 0u64);
+        // Decoding, inference and writing overlap, as in the other scoring paths: the next
+        // batch is read and scored while this one is written.
+        let (handle, plan_s) = (model.handle.clone(), plan.clone());
+        let mut scored_batches = batches
+            .map(move |batch| {
+                let (handle, plan) = (handle.clone(), plan_s.clone());
+                async move {
+                    let batch = batch?;
+                    plan.check_batch(&batch)?;
+                    let scoring = batch.clone();
+                    let isolated = tokio::task::spawn_blocking(move || {
+                        let mut out = Isolated { scored: Vec::new(), bad: Vec::new() };
+                        score_isolating(&handle, &plan, &scoring, 0, &mut out);
+                        out
+                    })
+                    .await?;
+                    Ok::<_, ScoreError>((batch, isolated))
+                }
+            })
+            .buffered(2);
         let result: Result<()> = async {
-            while let Some(batch) = batches.next().await {
-                let batch = batch?;
-                plan.check_batch(&batch)?;
-                let (model_c, plan_c, batch_c) = (model.handle.clone(), plan.clone(), batch.clone());
-                let isolated = tokio::task::spawn_blocking(move || {
-                    let mut out = Isolated { scored: Vec::new(), bad: Vec::new() };
-                    score_isolating(&model_c, &plan_c, &batch_c, 0, &mut out);
-                    out
-                })
-                .await?;
+            while let Some(item) = scored_batches.next().await {
+                let (batch, isolated) = item?;
                 for scored in &isolated.scored {
                     rows += scored.num_rows() as u64;
                     if let Some(w) = writer.as_mut() {
