@@ -373,7 +373,9 @@ def test_containers_are_restricted(objs: list[dict[str, Any]]) -> None:
             # writable places are volumes, since the root filesystem is read-only
             mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
             assert "/tmp" in mounts, ident
-            assert mounts["/etc/lakescore"].get("readOnly") is True, ident
+            # servers read their config from the ConfigMap; the batch Job's client takes flags
+            if owner["metadata"]["labels"]["app.kubernetes.io/component"] != "batch-job":
+                assert mounts["/etc/lakescore"].get("readOnly") is True, ident
 
 
 def test_no_secret_value_is_inlined(objs: list[dict[str, Any]]) -> None:
@@ -538,6 +540,45 @@ def test_the_image_accepts_the_chart_config(objs: list[dict[str, Any]], tmp_path
             done = subprocess.run([*cmd, "--", "check-config"], capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, f"{ident}: check-config in the image failed:\n{done.stderr}"
             assert "configuration OK" in done.stderr, f"{ident}: {done.stderr}"
+
+
+def test_the_batch_job_scores_over_every_worker(tmp_path: Path) -> None:
+    """batchJob renders a Job (or a CronJob with a schedule) that runs `lakescore score` over
+    the headless worker Service, resumable by its Job name, restricted like every pod, and
+    with arguments the binary parses."""
+    job_values = {
+        "enabled": True,
+        "model": "fraud@champion",
+        "input": "s3://lake/tx/",
+        "output": "s3://lake/scores/",
+        "featureColumns": ["f0", "f1"],
+        "tokenSecret": {"name": "batch-token", "key": "token"},
+        "settings": {"miniBatchSize": 4, "maxRetries": 2, "timeoutSecs": 600, "maxConcurrency": 2,
+                     "errorThresholdRows": 100, "errorThresholdUnits": -1, "summaryOnly": False},
+    }
+    for schedule in ("", "0 2 * * *"):
+        objs = objects(render({"batchJob": {**job_values, "schedule": schedule}}))
+        kind = "CronJob" if schedule else "Job"
+        [job] = component(objs, kind, "batch-job")
+        for obj in objs:
+            kubernetes_validate.validate(strip(obj), KUBE_VERSIONS[-1], strict=True)
+        test_containers_are_restricted(objs)
+        assert_no_inlined_secrets(objs)
+        spec = job["spec"]["jobTemplate"]["spec"] if schedule else job["spec"]
+        [container] = spec["template"]["spec"]["containers"]
+        args = container["args"]
+        [headless] = [o for o in find(objs, "Service") if o["metadata"]["name"].endswith("-scorer-headless")]
+        assert f"--workers=grpc://{headless['metadata']['name']}.{NAMESPACE}.svc:8815" in args, args
+        assert "--job-id=$(LAKESCORE_JOB_NAME)" in args and "--max-concurrency=2" in args, args
+        env = {e["name"]: e for e in container["env"]}
+        assert env["LAKESCORE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "batch-token"
+        # The binary takes these arguments: it gets as far as looking the workers up.
+        expanded = [a.replace("$(LAKESCORE_JOB_NAME)", "nightly-1") for a in args]
+        done = run_bin(expanded, {})
+        assert done.returncode != 0 and "cannot resolve the worker name" in done.stderr, done.stderr
+    assert not find(objects(render(None)), "Job") and not find(objects(render(None)), "CronJob")
+    with pytest.raises(HelmError, match="batchJob.model"):
+        render({"batchJob": {"enabled": True}})
 
 
 EVERY_SETTING = {
