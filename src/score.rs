@@ -325,13 +325,47 @@ async fn run_job(args: &ScoreArgs) -> anyhow::Result<()> {
         resolve_workers(if b.workers.is_empty() { std::slice::from_ref(&args.flight_url) } else { &b.workers }).await?;
     let started = Instant::now();
     let bars = indicatif::MultiProgress::new();
+    let token = args.token.as_deref();
+    let job = run_job_on(&workers, token, &cmd, &job_id, &bars);
+    let summary = tokio::select! {
+        summary = job => summary?,
+        _ = tokio::signal::ctrl_c() => {
+            // Stop it everywhere: each worker removes what the job wrote.
+            eprintln!("job {job_id}: cancelling on {} worker(s)…", workers.len());
+            let request = arrow_flight::CancelFlightInfoRequest::new(
+                arrow_flight::FlightInfo::new().with_descriptor(FlightDescriptor::new_cmd(cmd.to_string())),
+            );
+            for worker in &workers {
+                if let Ok(mut client) = connect(worker, token).await {
+                    let _ = client.cancel_flight_info(request.clone()).await;
+                }
+            }
+            bail!("job {job_id} cancelled; its partial output is being removed");
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    eprintln!(
+        "job {job_id}: {} rows scored, {} rows in error, {} of {} units failed, {} retried, {} resumed, on {} worker(s) in {:.1}s",
+        summary["rows"], summary["error_rows"], summary["failed_units"], summary["units"], summary["retried_units"],
+        summary["resumed_units"], workers.len(), started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Shards on every worker (when there are several), then the commit.
+async fn run_job_on(
+    workers: &[String],
+    token: Option<&str>,
+    cmd: &Value,
+    job_id: &str,
+    bars: &indicatif::MultiProgress,
+) -> anyhow::Result<Value> {
     let spinner = |msg: String| {
         let pb = bars.add(ProgressBar::new_spinner());
         pb.set_message(msg);
         pb.enable_steady_tick(Duration::from_millis(200));
         pb
     };
-    let token = args.token.as_deref();
     if workers.len() > 1 {
         let n = workers.len();
         let shards = (0..n).map(|shard| {
@@ -339,7 +373,7 @@ async fn run_job(args: &ScoreArgs) -> anyhow::Result<()> {
             cmd["batch"]["shard_index"] = json!(shard);
             cmd["batch"]["shard_count"] = json!(n);
             let pb = spinner(format!("job {job_id}: shard {}/{n}", shard + 1));
-            let (workers, job_id) = (&workers, &job_id);
+            let (workers, job_id) = (workers, job_id);
             async move {
                 // Its own worker first, then the others in turn when one goes away.
                 let mut last = None;
@@ -374,8 +408,8 @@ async fn run_job(args: &ScoreArgs) -> anyhow::Result<()> {
     // The commit (and, with one worker, the whole job): the first worker that answers.
     let pb = spinner(format!("job {job_id}: committing"));
     let mut summary = None;
-    for worker in &workers {
-        match job_action(worker, token, &cmd).await {
+    for worker in workers {
+        match job_action(worker, token, cmd).await {
             Ok(s) => {
                 summary = Some(s);
                 break;
@@ -385,15 +419,7 @@ async fn run_job(args: &ScoreArgs) -> anyhow::Result<()> {
         }
     }
     pb.finish_and_clear();
-    let summary = summary
-        .ok_or_else(|| anyhow::anyhow!("no worker could commit job {job_id}; run it again with --job-id {job_id}"))?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    eprintln!(
-        "job {job_id}: {} rows scored, {} rows in error, {} of {} units failed, {} retried, {} resumed, on {} worker(s) in {:.1}s",
-        summary["rows"], summary["error_rows"], summary["failed_units"], summary["units"], summary["retried_units"],
-        summary["resumed_units"], workers.len(), started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    summary.ok_or_else(|| anyhow::anyhow!("no worker could commit job {job_id}; run it again with --job-id {job_id}"))
 }
 
 /// How a job call failed: the worker went away (try another), or the job did.

@@ -243,20 +243,25 @@ async fn a_killed_worker_s_job_is_refused_twice_then_resumed_with_the_same_versi
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_spread_over_three_workers_survives_losing_one() {
-    let data = tempfile::tempdir().expect("tempdir");
+/// `in/`: rf's 200 rows in six Parquet files; onnxruntime's labels for them, in order.
+fn six_files(dir: &Path) -> Vec<i64> {
     let rows = read_parquet(&models_dir().join("rf.rows.parquet"));
-    let want = labels(&read_parquet(&models_dir().join("rf.expected.parquet")), "output_label");
-    let input = data.path().join("in");
+    let input = dir.join("in");
     std::fs::create_dir_all(&input).expect("mkdir");
-    // Six files: two units for each of three workers.
     for (i, start) in (0..200).step_by(34).enumerate() {
         let file = std::fs::File::create(input.join(format!("part-{i}.parquet"))).expect("create");
         let mut w = parquet::arrow::ArrowWriter::try_new(file, rows.schema(), None).expect("writer");
         w.write(&rows.slice(start, 34.min(200 - start))).expect("write");
         w.close().expect("close");
     }
+    labels(&read_parquet(&models_dir().join("rf.expected.parquet")), "output_label")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_spread_over_three_workers_survives_losing_one() {
+    let data = tempfile::tempdir().expect("tempdir");
+    // Six files: two units for each of three workers.
+    let want = six_files(data.path());
     let serve = tokio::task::block_in_place(|| spawn_serve_env(data.path(), &["--intra-op-threads", "1"], &[]));
     common::register_champion(&serve.url, None, "rf", "rf.onnx").await;
     let worker = |failpoint: bool| {
@@ -301,4 +306,73 @@ async fn a_job_spread_over_three_workers_survives_losing_one() {
     assert!(stderr.contains("went away"), "the lost shard moved to another worker: {stderr}");
     // Every row once, in input order across the units, with onnxruntime's labels.
     assert_eq!(scored_labels(&data.path().join("out")), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_polled_to_their_end_or_cancelled_midway() {
+    use arrow_flight::{CancelFlightInfoRequest, CancelStatus, FlightDescriptor, FlightInfo};
+    let data = tempfile::tempdir().expect("tempdir");
+    let want = six_files(data.path());
+    // Each unit takes at least 0.3 s: long enough to watch and to stop.
+    let s = tokio::task::block_in_place(|| {
+        spawn_serve_env(data.path(), &["--intra-op-threads", "1"], &[("LAKESCORE_FAILPOINTS", "job.before_unit=0.3")])
+    });
+    common::register_champion(&s.url, None, "rf", "rf.onnx").await;
+    let cmd = |job: &str| {
+        FlightDescriptor::new_cmd(
+            serde_json::json!({
+                "model": "rf@champion", "feature_columns": features().split(',').collect::<Vec<_>>(),
+                "input": format!("file://{}/in/", data.path().display()),
+                "output": format!("file://{}/{job}/", data.path().display()),
+                "job_id": job, "batch": {},
+            })
+            .to_string(),
+        )
+    };
+    let mut client = common::flight_client(&s.flight, None).await;
+
+    // Polled: progress climbs, the last answer carries the summary.
+    let mut progress = Vec::new();
+    let last = loop {
+        let poll = client.poll_flight_info(cmd("polled")).await.expect("poll");
+        progress.push(poll.progress.expect("progress"));
+        if poll.flight_descriptor.is_none() {
+            break poll;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(progress.iter().any(|p| *p > 0.0 && *p < 1.0), "progress seen between 0 and 1: {progress:?}");
+    let info = last.info.expect("final info");
+    let summary: Value = serde_json::from_slice(&info.app_metadata).expect("summary");
+    assert_eq!((summary["rows"].as_u64(), info.total_records), (Some(200), 200), "{summary}");
+    assert_eq!(scored_labels(&data.path().join("polled")), want);
+
+    // Cancelled once a unit is in: nothing of it stays.
+    loop {
+        let poll = client.poll_flight_info(cmd("stopped")).await.expect("poll");
+        if poll.progress.unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let request = CancelFlightInfoRequest::new(FlightInfo::new().with_descriptor(cmd("stopped")));
+    let result = client.cancel_flight_info(request).await.expect("cancel");
+    assert_eq!(result.status(), CancelStatus::Cancelling);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        match client.poll_flight_info(cmd("stopped")).await {
+            Ok(poll) => assert!(poll.flight_descriptor.is_some(), "the job finished although cancelled"),
+            Err(arrow_flight::error::FlightError::Tonic(status)) => break status,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "the cancelled job did not end");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status}");
+    let out = data.path().join("stopped");
+    assert!(parts(&out).is_empty(), "{:?}", parts(&out));
+    assert!(!out.join("_lakescore.json").exists());
+    let markers = std::fs::read_dir(out.join("_lakescore_jobs/stopped/units")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(markers, 0, "no unit marker left");
 }

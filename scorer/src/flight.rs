@@ -35,6 +35,8 @@ use crate::source::Credentials;
 
 /// Flight action: score a dataset in storage, server-side.
 pub const ACTION_SCORE_DATASET: &str = "score-dataset";
+/// Flight's standard action for stopping a query (a batch job here).
+pub const ACTION_CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
 /// Flight action: load a model ahead of use.
 pub const ACTION_WARM: &str = "warm";
 /// Flight action: the output schema for an input schema.
@@ -428,8 +430,43 @@ impl FlightService for ScorerService {
         Ok(Response::new(info))
     }
 
-    async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
-        Err(ScoreError::Unimplemented("PollFlightInfo is not supported; use GetFlightInfo".into()).into())
+    /// A batch job (a score command with `batch` settings and a `job_id`) as a long-running
+    /// query: the first poll starts it, later polls with the returned descriptor report its
+    /// progress (units done / units), and the last one its summary in `app_metadata`, or its
+    /// error. Without `batch`: the endpoints of `GetFlightInfo`, complete at once.
+    async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        let creds = self.authenticate(&request).await?;
+        let descriptor = request.into_inner();
+        let cmd = command_from_descriptor(Some(&descriptor))?;
+        let Some(batch) = &cmd.batch else {
+            let info = self.flight_info(descriptor, &creds).await?;
+            return Ok(Response::new(PollInfo { info: Some(info), progress: Some(1.0), ..Default::default() }));
+        };
+        let settings = crate::job::JobSettings::from_proto(batch)?;
+        let job = match self.scorer.find_job(&cmd) {
+            Some(job) => job,
+            None => self.scorer.start_job(cmd, settings, creds, true)?,
+        };
+        let mut info = FlightInfo::new().with_descriptor(descriptor.clone()).with_total_records(job.rows() as i64);
+        match job.outcome() {
+            None => Ok(Response::new(PollInfo {
+                info: Some(info),
+                flight_descriptor: Some(descriptor),
+                progress: Some(job.progress().unwrap_or(0.0)),
+                expiration_time: None,
+            })),
+            Some(Ok(summary)) => {
+                info.app_metadata = serde_json::to_vec(&summary).map_err(ScoreError::internal)?.into();
+                info.total_records = summary.rows as i64;
+                Ok(Response::new(PollInfo {
+                    info: Some(info),
+                    flight_descriptor: None,
+                    progress: Some(1.0),
+                    expiration_time: None,
+                }))
+            }
+            Some(Err(e)) => Err(e.into()),
+        }
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
@@ -509,23 +546,46 @@ impl FlightService for ScorerService {
             ACTION_WARM => self.warm(&action.body, &creds).await?,
             ACTION_SCORE_DATASET => {
                 let cmd = decode_command(&action.body)?;
-                let scorer = self.scorer.clone();
-                // Server-side job: it completes (or cleans up) even if the caller goes away.
-                let job = tokio::spawn(async move {
-                    match &cmd.batch {
-                        Some(batch) => {
-                            let settings = crate::job::JobSettings::from_proto(batch)?;
-                            serde_json::to_value(scorer.run_job(&cmd, &settings, &creds).await?)
-                        }
-                        None => serde_json::to_value(scorer.score_dataset(&cmd, &creds).await?),
+                match &cmd.batch {
+                    // Runs in the background (PollFlightInfo and CancelFlightInfo reach it);
+                    // this call waits for its end.
+                    Some(batch) => {
+                        let settings = crate::job::JobSettings::from_proto(batch)?;
+                        let job = self.scorer.start_job(cmd.clone(), settings, creds, false)?;
+                        serde_json::to_value(job.wait().await?).map_err(ScoreError::internal)?
                     }
-                    .map_err(ScoreError::internal)
-                });
-                job.await.map_err(ScoreError::from)??
+                    None => {
+                        let scorer = self.scorer.clone();
+                        // Server-side job: it completes (or cleans up) even if the caller goes away.
+                        let job = tokio::spawn(async move {
+                            serde_json::to_value(scorer.score_dataset(&cmd, &creds).await?)
+                                .map_err(ScoreError::internal)
+                        });
+                        job.await.map_err(ScoreError::from)??
+                    }
+                }
+            }
+            ACTION_CANCEL_FLIGHT_INFO => {
+                let request = arrow_flight::CancelFlightInfoRequest::decode(action.body)
+                    .map_err(|e| ScoreError::InvalidArgument(format!("invalid CancelFlightInfoRequest: {e}")))?;
+                let cmd = command_from_descriptor(request.info.as_ref().and_then(|i| i.flight_descriptor.as_ref()))?;
+                // Every run of the job here, its shards included.
+                let running = self.scorer.running_jobs(&cmd);
+                running.iter().for_each(|job| job.cancel());
+                let status = if running.is_empty() {
+                    arrow_flight::CancelStatus::NotCancellable
+                } else {
+                    arrow_flight::CancelStatus::Cancelling
+                };
+                let result = arrow_flight::CancelFlightInfoResult::new(status);
+                return Ok(Response::new(
+                    stream::iter([Ok(arrow_flight::Result { body: result.encode_to_vec().into() })]).boxed(),
+                ));
             }
             other => {
                 return Err(ScoreError::InvalidArgument(format!(
-                    "unknown action {other:?} (actions: {ACTION_SCORE_DATASET}, {ACTION_WARM}, {ACTION_DESCRIBE})"
+                    "unknown action {other:?} (actions: {ACTION_SCORE_DATASET}, {ACTION_WARM}, {ACTION_DESCRIBE}, \
+                     {ACTION_CANCEL_FLIGHT_INFO})"
                 ))
                 .into())
             }
@@ -547,6 +607,10 @@ impl FlightService for ScorerService {
             (
                 ACTION_DESCRIBE,
                 "The result schema for an input schema (body: DescribeRequest or ScoreCommand). Returns JSON with input/output fields and output_schema_ipc (base64).",
+            ),
+            (
+                ACTION_CANCEL_FLIGHT_INFO,
+                "Stop a batch job running here (body: CancelFlightInfoRequest whose descriptor is the job's ScoreCommand); its partial output is removed.",
             ),
         ];
         let items: Vec<Result<ActionType, Status>> = actions

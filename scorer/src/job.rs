@@ -40,6 +40,73 @@ use crate::storage::{JobWriter, Location, ManifestModel, WrittenFile, MANIFEST_N
 const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 
+/// How long a finished job's outcome stays available to `PollFlightInfo`.
+const FINISHED_KEPT: Duration = Duration::from_secs(600);
+
+/// A batch job running on this worker: its progress, a way to stop it, and, once it has
+/// finished, how it ended (kept for a while for pollers).
+#[derive(Debug, Default)]
+pub struct RunningJob {
+    cancel: tokio_util::sync::CancellationToken,
+    units_total: std::sync::atomic::AtomicU64,
+    units_done: std::sync::atomic::AtomicU64,
+    rows: std::sync::atomic::AtomicU64,
+    outcome: std::sync::Mutex<Option<(std::time::Instant, Result<JobSummary>)>>,
+    finished: tokio::sync::Notify,
+}
+
+impl RunningJob {
+    fn finish(&self, result: Result<JobSummary>) {
+        if let Ok(mut outcome) = self.outcome.lock() {
+            *outcome = Some((std::time::Instant::now(), result));
+        }
+        self.finished.notify_waiters();
+    }
+
+    /// Units finished (committed earlier included) over all units, once they are known.
+    pub fn progress(&self) -> Option<f64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.units_total.load(Relaxed);
+        (total > 0).then(|| self.units_done.load(Relaxed) as f64 / total as f64)
+    }
+
+    /// Rows scored so far by this run.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How the job ended; `None` while it runs.
+    pub fn outcome(&self) -> Option<Result<JobSummary>> {
+        self.outcome.lock().ok().and_then(|o| o.as_ref().map(|(_, r)| r.clone()))
+    }
+
+    /// Waits for the end of the job.
+    pub async fn wait(&self) -> Result<JobSummary> {
+        loop {
+            let notified = self.finished.notified();
+            if let Some(outcome) = self.outcome() {
+                return outcome;
+            }
+            notified.await;
+        }
+    }
+
+    /// Asks the job to stop: it removes what it wrote and ends with `CANCELLED`.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The batch jobs of a worker, by output and job id.
+#[derive(Debug, Default)]
+pub struct RunningJobs(std::sync::Mutex<std::collections::HashMap<String, Arc<RunningJob>>>);
+
+/// A run of a job on this worker: its output, its id and, for a shard, which.
+fn job_key(cmd: &ScoreCommand) -> String {
+    let shard = cmd.batch.as_ref().filter(|b| b.shard_count > 0).map(|b| (b.shard_index, b.shard_count));
+    format!("{}#{}#{shard:?}", cmd.output, cmd.job_id)
+}
+
 /// [`BatchSettings`] with their defaults applied.
 #[derive(Debug, Clone)]
 pub struct JobSettings {
@@ -358,8 +425,63 @@ fn error_rows(batch: &RecordBatch, bad: &[(u32, ScoreError)], first_row: u64) ->
 }
 
 impl Scorer {
+    /// Starts the batch job `cmd` in the background: what `score-dataset`, `PollFlightInfo`
+    /// and `CancelFlightInfo` share. A run of the same job still going here is joined when
+    /// `join` (a poller), refused otherwise (a second submission); a finished one is run again
+    /// (which answers at once when the job is complete).
+    pub fn start_job(
+        self: &Arc<Self>,
+        cmd: ScoreCommand,
+        settings: JobSettings,
+        creds: Credentials,
+        join: bool,
+    ) -> Result<Arc<RunningJob>> {
+        let key = job_key(&cmd);
+        let mut jobs = self.jobs.0.lock().map_err(|_| ScoreError::internal("the job table lock is poisoned"))?;
+        jobs.retain(|_, j| {
+            j.outcome.lock().ok().is_none_or(|o| o.as_ref().is_none_or(|(at, _)| at.elapsed() < FINISHED_KEPT))
+        });
+        if let Some(job) = jobs.get(&key).filter(|j| j.outcome().is_none()) {
+            if join {
+                return Ok(job.clone());
+            }
+            return Err(ScoreError::FailedPrecondition(format!(
+                "job {} is already running on this worker: follow it with PollFlightInfo, or stop it with \
+                 CancelFlightInfo",
+                cmd.job_id
+            )));
+        }
+        let job = Arc::new(RunningJob::default());
+        jobs.insert(key, job.clone());
+        drop(jobs);
+        let (scorer, running) = (self.clone(), job.clone());
+        tokio::spawn(async move {
+            let result = scorer.run_job(&cmd, &settings, &creds, &running).await;
+            running.finish(result);
+        });
+        Ok(job)
+    }
+
+    /// Every run of the job `cmd` names (shards included) still going on this worker.
+    pub fn running_jobs(&self, cmd: &ScoreCommand) -> Vec<Arc<RunningJob>> {
+        let prefix = format!("{}#{}#", cmd.output, cmd.job_id);
+        let Ok(jobs) = self.jobs.0.lock() else { return Vec::new() };
+        jobs.iter().filter(|(k, j)| k.starts_with(&prefix) && j.outcome().is_none()).map(|(_, j)| j.clone()).collect()
+    }
+
+    /// The job `cmd` names, if it runs (or ran lately) on this worker.
+    pub fn find_job(&self, cmd: &ScoreCommand) -> Option<Arc<RunningJob>> {
+        self.jobs.0.lock().ok()?.get(&job_key(cmd)).cloned()
+    }
+
     /// `score-dataset` with batch settings: see the module documentation.
-    pub async fn run_job(&self, cmd: &ScoreCommand, settings: &JobSettings, creds: &Credentials) -> Result<JobSummary> {
+    pub async fn run_job(
+        &self,
+        cmd: &ScoreCommand,
+        settings: &JobSettings,
+        creds: &Credentials,
+        job: &RunningJob,
+    ) -> Result<JobSummary> {
         if cmd.job_id.is_empty() {
             return Err(ScoreError::invalid("a batch job needs a job_id (it names the job for resume and locking)"));
         }
@@ -374,7 +496,7 @@ impl Scorer {
             }
         }
         let lock = JobLock::acquire(&out, &job_id, settings.shard).await?;
-        let result = self.run_job_locked(cmd, settings, creds, &out, &job_id).await;
+        let result = self.run_job_locked(cmd, settings, creds, &out, &job_id, job).await;
         lock.release().await;
         result
     }
@@ -386,7 +508,9 @@ impl Scorer {
         creds: &Credentials,
         out: &Location,
         job_id: &str,
+        job: &RunningJob,
     ) -> Result<JobSummary> {
+        use std::sync::atomic::Ordering::Relaxed;
         let job_dir = format!("_lakescore_jobs/{job_id}");
         // One model version for the whole job, resumed runs included.
         let record = match read_json::<JobRecord>(out, &format!("{job_dir}/job.json")).await? {
@@ -438,6 +562,8 @@ impl Scorer {
             sha256: record.sha256.clone(),
             engine: model.handle.engine.to_string(),
         };
+        job.units_total.store(units.len() as u64, Relaxed);
+        job.units_done.store(resumed, Relaxed);
         // Parts an earlier, crashed run left of units it never committed: found in one listing.
         let leftovers = self.units_with_parts(out, job_id).await;
         let mine = |u: &Unit| settings.shard.is_none_or(|(i, n)| u.index % n == i);
@@ -457,8 +583,20 @@ impl Scorer {
             }
         }))
         .buffer_unordered(settings.max_concurrency);
-        while let Some((unit, record)) = running.next().await {
+        let mut cancelled = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = job.cancel.cancelled() => {
+                    cancelled = true;
+                    break;
+                }
+                next = running.next() => next,
+            };
+            let Some((unit, record)) = next else { break };
             write_json(out, &format!("{job_dir}/units/{:05}.json", unit.index), &record, PutMode::Overwrite).await?;
+            job.units_done.fetch_add(1, Relaxed);
+            job.rows.fetch_add(record.rows, Relaxed);
             lakescore_core::failpoint::hit("job.after_unit").await;
             error_rows += record.error_rows;
             if let Some(why) = &record.failed {
@@ -482,6 +620,15 @@ impl Scorer {
             }
         }
         let records: Vec<UnitRecord> = records.into_iter().flatten().collect();
+        if cancelled {
+            // Units still running were dropped with their writers: their parts go too.
+            let leftovers = self.units_with_parts(out, job_id).await;
+            for unit in leftovers {
+                self.remove_unit_parts(out, job_id, unit).await;
+            }
+            self.remove_job_output(out, &records, &job_dir).await;
+            return Err(ScoreError::Cancelled(format!("job {job_id} was cancelled; its partial output was removed")));
+        }
         if let Some((index, count)) = settings.shard {
             // A shard commits its units only; the run without shards writes the manifest.
             outcome?;
@@ -608,6 +755,7 @@ impl Scorer {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            lakescore_core::failpoint::hit("job.before_unit").await;
             let attempt = self.score_unit(cmd, settings, model, manifest_model, input, out, job_id, unit);
             let result = match tokio::time::timeout(settings.timeout, attempt).await {
                 Ok(r) => r,

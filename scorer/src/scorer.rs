@@ -94,6 +94,8 @@ pub struct Scorer {
     storage: Storage,
     /// Cancelled when the process stops waiting for in-flight work (see [`Scorer::cancel_jobs`]).
     shutdown: tokio_util::sync::CancellationToken,
+    /// Batch jobs running here (and finished a short while ago), for polling and cancelling.
+    pub(crate) jobs: crate::job::RunningJobs,
 }
 
 impl std::fmt::Debug for Scorer {
@@ -127,7 +129,13 @@ impl Scorer {
             StoreOptions { options: config.storage_options.clone(), ..Default::default() },
         )?;
         let cache = ModelCache::new(engine, source, config.model_cache_bytes);
-        Ok(Self { config, cache, storage, shutdown: tokio_util::sync::CancellationToken::new() })
+        Ok(Self {
+            config,
+            cache,
+            storage,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            jobs: Default::default(),
+        })
     }
 
     /// Ends every scoring stream in flight, now and later, with `UNAVAILABLE`: for a

@@ -124,7 +124,7 @@ async fn actions_describe_warm_list_and_handshake() {
     let worker = Worker::start().await;
     let mut client = worker.client().await;
     let types: Vec<String> = client.list_actions().await.unwrap().map_ok(|a| a.r#type).try_collect().await.unwrap();
-    assert_eq!(types, vec!["score-dataset", "warm", "describe"]);
+    assert_eq!(types, vec!["score-dataset", "warm", "describe", "CancelFlightInfo"]);
 
     let warm = |body: Vec<u8>| Action::new("warm", body);
     let r: Vec<Bytes> = client.do_action(warm(b"logreg".to_vec())).await.unwrap().try_collect().await.unwrap();
