@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -97,25 +96,33 @@ def main():
     descriptor = flight.FlightDescriptor.for_command(json.dumps(command).encode())
     writer, reader = client.do_exchange(descriptor, options=options)
 
-    # Send from a second thread while this one reads: the worker streams results back
-    # while rows still arrive, and a client that only reads once it has sent everything
-    # stalls once both directions' flow-control windows fill up (a large table).
-    def send():
-        try:
-            writer.begin(table.schema)
-            for batch in batches:
-                writer.write_batch(batch)
-            writer.done_writing()  # half-close: tells the worker that no more rows come
-        except pa.ArrowException:
-            pass  # the worker ended the call; reading below raises its status
-
-    sender = threading.Thread(target=send)
-    sender.start()
+    # One thread, in lock step: write a batch, then read that batch's rows back before
+    # writing the next. The worker answers each batch as soon as it has it, so this never
+    # stalls on flow control (a client that writes a whole large table before reading does),
+    # memory stays at one batch each way, and a worker error is raised here as an exception.
+    # Do not write from a second thread while this one reads: when the call fails, pyarrow's
+    # Flight client can abort the whole interpreter while another thread is still writing.
+    # (The `lakescore` package, `pip install ./python`, does all of this for you.)
+    scored_batches = []
     try:
-        scored = reader.read_all()  # same rows, same order, prediction columns appended
+        writer.begin(table.schema)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue  # the worker answers rows; an empty batch gets no answer
+            writer.write_batch(batch)
+            got = 0
+            while got < batch.num_rows:  # the answer may come in several chunks
+                chunk = reader.read_chunk()
+                if chunk.data is not None:
+                    scored_batches.append(chunk.data)
+                    got += chunk.data.num_rows
+        writer.done_writing()  # half-close: no more rows; the worker ends the call
+        schema = reader.schema
+        for _ in reader:  # nothing more comes; this surfaces a late error, if any
+            pass
     finally:
-        sender.join()
         writer.close()
+    scored = pa.Table.from_batches(scored_batches, schema=schema)  # same rows, same order
 
     new_columns = [c for c in scored.column_names if c not in table.column_names]
     print(f"DoExchange {args.model}: {scored.num_rows} rows; appended columns:")
