@@ -376,3 +376,77 @@ async fn jobs_are_polled_to_their_end_or_cancelled_midway() {
     let markers = std::fs::read_dir(out.join("_lakescore_jobs/stopped/units")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(markers, 0, "no unit marker left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_jobs_read_and_write_azure_blob_storage() {
+    let endpoint = std::env::var("LAKESCORE_TEST_AZURITE_BLOB")
+        .expect("LAKESCORE_TEST_AZURITE_BLOB is not set: run the tests with scripts/test, which starts Azurite");
+    let data = tempfile::tempdir().expect("tempdir");
+    let want = dataset(data.path());
+    std::fs::remove_file(data.path().join("in/d.parquet")).expect("rm corrupt file");
+    // Azurite's development account (public, documented defaults) for the worker's stores.
+    let config = data.path().join("lakescore.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[scorer]\nintra_op_threads = 1\n[scorer.storage_options]\nazure_storage_account_name = \"devstoreaccount1\"\n\
+             azure_storage_account_key = \"Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\"\n\
+             azure_storage_endpoint = \"{endpoint}\"\nazure_allow_http = \"true\"\n"
+        ),
+    )
+    .expect("config");
+    let s = tokio::task::block_in_place(|| {
+        spawn_serve_env(data.path(), &["--config", config.to_str().expect("utf-8")], &[])
+    });
+    common::register_champion(&s.url, None, "rf", "rf.onnx").await;
+    let prefix = format!("az://lakescore-test/jobs-{}", uuid::Uuid::new_v4().simple());
+    let action = |cmd: Value| {
+        let flight = s.flight.clone();
+        let logs = s.logs.clone();
+        async move {
+            let mut client = common::flight_client(&flight, None).await;
+            let result = async {
+                client
+                    .do_action(arrow_flight::Action::new("score-dataset", cmd.to_string()))
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            }
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}: {:?}",
+                    logs.lock().map(|l| l
+                        .iter()
+                        .filter(|l| l.contains("failed every attempt"))
+                        .cloned()
+                        .collect::<Vec<_>>())
+                )
+            });
+            serde_json::from_slice::<Value>(&result[0]).expect("summary")
+        }
+    };
+    let features: Vec<String> = features().split(',').map(str::to_string).collect();
+
+    // Local Parquet in, Azure Blob out: parts, error rows, markers, lock and manifest on Azure.
+    let first = action(serde_json::json!({
+        "model": "rf@champion", "feature_columns": features,
+        "input": format!("file://{}/in/", data.path().display()), "output": format!("{prefix}/scored/"),
+        "job_id": "to-azure", "batch": {"max_concurrency": 2},
+    }))
+    .await;
+    assert_eq!((first["rows"].as_u64(), first["error_rows"].as_u64()), (Some(want.len() as u64), Some(2)), "{first}");
+    assert!(first["manifest"].as_str().unwrap_or("").starts_with(&prefix), "{first}");
+
+    // Azure Blob in (the parts just written; the _errors/ and _lakescore_jobs/ paths are not
+    // data), local out: the same labels as onnxruntime's.
+    let second = action(serde_json::json!({
+        "model": "rf@champion", "feature_columns": features, "drop_input_columns": true,
+        "input": format!("{prefix}/scored/"), "output": format!("file://{}/back/", data.path().display()),
+        "job_id": "from-azure", "batch": {},
+    }))
+    .await;
+    assert_eq!(second["rows"], want.len(), "{second}");
+    assert_eq!(second["units"], 3, "one unit per part written to Azure: {second}");
+    assert_eq!(scored_labels(&data.path().join("back")), want);
+}

@@ -732,7 +732,7 @@ impl Scorer {
 
     async fn row_group_count(&self, input: &Location, file: &ObjectMeta) -> Result<usize> {
         use parquet::arrow::async_reader::AsyncFileReader;
-        let mut reader = crate::storage::ObjectReader::new(input.store.clone(), file.location.clone());
+        let mut reader = crate::storage::ObjectReader::new(input.store.clone(), file);
         let meta = reader.get_metadata(None).await?;
         Ok(meta.num_row_groups())
     }

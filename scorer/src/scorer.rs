@@ -324,7 +324,7 @@ impl Scorer {
             let url = url.clone();
             move |_| ScoreError::InvalidArgument(format!("reading {url}: the Parquet file is malformed"))
         };
-        let reader = ObjectReader::new(loc.store.clone(), meta.location.clone());
+        let reader = ObjectReader::new(loc.store.clone(), meta);
         let mut builder = AssertUnwindSafe(ParquetRecordBatchStreamBuilder::new(reader))
             .catch_unwind()
             .await

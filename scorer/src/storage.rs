@@ -15,9 +15,9 @@ use futures::{FutureExt, TryFutureExt, TryStreamExt};
 use lakescore_core::store::{open_store, path_in_store, StoreOptions};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
-use parquet::arrow::async_reader::{AsyncFileReader, MetadataSuffixFetch};
+use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
@@ -233,12 +233,14 @@ fn resolve_links(path: &std::path::Path) -> std::path::PathBuf {
 pub struct ObjectReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
+    size: u64,
 }
 
 impl ObjectReader {
-    /// A reader of `path` in `store`.
-    pub fn new(store: Arc<dyn ObjectStore>, path: Path) -> Self {
-        Self { store, path }
+    /// A reader of the object `meta` describes in `store`. Its size is known, so the footer is
+    /// read with a plain range (Azure Blob refuses suffix ranges).
+    pub fn new(store: Arc<dyn ObjectStore>, meta: &ObjectMeta) -> Self {
+        Self { store, path: meta.location.clone(), size: meta.size }
     }
 }
 
@@ -260,22 +262,10 @@ impl AsyncFileReader for ObjectReader {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
-            let metadata = ParquetMetaDataReader::new()
-                .with_arrow_reader_options(options)
-                .load_via_suffix_and_finish(self)
-                .await?;
+            let size = self.size;
+            let metadata =
+                ParquetMetaDataReader::new().with_arrow_reader_options(options).load_and_finish(self, size).await?;
             Ok(Arc::new(metadata))
-        }
-        .boxed()
-    }
-}
-
-impl MetadataSuffixFetch for &mut ObjectReader {
-    fn fetch_suffix(&mut self, suffix: usize) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        let options = GetOptions { range: Some(GetRange::Suffix(suffix as u64)), ..Default::default() };
-        async move {
-            let resp = self.store.get_opts(&self.path, options).await.map_err(parquet_err)?;
-            resp.bytes().await.map_err(parquet_err)
         }
         .boxed()
     }
