@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{RegistryError, Result};
-use crate::oidc::{OidcConfig, OidcValidator};
+use crate::oidc::{is_entra, OidcConfig, OidcValidator};
 
 /// Global roles, each including the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -164,16 +164,6 @@ impl AuthConfig {
         }
         warnings
     }
-}
-
-/// Microsoft Entra ID's issuers (v2 `login.microsoftonline.com`, v1 `sts.windows.net`,
-/// External ID `ciamlogin.com`), whose claim names are the defaults.
-fn is_entra(issuer: &str) -> bool {
-    url::Url::parse(issuer).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)).is_some_and(|host| {
-        ["login.microsoftonline.com", "sts.windows.net", "login.microsoftonline.us", "login.chinacloudapi.cn"]
-            .contains(&host.as_str())
-            || host.ends_with(".ciamlogin.com")
-    })
 }
 
 /// The principal behind a request.

@@ -93,16 +93,23 @@ impl OidcConfig {
                 _ => None,
             };
         }
-        let url = url::Url::parse(&self.issuer).ok()?;
-        let host = url.host_str()?.to_ascii_lowercase();
-        if ["login.microsoftonline.com", "sts.windows.net", "login.microsoftonline.us", "login.chinacloudapi.cn"]
-            .contains(&host.as_str())
-        {
+        if is_entra(&self.issuer) {
             // https://login.microsoftonline.com/<tid>/v2.0, https://sts.windows.net/<tid>/
+            let url = url::Url::parse(&self.issuer).ok()?;
             return url.path_segments()?.next().filter(|t| !t.is_empty()).map(str::to_string);
         }
         Some(self.issuer.clone())
     }
+}
+
+/// Microsoft Entra ID's issuers (v2 `login.microsoftonline.com`, v1 `sts.windows.net`, the
+/// national clouds, External ID `ciamlogin.com`), whose claim names are lakescore's defaults.
+pub fn is_entra(issuer: &str) -> bool {
+    url::Url::parse(issuer).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)).is_some_and(|host| {
+        ["login.microsoftonline.com", "sts.windows.net", "login.microsoftonline.us", "login.chinacloudapi.cn"]
+            .contains(&host.as_str())
+            || host.ends_with(".ciamlogin.com")
+    })
 }
 
 impl OidcConfig {

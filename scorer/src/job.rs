@@ -240,6 +240,43 @@ pub struct JobSummary {
     pub output_action: &'static str,
 }
 
+/// Unit counts of a run that its records alone do not give.
+struct Totals {
+    units: u64,
+    failed_units: u64,
+    resumed_units: u64,
+}
+
+impl JobSummary {
+    /// The summary of `records` (a shard's, or the whole job's).
+    fn of(
+        job_id: &str,
+        pinned: &JobRecord,
+        records: &[&UnitRecord],
+        totals: Totals,
+        settings: &JobSettings,
+        manifest: String,
+    ) -> Self {
+        let files: Vec<&WrittenFile> = records.iter().flat_map(|r| r.files.iter()).collect();
+        JobSummary {
+            job_id: job_id.to_string(),
+            manifest,
+            model: pinned.name.clone(),
+            version: pinned.version,
+            sha256: pinned.sha256.clone(),
+            rows: records.iter().map(|r| r.rows).sum(),
+            error_rows: records.iter().map(|r| r.error_rows).sum(),
+            units: totals.units,
+            failed_units: totals.failed_units,
+            retried_units: records.iter().filter(|r| r.attempts > 1).count() as u64,
+            resumed_units: totals.resumed_units,
+            files: files.iter().map(|f| f.url.clone()).collect(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            output_action: if settings.summary_only { "summary_only" } else { "append_row" },
+        }
+    }
+}
+
 fn child(loc: &Location, rel: &str) -> Path {
     let mut parts: Vec<_> = loc.path.parts().collect();
     parts.extend(rel.split('/').filter(|p| !p.is_empty()).map(object_store::path::PathPart::from));
@@ -633,23 +670,8 @@ impl Scorer {
             // A shard commits its units only; the run without shards writes the manifest.
             outcome?;
             let mine: Vec<&UnitRecord> = records.iter().filter(|r| r.unit % count == index).collect();
-            let files: Vec<&WrittenFile> = mine.iter().flat_map(|r| r.files.iter()).collect();
-            return Ok(JobSummary {
-                job_id: job_id.to_string(),
-                manifest: String::new(),
-                model: record.name.clone(),
-                version: record.version,
-                sha256: record.sha256.clone(),
-                rows: mine.iter().map(|r| r.rows).sum(),
-                error_rows: mine.iter().map(|r| r.error_rows).sum(),
-                units: mine.len() as u64,
-                failed_units,
-                retried_units: mine.iter().filter(|r| r.attempts > 1).count() as u64,
-                resumed_units: resumed,
-                files: files.iter().map(|f| f.url.clone()).collect(),
-                bytes: files.iter().map(|f| f.bytes).sum(),
-                output_action: if settings.summary_only { "summary_only" } else { "append_row" },
-            });
+            let totals = Totals { units: mine.len() as u64, failed_units, resumed_units: resumed };
+            return Ok(JobSummary::of(job_id, &record, &mine, totals, settings, String::new()));
         }
         if let Err(e) = outcome {
             // Deterministic: a re-run would stop the same way. Nothing of the job's output
@@ -660,22 +682,9 @@ impl Scorer {
 
         // Every unit is accounted for: the manifest, last.
         let files: Vec<&WrittenFile> = records.iter().flat_map(|r| r.files.iter()).collect();
-        let summary = JobSummary {
-            job_id: job_id.to_string(),
-            manifest: out.url_of(&child(out, MANIFEST_NAME)),
-            model: record.name.clone(),
-            version: record.version,
-            sha256: record.sha256.clone(),
-            rows: records.iter().map(|r| r.rows).sum(),
-            error_rows,
-            units: units.len() as u64,
-            failed_units,
-            retried_units: records.iter().filter(|r| r.attempts > 1).count() as u64,
-            resumed_units: resumed,
-            files: files.iter().map(|f| f.url.clone()).collect(),
-            bytes: files.iter().map(|f| f.bytes).sum(),
-            output_action: if settings.summary_only { "summary_only" } else { "append_row" },
-        };
+        let all: Vec<&UnitRecord> = records.iter().collect();
+        let totals = Totals { units: units.len() as u64, failed_units, resumed_units: resumed };
+        let summary = JobSummary::of(job_id, &record, &all, totals, settings, out.url_of(&child(out, MANIFEST_NAME)));
         let manifest = serde_json::json!({
             "format": 2,
             "job_id": job_id,
