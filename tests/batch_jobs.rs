@@ -103,6 +103,13 @@ async fn bad_rows_and_bad_files_are_set_aside_and_thresholds_decide() {
         serde_json::from_slice(&std::fs::read(out.join("_lakescore.json")).expect("manifest")).expect("json");
     assert_eq!(manifest["job_id"], "j1");
     assert_eq!(manifest["model"]["version"], 1);
+    // Each part's checksum, as the bytes on disk have it.
+    let files = manifest["files"].as_array().expect("files");
+    assert_eq!(files.len(), parts(&out).len());
+    for f in files {
+        let bytes = std::fs::read(out.join(f["path"].as_str().expect("path"))).expect("part");
+        assert_eq!(f["sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), "{f}");
+    }
     let inputs = manifest["inputs"].as_array().expect("inputs");
     assert!(inputs.iter().any(|u| u["input"].as_str().unwrap_or("").ends_with("d.parquet") && u["failed"].is_string()));
     assert!(inputs.iter().any(|u| u["input"].as_str().unwrap_or("").ends_with("b.parquet") && u["error_rows"] == 2));

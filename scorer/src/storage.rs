@@ -287,6 +287,30 @@ pub struct WrittenFile {
     pub rows: u64,
     /// Bytes.
     pub bytes: u64,
+    /// sha256 of the file's bytes, as written (manifests before it have none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+}
+
+/// The object upload of one data file, hashing what passes through it: the manifest lists
+/// each file's sha256 without reading it back.
+struct HashingWriter {
+    inner: BufWriter,
+    hasher: sha2::Sha256,
+}
+
+impl parquet::arrow::async_writer::AsyncFileWriter for HashingWriter {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        self.hasher.update(&bs);
+        async move { self.inner.write_all(&bs).await.map_err(|e| ParquetError::External(Box::new(e))) }.boxed()
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        use tokio::io::AsyncWriteExt;
+        async move { self.inner.shutdown().await.map_err(|e| ParquetError::External(Box::new(e))) }.boxed()
+    }
 }
 
 /// What the manifest records about the model.
@@ -352,7 +376,7 @@ pub struct JobWriter {
     schema: SchemaRef,
     props: WriterProperties,
     max_rows_per_file: usize,
-    current: Option<(AsyncArrowWriter<BufWriter>, Path, u64)>,
+    current: Option<(AsyncArrowWriter<HashingWriter>, Path, u64)>,
     done: Vec<WrittenFile>,
     seq: usize,
     /// Key-value metadata for every file's footer (lineage).
@@ -458,7 +482,10 @@ impl JobWriter {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(ScoreError::from_store(e, format!("output {}", self.loc.url))),
         }
-        let writer = BufWriter::new(self.loc.store.clone(), path.clone());
+        let writer = HashingWriter {
+            inner: BufWriter::new(self.loc.store.clone(), path.clone()),
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+        };
         let mut w = AsyncArrowWriter::try_new(writer, self.schema.clone(), Some(self.props.clone()))?;
         for (key, value) in &self.metadata {
             w.append_key_value_metadata(parquet::file::metadata::KeyValue::new(key.clone(), value.clone()));
@@ -471,12 +498,13 @@ impl JobWriter {
         if let Some((mut w, path, rows)) = self.current.take() {
             if let Err(e) = w.finish().await {
                 let mut inner = w.into_inner();
-                let _ = inner.abort().await;
+                let _ = inner.inner.abort().await;
                 return Err(e.into());
             }
             let bytes = w.bytes_written() as u64;
+            let sha256 = hex::encode(sha2::Digest::finalize(w.into_inner().hasher));
             let name = path.filename().unwrap_or_default().to_string();
-            self.done.push(WrittenFile { url: self.loc.url_of(&path), path: name, rows, bytes });
+            self.done.push(WrittenFile { url: self.loc.url_of(&path), path: name, rows, bytes, sha256 });
         }
         Ok(())
     }
@@ -562,7 +590,7 @@ impl JobWriter {
     /// no manifest is written.
     pub async fn abort(&mut self) {
         if let Some((w, path, _)) = self.current.take() {
-            let mut inner = w.into_inner();
+            let mut inner = w.into_inner().inner;
             if let Err(e) = inner.abort().await {
                 tracing::warn!(path = %path, error = %e, "aborting an output upload failed");
             }
