@@ -17,12 +17,17 @@ use futures::TryStreamExt;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lakescore");
-/// Rows of `rf.rows.parquet` whose `f0` is made null in the second file.
+/// Rows of the second file whose `f0` is made null.
 const NULL_ROWS: [usize; 2] = [3, 7];
+/// The row of the third file whose `f1` (a string column there, as CSV-born data has it)
+/// does not parse as a number.
+const UNPARSEABLE_ROW: usize = 5;
+/// Rows in error in the whole dataset.
+const BAD_ROWS: usize = NULL_ROWS.len() + 1;
 
 /// `in/`: three Parquet files made of rf's 200 rows (rows 0–79, 80–139 with two nulls,
-/// 140–199) and one corrupt file; the labels onnxruntime gives the rows that can be scored,
-/// in order.
+/// 140–199 with `f1` as text, one value not a number) and one corrupt file; the labels
+/// onnxruntime gives the rows that can be scored, in order.
 fn dataset(dir: &Path) -> Vec<i64> {
     let rows = read_parquet(&models_dir().join("rf.rows.parquet"));
     let expected = labels(&read_parquet(&models_dir().join("rf.expected.parquet")), "output_label");
@@ -44,9 +49,20 @@ fn dataset(dir: &Path) -> Vec<i64> {
     let mut columns = b.columns().to_vec();
     columns[0] = Arc::new(with_nulls);
     write("b.parquet", &RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch"));
-    write("c.parquet", &rows.slice(140, 60));
+    // f1 as text: each float32 printed so that it parses back to itself, one not a number.
+    let c = rows.slice(140, 60);
+    let f1 = c.column(1).as_any().downcast_ref::<Float32Array>().expect("f32");
+    let text: StringArray = (0..f1.len())
+        .map(|i| Some(if i == UNPARSEABLE_ROW { "n/a".to_string() } else { f1.value(i).to_string() }))
+        .collect();
+    let mut fields: Vec<Arc<Field>> = c.schema().fields().iter().cloned().collect();
+    fields[1] = Arc::new(Field::new("f1", DataType::Utf8, false));
+    let mut columns = c.columns().to_vec();
+    columns[1] = Arc::new(text);
+    write("c.parquet", &RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("batch"));
     std::fs::write(input.join("d.parquet"), b"PAR1 this is not a Parquet file PAR1").expect("corrupt file");
-    expected.iter().enumerate().filter(|(i, _)| !NULL_ROWS.iter().any(|n| 80 + n == *i)).map(|(_, l)| *l).collect()
+    let bad = |i: usize| NULL_ROWS.iter().any(|n| 80 + n == i) || i == 140 + UNPARSEABLE_ROW;
+    expected.iter().enumerate().filter(|(i, _)| !bad(*i)).map(|(_, l)| *l).collect()
 }
 
 fn features() -> String {
@@ -88,13 +104,14 @@ async fn bad_rows_and_bad_files_are_set_aside_and_thresholds_decide() {
     let s = tokio::task::block_in_place(|| spawn_serve_env(data.path(), &["--intra-op-threads", "1"], &[]));
     common::register_champion(&s.url, None, "rf", "rf.onnx").await;
 
-    // Tolerant: the corrupt file is a failed unit (1 allowed), the two null rows go to _errors.
+    // Tolerant: the corrupt file is a failed unit (1 allowed), the null rows and the
+    // unparseable one go to _errors.
     let (ok, summary, err) = tokio::task::block_in_place(|| {
         score_job(&s, data.path(), "out", &["--job-id", "j1", "--error-threshold-units", "1"])
     });
     assert!(ok, "{err}");
     assert_eq!(summary["rows"], want.len(), "{summary}");
-    assert_eq!(summary["error_rows"], NULL_ROWS.len(), "{summary}");
+    assert_eq!(summary["error_rows"], BAD_ROWS, "{summary}");
     assert_eq!((summary["units"].as_u64(), summary["failed_units"].as_u64()), (Some(4), Some(1)), "{summary}");
     assert_eq!(summary["version"], 1);
     let out = data.path().join("out");
@@ -113,9 +130,20 @@ async fn bad_rows_and_bad_files_are_set_aside_and_thresholds_decide() {
     let inputs = manifest["inputs"].as_array().expect("inputs");
     assert!(inputs.iter().any(|u| u["input"].as_str().unwrap_or("").ends_with("d.parquet") && u["failed"].is_string()));
     assert!(inputs.iter().any(|u| u["input"].as_str().unwrap_or("").ends_with("b.parquet") && u["error_rows"] == 2));
-    // The rows in error, whole, with their row number in the file and the reason.
+    assert!(inputs.iter().any(|u| u["input"].as_str().unwrap_or("").ends_with("c.parquet") && u["error_rows"] == 1));
+    // The rows in error, whole, with their row number in the file and the reason: one file
+    // per unit with errors (b's, then c's).
     let errors = parts(&out.join("_errors"));
-    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    let unparseable = read_parquet(&errors[1]);
+    assert_eq!(unparseable.num_rows(), 1);
+    let text = unparseable.column_by_name("f1").expect("f1").as_any().downcast_ref::<StringArray>().expect("str");
+    assert_eq!(text.value(0), "n/a");
+    let row = unparseable.column_by_name("_row").expect("_row").as_any().downcast_ref::<UInt64Array>().expect("u64");
+    assert_eq!(row.value(0), UNPARSEABLE_ROW as u64);
+    let message =
+        unparseable.column_by_name("_error_message").expect("msg").as_any().downcast_ref::<StringArray>().expect("str");
+    assert!(message.value(0).contains("'f1'") && message.value(0).contains("'n/a'"), "{}", message.value(0));
     let rejected = read_parquet(&errors[0]);
     assert_eq!(rejected.num_rows(), 2);
     assert_eq!(rejected.column_by_name("f0").expect("f0").null_count(), 2);
@@ -141,7 +169,7 @@ async fn bad_rows_and_bad_files_are_set_aside_and_thresholds_decide() {
     let (ok, _, err) = tokio::task::block_in_place(|| score_job(&s, data.path(), "out", &["--job-id", "j1"]));
     assert!(!ok && err.contains("is complete"), "{err}");
 
-    // Strict: two rows in error over a threshold of one fail the job; nothing of it stays
+    // Strict: three rows in error over a threshold of one fail the job; nothing of it stays
     // but the rows in error.
     let (ok, _, err) = tokio::task::block_in_place(|| {
         score_job(
@@ -442,7 +470,11 @@ async fn batch_jobs_read_and_write_azure_blob_storage() {
         "job_id": "to-azure", "batch": {"max_concurrency": 2},
     }))
     .await;
-    assert_eq!((first["rows"].as_u64(), first["error_rows"].as_u64()), (Some(want.len() as u64), Some(2)), "{first}");
+    assert_eq!(
+        (first["rows"].as_u64(), first["error_rows"].as_u64()),
+        (Some(want.len() as u64), Some(BAD_ROWS as u64)),
+        "{first}"
+    );
     assert!(first["manifest"].as_str().unwrap_or("").starts_with(&prefix), "{first}");
 
     // Azure Blob in (the parts just written; the _errors/ and _lakescore_jobs/ paths are not

@@ -63,8 +63,10 @@ fn can_feed(dt: &DataType, elem: &ElemType) -> bool {
     match elem {
         ElemType::String => is_string(dt),
         ElemType::Bool => dt == &DataType::Boolean || dt.is_integer(),
+        // Strings are parsed per row (CSV-born data): a value that does not parse is that
+        // row's error, found when the batch is scored, not a schema mismatch.
         ElemType::Float32 | ElemType::Float64 | ElemType::Int32 | ElemType::Int64 => {
-            is_numeric(dt) || dt == &DataType::Boolean
+            is_numeric(dt) || dt == &DataType::Boolean || is_string(dt)
         }
         ElemType::Other(_) => false,
     }
@@ -312,6 +314,9 @@ fn checked_cast(array: &ArrayRef, to: &DataType, column: &str, input: &str, elem
     if statically_lossless(from, to) {
         return Ok(casted);
     }
+    if is_string(from) {
+        return parsed(array, casted, to, column, input, elem);
+    }
     let mismatch: Option<usize> = if from == &DataType::Float64 && to == &DataType::Float32 {
         let src = array.as_any().downcast_ref::<Float64Array>();
         let dst = casted.as_any().downcast_ref::<Float32Array>();
@@ -336,6 +341,41 @@ fn checked_cast(array: &ArrayRef, to: &DataType, column: &str, input: &str, elem
         ));
     }
     Ok(casted)
+}
+
+/// Strings parsed to numbers (`casted`, a safe cast: null where a value did not parse):
+/// refuses the first value that did not parse, or that overflowed to infinity.
+fn parsed(
+    array: &ArrayRef,
+    casted: ArrayRef,
+    to: &DataType,
+    column: &str,
+    input: &str,
+    elem: &ElemType,
+) -> Result<ArrayRef> {
+    let text = cast_with_options(array, &DataType::Utf8, &CastOptions::default())?;
+    let text = text
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| ScoreError::internal("cast produced another type"))?;
+    let overflowed = |i: usize| -> bool {
+        let value = match to {
+            DataType::Float32 => casted.as_any().downcast_ref::<Float32Array>().map(|a| f64::from(a.value(i))),
+            DataType::Float64 => casted.as_any().downcast_ref::<Float64Array>().map(|a| a.value(i)),
+            _ => None,
+        };
+        value.is_some_and(|v| v.is_infinite()) && !text.value(i).to_ascii_lowercase().contains("inf")
+    };
+    let bad = (0..array.len()).find(|i| array.is_valid(*i) && (casted.is_null(*i) || overflowed(*i)));
+    match bad {
+        Some(row) => Err(feed_err(
+            column,
+            input,
+            elem,
+            format!("value '{}' at row {row} does not parse as {}", text.value(row), type_label(to)),
+        )),
+        None => Ok(casted),
+    }
 }
 
 fn null_error(array: &dyn Array, column: &str, input: &str, elem: &ElemType, fill_possible: bool) -> ScoreError {
@@ -496,6 +536,32 @@ mod tests {
         let cmd = ScoreCommand { fill_null: Some(-1.0), ..cmd };
         let plan = ScorePlan::new(&cmd, b2.schema(), &inputs, &classifier_outputs(), Default::default()).unwrap();
         assert_eq!(plan.feeds(&b2).unwrap()[0].1.data, TensorData::Float32(vec![1.0, 1.0, 2.0, -1.0]));
+
+        // Strings parse per row; the first that does not is named with its row.
+        let b4 = batch(vec![
+            ("a", Arc::new(StringArray::from(vec![Some("1.5"), Some("-2e3"), None])) as ArrayRef),
+            ("b", Arc::new(StringArray::from(vec!["3", "4x", "1e39"])) as ArrayRef),
+        ]);
+        let plan = ScorePlan::new(&cmd, b4.schema(), &inputs, &classifier_outputs(), Default::default()).unwrap();
+        assert_eq!(
+            plan.feeds(&b4.slice(0, 1)).unwrap()[0].1.data,
+            TensorData::Float32(vec![1.5, 3.0]),
+            "parsed, not refused at plan time"
+        );
+        let err = plan.feeds(&b4.slice(0, 2)).unwrap_err();
+        assert!(
+            matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'b'") && m.contains("'4x' at row 1 does not parse as float32")),
+            "{err}"
+        );
+        let err = plan.feeds(&b4.slice(2, 1)).unwrap_err();
+        assert!(matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'1e39' at row 0")), "{err}");
+        let as_int = [tensor_io("X", ElemType::Int64, vec![None, Some(2)])];
+        let plan = ScorePlan::new(&cmd, b4.schema(), &as_int, &classifier_outputs(), Default::default()).unwrap();
+        let err = plan.feeds(&b4.slice(0, 1)).unwrap_err();
+        assert!(
+            matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'1.5' at row 0 does not parse as int64")),
+            "{err}"
+        );
 
         let b3 = batch(vec![("a", Arc::new(UInt64Array::from(vec![u64::MAX])) as ArrayRef)]);
         let inputs = [tensor_io("a", ElemType::Int64, vec![None])];

@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn refuses_wrong_types_and_missing_columns_at_plan_time() {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("age", DataType::Utf8, false),
+            Field::new("age", DataType::Date32, false),
             Field::new("city", DataType::Int64, false),
         ]));
         let inputs = [
@@ -354,7 +354,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'age'") && m.contains("float32")),
+            matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'age' is date32") && m.contains("float32")),
             "{err}"
         );
 
