@@ -185,14 +185,19 @@ async fn wrong_shapes_for_the_model_are_refused_before_inference() {
     );
     assert!(m.contains("one value per row"), "{m}");
 
-    // A string column where the model wants floats, named with the expected type.
-    let strings = with_column(&batch, "f3", Arc::new(StringArray::from(vec!["1.5"; 10])));
+    // A string column where the model wants floats: parsed, and a value that does not parse
+    // is named with its column, row and the expected type.
+    let mut text = vec!["1.5"; 10];
+    text[6] = "one and a half";
+    let strings = with_column(&batch, "f3", Arc::new(StringArray::from(text)));
     let m = expect_code(
-        exchange(&mut client, &command("logreg"), vec![strings]).await.map_err(status),
+        exchange(&mut client, &command("logreg"), vec![strings.clone()]).await.map_err(status),
         tonic::Code::InvalidArgument,
-        "string for float",
+        "unparseable string for float",
     );
-    assert!(m.contains("'f3'") && m.contains("float32"), "{m}");
+    assert!(m.contains("'f3'") && m.contains("'one and a half' at row 6") && m.contains("float32"), "{m}");
+    let parsed = exchange(&mut client, &command("logreg"), vec![strings.slice(0, 6)]).await.expect("numbers as text");
+    assert_eq!(concat(&parsed).num_rows(), 6);
     still_serves(&mut client).await;
     worker.stop().await;
 }
