@@ -205,9 +205,16 @@ async fn upload_records_signature_and_dedupes_artifacts(db: Db) {
         "{}",
         rf_record["backends"]
     );
+    // The native tree engine takes the forest, and says why not for the linear graph.
+    assert_eq!(rf_record["backends"]["trees"], "ok", "{}", rf_record["backends"]);
     create_model(&s, "linear", json!({})).await;
     let lin = upload_ok(&s, "linear", "linreg.onnx").await;
     assert_eq!(lin["backends"]["tract"], "ok");
+    assert!(
+        lin["backends"]["trees"].as_str().is_some_and(|b| b.starts_with("unsupported: the graph has a MatMul node")),
+        "{}",
+        lin["backends"]
+    );
     // The ZipMap output of a classifier is a sequence of maps, and is reported as such.
     let rf: Value =
         http().get(s.api("/models/iris/versions/3")).send().await.expect("send").json().await.expect("json");

@@ -94,6 +94,15 @@ pub fn tract_compatibility(bytes: &[u8], signature: &Signature) -> String {
     }
 }
 
+/// Whether the native tree-ensemble engine runs this model, as recorded in the version's
+/// `backends`: `ok` (workers on `auto` run it there), or `unsupported: <reason>`.
+pub fn trees_compatibility(bytes: &[u8]) -> String {
+    match lakescore_trees::TreeModel::compile(bytes) {
+        Ok(_) => "ok".to_string(),
+        Err(why) => format!("unsupported: {why}"),
+    }
+}
+
 /// Loads and optimizes the model with tract, with the input types and shapes of the
 /// signature (unnamed or symbolic dimensions become the batch symbol `N`).
 fn tract_load(bytes: &[u8], signature: &Signature) -> tract_onnx::prelude::TractResult<()> {

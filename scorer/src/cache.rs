@@ -113,7 +113,7 @@ impl ModelCache {
                     let outputs = probe_outputs(model.as_ref());
                     Ok(ModelHandle {
                         sha256,
-                        engine: engine.name(),
+                        engine: model.engine(),
                         model,
                         outputs,
                         load_time: started.elapsed(),
@@ -185,6 +185,9 @@ mod tests {
     struct Dummy;
 
     impl LoadedModel for Dummy {
+        fn engine(&self) -> &'static str {
+            "counting"
+        }
         fn inputs(&self) -> &[IoInfo] {
             &[]
         }

@@ -18,8 +18,8 @@ pub struct ScorerConfig {
     /// Where models come from: the registry root URL (`http://127.0.0.1:8080`), or
     /// `dir:///path` for a local directory of ONNX files.
     pub model_source: String,
-    /// Inference engine: `auto` (ONNX Runtime when its library loads, else tract), `ort`
-    /// or `tract`.
+    /// Inference engine: `auto` (tree ensembles natively, the rest on ONNX Runtime when its
+    /// library loads, else tract), `ort`, `trees` or `tract`.
     pub backend: Backend,
     /// The ONNX Runtime shared library (`--onnxruntime-lib`); `None`: searched, see
     /// [`crate::engine::ort::find_onnxruntime`].
@@ -76,12 +76,15 @@ pub struct ScorerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// ONNX Runtime when its shared library loads; otherwise tract, loudly, for the models
-    /// tract runs correctly (others get `FAILED_PRECONDITION` naming the missing engine).
+    /// Tree ensembles on the native tree engine, every other model on ONNX Runtime when its
+    /// shared library loads; otherwise on tract, loudly, for the models tract runs correctly
+    /// (others get `FAILED_PRECONDITION` naming the missing engine).
     #[default]
     Auto,
     /// ONNX Runtime only: start-up fails without it.
     Ort,
+    /// The native tree engine only: models it does not fully cover are refused.
+    Trees,
     /// tract-onnx only (pure Rust): models with `ai.onnx.ml` operators are refused.
     Tract,
 }
@@ -92,6 +95,7 @@ impl Backend {
         match self {
             Backend::Auto => "auto",
             Backend::Ort => "ort",
+            Backend::Trees => "trees",
             Backend::Tract => "tract",
         }
     }
@@ -109,8 +113,9 @@ impl std::str::FromStr for Backend {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(Self::Auto),
             "ort" | "onnxruntime" => Ok(Self::Ort),
+            "trees" | "native" => Ok(Self::Trees),
             "tract" => Ok(Self::Tract),
-            other => Err(format!("unknown backend {other:?} (auto, ort, tract)")),
+            other => Err(format!("unknown backend {other:?} (auto, ort, trees, tract)")),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! lakescore scoring worker: an Arrow Flight service that scores record batches with
-//! registered ONNX models (ONNX Runtime via `ort`, or tract-onnx as the pure-Rust fallback) and writes enriched Parquet back to
+//! registered ONNX models (tree ensembles natively, the rest on ONNX Runtime via `ort`, or tract-onnx as the pure-Rust fallback) and writes enriched Parquet back to
 //! object storage.
 //!
 //! Entry points: [`serve`] (config + listener + shutdown), or [`Scorer`] +
@@ -24,6 +24,7 @@ pub mod storage;
 pub use config::{Backend, ScorerConfig};
 pub use engine::ort::{find_onnxruntime, GraphOptimization, OrtEngine, OrtOptions};
 pub use engine::tract::TractEngine;
+pub use engine::trees::TreesEngine;
 pub use error::ScoreError;
 pub use flight::{FlightServer, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET, ACTION_WARM};
 pub use lakescore_proto as proto;

@@ -19,6 +19,7 @@ use crate::cache::{ModelCache, ModelHandle};
 use crate::config::{Backend, ScorerConfig};
 use crate::engine::ort::{OrtEngine, OrtOptions};
 use crate::engine::tract::TractEngine;
+use crate::engine::trees::TreesEngine;
 use crate::engine::Engine;
 use crate::error::{Result, ScoreError};
 use crate::mapping::{PlanOptions, ScorePlan};
@@ -52,10 +53,11 @@ impl ResolvedModel {
     }
 }
 
-/// The engine `config.backend` selects: `ort`: ONNX Runtime or an error; `tract`: tract;
-/// `auto`: ONNX Runtime when its library loads, else tract with a loud warning (models with
-/// `ai.onnx.ml` operators are then refused with `FAILED_PRECONDITION` naming why ONNX
-/// Runtime is missing).
+/// The engine `config.backend` selects: `ort`: ONNX Runtime or an error; `trees`: the native
+/// tree engine alone; `tract`: tract; `auto`: the native tree engine for the graphs it fully
+/// covers, ONNX Runtime for the rest when its library loads, else tract with a loud warning
+/// (models with other `ai.onnx.ml` operators are then refused with `FAILED_PRECONDITION`
+/// naming why ONNX Runtime is missing).
 pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
     let ort = || {
         OrtEngine::new(OrtOptions {
@@ -65,23 +67,30 @@ pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
             max_inference_bytes: config.max_inference_bytes,
         })
     };
+    let trees = |fallback: Arc<dyn Engine>| -> Arc<dyn Engine> {
+        Arc::new(TreesEngine::new(Some(fallback), config.intra_op_threads))
+    };
     match config.backend {
         Backend::Ort => Ok(Arc::new(ort()?)),
+        Backend::Trees => {
+            tracing::info!("backend trees: tree-ensemble models run natively; other models are refused");
+            Ok(Arc::new(TreesEngine::new(None, config.intra_op_threads)))
+        }
         Backend::Tract => {
             tracing::info!("backend tract: models run on tract-onnx; models with ai.onnx.ml operators are refused");
             Ok(Arc::new(TractEngine::new()))
         }
         Backend::Auto => match ort() {
-            Ok(engine) => Ok(Arc::new(engine)),
+            Ok(engine) => Ok(trees(Arc::new(engine))),
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    "ONNX RUNTIME IS NOT AVAILABLE: falling back to the tract engine (pure Rust). Only plain tensor \
-                     models are served; models with ai.onnx.ml operators (trees, linear classifiers, ZipMap, \
-                     scalers) are refused with FAILED_PRECONDITION. Install onnxruntime 1.31 or set \
+                    "ONNX RUNTIME IS NOT AVAILABLE: falling back to the tract engine (pure Rust). Tree ensembles run \
+                     on the native tree engine and plain tensor models on tract; models with other ai.onnx.ml \
+                     operators (linear classifiers, scalers, encoders) are refused with FAILED_PRECONDITION. Install onnxruntime 1.31 or set \
                      --onnxruntime-lib to serve them"
                 );
-                Ok(Arc::new(TractEngine::fallback(e.message())))
+                Ok(trees(Arc::new(TractEngine::fallback(e.message()))))
             }
         },
     }

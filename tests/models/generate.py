@@ -42,11 +42,13 @@ CORE_MODELS = [
     "rf",
     "rf_nozipmap",
     "gbr",
+    "gbc",
+    "gbc3",
     "mlp",
     "pipeline",
     "linreg",
 ]
-BENCH_MODELS = ["big_rf"]
+BENCH_MODELS = ["big_rf", "gb300"]
 BAD_ARTIFACTS = [
     "bad_not_onnx.bin",
     "bad_truncated.onnx",
@@ -376,6 +378,19 @@ def gen_gbr(out, name):
     return tabular_model(out, name, est, X, y, task="regression")
 
 
+def gen_gbc(out, name, n_classes, zipmap, n_estimators=30, max_depth=3, n_samples=2000):
+    """Gradient boosting: one class's signed weights with LOGISTIC when binary, a tree per
+    class with SOFTMAX otherwise (the native tree engine's other half)."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    X, y = make_classification(
+        n_samples=n_samples, n_features=20, n_informative=10, n_redundant=4, n_classes=n_classes, random_state=41
+    )
+    est = GradientBoostingClassifier(n_estimators=n_estimators, max_depth=max_depth, random_state=0)
+    return tabular_model(out, name, est, X, y, zipmap=zipmap, task="classification")
+
+
 def gen_mlp(out, name):
     from sklearn.datasets import make_classification
     from sklearn.neural_network import MLPClassifier
@@ -484,16 +499,23 @@ def gen_big_rf(out, name):
     return gen_rf(out, name, zipmap=False, n_estimators=100, max_depth=12, n_samples=10000)
 
 
+def gen_gb300(out, name):
+    return gen_gbc(out, name, 2, zipmap=False, n_estimators=300, max_depth=6, n_samples=10000)
+
+
 GENERATORS = {
     "logreg": lambda out, n: gen_logreg(out, n, zipmap=True),
     "logreg_nozipmap": lambda out, n: gen_logreg(out, n, zipmap=False),
     "rf": lambda out, n: gen_rf(out, n, zipmap=True),
     "rf_nozipmap": lambda out, n: gen_rf(out, n, zipmap=False),
     "gbr": gen_gbr,
+    "gbc": lambda out, n: gen_gbc(out, n, 2, zipmap=True),
+    "gbc3": lambda out, n: gen_gbc(out, n, 3, zipmap=False),
     "mlp": gen_mlp,
     "pipeline": gen_pipeline,
     "linreg": gen_linreg,
     "big_rf": gen_big_rf,
+    "gb300": gen_gb300,
 }
 
 
@@ -741,7 +763,7 @@ def generate_group(out: Path, group: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
-    ap.add_argument("--bench", action="store_true", help="also generate the benchmark models (big_rf)")
+    ap.add_argument("--bench", action="store_true", help="also generate the benchmark models (big_rf, gb300)")
     ap.add_argument("--force", action="store_true", help="regenerate even when up to date")
     args = ap.parse_args(argv)
 

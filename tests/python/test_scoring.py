@@ -127,7 +127,7 @@ def test_outputs_layout_and_empty_input(server: Proc, models: Path) -> None:
     empty = scorer.score(rows.slice(0, 0), model=name, feature_columns=RF_FEATURES)
     assert empty.num_rows == 0 and empty.column_names[-2:] == ["label", "probabilities"]
     d = scorer.describe(name, rows.schema, feature_columns=RF_FEATURES)
-    assert d.reference == f"{name}:1" and d.engine == "ort"
+    assert d.reference == f"{name}:1" and d.engine == "trees"  # a forest: the native tree engine
     assert [f.name for f in d.prediction_fields] == ["label", "probabilities"]
     assert pa.types.is_fixed_size_list(d.output_schema.field("probabilities").type)
     assert scorer.warm(name)["version"] == 1

@@ -4,6 +4,7 @@
 pub mod ort;
 pub mod probe;
 pub mod tract;
+pub mod trees;
 pub mod zipmap;
 
 use std::fmt;
@@ -211,7 +212,7 @@ pub enum OutputValue {
 
 /// An inference engine: turns ONNX bytes into a runnable model.
 pub trait Engine: Send + Sync + 'static {
-    /// Short engine name (`ort`, `tract`).
+    /// Short engine name (`ort`, `trees`, `tract`).
     fn name(&self) -> &'static str;
 
     /// Load a model from its ONNX bytes. Blocking (call from a blocking thread).
@@ -220,6 +221,10 @@ pub trait Engine: Send + Sync + 'static {
 
 /// A loaded, runnable model. `run` is blocking and may be called from several threads.
 pub trait LoadedModel: Send + Sync + 'static {
+    /// The engine running it (`ort`, `trees`, `tract`): an engine may hand some models to
+    /// another.
+    fn engine(&self) -> &'static str;
+
     /// Graph inputs, in graph order.
     fn inputs(&self) -> &[IoInfo];
 

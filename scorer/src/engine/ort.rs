@@ -462,6 +462,10 @@ fn align_rows<K: Clone + PartialEq, V: Copy>(what: &str, rows: Vec<Vec<(K, V)>>)
 }
 
 impl LoadedModel for OrtModel {
+    fn engine(&self) -> &'static str {
+        "ort"
+    }
+
     fn inputs(&self) -> &[IoInfo] {
         &self.inputs
     }

@@ -292,6 +292,10 @@ fn from_tract(name: &str, value: &TValue) -> Result<OutputValue> {
 }
 
 impl LoadedModel for TractModel {
+    fn engine(&self) -> &'static str {
+        "tract"
+    }
+
     fn inputs(&self) -> &[IoInfo] {
         &self.inputs
     }

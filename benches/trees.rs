@@ -1,0 +1,77 @@
+//! The native tree-ensemble engine against ONNX Runtime, in one process on the same rows:
+//! the 100-tree depth-12 RandomForest (`big_rf`) and the 300-tree depth-6 gradient-boosting
+//! classifier (`gb300`), 1,000,000 rows × 20 float32 features in 65,536-row calls (the
+//! worker's inference batch), best of 3, with all cores and with one thread each.
+//!
+//!     tests/models/generate.py --bench          # big_rf and gb300, once
+//!     cargo bench --bench trees
+//!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench trees
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use lakescore_scorer::engine::{Engine, LoadedModel, Tensor, TensorData};
+use lakescore_scorer::{OrtEngine, OrtOptions, TreesEngine};
+
+const FEATURES: usize = 20;
+const CALL_ROWS: usize = 65_536;
+
+/// Roughly standard-normal features (the models were trained on such data), reproducibly.
+fn rows(n: usize) -> Vec<f32> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut uniform = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n * FEATURES).map(|_| (0..4).map(|_| uniform()).sum::<f32>() * 1.7 - 3.4).collect()
+}
+
+/// Rows per second scoring `x` in `CALL_ROWS`-row calls, best of 3.
+fn rows_per_sec(model: &dyn LoadedModel, input: &str, x: &[f32]) -> f64 {
+    let n = x.len() / FEATURES;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        for chunk in x.chunks(CALL_ROWS * FEATURES) {
+            let rows = chunk.len() / FEATURES;
+            let tensor = Tensor { shape: vec![rows, FEATURES], data: TensorData::Float32(chunk.to_vec()) };
+            model.run(vec![(input.to_string(), tensor)]).expect("run");
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    n as f64 / best
+}
+
+fn main() {
+    let n: usize = std::env::var("LAKESCORE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models/generated");
+    let x = rows(n);
+    println!("tree ensembles: {n} rows x {FEATURES} features, {CALL_ROWS}-row calls, best of 3, {cores} cores");
+    println!("| model | threads | onnxruntime rows/s | native trees rows/s | ratio |");
+    println!("| --- | --- | --- | --- | --- |");
+    for threads in [cores, 1] {
+        let ort: Arc<dyn Engine> = Arc::new(
+            OrtEngine::new(OrtOptions { intra_op_threads: threads, ..Default::default() })
+                .expect("ONNX Runtime (set ORT_DYLIB_PATH or LAKESCORE_ONNXRUNTIME_LIB)"),
+        );
+        let native = TreesEngine::new(None, threads);
+        for name in ["big_rf", "gb300"] {
+            let path = dir.join(format!("{name}.onnx"));
+            let Ok(bytes) = std::fs::read(&path) else {
+                println!("| {name} | missing: run tests/models/generate.py --bench | | | |");
+                continue;
+            };
+            let bytes = Bytes::from(bytes);
+            let theirs = ort.load(bytes.clone()).expect("onnxruntime loads it");
+            let ours = native.load(bytes).expect("the native engine compiles it");
+            let input = theirs.inputs()[0].name.clone();
+            let a = rows_per_sec(theirs.as_ref(), &input, &x);
+            let b = rows_per_sec(ours.as_ref(), &input, &x);
+            println!("| {name} | {threads} | {a:.0} | {b:.0} | {:.2}x |", b / a);
+        }
+    }
+}

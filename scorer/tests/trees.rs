@@ -1,0 +1,472 @@
+//! The native tree-ensemble engine against ONNX Runtime: every generated test model it
+//! compiles scores exactly as onnxruntime (Python) scored it over Flight, the others are
+//! left to ONNX Runtime; and randomly shaped forests (classifiers and regressors, every node
+//! mode, missing-value tracking, base values, post-transforms, aggregate functions) give
+//! ONNX Runtime's labels and scores on random rows with NaN features.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use lakescore_proto::onnx::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use lakescore_scorer::engine::{Engine, LoadedModel, OutputValue, Tensor, TensorData};
+use lakescore_scorer::{Backend, OrtEngine, OrtOptions, TreesEngine};
+use prost::Message;
+use serde_json::Value;
+
+/// The ONNX Runtime engine (one thread: sums in tree order, like the native engine).
+fn ort() -> Option<Arc<dyn Engine>> {
+    match OrtEngine::new(OrtOptions { library: onnxruntime_lib(), intra_op_threads: 1, ..Default::default() }) {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            assert!(std::env::var_os("LAKESCORE_TEST_STRICT").is_none(), "ONNX Runtime is required: {e}");
+            eprintln!("skipping: no ONNX Runtime ({e})");
+            None
+        }
+    }
+}
+
+fn is_tree_model(model: &str) -> bool {
+    let m = manifest();
+    let est = m["models"][model]["estimator"].as_str().unwrap_or("").to_string();
+    est.contains("Forest") || est.contains("GradientBoosting")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tree_model_scores_like_onnxruntime_and_the_rest_is_left_to_it() {
+    // Compiled or not, by the engine alone.
+    let native = TreesEngine::new(None, 2);
+    let mut compiled = Vec::new();
+    for model in core_models() {
+        let bytes = Bytes::from(std::fs::read(models_dir().join(format!("{model}.onnx"))).expect("model"));
+        match native.load(bytes) {
+            Ok(m) => {
+                assert_eq!(m.engine(), "trees");
+                compiled.push(model);
+            }
+            Err(e) => {
+                assert!(!is_tree_model(&model), "{model} is a tree ensemble but was not compiled: {e}");
+                assert!(e.to_string().contains("does not run this model"), "{model}: {e}");
+            }
+        }
+    }
+    for m in ["rf", "rf_nozipmap", "gbr", "gbc", "gbc3"] {
+        assert!(compiled.contains(&m.to_string()), "{m} not compiled: {compiled:?}");
+    }
+
+    // Over Flight with backend trees: onnxruntime's answers, row for row, in batches of
+    // every size; and the manifest names the engine.
+    let worker = Worker::start_with(|c| {
+        c.backend = Backend::Trees;
+        c.intra_op_threads = 2;
+    })
+    .await;
+    let mut client = worker.client().await;
+    for model in &compiled {
+        let got = exchange(&mut client, &command(model), split(&rows(model), &[7, 130, 1, 62])).await.expect(model);
+        assert_matches_expected(model, &concat(&got));
+    }
+    let err = exchange(&mut client, &command("logreg"), split(&rows("logreg"), &[10])).await.expect_err("logreg");
+    let s = status(err);
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("LinearClassifier"), "{s:?}");
+    let mut cmd = command("rf");
+    cmd["output"] = Value::String(worker.url("out/rf/"));
+    put(&mut client, &cmd, split(&rows("rf"), &[64])).await.expect("DoPut");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(worker.path("out/rf/_lakescore.json")).expect("manifest")).unwrap();
+    assert_eq!(manifest["model"]["engine"], "trees", "{manifest}");
+    worker.stop().await;
+}
+
+// ------------------------------------------------------------------ random forests
+
+/// xorshift64*: reproducible without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 1.0 < p
+    }
+    fn float(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+}
+
+/// Values rows and thresholds share, so that rows land exactly on thresholds too.
+const GRID: [f32; 7] = [-2.0, -1.0, -0.5, 0.0, 0.25, 1.0, 3.0];
+
+fn attr_ints(name: &str, v: Vec<i64>) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Ints as i32), ints: v, ..Default::default() }
+}
+
+fn attr_floats(name: &str, v: Vec<f32>) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Floats as i32),
+        floats: v,
+        ..Default::default()
+    }
+}
+
+fn attr_strings(name: &str, v: Vec<String>) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Strings as i32),
+        strings: v.into_iter().map(Bytes::from).collect(),
+        ..Default::default()
+    }
+}
+
+fn attr_string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::String as i32),
+        s: Some(Bytes::from(v.to_string())),
+        ..Default::default()
+    }
+}
+
+fn tensor_info(name: &str, elem: DataType, dims: &[Option<i64>]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem as i32),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| tensor_shape_proto::Dimension {
+                            value: d.map(tensor_shape_proto::dimension::Value::DimValue),
+                            denotation: None,
+                        })
+                        .collect(),
+                }),
+            })),
+            denotation: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// How leaf weights are laid out, as the exporters lay them out.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Every class at every leaf, weights ≥ 0 (random forests).
+    AllClasses,
+    /// One class per tree, signed weights (multiclass gradient boosting).
+    ClassPerTree,
+    /// Binary: class 0 only, signed weights (binary gradient boosting).
+    BinaryClass0,
+    /// Binary: class 1 only, weights in [0, 1] (binary random forests).
+    BinaryClass1,
+}
+
+struct Forest {
+    bytes: Vec<u8>,
+    features: usize,
+    double: bool,
+    description: String,
+}
+
+/// A random tree ensemble graph `X [N, F] → (label, scores)` or `X → values`.
+fn random_forest(rng: &mut Rng, classifier: bool, mixed_modes: bool) -> Forest {
+    let features = 1 + rng.below(8);
+    let trees = 1 + rng.below(12);
+    let max_depth = 1 + rng.below(7);
+    let modes = ["BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ"];
+    let (width, layout) = if classifier {
+        match rng.below(4) {
+            0 => (2 + rng.below(4), Layout::AllClasses),
+            1 => (3 + rng.below(3), Layout::ClassPerTree),
+            2 => (2, Layout::BinaryClass0),
+            _ => (2, Layout::BinaryClass1),
+        }
+    } else {
+        (1 + rng.below(3), Layout::AllClasses)
+    };
+    // Half the forests send no missing value the true way (scikit-learn's), half some.
+    let tracks = if rng.chance(0.5) { 0.0 } else { 0.3 };
+    let mut n = NodeLists::default();
+    for t in 0..trees {
+        // Depth-first construction with node ids in creation order.
+        let mut next_id = 0i64;
+        let mut stack = vec![(0usize, next_id)];
+        next_id += 1;
+        while let Some((depth, id)) = stack.pop() {
+            let split = depth < max_depth && (depth == 0 || rng.chance(0.75));
+            n.tree.push(t as i64);
+            n.id.push(id);
+            if split {
+                let (yes, no) = (next_id, next_id + 1);
+                next_id += 2;
+                n.feature.push(rng.below(features) as i64);
+                n.value.push(if rng.chance(0.5) { GRID[rng.below(GRID.len())] } else { rng.float(-2.0, 3.0) });
+                n.mode.push(if mixed_modes { modes[rng.below(modes.len())] } else { "BRANCH_LEQ" }.to_string());
+                n.yes.push(yes);
+                n.no.push(no);
+                n.missing.push(i64::from(rng.chance(tracks)));
+                stack.push((depth + 1, no));
+                stack.push((depth + 1, yes));
+            } else {
+                n.feature.push(0);
+                n.value.push(0.0);
+                n.mode.push("LEAF".into());
+                n.yes.push(0);
+                n.no.push(0);
+                n.missing.push(0);
+                let targets: Vec<usize> = match layout {
+                    Layout::AllClasses => (0..width).collect(),
+                    Layout::ClassPerTree => vec![t % width],
+                    Layout::BinaryClass0 => vec![0],
+                    Layout::BinaryClass1 => vec![1],
+                };
+                for class in targets {
+                    let w = match layout {
+                        Layout::AllClasses if classifier => rng.float(0.0, 1.0) / trees as f32,
+                        Layout::BinaryClass1 => rng.float(0.0, 1.0) / trees as f32,
+                        _ => rng.float(-1.5, 1.5),
+                    };
+                    n.w_tree.push(t as i64);
+                    n.w_node.push(id);
+                    n.w_id.push(class as i64);
+                    n.w_value.push(w);
+                }
+            }
+        }
+    }
+    let mut attrs = vec![
+        attr_ints("nodes_treeids", n.tree),
+        attr_ints("nodes_nodeids", n.id.clone()),
+        attr_ints("nodes_featureids", n.feature),
+        attr_floats("nodes_values", n.value),
+        attr_strings("nodes_modes", n.mode),
+        attr_ints("nodes_truenodeids", n.yes),
+        attr_ints("nodes_falsenodeids", n.no),
+        attr_ints("nodes_missing_value_tracks_true", n.missing),
+    ];
+    let base_len = match layout {
+        Layout::BinaryClass0 | Layout::BinaryClass1 => rng.below(3),
+        _ if rng.chance(0.5) => width,
+        _ => 0,
+    };
+    if base_len > 0 {
+        attrs.push(attr_floats("base_values", (0..base_len).map(|_| rng.float(-1.0, 1.0)).collect()));
+    }
+    let post;
+    let string_labels = classifier && rng.chance(0.3);
+    let (op, outputs) = if classifier {
+        post = ["NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO"][rng.below(4)];
+        let prefix = if string_labels { "w" } else { "" };
+        if string_labels {
+            attrs.push(attr_strings("classlabels_strings", (0..width).map(|i| format!("{prefix}{i}")).collect()));
+        } else {
+            // Labels that are not 0..n: the engine must not confuse them with indices.
+            attrs.push(attr_ints("classlabels_int64s", (0..width as i64).map(|i| i * 3 + 5).collect()));
+        }
+        attrs.push(attr_ints("class_treeids", n.w_tree));
+        attrs.push(attr_ints("class_nodeids", n.w_node));
+        attrs.push(attr_ints("class_ids", n.w_id));
+        attrs.push(attr_floats("class_weights", n.w_value));
+        let label = tensor_info("label", if string_labels { DataType::String } else { DataType::Int64 }, &[None]);
+        ("TreeEnsembleClassifier", vec![label, tensor_info("scores", DataType::Float, &[None, Some(width as i64)])])
+    } else {
+        post = "NONE";
+        attrs.push(AttributeProto {
+            name: Some("n_targets".into()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(width as i64),
+            ..Default::default()
+        });
+        let aggregate = ["SUM", "AVERAGE", "MIN", "MAX"][rng.below(4)];
+        attrs.push(attr_string("aggregate_function", aggregate));
+        attrs.push(attr_ints("target_treeids", n.w_tree));
+        attrs.push(attr_ints("target_nodeids", n.w_node));
+        attrs.push(attr_ints("target_ids", n.w_id));
+        attrs.push(attr_floats("target_weights", n.w_value));
+        ("TreeEnsembleRegressor", vec![tensor_info("scores", DataType::Float, &[None, Some(width as i64)])])
+    };
+    attrs.push(attr_string("post_transform", post));
+    let double = rng.chance(0.25);
+    let description = format!(
+        "double {double}, {op} {layout:?} classes/targets {width}, {trees} trees ≤ depth {max_depth}, {features} features, \
+         base {base_len}, post {post}, string labels {string_labels}, mixed modes {mixed_modes}, missing {tracks}"
+    );
+    let node = NodeProto {
+        input: vec!["X".into()],
+        output: outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
+        op_type: Some(op.into()),
+        domain: Some("ai.onnx.ml".into()),
+        attribute: attrs,
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![
+            OperatorSetIdProto { domain: Some(String::new()), version: Some(17) },
+            OperatorSetIdProto { domain: Some("ai.onnx.ml".into()), version: Some(3) },
+        ],
+        graph: Some(GraphProto {
+            name: Some("forest".into()),
+            node: vec![node],
+            input: vec![tensor_info(
+                "X",
+                if double { DataType::Double } else { DataType::Float },
+                &[None, Some(features as i64)],
+            )],
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Forest { bytes: model.encode_to_vec(), features, double, description }
+}
+
+#[derive(Default)]
+struct NodeLists {
+    tree: Vec<i64>,
+    id: Vec<i64>,
+    feature: Vec<i64>,
+    value: Vec<f32>,
+    mode: Vec<String>,
+    yes: Vec<i64>,
+    no: Vec<i64>,
+    missing: Vec<i64>,
+    w_tree: Vec<i64>,
+    w_node: Vec<i64>,
+    w_id: Vec<i64>,
+    w_value: Vec<f32>,
+}
+
+fn random_rows(rng: &mut Rng, rows: usize, features: usize) -> Vec<f32> {
+    (0..rows * features)
+        .map(|_| match rng.below(10) {
+            0 => f32::NAN,
+            1..=4 => GRID[rng.below(GRID.len())],
+            _ => rng.float(-3.0, 4.0),
+        })
+        .collect()
+}
+
+/// Runs the model on `x`, as doubles nudged off the float32 grid when the input is double
+/// (so that comparing in double precision matters).
+fn run(model: &dyn LoadedModel, x: &[f32], rows: usize, features: usize, double: bool) -> Vec<OutputValue> {
+    let data = if double {
+        TensorData::Float64(x.iter().enumerate().map(|(i, v)| f64::from(*v) + [0.0, 1e-9, -1e-9][i % 3]).collect())
+    } else {
+        TensorData::Float32(x.to_vec())
+    };
+    let tensor = Tensor { shape: vec![rows, features], data };
+    model.run(vec![("X".into(), tensor)]).expect("run")
+}
+
+fn assert_same(ours: &[OutputValue], theirs: &[OutputValue], what: &str) {
+    assert_eq!(ours.len(), theirs.len(), "{what}: outputs");
+    for (a, b) in ours.iter().zip(theirs) {
+        match (a, b) {
+            (OutputValue::Tensor(a), OutputValue::Tensor(b)) => {
+                assert_eq!(a.shape, b.shape, "{what}: shape");
+                match (&a.data, &b.data) {
+                    (TensorData::Float32(x), TensorData::Float32(y)) => {
+                        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                            let ok = (p.is_nan() && q.is_nan()) || (p - q).abs() <= 1e-5 * p.abs().max(q.abs()) + 1e-6;
+                            assert!(ok, "{what}: score {i}: ours {p}, onnxruntime {q}");
+                        }
+                    }
+                    (x, y) => assert_eq!(x, y, "{what}: labels"),
+                }
+            }
+            (a, b) => assert_eq!(a, b, "{what}"),
+        }
+    }
+}
+
+fn property(classifier: bool, mixed_modes: bool, seed: u64, cases: usize) {
+    let Some(ort) = ort() else { return };
+    let native = TreesEngine::new(None, 2);
+    let mut rng = Rng(seed);
+    for case in 0..cases {
+        let forest = random_forest(&mut rng, classifier, mixed_modes);
+        let what = format!("case {case}: {}", forest.description);
+        let ours = native.load(Bytes::from(forest.bytes.clone())).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let theirs = ort.load(Bytes::from(forest.bytes)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        // Row counts around the block and thread boundaries.
+        for rows in [1, 9, 300, 5000] {
+            let x = random_rows(&mut rng, rows, forest.features);
+            assert_same(
+                &run(ours.as_ref(), &x, rows, forest.features, forest.double),
+                &run(theirs.as_ref(), &x, rows, forest.features, forest.double),
+                &format!("{what}, {rows} rows"),
+            );
+        }
+    }
+}
+
+#[test]
+fn random_classifiers_score_like_onnxruntime() {
+    property(true, false, 0x5eed_0001, 150);
+}
+
+#[test]
+fn random_classifiers_with_every_node_mode_score_like_onnxruntime() {
+    property(true, true, 0x5eed_0002, 100);
+}
+
+#[test]
+fn random_regressors_score_like_onnxruntime() {
+    property(false, false, 0x5eed_0003, 100);
+    property(false, true, 0x5eed_0004, 100);
+}
+
+#[test]
+fn hostile_graphs_are_refused_not_run() {
+    let native = TreesEngine::new(None, 1);
+    let mut rng = Rng(7);
+    let forest = random_forest(&mut rng, true, false);
+    let mut model = ModelProto::decode(forest.bytes.as_slice()).expect("decode");
+    let graph = model.graph.as_mut().expect("graph");
+    let attrs = &mut graph.node[0].attribute;
+    // A node pointing at itself, a feature past the input, an unknown attribute.
+    type Breakage = Box<dyn Fn(&mut Vec<AttributeProto>)>;
+    let cases: Vec<(&str, Breakage)> = vec![
+        (
+            "a cycle",
+            Box::new(|a: &mut Vec<AttributeProto>| {
+                if let Some(t) = a.iter_mut().find(|x| x.name() == "nodes_truenodeids") {
+                    t.ints[0] = 0;
+                }
+            }),
+        ),
+        (
+            "feature",
+            Box::new(|a: &mut Vec<AttributeProto>| {
+                if let Some(t) = a.iter_mut().find(|x| x.name() == "nodes_featureids") {
+                    t.ints[0] = 1 << 40;
+                }
+            }),
+        ),
+        ("not covered", Box::new(|a: &mut Vec<AttributeProto>| a.push(attr_ints("nodes_hitrates_as_tensor", vec![1])))),
+    ];
+    let original = attrs.clone();
+    for (want, break_it) in cases {
+        let graph = model.graph.as_mut().expect("graph");
+        graph.node[0].attribute = original.clone();
+        break_it(&mut graph.node[0].attribute);
+        let err = native.load(Bytes::from(model.encode_to_vec())).err().expect("refused");
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
+}

@@ -1,0 +1,577 @@
+//! lakescore's native tree-ensemble engine.
+//!
+//! Most tabular models are tree ensembles (random forests, gradient boosting), exported to
+//! ONNX as one `ai.onnx.ml` `TreeEnsembleClassifier` or `TreeEnsembleRegressor` with a
+//! `Cast` on the label and a `ZipMap` on the scores around it. [`TreeModel::compile`] turns
+//! such a graph into a compact evaluator ([`eval`]): nodes 16 bytes each in depth-first
+//! order, trees walked over blocks of rows so that a tree stays in cache, eight rows at a
+//! time in lock-step without data-dependent branches, all cores. Its outputs are ONNX
+//! Runtime's: the same comparisons, the same float accumulation in tree order, and the same
+//! finalisation rules (base values, binary cases, post-transforms).
+//!
+//! A graph it does not fully cover (another operator, an attribute it does not know, a
+//! post-transform it does not implement) is [`Unsupported`], with the reason: the worker then
+//! runs it on ONNX Runtime. Nothing here panics on a hostile model; every index is checked
+//! when the graph is compiled.
+
+mod eval;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use lakescore_proto::onnx::{attribute_proto, tensor_proto, type_proto, AttributeProto, ModelProto, NodeProto};
+use prost::Message;
+
+pub use eval::Predictions;
+use eval::{Aggregate, Ensemble, Kind, Node, PostTransform, Splits, Tree};
+
+/// Why a model is not covered by the native engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+fn unsupported<T>(why: impl Into<String>) -> Result<T, Unsupported> {
+    Err(Unsupported(why.into()))
+}
+
+/// The element type of the model's input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputType {
+    /// `tensor(float)`
+    Float32,
+    /// `tensor(double)`
+    Float64,
+}
+
+/// A classifier's class labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassLabels {
+    /// `classlabels_int64s`
+    Int64(Vec<i64>),
+    /// `classlabels_strings`
+    String(Vec<String>),
+}
+
+impl ClassLabels {
+    fn len(&self) -> usize {
+        match self {
+            ClassLabels::Int64(l) => l.len(),
+            ClassLabels::String(l) => l.len(),
+        }
+    }
+}
+
+/// What one graph output holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputKind {
+    /// The predicted label per row, `[N]` (int64 or string, as the class labels).
+    Label,
+    /// Class scores `[N, classes]` or regression values `[N, targets]`, float32.
+    Scores,
+    /// The class scores as `seq(map(label, float))` (ZipMap), with these keys.
+    ZipMap(ClassLabels),
+}
+
+/// A graph output and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphOutput {
+    /// Its name in the graph.
+    pub name: String,
+    /// What it holds.
+    pub kind: OutputKind,
+}
+
+/// A compiled tree-ensemble graph.
+#[derive(Debug, Clone)]
+pub struct TreeModel {
+    /// The graph input's name.
+    pub input: String,
+    /// Its element type.
+    pub input_type: InputType,
+    /// Features per row (the input's second dimension).
+    pub n_features: usize,
+    /// Whether the input is cast to float32 before the ensemble (a `Cast` node).
+    cast_input: bool,
+    /// The graph outputs, in graph order.
+    pub outputs: Vec<GraphOutput>,
+    ensemble: Ensemble,
+}
+
+impl TreeModel {
+    /// Compile an ONNX model whose graph is a single tree ensemble (with `Cast`, `Identity`
+    /// and `ZipMap` around it); anything else is [`Unsupported`], saying why.
+    pub fn compile(model: &[u8]) -> Result<Self, Unsupported> {
+        let model = ModelProto::decode(model).map_err(|e| Unsupported(format!("not an ONNX model ({e})")))?;
+        let Some(graph) = model.graph.as_ref() else { return unsupported("the model has no graph") };
+        if !graph.sparse_initializer.is_empty() || !model.functions.is_empty() {
+            return unsupported("the graph has sparse initializers or functions");
+        }
+        let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+        let inputs: Vec<_> = graph.input.iter().filter(|i| !initializers.contains(&i.name())).collect();
+        let [input] = inputs.as_slice() else {
+            return unsupported(format!("the graph has {} inputs; the native tree engine takes one", inputs.len()));
+        };
+        let Some(type_proto::Value::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+            return unsupported("the graph input is not a tensor");
+        };
+        let input_type = match tensor_proto::DataType::try_from(tensor.elem_type()) {
+            Ok(tensor_proto::DataType::Float) => InputType::Float32,
+            Ok(tensor_proto::DataType::Double) => InputType::Float64,
+            _ => return unsupported("the graph input is neither float nor double"),
+        };
+        let dims = tensor.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default();
+        let n_features = match dims {
+            [_, width] => match width.value {
+                Some(lakescore_proto::onnx::tensor_shape_proto::dimension::Value::DimValue(w)) if w > 0 => w as usize,
+                _ => return unsupported("the graph input's feature dimension is not fixed"),
+            },
+            _ => return unsupported("the graph input is not [N, features]"),
+        };
+
+        // The one ensemble, and what is allowed around it.
+        let mut ensemble_node: Option<&NodeProto> = None;
+        let mut cast_input = false;
+        for node in &graph.node {
+            let ml = node.domain() == "ai.onnx.ml";
+            match (node.op_type(), ml) {
+                ("TreeEnsembleClassifier" | "TreeEnsembleRegressor", true) => {
+                    if ensemble_node.replace(node).is_some() {
+                        return unsupported("the graph has more than one tree ensemble");
+                    }
+                }
+                ("Cast" | "Identity" | "ZipMap", _) if node.domain().is_empty() || ml => {}
+                (op, _) => {
+                    return unsupported(format!("the graph has a {op} node, which the native tree engine does not run"))
+                }
+            }
+        }
+        let Some(node) = ensemble_node else { return unsupported("the graph has no tree ensemble") };
+        let [ensemble_input] = node.input.as_slice() else {
+            return unsupported("the tree ensemble has several inputs");
+        };
+        if ensemble_input != input.name() {
+            // Only a Cast of the graph input to float may sit in between.
+            let cast = graph.node.iter().find(|n| n.output.iter().any(|o| o == ensemble_input));
+            match cast {
+                Some(c)
+                    if c.op_type() == "Cast"
+                        && c.input.first().map(String::as_str) == Some(input.name())
+                        && attr_int(c, "to") == Some(tensor_proto::DataType::Float as i64)
+                        && c.attribute.len() == 1 =>
+                {
+                    cast_input = input_type == InputType::Float64;
+                }
+                _ => return unsupported("the tree ensemble is not fed by the graph input"),
+            }
+        }
+        let ensemble = compile_ensemble(node, n_features)?;
+
+        // Each graph output: the label, the scores, or the scores zipped, through Cast,
+        // Identity and ZipMap nodes.
+        let producer: HashMap<&str, &NodeProto> =
+            graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
+        let label_name = if matches!(ensemble.kind, Kind::Classifier { .. }) { node.output.first() } else { None };
+        let scores_name = match ensemble.kind {
+            Kind::Classifier { .. } => node.output.get(1),
+            Kind::Regressor { .. } => node.output.first(),
+        };
+        let mut outputs = Vec::new();
+        for out in &graph.output {
+            let mut name = out.name();
+            let mut zipmap = None;
+            let kind = loop {
+                if Some(name) == label_name.map(String::as_str) {
+                    if zipmap.is_some() {
+                        return unsupported("a ZipMap over the label");
+                    }
+                    break OutputKind::Label;
+                }
+                if Some(name) == scores_name.map(String::as_str) {
+                    break zipmap.map_or(OutputKind::Scores, OutputKind::ZipMap);
+                }
+                let Some(n) = producer.get(name) else {
+                    return unsupported(format!("graph output '{}' does not come from the tree ensemble", out.name()));
+                };
+                let [from] = n.input.as_slice() else {
+                    return unsupported("a node around the ensemble has several inputs");
+                };
+                match n.op_type() {
+                    "Identity" => {}
+                    "Cast" => {
+                        // Only the int64 label cast to int64 (skl2onnx's `output_label`).
+                        let int_labels =
+                            matches!(&ensemble.kind, Kind::Classifier { labels: ClassLabels::Int64(_), .. });
+                        if !(int_labels
+                            && Some(from) == label_name
+                            && attr_int(n, "to") == Some(tensor_proto::DataType::Int64 as i64)
+                            && n.attribute.len() == 1)
+                        {
+                            return unsupported("a Cast other than the int64 label to int64");
+                        }
+                    }
+                    "ZipMap" => {
+                        let Kind::Classifier { labels, .. } = &ensemble.kind else {
+                            return unsupported("a ZipMap over a regressor");
+                        };
+                        let keys = zipmap_labels(n)?;
+                        if &keys != labels || zipmap.is_some() {
+                            return unsupported("a ZipMap whose labels are not the classifier's");
+                        }
+                        zipmap = Some(keys);
+                    }
+                    op => return unsupported(format!("a {op} node around the ensemble")),
+                }
+                name = from;
+            };
+            outputs.push(GraphOutput { name: out.name().to_string(), kind });
+        }
+        Ok(Self { input: input.name().to_string(), input_type, n_features, cast_input, outputs, ensemble })
+    }
+
+    /// The class labels, for a classifier.
+    pub fn class_labels(&self) -> Option<&ClassLabels> {
+        match &self.ensemble.kind {
+            Kind::Classifier { labels, .. } => Some(labels),
+            Kind::Regressor { .. } => None,
+        }
+    }
+
+    /// Scores per row: classes for a classifier, targets for a regressor.
+    pub fn width(&self) -> usize {
+        self.ensemble.width
+    }
+
+    /// Number of trees.
+    pub fn n_trees(&self) -> usize {
+        self.ensemble.trees.len()
+    }
+
+    /// Score `rows` rows of row-major float32 features on up to `threads` threads.
+    pub fn predict_f32(&self, features: &[f32], rows: usize, threads: usize) -> Result<Predictions, Unsupported> {
+        self.check_len(features.len(), rows)?;
+        Ok(self.ensemble.predict(features, self.n_features, rows, threads))
+    }
+
+    /// Score `rows` rows of row-major float64 features (compared in double precision, or
+    /// rounded to float32 first where the graph casts them).
+    pub fn predict_f64(&self, features: &[f64], rows: usize, threads: usize) -> Result<Predictions, Unsupported> {
+        self.check_len(features.len(), rows)?;
+        if self.cast_input {
+            let narrowed: Vec<f32> = features.iter().map(|v| *v as f32).collect();
+            return Ok(self.ensemble.predict(&narrowed, self.n_features, rows, threads));
+        }
+        Ok(self.ensemble.predict(features, self.n_features, rows, threads))
+    }
+
+    fn check_len(&self, len: usize, rows: usize) -> Result<(), Unsupported> {
+        if rows.checked_mul(self.n_features) != Some(len) {
+            return unsupported(format!("{len} values are not {rows} rows of {} features", self.n_features));
+        }
+        Ok(())
+    }
+}
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name() == name)
+}
+
+fn attr_int(node: &NodeProto, name: &str) -> Option<i64> {
+    attr(node, name).and_then(|a| a.i)
+}
+
+fn strings(a: &AttributeProto) -> Result<Vec<String>, Unsupported> {
+    a.strings
+        .iter()
+        .map(|s| String::from_utf8(s.to_vec()).map_err(|_| Unsupported(format!("attribute {} is not UTF-8", a.name()))))
+        .collect()
+}
+
+fn zipmap_labels(node: &NodeProto) -> Result<ClassLabels, Unsupported> {
+    match (attr(node, "classlabels_int64s"), attr(node, "classlabels_strings")) {
+        (Some(a), None) => Ok(ClassLabels::Int64(a.ints.clone())),
+        (None, Some(a)) => Ok(ClassLabels::String(strings(a)?)),
+        _ => unsupported("a ZipMap without one list of class labels"),
+    }
+}
+
+/// The attributes of one ensemble node, checked: every attribute is one the engine knows.
+#[derive(Default)]
+struct Attributes {
+    ints: HashMap<String, Vec<i64>>,
+    floats: HashMap<String, Vec<f32>>,
+    strings: HashMap<String, Vec<String>>,
+}
+
+impl Attributes {
+    fn ints(&self, name: &str) -> &[i64] {
+        self.ints.get(name).map(Vec::as_slice).unwrap_or_default()
+    }
+    fn floats(&self, name: &str) -> &[f32] {
+        self.floats.get(name).map(Vec::as_slice).unwrap_or_default()
+    }
+    fn strings(&self, name: &str) -> &[String] {
+        self.strings.get(name).map(Vec::as_slice).unwrap_or_default()
+    }
+    fn string(&self, name: &str, default: &str) -> String {
+        self.strings(name).first().cloned().unwrap_or_else(|| default.to_string())
+    }
+}
+
+fn read_attributes(node: &NodeProto, known: &[&str]) -> Result<Attributes, Unsupported> {
+    use attribute_proto::AttributeType as T;
+    let mut out = Attributes::default();
+    for a in &node.attribute {
+        let name = a.name().to_string();
+        if !known.contains(&name.as_str()) {
+            return unsupported(format!("{} attribute '{name}' is not covered", node.op_type()));
+        }
+        match a.r#type() {
+            T::Ints => drop(out.ints.insert(name, a.ints.clone())),
+            T::Int => drop(out.ints.insert(name, a.i.into_iter().collect())),
+            T::Floats => drop(out.floats.insert(name, a.floats.clone())),
+            T::Float => drop(out.floats.insert(name, a.f.into_iter().collect())),
+            T::Strings => drop(out.strings.insert(name, strings(a)?)),
+            T::String => {
+                let s = a.s.as_ref().map(|s| String::from_utf8_lossy(s).into_owned()).unwrap_or_default();
+                drop(out.strings.insert(name, vec![s]))
+            }
+            _ => return unsupported(format!("attribute '{name}' has a type the native tree engine does not read")),
+        }
+    }
+    Ok(out)
+}
+
+const NODE_ATTRIBUTES: &[&str] = &[
+    "nodes_treeids",
+    "nodes_nodeids",
+    "nodes_featureids",
+    "nodes_values",
+    "nodes_hitrates",
+    "nodes_modes",
+    "nodes_truenodeids",
+    "nodes_falsenodeids",
+    "nodes_missing_value_tracks_true",
+    "post_transform",
+    "base_values",
+];
+
+fn compile_ensemble(node: &NodeProto, n_features: usize) -> Result<Ensemble, Unsupported> {
+    let classifier = node.op_type() == "TreeEnsembleClassifier";
+    let extra: &[&str] = if classifier {
+        &["class_treeids", "class_nodeids", "class_ids", "class_weights", "classlabels_int64s", "classlabels_strings"]
+    } else {
+        &["target_treeids", "target_nodeids", "target_ids", "target_weights", "n_targets", "aggregate_function"]
+    };
+    let known: Vec<&str> = NODE_ATTRIBUTES.iter().chain(extra).copied().collect();
+    let a = read_attributes(node, &known)?;
+
+    let post = match a.string("post_transform", "NONE").as_str() {
+        "NONE" => PostTransform::None,
+        "LOGISTIC" if classifier => PostTransform::Logistic,
+        "SOFTMAX" if classifier => PostTransform::Softmax,
+        "SOFTMAX_ZERO" if classifier => PostTransform::SoftmaxZero,
+        other => return unsupported(format!("post_transform {other} is not covered here")),
+    };
+    let (kind, width, weights) = if classifier {
+        let labels = match (a.ints.get("classlabels_int64s"), a.strings.get("classlabels_strings")) {
+            (Some(l), None) => ClassLabels::Int64(l.clone()),
+            (None, Some(l)) => ClassLabels::String(l.clone()),
+            _ => return unsupported("a classifier without one list of class labels"),
+        };
+        let classes = labels.len();
+        if !(2..=64).contains(&classes) {
+            return unsupported(format!("{classes} classes (the native engine covers 2 to 64)"));
+        }
+        let ids = a.ints("class_ids");
+        let class_weights = a.floats("class_weights");
+        let mut seen = std::collections::BTreeSet::new();
+        for id in ids {
+            seen.insert(*id);
+        }
+        let kind = Kind::Classifier {
+            labels,
+            binary_case: classes == 2 && seen.len() == 1,
+            weights_all_positive: class_weights.iter().all(|w| *w >= 0.0),
+        };
+        let weights = (a.ints("class_treeids"), a.ints("class_nodeids"), ids, class_weights);
+        (kind, classes, weights)
+    } else {
+        let targets = a.ints("n_targets").first().copied().unwrap_or(0);
+        if !(1..=64).contains(&targets) {
+            return unsupported(format!("n_targets {targets} (the native engine covers 1 to 64)"));
+        }
+        let aggregate = match a.string("aggregate_function", "SUM").as_str() {
+            "SUM" => Aggregate::Sum,
+            "AVERAGE" => Aggregate::Average,
+            "MIN" => Aggregate::Min,
+            "MAX" => Aggregate::Max,
+            other => return unsupported(format!("aggregate_function {other}")),
+        };
+        let weights =
+            (a.ints("target_treeids"), a.ints("target_nodeids"), a.ints("target_ids"), a.floats("target_weights"));
+        (Kind::Regressor { aggregate }, targets as usize, weights)
+    };
+    let base_values = a.floats("base_values").to_vec();
+    let base_ok = match &kind {
+        Kind::Classifier { .. } if width == 2 => base_values.len() <= 2,
+        _ => base_values.is_empty() || base_values.len() == width || (width == 1 && base_values.len() == 1),
+    };
+    if !base_ok {
+        return unsupported(format!("{} base_values for {width} scores", base_values.len()));
+    }
+
+    // Nodes, grouped by tree, laid out depth-first with the true branch next.
+    let tree_ids = a.ints("nodes_treeids");
+    let node_ids = a.ints("nodes_nodeids");
+    let features = a.ints("nodes_featureids");
+    let values = a.floats("nodes_values");
+    let modes = a.strings("nodes_modes");
+    let trues = a.ints("nodes_truenodeids");
+    let falses = a.ints("nodes_falsenodeids");
+    let missing = a.ints("nodes_missing_value_tracks_true");
+    let n = tree_ids.len();
+    if n == 0 {
+        return unsupported("the ensemble has no nodes");
+    }
+    for (name, len) in [
+        ("nodes_nodeids", node_ids.len()),
+        ("nodes_featureids", features.len()),
+        ("nodes_values", values.len()),
+        ("nodes_modes", modes.len()),
+        ("nodes_truenodeids", trues.len()),
+        ("nodes_falsenodeids", falses.len()),
+    ] {
+        if len != n {
+            return unsupported(format!("{name} has {len} entries, nodes_treeids {n}"));
+        }
+    }
+    if !missing.is_empty() && missing.len() != n {
+        return unsupported("nodes_missing_value_tracks_true does not have one entry per node");
+    }
+    let mut index: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
+    let mut tree_order: Vec<i64> = Vec::new();
+    for i in 0..n {
+        if index.insert((tree_ids[i], node_ids[i]), i).is_some() {
+            return unsupported(format!("node {} of tree {} appears twice", node_ids[i], tree_ids[i]));
+        }
+        if !tree_order.contains(&tree_ids[i]) {
+            tree_order.push(tree_ids[i]);
+        }
+    }
+    let mode_code = |m: &str| -> Result<u32, Unsupported> {
+        Ok(match m {
+            "BRANCH_LEQ" => 0,
+            "BRANCH_LT" => 1,
+            "BRANCH_GTE" => 2,
+            "BRANCH_GT" => 3,
+            "BRANCH_EQ" => 4,
+            "BRANCH_NEQ" => 5,
+            "LEAF" => eval::LEAF,
+            other => return unsupported(format!("node mode {other}")),
+        })
+    };
+
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    let mut leaf_of: Vec<u32> = Vec::with_capacity(n);
+    let mut leaves: HashMap<usize, u32> = HashMap::new(); // original index → leaf number
+    let mut trees = Vec::with_capacity(tree_order.len());
+    for tree in &tree_order {
+        let Some(&root) = index.get(&(*tree, 0)) else {
+            return unsupported(format!("tree {tree} has no node 0"));
+        };
+        let start = nodes.len() as u32;
+        let mut depth = 0u32;
+        // Depth-first: (original index, depth, the parent's successor slot to patch).
+        type Pending = (usize, u32, Option<(usize, usize)>);
+        let mut stack: Vec<Pending> = vec![(root, 0, None)];
+        while let Some((i, d, parent)) = stack.pop() {
+            if nodes.len() - start as usize >= n || d > 4096 {
+                return unsupported(format!("tree {tree} is not a tree (a cycle or shared nodes)"));
+            }
+            let here = nodes.len();
+            if let Some((p, side)) = parent {
+                nodes[p].next[side] = here as u32;
+            }
+            depth = depth.max(d);
+            let mode = mode_code(&modes[i])?;
+            if mode == eval::LEAF {
+                let leaf = leaves.len() as u32;
+                if leaves.insert(i, leaf).is_some() {
+                    return unsupported(format!("tree {tree} reaches a leaf twice"));
+                }
+                nodes.push(Node { feature: 0, threshold: 0.0, next: [here as u32; 2] });
+                leaf_of.push(leaf);
+                continue;
+            }
+            let feature = features[i];
+            if feature < 0 || feature as usize >= n_features {
+                return unsupported(format!("a node splits on feature {feature} of {n_features}"));
+            }
+            let tracks = missing.get(i).copied().unwrap_or(0) != 0;
+            nodes.push(Node {
+                feature: feature as u32 | (mode << 28) | (u32::from(tracks) << 31),
+                threshold: values[i],
+                next: [u32::MAX; 2],
+            });
+            leaf_of.push(u32::MAX);
+            let child = |id: i64| {
+                index
+                    .get(&(*tree, id))
+                    .copied()
+                    .ok_or_else(|| Unsupported(format!("tree {tree} points at a missing node {id}")))
+            };
+            // The false branch is pushed first so the true branch is laid out right after.
+            stack.push((child(falses[i])?, d + 1, Some((here, 1))));
+            stack.push((child(trues[i])?, d + 1, Some((here, 0))));
+        }
+        trees.push(Tree { root: start, depth });
+    }
+
+    // Leaf weights: dense per leaf, with the set of scores each leaf touches.
+    let (w_trees, w_nodes, w_ids, w_values) = weights;
+    let m = w_trees.len();
+    if w_nodes.len() != m || w_ids.len() != m || w_values.len() != m {
+        return unsupported("the leaf weight attributes differ in length");
+    }
+    let mut leaf_weights = vec![0f32; leaves.len() * width];
+    let mut leaf_mask = vec![0u64; leaves.len()];
+    for k in 0..m {
+        let Some(i) = index.get(&(w_trees[k], w_nodes[k])) else {
+            return unsupported(format!("a weight for missing node {} of tree {}", w_nodes[k], w_trees[k]));
+        };
+        let Some(&leaf) = leaves.get(i) else {
+            return unsupported("a weight on a node that is not a reachable leaf");
+        };
+        let id = w_ids[k];
+        if id < 0 || id as usize >= width {
+            return unsupported(format!("a weight for score {id} of {width}"));
+        }
+        let bit = 1u64 << id;
+        if leaf_mask[leaf as usize] & bit != 0 {
+            return unsupported("a leaf with two weights for one score");
+        }
+        leaf_mask[leaf as usize] |= bit;
+        leaf_weights[leaf as usize * width + id as usize] = w_values[k];
+    }
+    if let Kind::Regressor { .. } = kind {
+        if width == 1 && leaf_mask.contains(&0) {
+            return unsupported("a regression leaf without a weight");
+        }
+    }
+    let split_nodes = || nodes.iter().zip(&leaf_of).filter(|(_, l)| **l == u32::MAX).map(|(n, _)| n.feature);
+    let splits = if split_nodes().any(|f| (f >> 28) & 7 != 0) {
+        Splits::Any
+    } else if split_nodes().any(|f| f >> 31 != 0) {
+        Splits::LeqMissing
+    } else {
+        Splits::LeqOnly
+    };
+    Ok(Ensemble { nodes, trees, leaf_of, leaf_weights, leaf_mask, width, kind, post, base_values, splits })
+}
