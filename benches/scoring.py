@@ -17,12 +17,16 @@ on a 1,000,000-row, 20-feature float32 table, with
 
   big_rf    RandomForestClassifier, 100 trees, depth 12, 3 classes (tests/models/generate.py
             --bench; generated when missing)
+  gb300     GradientBoostingClassifier, 300 trees, depth 6, binary (likewise)
   logreg20  LogisticRegression, 20 features, 3 classes (built here: scikit-learn + skl2onnx,
             fixed seed, zipmap=False like big_rf)
   mlp64     MLPClassifier, 2 hidden layers of 64, 20 features, 3 classes (built here, likewise)
 
-The tract backend is not measured: it refuses all three models (their graphs use
-ai.onnx.ml operators, which tract does not run correctly; see scorer/src/engine/tract.rs).
+The tract backend is not measured: it refuses these models (their graphs use ai.onnx.ml
+operators, which tract does not run correctly; see scorer/src/engine/tract.rs). The tree
+ensembles run on lakescore's native tree engine (the default backend, `auto`); for them (b)
+is also measured against a second worker started with `--backend ort`, so that both engines
+show in the table.
 
 and prints rows/s and the ratio to (a). As a reference for what the transport alone costs,
 it also times the same DoExchange against an Arrow C++ Flight server (pyarrow, in this
@@ -94,10 +98,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def big_rf_model() -> Path:
-    path = GENERATED / "big_rf.onnx"
+def bench_model(name: str) -> Path:
+    """big_rf or gb300, from tests/models/generate.py --bench."""
+    path = GENERATED / f"{name}.onnx"
     if not path.exists():
-        print("generating big_rf (tests/models/generate.py --bench) ...", flush=True)
+        print(f"generating {name} (tests/models/generate.py --bench) ...", flush=True)
         subprocess.run([sys.executable, str(REPO / "tests" / "models" / "generate.py"), "--bench"], check=True)
     return path
 
@@ -155,10 +160,11 @@ def as_table(x: np.ndarray) -> pa.Table:
 class Server:
     """`lakescore serve` on free ports with a temporary data dir."""
 
-    def __init__(self, binary: Path, data_dir: Path, ort_lib: Path, threads: int):
+    def __init__(self, binary: Path, data_dir: Path, ort_lib: Path, threads: int, backend: str = "auto"):
         self.binary = binary
         self.http = f"http://127.0.0.1:{free_port()}"
         self.flight = f"grpc://127.0.0.1:{free_port()}"
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(data_dir / "serve.log", "wb")
         env = dict(os.environ, ORT_DYLIB_PATH=str(ort_lib), LAKESCORE_LOG="warn")
         self.proc = subprocess.Popen(
@@ -175,6 +181,8 @@ class Server:
                 str(ort_lib),
                 "--intra-op-threads",
                 str(threads),
+                "--backend",
+                backend,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -393,7 +401,9 @@ def main() -> int:
     ap.add_argument("--batch-rows", type=int, default=65_536, help="rows per batch, everywhere (default 65,536)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads, both engines (default: cores)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the best is reported (default 3)")
-    ap.add_argument("--models", default="big_rf,logreg20,mlp64", help="comma-separated subset of big_rf,logreg20,mlp64")
+    ap.add_argument(
+        "--models", default="big_rf,gb300,logreg20,mlp64", help="comma-separated subset of big_rf,gb300,logreg20,mlp64"
+    )
     ap.add_argument("--no-echo", action="store_true", help="skip the transport-only reference (Arrow C++ Flight echo)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (server log, outputs)")
     args = ap.parse_args()
@@ -404,14 +414,14 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lakescore-bench-"))
     models = {}
     for name in args.models.split(","):
-        if name == "big_rf":
-            models[name] = big_rf_model()
+        if name in ("big_rf", "gb300"):
+            models[name] = bench_model(name)
         elif name == "logreg20":
             models[name] = logreg_model(tmp)
         elif name == "mlp64":
             models[name] = mlp_model(tmp)
         else:
-            sys.exit(f"unknown model {name!r} (big_rf, logreg20, mlp64)")
+            sys.exit(f"unknown model {name!r} (big_rf, gb300, logreg20, mlp64)")
 
     print(f"lakescore       {args.lakescore}")
     print(f"onnxruntime     {ort.__version__} ({ort_lib}); same library in both engines")
@@ -431,6 +441,7 @@ def main() -> int:
     echo = None if args.no_echo else EchoServer("grpc://127.0.0.1:0")
     echo_client = flight.FlightClient(f"grpc://127.0.0.1:{echo.port}") if echo else None
     server = Server(args.lakescore, tmp, ort_lib, args.threads)
+    ort_server = None  # `--backend ort`, started for the first tree ensemble
     start_rss = server.status("VmRSS")
     results = []  # (model, method, seconds, rows/s, ratio, note)
     rss = []  # (model, rows, seconds, vmhwm, sampled peak, baseline, files)
@@ -460,7 +471,22 @@ def main() -> int:
                 del scored
                 ex_times.append(t)
             rate = args.rows / min(ex_times)
-            results.append((name, "(b) lakescore DoExchange", min(ex_times), rate, rate / ceiling, "output == onnxruntime"))
+            engine = warm.get("engine", "?")
+            results.append((
+                name, f"(b) lakescore DoExchange [{engine}]", min(ex_times), rate, rate / ceiling, "output == onnxruntime",
+            ))
+            if engine == "trees":
+                if ort_server is None:
+                    ort_server = Server(args.lakescore, tmp / "ort", ort_lib, args.threads, backend="ort")
+                ort_server.register(name, path)
+                ort_client = flight.FlightClient(ort_server.flight)
+                list(ort_client.do_action(flight.Action("warm", ref.encode())))
+                ort_ex = [run_exchange(ort_client, ref, batches, table.schema)[0] for _ in range(args.repeat)]
+                ort_rate = args.rows / min(ort_ex)
+                results.append((
+                    name, "    lakescore DoExchange [ort] (--backend ort)", min(ort_ex), ort_rate, ort_rate / ceiling,
+                    f"native trees: {rate / ort_rate:.2f}x this",
+                ))
             if echo is not None:
                 fl_times = [run_exchange(echo_client, ref, batches, table.schema)[0] for _ in range(args.repeat)]
                 rate = args.rows / min(fl_times)
@@ -502,6 +528,8 @@ def main() -> int:
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         rc = server.stop()
+        if ort_server is not None:
+            ort_server.stop()
         if echo is not None:
             echo.shutdown()
         if args.keep:

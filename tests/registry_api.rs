@@ -379,8 +379,11 @@ async fn aliases_resolution_and_archiving(db: Db) {
     let r = http().delete(s.api("/models/fraud/aliases/staging")).send().await.expect("send");
     assert_problem(r, StatusCode::NOT_FOUND, "staging").await;
 
-    // A new upload takes a fresh number: numbers of archived versions are never reused.
+    // A new upload takes a fresh number: numbers of archived versions are never reused. The
+    // latest version resolves to it right away (resolutions are cached until a write).
+    assert_eq!(resolved_version(&s, "fraud").await, 2);
     assert_eq!(upload_ok(&s, "fraud", "linreg.onnx").await["version"], 4);
+    assert_eq!(resolved_version(&s, "fraud").await, 4);
     assert_problem(resolve(&s, "Fraud").await, StatusCode::BAD_REQUEST, "invalid model name").await;
     assert_problem(resolve(&s, "fraud:zero").await, StatusCode::BAD_REQUEST, "version number").await;
     assert_problem(resolve(&s, "nope").await, StatusCode::NOT_FOUND, "nope").await;

@@ -42,6 +42,11 @@ pub struct RegistryConfig {
     /// Longest a database statement may run or wait for a lock (PostgreSQL
     /// `statement_timeout`, SQLite busy timeout) before the caller gets a 503.
     pub db_statement_timeout_secs: u64,
+    /// How long a resolved reference (`fraud@champion` → version) is answered from memory.
+    /// A write through this process drops every cached answer at once; this bounds how long
+    /// a write through another replica (several registries on one PostgreSQL) goes unseen.
+    /// `0` turns the cache off.
+    pub resolve_cache_ms: u64,
 }
 
 impl Default for RegistryConfig {
@@ -59,6 +64,7 @@ impl Default for RegistryConfig {
             max_inference_bytes: 4 << 30,
             db_max_connections: 16,
             db_statement_timeout_secs: 30,
+            resolve_cache_ms: 2000,
         }
     }
 }

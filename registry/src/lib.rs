@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod oidc;
 pub mod onnx;
+pub mod resolve_cache;
 pub mod service;
 
 use std::future::Future;

@@ -26,6 +26,7 @@ use crate::auth::{AuthConfig, Authenticator, Caller, DefaultPermission, Role};
 use crate::config::RegistryConfig;
 use crate::db::{Access, NewVersion, Reservation, Store};
 use crate::error::{RegistryError, Result};
+use crate::resolve_cache::ResolveCache;
 use crate::{filter, onnx};
 
 /// Page size when the caller names none, and the most one page may hold.
@@ -40,6 +41,8 @@ pub struct Registry {
     config: Arc<RegistryConfig>,
     auth: Authenticator,
     spool_dir: PathBuf,
+    /// Resolved references, until the next write (see [`ResolveCache`]).
+    resolved: Arc<ResolveCache>,
 }
 
 /// What an operation on one model needs.
@@ -110,7 +113,8 @@ impl Registry {
         )?;
         let spool_dir = config.data_dir.join("spool");
         std::fs::create_dir_all(&spool_dir)?;
-        Ok(Self { store, artifacts, config: Arc::new(config), auth, spool_dir })
+        let resolved = Arc::new(ResolveCache::new(Duration::from_millis(config.resolve_cache_ms)));
+        Ok(Self { store, artifacts, config: Arc::new(config), auth, spool_dir, resolved })
     }
 
     /// The token validator every transport authenticates callers with.
@@ -484,9 +488,15 @@ impl Registry {
 
     /// Resolves `name` (latest ready version), `name:7` or `name@alias`.
     pub async fn resolve(&self, caller: &Caller, reference: &str) -> Result<ModelVersion> {
-        let reference = ModelRef::parse(reference)?;
-        self.authorize(caller, reference.model_name(), Need::Read).await?;
-        self.store.resolve(&reference).await
+        let parsed = ModelRef::parse(reference)?;
+        self.authorize(caller, parsed.model_name(), Need::Read).await?;
+        if let Some(version) = self.resolved.get(reference) {
+            return Ok(version);
+        }
+        let generation = self.resolved.generation();
+        let version = self.store.resolve(&parsed).await?;
+        self.resolved.put(reference, generation, &version);
+        Ok(version)
     }
 
     // ---- grants and audit --------------------------------------------------------------------
@@ -611,7 +621,10 @@ impl Registry {
 
     /// Records a write in the audit log. The write has happened: a failure to record it is
     /// logged loudly rather than turned into an error for the caller.
+    /// Every write goes through here once it has committed, so this is also where cached
+    /// resolutions are dropped.
     async fn audit(&self, caller: &Caller, action: &str, model: Option<&str>, detail: serde_json::Value) {
+        self.resolved.invalidate();
         if let Err(e) = self.store.record_audit(&caller.subject, action, model, &detail).await {
             tracing::error!(error = %e, action, model, principal = %caller.subject, "could not write the audit log");
         }
