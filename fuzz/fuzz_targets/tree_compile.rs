@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
         let x: Vec<f32> = (0..rows * model.n_features)
             .map(|i| {
                 let b = data.get(data.len().saturating_sub(1 + i % 64)).copied().unwrap_or(0);
-                if b < 64 { specials[usize::from(b) % specials.len()] } else { f32::from(b) / 16.0 - 8.0 }
+                if b < 64 {
+                    specials[usize::from(b) % specials.len()]
+                } else {
+                    f32::from(b) / 16.0 - 8.0
+                }
             })
             .collect();
         for threads in [1, 2] {
