@@ -319,6 +319,29 @@ def run_exchange(client: flight.FlightClient, model: str, batches: list[pa.Recor
     return elapsed, out
 
 
+def small_calls(client: flight.FlightClient, model: str, batch: pa.RecordBatch, calls: int) -> dict:
+    """`calls` DoExchange calls of one small batch each, one after another (an online caller
+    scoring a few rows at a time), and as many `warm` actions: each call resolves the model
+    reference anew, and `warm` is that resolve plus the loaded-model cache lookup alone."""
+    def timed(fn) -> list[float]:
+        out = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return sorted(out)
+
+    exchange = timed(lambda: run_exchange(client, model, [batch], batch.schema))
+    warm = timed(lambda: list(client.do_action(flight.Action("warm", model.encode()))))
+    pct = lambda xs, p: xs[min(len(xs) - 1, int(len(xs) * p))] * 1000  # noqa: E731
+    return {
+        "calls_per_s": calls / sum(exchange),
+        "p50_ms": pct(exchange, 0.5),
+        "p99_ms": pct(exchange, 0.99),
+        "resolve_p50_ms": pct(warm, 0.5),
+    }
+
+
 class EchoServer(flight.FlightServerBase):
     """Reference for the transport alone: an Arrow C++ Flight server (pyarrow, in this
     process) whose DoExchange appends zero-filled `label` (int64) and `probabilities`
@@ -405,6 +428,9 @@ def main() -> int:
         "--models", default="big_rf,gb300,logreg20,mlp64", help="comma-separated subset of big_rf,gb300,logreg20,mlp64"
     )
     ap.add_argument("--no-echo", action="store_true", help="skip the transport-only reference (Arrow C++ Flight echo)")
+    ap.add_argument(
+        "--small-calls", type=int, default=200, help="1,000-row DoExchange calls timed one by one (default 200; 0 skips)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (server log, outputs)")
     args = ap.parse_args()
 
@@ -511,6 +537,14 @@ def main() -> int:
                 f"{len(summary['files'])} file(s), {summary['bytes'] / 2**20:,.0f} MiB",
             ))
             results.append((name, "    cold model load (warm action)", cold, None, None, f"load_ms={warm.get('load_ms')}"))
+            if args.small_calls:
+                small = small_calls(client, ref, batches[0].slice(0, 1000), args.small_calls)
+                results.append((
+                    name, f"    1,000-row calls, one at a time ({args.small_calls})", args.small_calls / small["calls_per_s"],
+                    small["calls_per_s"] * 1000, None,
+                    f"p50 {small['p50_ms']:.2f} ms, p99 {small['p99_ms']:.2f} ms per call; "
+                    f"resolve + model lookup (warm) p50 {small['resolve_p50_ms']:.2f} ms",
+                ))
 
             if args.rss_rows:
                 out = tmp / f"rss-{name}"
