@@ -352,24 +352,16 @@ impl Ensemble {
                     0.0
                 };
                 let label = if *binary_case {
-                    match (*weights_all_positive, positive) {
-                        (true, p) if p > 0.5 => {
-                            second = 0;
-                            label_at(1)
-                        }
-                        (true, _) => {
-                            second = 1;
-                            label_at(0)
-                        }
-                        (false, p) if p > 0.0 => {
-                            second = 2;
-                            label_at(1)
-                        }
-                        (false, _) => {
-                            second = 3;
-                            label_at(0)
-                        }
-                    }
+                    // Weights all ≥ 0 are probabilities (positive above 0.5), others margins
+                    // (positive above 0); `second` says how the other class's score is made.
+                    let wins = if *weights_all_positive { positive > 0.5 } else { positive > 0.0 };
+                    second = match (*weights_all_positive, wins) {
+                        (true, true) => 0,
+                        (true, false) => 1,
+                        (false, true) => 2,
+                        (false, false) => 3,
+                    };
+                    label_at(usize::from(wins))
                 } else {
                     // Not the class labels: ONNX Runtime's positive and negative defaults.
                     i64::from(positive > 0.0)
