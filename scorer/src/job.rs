@@ -410,6 +410,18 @@ fn transient(e: &ScoreError) -> bool {
     matches!(e, ScoreError::Unavailable(_) | ScoreError::Internal(_) | ScoreError::Cancelled(_))
 }
 
+/// What every unit of one run of a job is scored with and written to.
+#[derive(Clone, Copy)]
+struct JobRun<'a> {
+    cmd: &'a ScoreCommand,
+    settings: &'a JobSettings,
+    model: &'a ResolvedModel,
+    manifest_model: &'a ManifestModel,
+    input: &'a Location,
+    out: &'a Location,
+    job_id: &'a str,
+}
+
 /// A batch's rows scored where they can be, and the rows that cannot, with their error.
 struct Isolated {
     scored: Vec<RecordBatch>,
@@ -608,14 +620,15 @@ impl Scorer {
         let mut error_rows: u64 = records.iter().flatten().map(|r| r.error_rows).sum();
         let mut failed_units = 0u64;
         let mut outcome: Result<()> = Ok(());
+        let run = JobRun { cmd, settings, model: &model, manifest_model: &manifest_model, input: &input, out, job_id };
         let mut running = futures::stream::iter(pending.into_iter().map(|unit| {
-            let (model, manifest_model, input) = (&model, &manifest_model, &input);
+            let run = &run;
             let leftover = leftovers.contains(&unit.index);
             async move {
                 if leftover {
                     self.remove_unit_parts(out, job_id, unit.index).await;
                 }
-                let result = self.run_unit(cmd, settings, model, manifest_model, input, out, job_id, &unit).await;
+                let result = self.run_unit(run, &unit).await;
                 (unit, result)
             }
         }))
@@ -748,24 +761,14 @@ impl Scorer {
 
     /// One unit, with its retries: never an `Err` (a unit that fails every attempt is a
     /// failed unit of the job, recorded as such).
-    #[allow(clippy::too_many_arguments)]
-    async fn run_unit(
-        &self,
-        cmd: &ScoreCommand,
-        settings: &JobSettings,
-        model: &ResolvedModel,
-        manifest_model: &ManifestModel,
-        input: &Location,
-        out: &Location,
-        job_id: &str,
-        unit: &Unit,
-    ) -> UnitRecord {
+    async fn run_unit(&self, run: &JobRun<'_>, unit: &Unit) -> UnitRecord {
+        let JobRun { settings, input, out, job_id, .. } = *run;
         let url = input.url_of(&unit.file.location);
         let mut attempts = 0;
         loop {
             attempts += 1;
             lakescore_core::failpoint::hit("job.before_unit").await;
-            let attempt = self.score_unit(cmd, settings, model, manifest_model, input, out, job_id, unit);
+            let attempt = self.score_unit(run, unit);
             let result = match tokio::time::timeout(settings.timeout, attempt).await {
                 Ok(r) => r,
                 Err(_) => Err(ScoreError::Unavailable(format!(
@@ -844,18 +847,8 @@ impl Scorer {
         let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn score_unit(
-        &self,
-        cmd: &ScoreCommand,
-        settings: &JobSettings,
-        model: &ResolvedModel,
-        manifest_model: &ManifestModel,
-        input: &Location,
-        out: &Location,
-        job_id: &str,
-        unit: &Unit,
-    ) -> Result<UnitRecord> {
+    async fn score_unit(&self, run: &JobRun<'_>, unit: &Unit) -> Result<UnitRecord> {
+        let JobRun { cmd, settings, model, manifest_model, input, out, job_id } = *run;
         let url = input.url_of(&unit.file.location);
         let (schema, batches) = self.read_parquet(input, &unit.file, unit.row_groups.clone()).await?;
         let plan = self.plan(model, cmd, schema).map_err(|e| e.context(format!("input file {url}")))?;

@@ -139,7 +139,11 @@ impl LoadedModel for NativeTrees {
                 )))
             }
         };
-        let width = predictions.width;
+        let lakescore_trees::Predictions { labels, scores, width } = predictions;
+        // Each output takes the vectors it needs; only a second user of one gets a copy.
+        let mut label_uses = self.model.outputs.iter().filter(|o| o.kind == OutputKind::Label).count();
+        let mut score_uses = self.model.outputs.len() - label_uses;
+        let (mut labels, mut scores) = (Some(labels), Some(scores));
         self.model
             .outputs
             .iter()
@@ -147,29 +151,38 @@ impl LoadedModel for NativeTrees {
                 Ok(match (&o.kind, self.model.class_labels()) {
                     (OutputKind::Label, Some(ClassLabels::Int64(_))) => OutputValue::Tensor(Tensor {
                         shape: vec![rows],
-                        data: TensorData::Int64(predictions.labels.clone()),
+                        data: TensorData::Int64(share(&mut labels, &mut label_uses)),
                     }),
                     (OutputKind::Label, Some(ClassLabels::String(names))) => OutputValue::Tensor(Tensor {
                         shape: vec![rows],
                         data: TensorData::String(
-                            predictions
-                                .labels
+                            share(&mut labels, &mut label_uses)
                                 .iter()
                                 .map(|i| names.get(*i as usize).cloned().unwrap_or_default())
                                 .collect(),
                         ),
                     }),
-                    (OutputKind::ZipMap(labels), _) => OutputValue::SeqMap {
-                        keys: map_keys(labels),
-                        values: TensorData::Float32(predictions.scores.clone()),
+                    (OutputKind::ZipMap(keys), _) => OutputValue::SeqMap {
+                        keys: map_keys(keys),
+                        values: TensorData::Float32(share(&mut scores, &mut score_uses)),
                         rows,
                     },
                     _ => OutputValue::Tensor(Tensor {
                         shape: vec![rows, width],
-                        data: TensorData::Float32(predictions.scores.clone()),
+                        data: TensorData::Float32(share(&mut scores, &mut score_uses)),
                     }),
                 })
             })
             .collect()
+    }
+}
+
+/// The vector for one more of its `uses`: moved out for the last, copied for the others.
+fn share<T: Clone>(slot: &mut Option<Vec<T>>, uses: &mut usize) -> Vec<T> {
+    *uses = uses.saturating_sub(1);
+    if *uses == 0 {
+        slot.take().unwrap_or_default()
+    } else {
+        slot.clone().unwrap_or_default()
     }
 }
