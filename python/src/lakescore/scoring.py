@@ -336,6 +336,42 @@ def _retryable(e: errors.LakescoreError) -> bool:
     return isinstance(e, (errors.Unavailable, errors.Cancelled))
 
 
+class _Failover:
+    """One call's walk over the workers: where it is, how many moves it has made, and
+    whether it has already asked for a fresh token once."""
+
+    def __init__(self, scorer: Scorer, start: int | None) -> None:
+        self.scorer = scorer
+        self.order = scorer._order(start)
+        self.attempt = 0
+        self.refreshed = False
+
+    def run(self, fn: Callable[[str], Any]) -> Any:
+        """``fn(location)`` until it answers: the next worker when one is unavailable, the
+        same one again once with a fresh token when refused as unauthenticated."""
+        while True:
+            loc = self.order[self.attempt % len(self.order)]
+            try:
+                return fn(loc)
+            except errors.Unauthenticated:
+                if self.refreshed or not self.scorer._token_changed():
+                    raise
+                self.refreshed = True
+            except errors.LakescoreError as e:
+                self.next_worker(e, loc)
+
+    def next_worker(self, e: errors.LakescoreError, loc: str, backoff: bool = True) -> None:
+        """After ``e`` at ``loc``: raise it when it is final or no move is left; else move on
+        (pausing after each full round of the workers when ``backoff``)."""
+        if not _retryable(e) or self.attempt >= self.scorer.retries:
+            raise e
+        self.scorer._drop_client(loc)
+        self.attempt += 1
+        self.scorer.failovers += 1
+        if backoff and self.attempt % len(self.order) == 0:
+            self.scorer._sleep(min(5.0, 0.5 * self.attempt))
+
+
 class Scorer:
     """A client of lakescore scoring workers (Arrow Flight).
 
@@ -452,25 +488,7 @@ class Scorer:
     def _with_failover(self, fn: Callable[[str], Any], start: int | None = None) -> Any:
         """``fn(location)``, moved to the next worker when one is unavailable, and sent again
         once with a fresh token when the first is refused as unauthenticated."""
-        order = self._order(start)
-        refreshed = False
-        attempt = 0
-        while True:
-            loc = order[attempt % len(order)]
-            try:
-                return fn(loc)
-            except errors.Unauthenticated:
-                if refreshed or not self._token_changed():
-                    raise
-                refreshed = True
-            except errors.LakescoreError as e:
-                if not _retryable(e) or attempt >= self.retries:
-                    raise
-                self._drop_client(loc)
-                attempt += 1
-                self.failovers += 1
-                if attempt % len(order) == 0:
-                    self._sleep(min(5.0, 0.5 * attempt))
+        return _Failover(self, start).run(fn)
 
     def _token_changed(self) -> bool:
         old = self.tokens.token()
@@ -560,44 +578,30 @@ class Scorer:
                 raise ValueError("no batches and no schema: pass schema= to score an empty stream")
             schema = first.schema
         state: dict[str, Any] = {"cmd": cmd, "loc": None}
-        order = self._order(start)
-        attempt = 0
-        refreshed = False
+        failover = _Failover(self, start)
         depth = max(1, int(self.calls_per_stream))
         calls: list[_Exchange | None] = [None] * depth  # lock-step DoExchange calls
         free: collections.deque[int] = collections.deque(range(depth))
         pending: collections.deque[tuple[int, pa.RecordBatch]] = collections.deque()  # sent, unanswered
 
+        def open_at(loc: str) -> _Exchange:
+            ex = _Exchange(self._client(loc), state["cmd"], schema, self._options(), write_options)
+            out_schema = ex.schema
+            if state["cmd"]["model"] == cmd["model"]:
+                meta = out_schema.metadata or {}
+                name, ver = meta.get(b"lakescore.model"), meta.get(b"lakescore.version")
+                if name and ver:
+                    # Pin the version: the other calls, and a retry elsewhere, score
+                    # with the same one.
+                    state["cmd"] = cmd.pinned(f"{name.decode()}:{ver.decode()}")
+                if on_schema is not None:
+                    on_schema(out_schema)
+            state["loc"] = loc
+            return ex
+
         def open_exchange() -> _Exchange:
-            nonlocal attempt, refreshed
-            while True:
-                loc = order[attempt % len(order)]
-                try:
-                    ex = _Exchange(self._client(loc), state["cmd"], schema, self._options(), write_options)
-                    out_schema = ex.schema
-                    if state["cmd"]["model"] == cmd["model"]:
-                        meta = out_schema.metadata or {}
-                        name, ver = meta.get(b"lakescore.model"), meta.get(b"lakescore.version")
-                        if name and ver:
-                            # Pin the version: the other calls, and a retry elsewhere, score
-                            # with the same one.
-                            state["cmd"] = cmd.pinned(f"{name.decode()}:{ver.decode()}")
-                        if on_schema is not None:
-                            on_schema(out_schema)
-                    state["loc"] = loc
-                    return ex
-                except errors.Unauthenticated:
-                    if refreshed or not self._token_changed():
-                        raise
-                    refreshed = True
-                except errors.LakescoreError as e:
-                    if not _retryable(e) or attempt >= self.retries:
-                        raise
-                    self._drop_client(loc)
-                    attempt += 1
-                    self.failovers += 1
-                    if attempt % len(order) == 0:
-                        self._sleep(min(5.0, 0.5 * attempt))
+            ex: _Exchange = failover.run(open_at)
+            return ex
 
         def close_all() -> None:
             for i, ex in enumerate(calls):
@@ -608,13 +612,8 @@ class Scorer:
         def lost_worker(e: errors.LakescoreError) -> None:
             """A call failed: give up, or move every call to the next worker and send the
             unanswered batches again, in order."""
-            nonlocal attempt
             close_all()
-            if not _retryable(e) or attempt >= self.retries:
-                raise e
-            self._drop_client(state["loc"])
-            attempt += 1
-            self.failovers += 1
+            failover.next_worker(e, state["loc"], backoff=False)
             resend = list(pending)
             pending.clear()
             free.clear()
