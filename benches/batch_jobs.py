@@ -36,20 +36,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
+from _common import default_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    target = os.environ.get("CARGO_TARGET_DIR", str(Path.home() / ".cache/lakescore/target"))
-    p.add_argument("--lakescore", default=f"{target}/release/lakescore")
+    p.add_argument("--lakescore", default=str(default_binary()))
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--files", type=int, default=8)
     p.add_argument("--max-workers", type=int, default=3, help="worker processes for (d): 1..N")

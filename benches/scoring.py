@@ -48,15 +48,10 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -64,47 +59,14 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
+from _common import Serve, bench_model, default_binary, onnxruntime_library
 
-REPO = Path(__file__).resolve().parent.parent
-GENERATED = REPO / "tests" / "models" / "generated"
 N_FEATURES = 20
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
 SEED = 20261125
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def default_binary() -> Path:
-    target = os.environ.get("CARGO_TARGET_DIR")
-    return (Path(target) if target else REPO / "target") / "release" / "lakescore"
-
-
-def onnxruntime_library() -> Path:
-    """The shared library of the onnxruntime package this Python imports (the same one the
-    in-process runs use), unless ORT_DYLIB_PATH names another."""
-    if os.environ.get("ORT_DYLIB_PATH"):
-        return Path(os.environ["ORT_DYLIB_PATH"])
-    capi = Path(ort.__file__).parent / "capi"
-    libs = sorted(capi.glob(f"libonnxruntime.so.{ort.__version__}")) or sorted(capi.glob("libonnxruntime.so.*"))
-    if not libs:
-        sys.exit(f"no libonnxruntime.so.* under {capi}; set ORT_DYLIB_PATH")
-    return libs[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def bench_model(name: str) -> Path:
-    """big_rf or gb300, from tests/models/generate.py --bench."""
-    path = GENERATED / f"{name}.onnx"
-    if not path.exists():
-        print(f"generating {name} (tests/models/generate.py --bench) ...", flush=True)
-        subprocess.run([sys.executable, str(REPO / "tests" / "models" / "generate.py"), "--bench"], check=True)
-    return path
 
 
 def classifier_model(out: Path, name: str, model) -> Path:
@@ -157,60 +119,8 @@ def as_table(x: np.ndarray) -> pa.Table:
     return pa.table({name: x[:, i] for i, name in enumerate(FEATURES)})
 
 
-class Server:
-    """`lakescore serve` on free ports with a temporary data dir."""
-
-    def __init__(self, binary: Path, data_dir: Path, ort_lib: Path, threads: int, backend: str = "auto"):
-        self.binary = binary
-        self.http = f"http://127.0.0.1:{free_port()}"
-        self.flight = f"grpc://127.0.0.1:{free_port()}"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.log = open(data_dir / "serve.log", "wb")
-        env = dict(os.environ, ORT_DYLIB_PATH=str(ort_lib), LAKESCORE_LOG="warn")
-        self.proc = subprocess.Popen(
-            [
-                str(binary),
-                "serve",
-                "--data-dir",
-                str(data_dir / "lakescore-data"),
-                "--listen",
-                self.http[len("http://") :],
-                "--flight-listen",
-                self.flight[len("grpc://") :],
-                "--onnxruntime-lib",
-                str(ort_lib),
-                "--intra-op-threads",
-                str(threads),
-                "--backend",
-                backend,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self.pid = self.proc.pid
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                sys.exit(f"lakescore serve exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                urllib.request.urlopen(self.http + "/healthz", timeout=1).read()
-                list(flight.FlightClient(self.flight).list_actions())
-                return
-            except Exception:
-                time.sleep(0.2)
-        self.stop()
-        sys.exit(f"lakescore serve did not become ready in {timeout:.0f}s; see {self.log.name}")
-
-    def register(self, name: str, path: Path):
-        subprocess.run(
-            [str(self.binary), "models", "--url", self.http, "register", name, str(path), "--alias", "bench", "-o", "json"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+class Server(Serve):
+    """`lakescore serve` with its memory readable from /proc."""
 
     def status(self, key: str) -> int:
         """A /proc/<pid>/status field in bytes (VmRSS, VmHWM)."""
@@ -226,17 +136,6 @@ class Server:
             return True
         except OSError:
             return False
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-            print(f"warning: lakescore serve ignored SIGTERM for 30 s; killed", file=sys.stderr)
-        self.log.close()
-        return rc
 
 
 class RssSampler:
@@ -466,7 +365,7 @@ def main() -> int:
 
     echo = None if args.no_echo else EchoServer("grpc://127.0.0.1:0")
     echo_client = flight.FlightClient(f"grpc://127.0.0.1:{echo.port}") if echo else None
-    server = Server(args.lakescore, tmp, ort_lib, args.threads)
+    server = Server(args.lakescore, tmp, args.threads, ort_lib=ort_lib)
     ort_server = None  # `--backend ort`, started for the first tree ensemble
     start_rss = server.status("VmRSS")
     results = []  # (model, method, seconds, rows/s, ratio, note)
@@ -503,7 +402,7 @@ def main() -> int:
             ))
             if engine == "trees":
                 if ort_server is None:
-                    ort_server = Server(args.lakescore, tmp / "ort", ort_lib, args.threads, backend="ort")
+                    ort_server = Server(args.lakescore, tmp / "ort", args.threads, backend="ort", ort_lib=ort_lib)
                 ort_server.register(name, path)
                 ort_client = flight.FlightClient(ort_server.flight)
                 list(ort_client.do_action(flight.Action("warm", ref.encode())))
