@@ -120,7 +120,12 @@ def as_table(x: np.ndarray) -> pa.Table:
 
 
 class Server(Serve):
-    """`lakescore serve` with its memory readable from /proc."""
+    """`lakescore serve` with its memory and CPU time readable from /proc."""
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def status(self, key: str) -> int:
         """A /proc/<pid>/status field in bytes (VmRSS, VmHWM)."""
@@ -389,16 +394,20 @@ def main() -> int:
             results.append((name, "(a) onnxruntime in-process (Python)", min(ort_times), ceiling, 1.0, ""))
 
             ex_times = []
+            cpu0 = server.cpu_seconds()
             for i in range(args.repeat):
                 t, scored = run_exchange(client, ref, batches, table.schema)
                 if i == 0:
                     check_against_ort(name, scored, ort_outs, args.rows)
                 del scored
                 ex_times.append(t)
+            # The worker's own CPU per row, all threads (ONNX Runtime's spinning included).
+            cpu_ns = (server.cpu_seconds() - cpu0) / (args.repeat * args.rows) * 1e9
             rate = args.rows / min(ex_times)
             engine = warm.get("engine", "?")
             results.append((
-                name, f"(b) lakescore DoExchange [{engine}]", min(ex_times), rate, rate / ceiling, "output == onnxruntime",
+                name, f"(b) lakescore DoExchange [{engine}]", min(ex_times), rate, rate / ceiling,
+                f"output == onnxruntime; worker CPU {cpu_ns:,.0f} ns/row",
             ))
             if engine == "trees":
                 if ort_server is None:

@@ -65,6 +65,7 @@ pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
             intra_op_threads: config.intra_op_threads,
             optimization: config.graph_optimization,
             max_inference_bytes: config.max_inference_bytes,
+            intra_op_spinning: config.intra_op_spinning,
         })
     };
     let trees = |fallback: Arc<dyn Engine>| -> Arc<dyn Engine> {

@@ -47,6 +47,35 @@ async fn do_exchange_matches_onnxruntime_for_every_model() {
     worker.stop().await;
 }
 
+/// `backend ort` (tree ensembles included, which `auto` sends to the native tree engine),
+/// two intra-op threads that do not spin while they wait: the same answers. Classifiers
+/// only: with two threads ONNX Runtime sums a regression forest's trees in per-thread
+/// partials, which moves values near zero by more than the comparison's 1e-5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnxruntime_alone_without_spinning_matches_onnxruntime_for_every_model() {
+    let worker = Worker::start_with(|c| {
+        c.backend = lakescore_scorer::Backend::Ort;
+        c.intra_op_threads = 2;
+        c.intra_op_spinning = false;
+    })
+    .await;
+    let mut client = worker.client().await;
+    let m = manifest();
+    let classifiers: Vec<String> =
+        core_models().into_iter().filter(|n| m["models"][n]["task"] == "classification").collect();
+    assert!(classifiers.len() >= 6, "{classifiers:?}");
+    for model in &classifiers {
+        let batches = split(&rows(model), &[7, 130, 1, 62]);
+        let got = exchange(&mut client, &command(model), batches).await.unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert_matches_expected(model, &concat(&got));
+    }
+    let warm =
+        client.do_action(Action::new("warm", "rf")).await.expect("warm").try_collect::<Vec<_>>().await.expect("warm");
+    let warm: Value = serde_json::from_slice(&warm[0]).expect("json");
+    assert_eq!(warm["engine"], "ort", "{warm}");
+    worker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn do_put_writes_parquet_then_manifest() {
     let worker = Worker::start_with(|c| c.max_rows_per_file = 80).await;
