@@ -41,6 +41,8 @@ fn is_tree_model(model: &str) -> bool {
 async fn every_tree_model_scores_like_onnxruntime_and_the_rest_is_left_to_it() {
     // Compiled or not, by the engine alone.
     let native = TreesEngine::new(None, 2);
+    assert_eq!(native.name(), "trees");
+    assert_eq!(TreesEngine::new(ort(), 1).name(), if ort().is_some() { "trees+ort" } else { "trees" });
     let mut compiled = Vec::new();
     for model in core_models() {
         let bytes = Bytes::from(std::fs::read(models_dir().join(format!("{model}.onnx"))).expect("model"));

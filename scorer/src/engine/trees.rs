@@ -12,6 +12,8 @@ use crate::error::{Result, ScoreError};
 pub struct TreesEngine {
     fallback: Option<Arc<dyn Engine>>,
     threads: usize,
+    /// `trees`, or `trees+<fallback>`.
+    name: &'static str,
 }
 
 impl std::fmt::Debug for TreesEngine {
@@ -31,13 +33,19 @@ impl TreesEngine {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
-        Self { fallback, threads }
+        let name = match fallback.as_ref().map(|e| e.name()) {
+            None => "trees",
+            Some("ort") => "trees+ort",
+            Some("tract") => "trees+tract",
+            Some(_) => "trees+other",
+        };
+        Self { fallback, threads, name }
     }
 }
 
 impl Engine for TreesEngine {
     fn name(&self) -> &'static str {
-        "trees"
+        self.name
     }
 
     fn load(&self, model: bytes::Bytes) -> Result<Box<dyn LoadedModel>> {
