@@ -13,7 +13,6 @@ use std::sync::Arc;
 use arrow::array::{Array, Float32Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::{labels, models_dir, read_parquet, spawn_serve_env, ServeProcess};
-use futures::TryStreamExt;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lakescore");
@@ -218,14 +217,7 @@ async fn a_killed_worker_s_job_is_refused_twice_then_resumed_with_the_same_versi
     });
     let action = |flight: String, cmd: Value| async move {
         let mut client = common::flight_client(&flight, None).await;
-        async {
-            client
-                .do_action(arrow_flight::Action::new("score-dataset", cmd.to_string()))
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        }
-        .await
+        common::score_dataset(&mut client, &cmd).await
     };
     let running = tokio::spawn(action(first.flight.clone(), cmd.clone()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -440,15 +432,7 @@ async fn batch_jobs_read_and_write_azure_blob_storage() {
         let logs = s.logs.clone();
         async move {
             let mut client = common::flight_client(&flight, None).await;
-            let result = async {
-                client
-                    .do_action(arrow_flight::Action::new("score-dataset", cmd.to_string()))
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await
-            }
-            .await
-            .unwrap_or_else(|e| {
+            let result = common::score_dataset(&mut client, &cmd).await.unwrap_or_else(|e| {
                 panic!(
                     "{e}: {:?}",
                     logs.lock().map(|l| l

@@ -87,15 +87,7 @@ async fn callers_score_only_models_they_may_read() {
     let inside = format!("file://{}/datasets/out/", s.data.path().display());
     for (input, output) in [("file:///etc/passwd", inside.as_str()), ("file:///etc/", "file:///tmp/lakescore-out/")] {
         let cmd = json!({"model": "rf@champion", "input": input, "output": output});
-        let err = async {
-            client
-                .do_action(arrow_flight::Action::new("score-dataset", cmd.to_string()))
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        }
-        .await
-        .expect_err("outside the storage roots");
+        let err = common::score_dataset(&mut client, &cmd).await.expect_err("outside the storage roots");
         let FlightError::Tonic(status) = err else { panic!("expected a status, got {err:?}") };
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
         assert!(status.message().contains("outside the storage locations"), "{status}");

@@ -337,6 +337,15 @@ pub fn labels(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<i64
 }
 
 /// A Flight client of the worker at `addr` (`host:port`), sending `token` as a bearer token.
+/// The `score-dataset` action with `cmd`: the results' bodies, or the call's error.
+pub async fn score_dataset(
+    client: &mut arrow_flight::FlightClient,
+    cmd: &serde_json::Value,
+) -> Result<Vec<bytes::Bytes>, arrow_flight::error::FlightError> {
+    use futures::TryStreamExt;
+    client.do_action(arrow_flight::Action::new("score-dataset", cmd.to_string())).await?.try_collect().await
+}
+
 pub async fn flight_client(addr: &str, token: Option<&str>) -> arrow_flight::FlightClient {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
