@@ -23,11 +23,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Union, runtime_checkable
+
+from ._fs import atomic_file
 
 __all__ = [
     "DEFAULT_SCOPE",
@@ -319,18 +320,8 @@ class CliToken:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".token.", suffix=".json")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_file(path, "w", private=True) as f:
+            json.dump(data, f, indent=2)
 
     def invalidate(self) -> None:
         pass

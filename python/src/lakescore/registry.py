@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import random
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +24,7 @@ from urllib.parse import quote
 import requests
 
 from . import errors
+from ._fs import atomic_file
 from .auth import TokenLike, TokenProvider, token_provider
 from .models import Alias, AuditEntry, Grant, Model, ModelVersion
 
@@ -474,20 +474,12 @@ class Registry:
                 self._check(version, digest.hexdigest(), verify)
                 return bytes(buf)
             target = Path(path)
-            fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    for chunk in resp.iter_content(_CHUNK):
-                        digest.update(chunk)
-                        f.write(chunk)
+            with atomic_file(target) as f:
+                for chunk in resp.iter_content(_CHUNK):
+                    digest.update(chunk)
+                    f.write(chunk)
+                # Checked before the block ends: a mismatch leaves no file.
                 self._check(version, digest.hexdigest(), verify)
-                os.replace(tmp, target)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
             return target
         finally:
             resp.close()
