@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -152,6 +153,8 @@ def main() -> None:
         for p in [server, *extra]:
             p.terminate()
             p.wait(timeout=30)
+        # The inputs and outputs run to gigabytes.
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ mod client;
 mod config;
 mod login;
 mod score;
+mod sql;
 
 use std::time::Duration;
 
@@ -72,6 +73,9 @@ enum Command {
     Login(login::LoginArgs),
     /// Score a Parquet or CSV file with a registered model through a scoring worker (Flight).
     Score(score::ScoreArgs),
+    /// Run SQL on a scoring worker (Flight SQL): tables over Parquet/CSV/NDJSON in storage,
+    /// predict('model@alias', columns…) to score, COPY (…) TO '<prefix>' to write results.
+    Sql(sql::SqlArgs),
     /// Manage registered models through the registry's HTTP API.
     Models {
         #[command(flatten)]
@@ -165,6 +169,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 args.token = login::current_token().await;
             }
             score::run(args).await
+        }
+        Command::Sql(mut args) => {
+            if args.token.is_none() {
+                args.token = login::current_token().await;
+            }
+            sql::run(args).await
         }
         Command::Login(args) => login::run(args).await,
     }

@@ -158,7 +158,7 @@ fn progress(total: Option<u64>) -> ProgressBar {
 }
 
 /// `grpc://HOST:PORT` as the HTTP/2 endpoint tonic dials.
-fn endpoint(url: &str) -> anyhow::Result<String> {
+pub(crate) fn endpoint(url: &str) -> anyhow::Result<String> {
     match url.strip_prefix("grpc://").or_else(|| url.strip_prefix("grpc+tcp://")) {
         Some(hostport) => Ok(format!("http://{hostport}")),
         None => bail!("{url}: worker URLs are grpc://HOST:PORT (TLS endpoints are not supported by this client yet)"),
@@ -273,7 +273,7 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn flight_error(e: arrow_flight::error::FlightError) -> anyhow::Error {
+pub(crate) fn flight_error(e: arrow_flight::error::FlightError) -> anyhow::Error {
     match e {
         arrow_flight::error::FlightError::Tonic(s) => anyhow::anyhow!("{}: {}", code_name(s.code()), s.message()),
         other => anyhow::anyhow!("{other}"),

@@ -76,6 +76,43 @@ pub struct ScorerConfig {
     /// 533 → 283 ns/row). Turn it off where CPU is metered or capped (a Kubernetes CPU limit
     /// throttles a spinning worker).
     pub intra_op_spinning: bool,
+    /// SQL over Flight SQL on the same port (`[scorer.sql]`).
+    pub sql: SqlConfig,
+}
+
+/// Limits of SQL queries (Flight SQL, `lakescore sql`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Whether the worker answers Flight SQL at all.
+    pub enabled: bool,
+    /// Queries running at once on this worker; one more gets `RESOURCE_EXHAUSTED`.
+    pub max_concurrent_queries: usize,
+    /// Wall-clock limit of one query, planning to last row; past it: `DEADLINE_EXCEEDED`.
+    #[serde(with = "secs")]
+    pub query_timeout: Duration,
+    /// Memory one query's operators may hold (sorts, joins, aggregates spill to local disk
+    /// where DataFusion can); a query that needs more: `RESOURCE_EXHAUSTED`.
+    pub query_memory_bytes: usize,
+    /// Rows per batch inside a query (and per `predict` call into the engine).
+    pub batch_rows: usize,
+    /// How long a caller's session (its `CREATE EXTERNAL TABLE`s, prepared statements) is
+    /// kept after its last call.
+    #[serde(with = "secs")]
+    pub session_idle: Duration,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_concurrent_queries: 8,
+            query_timeout: Duration::from_secs(900),
+            query_memory_bytes: 2 << 30,
+            batch_rows: 65_536,
+            session_idle: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Which inference engine the worker runs models with.
@@ -168,6 +205,7 @@ impl Default for ScorerConfig {
             max_artifact_bytes: 2 << 30,
             max_inference_bytes: 4 << 30,
             intra_op_spinning: true,
+            sql: SqlConfig::default(),
         }
     }
 }

@@ -39,6 +39,9 @@ pub enum ScoreError {
     /// The client went away or cancelled: `CANCELLED`.
     #[error("{0}")]
     Cancelled(String),
+    /// A query ran past its time limit: `DEADLINE_EXCEEDED`.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Stored data is corrupt (e.g. an artifact whose sha256 does not match): `DATA_LOSS`.
     #[error("{0}")]
     DataLoss(String),
@@ -73,6 +76,7 @@ impl ScoreError {
             ScoreError::Unavailable(_) => ErrorCode::Unavailable,
             ScoreError::Unimplemented(_) => ErrorCode::Unimplemented,
             ScoreError::Cancelled(_) => ErrorCode::Cancelled,
+            ScoreError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             ScoreError::DataLoss(_) => ErrorCode::DataLoss,
             ScoreError::Internal(_) => ErrorCode::Internal,
         }
@@ -115,6 +119,7 @@ impl ScoreError {
             | ScoreError::Unavailable(m)
             | ScoreError::Unimplemented(m)
             | ScoreError::Cancelled(m)
+            | ScoreError::DeadlineExceeded(m)
             | ScoreError::DataLoss(m)
             | ScoreError::Internal(m) => m,
         }
@@ -137,6 +142,7 @@ impl ScoreError {
             ScoreError::Unavailable(_) => ScoreError::Unavailable(msg),
             ScoreError::Unimplemented(_) => ScoreError::Unimplemented(msg),
             ScoreError::Cancelled(_) => ScoreError::Cancelled(msg),
+            ScoreError::DeadlineExceeded(_) => ScoreError::DeadlineExceeded(msg),
             ScoreError::DataLoss(_) => ScoreError::DataLoss(msg),
             ScoreError::Internal(_) => ScoreError::Internal(msg),
         }
@@ -196,18 +202,7 @@ impl From<StoreError> for ScoreError {
 
 impl From<arrow::error::ArrowError> for ScoreError {
     fn from(err: arrow::error::ArrowError) -> Self {
-        use arrow::error::ArrowError as E;
-        match err {
-            E::ExternalError(e) => match e.downcast::<ScoreError>() {
-                Ok(inner) => *inner,
-                Err(e) => ScoreError::Internal(e.to_string()),
-            },
-            E::CastError(m) | E::InvalidArgumentError(m) | E::SchemaError(m) | E::ParseError(m) => {
-                ScoreError::InvalidArgument(m)
-            }
-            E::MemoryError(m) => ScoreError::ResourceExhausted(m),
-            other => ScoreError::Internal(other.to_string()),
-        }
+        Self::from_arrow_ref(&err)
     }
 }
 
@@ -249,6 +244,87 @@ impl From<arrow_flight::error::FlightError> for ScoreError {
 impl From<ScoreError> for arrow_flight::error::FlightError {
     fn from(err: ScoreError) -> Self {
         arrow_flight::error::FlightError::ExternalError(Box::new(err))
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for ScoreError {
+    fn from(err: datafusion::error::DataFusionError) -> Self {
+        Self::from_datafusion(&err)
+    }
+}
+
+impl ScoreError {
+    /// A DataFusion error as the worker's own: errors the worker raised inside a query
+    /// (`predict`, the storage roots) keep their code; the planner's are the query's fault.
+    fn from_datafusion(err: &datafusion::error::DataFusionError) -> Self {
+        use datafusion::error::DataFusionError as E;
+        match err {
+            E::External(e) => {
+                if let Some(inner) = e.downcast_ref::<ScoreError>() {
+                    inner.clone()
+                } else if let Some(inner) = e.downcast_ref::<E>() {
+                    Self::from_datafusion(inner)
+                } else if let Some(store) = e.downcast_ref::<object_store::Error>() {
+                    Self::from_store_ref(store)
+                } else if let Some(arrow) = e.downcast_ref::<arrow::error::ArrowError>() {
+                    Self::from_arrow_ref(arrow)
+                } else {
+                    ScoreError::Internal(e.to_string())
+                }
+            }
+            E::ArrowError(e, _) => Self::from_arrow_ref(e),
+            E::ObjectStore(e) => Self::from_store_ref(e),
+            E::ParquetError(e) => ScoreError::InvalidArgument(format!("parquet: {e}")),
+            E::IoError(e) => ScoreError::Unavailable(format!("I/O: {e}")),
+            E::SQL(e, _) => ScoreError::InvalidArgument(format!("SQL: {e}")),
+            E::NotImplemented(m) => ScoreError::Unimplemented(m.clone()),
+            E::Plan(m) | E::Configuration(m) | E::Execution(m) | E::Substrait(m) | E::Ffi(m) => {
+                ScoreError::InvalidArgument(m.clone())
+            }
+            E::SchemaError(e, _) => ScoreError::InvalidArgument(e.to_string()),
+            E::ResourcesExhausted(m) => ScoreError::ResourceExhausted(format!(
+                "the query needs more memory than its limit (sql.query_memory_bytes): {m}"
+            )),
+            E::ExecutionJoin(e) => ScoreError::Internal(format!("query task failed: {e}")),
+            E::Internal(m) => ScoreError::Internal(m.clone()),
+            E::Context(_, inner) | E::Diagnostic(_, inner) => Self::from_datafusion(inner),
+            E::Shared(inner) => Self::from_datafusion(inner),
+            E::Collection(all) => match all.first() {
+                Some(first) => Self::from_datafusion(first),
+                None => ScoreError::Internal("empty error collection".into()),
+            },
+        }
+    }
+
+    fn from_store_ref(err: &object_store::Error) -> Self {
+        match err {
+            object_store::Error::NotFound { path, .. } => ScoreError::NotFound(format!("{path}: not found")),
+            object_store::Error::PermissionDenied { source, .. } => ScoreError::PermissionDenied(source.to_string()),
+            object_store::Error::Unauthenticated { .. } => ScoreError::PermissionDenied(err.to_string()),
+            object_store::Error::InvalidPath { .. } => ScoreError::InvalidArgument(err.to_string()),
+            other => ScoreError::Unavailable(other.to_string()),
+        }
+    }
+
+    fn from_arrow_ref(err: &arrow::error::ArrowError) -> Self {
+        use arrow::error::ArrowError as A;
+        match err {
+            A::ExternalError(e) => match e.downcast_ref::<ScoreError>() {
+                Some(inner) => inner.clone(),
+                None => ScoreError::Internal(e.to_string()),
+            },
+            A::CastError(m) | A::InvalidArgumentError(m) | A::SchemaError(m) | A::ParseError(m) => {
+                ScoreError::InvalidArgument(m.clone())
+            }
+            A::MemoryError(m) => ScoreError::ResourceExhausted(m.clone()),
+            other => ScoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ScoreError> for datafusion::error::DataFusionError {
+    fn from(err: ScoreError) -> Self {
+        datafusion::error::DataFusionError::External(Box::new(err))
     }
 }
 

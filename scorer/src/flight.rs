@@ -32,6 +32,8 @@ use crate::flight_input::FlightInput;
 use crate::mapping::schema_from_model;
 use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::Credentials;
+use crate::sql::flight::{flight_sql_command, is_flight_sql_action};
+use crate::sql::SqlEngine;
 
 /// Flight action: score a dataset in storage, server-side.
 pub const ACTION_SCORE_DATASET: &str = "score-dataset";
@@ -48,6 +50,8 @@ pub const ACTION_DESCRIBE: &str = "describe";
 pub struct ScorerService {
     scorer: Arc<Scorer>,
     validator: Option<Arc<dyn TokenValidator>>,
+    /// Flight SQL on the same port (`None` when `sql.enabled` is off).
+    sql: Option<Arc<SqlEngine>>,
 }
 
 impl std::fmt::Debug for ScorerService {
@@ -71,7 +75,14 @@ pub trait TokenValidator: Send + Sync {
 impl ScorerService {
     /// A service over a scorer.
     pub fn new(scorer: Arc<Scorer>) -> Self {
-        Self { scorer, validator: None }
+        let sql = scorer.config().sql.enabled.then(|| Arc::new(SqlEngine::new(scorer.clone())));
+        Self { scorer, validator: None, sql }
+    }
+
+    fn sql(&self) -> Result<&SqlEngine> {
+        self.sql.as_deref().ok_or_else(|| {
+            ScoreError::Unimplemented("Flight SQL is turned off on this worker ([scorer.sql] enabled = false)".into())
+        })
     }
 
     /// The scorer behind the service.
@@ -251,7 +262,7 @@ fn encode(
         .boxed()
 }
 
-fn ipc_schema(schema: &Schema) -> Result<Bytes> {
+pub(crate) fn ipc_schema(schema: &Schema) -> Result<Bytes> {
     let msg = IpcMessage::try_from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()))?;
     Ok(msg.0)
 }
@@ -269,9 +280,15 @@ fn fields_json(schema: &Schema) -> serde_json::Value {
 /// The input stream of a DoPut / DoExchange: the score command from the first message's
 /// descriptor, and the decoded input.
 struct Incoming {
-    cmd: ScoreCommand,
+    call: Call,
     input: FlightInput,
     body: Option<Arc<BodyState>>,
+}
+
+/// What a DoPut / DoExchange asks for.
+enum Call {
+    Score(ScoreCommand),
+    Sql(arrow_flight::sql::Command),
 }
 
 impl Incoming {
@@ -284,9 +301,13 @@ impl Incoming {
             Ok(None) => return Ok(None),
             Err(status) => return Err(ScoreError::from_status(&status)),
         };
-        let cmd = command_from_descriptor(first.flight_descriptor.as_ref())?;
+        let sql = first.flight_descriptor.as_ref().and_then(|d| flight_sql_command(&d.cmd));
+        let call = match sql {
+            Some(cmd) => Call::Sql(cmd?),
+            None => Call::Score(command_from_descriptor(first.flight_descriptor.as_ref())?),
+        };
         let all = stream::once(async move { Ok(first) }).chain(stream.map_err(FlightError::from));
-        Ok(Some(Self { cmd, input: FlightInput::new(all, max_batch_bytes), body }))
+        Ok(Some(Self { call, input: FlightInput::new(all, max_batch_bytes), body }))
     }
 
     /// Wait for the schema; `None` when the stream ends before one.
@@ -313,6 +334,9 @@ impl Incoming {
 
 impl ScorerService {
     async fn flight_info(&self, desc: FlightDescriptor, creds: &Credentials) -> Result<FlightInfo> {
+        if let Some(sql) = flight_sql_command(&desc.cmd) {
+            return self.sql()?.flight_info(sql?, desc, creds).await;
+        }
         let cmd = command_from_descriptor(Some(&desc))?;
         let model = self.scorer.resolve_model(&cmd.model, creds).await?;
         let (loc, files) = self.scorer.input_files(&cmd).await?;
@@ -437,6 +461,10 @@ impl FlightService for ScorerService {
     async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
         let creds = self.authenticate(&request).await?;
         let descriptor = request.into_inner();
+        if flight_sql_command(&descriptor.cmd).is_some() {
+            let info = self.flight_info(descriptor, &creds).await?;
+            return Ok(Response::new(PollInfo { info: Some(info), progress: Some(1.0), ..Default::default() }));
+        }
         let cmd = command_from_descriptor(Some(&descriptor))?;
         let Some(batch) = &cmd.batch else {
             let info = self.flight_info(descriptor, &creds).await?;
@@ -477,8 +505,13 @@ impl FlightService for ScorerService {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let creds = self.authenticate(&request).await?;
-        let ticket = ScoreTicket::decode(request.into_inner().ticket)
-            .map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: {e}")))?;
+        let ticket = request.into_inner().ticket;
+        if let Some(sql) = flight_sql_command(&ticket) {
+            let (schema, batches) = self.sql()?.do_get(sql?, &creds).await?;
+            return Ok(Response::new(encode(schema, IpcWriteOptions::default(), batches)));
+        }
+        let ticket =
+            ScoreTicket::decode(ticket).map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: {e}")))?;
         let cmd = ticket.command.ok_or_else(|| ScoreError::invalid("invalid ticket: no score command"))?;
         let options = result_options(&cmd)?;
         let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
@@ -498,7 +531,14 @@ impl FlightService for ScorerService {
         let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
             return Err(ScoreError::invalid("empty DoPut: no Flight descriptor was sent").into());
         };
-        let cmd = incoming.cmd.clone();
+        let cmd = match &incoming.call {
+            Call::Score(cmd) => cmd.clone(),
+            Call::Sql(sql) => {
+                let sql = sql.clone();
+                let app_metadata = self.sql()?.do_put(sql, incoming.input, &creds).await?;
+                return Ok(Response::new(stream::iter([Ok(PutResult { app_metadata })]).boxed()));
+            }
+        };
         let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
         self.scorer.output_location(&cmd)?;
         let scorer = self.scorer.clone();
@@ -527,7 +567,10 @@ impl FlightService for ScorerService {
         let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
             return Ok(Response::new(stream::empty().boxed()));
         };
-        let cmd = incoming.cmd.clone();
+        let Call::Score(cmd) = &incoming.call else {
+            return Err(ScoreError::Unimplemented("Flight SQL commands are not taken by DoExchange".into()).into());
+        };
+        let cmd = cmd.clone();
         let options = result_options(&cmd)?;
         let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
         let Some(schema) = incoming.schema().await? else {
@@ -541,6 +584,12 @@ impl FlightService for ScorerService {
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let creds = self.authenticate(&request).await?;
         let action = request.into_inner();
+        if is_flight_sql_action(&action.r#type) {
+            let result = self.sql()?.do_action(&action.r#type, &action.body, &creds).await?;
+            let results: Vec<Result<arrow_flight::Result, Status>> =
+                result.into_iter().map(|body| Ok(arrow_flight::Result { body })).collect();
+            return Ok(Response::new(stream::iter(results).boxed()));
+        }
         let value = match action.r#type.as_str() {
             ACTION_DESCRIBE => self.describe(&action.body, &creds).await?,
             ACTION_WARM => self.warm(&action.body, &creds).await?,
@@ -568,6 +617,21 @@ impl FlightService for ScorerService {
             ACTION_CANCEL_FLIGHT_INFO => {
                 let request = arrow_flight::CancelFlightInfoRequest::decode(action.body)
                     .map_err(|e| ScoreError::InvalidArgument(format!("invalid CancelFlightInfoRequest: {e}")))?;
+                if let Some(info) = request
+                    .info
+                    .as_ref()
+                    .filter(|i| i.flight_descriptor.as_ref().is_some_and(|d| flight_sql_command(&d.cmd).is_some()))
+                {
+                    let status = if self.sql()?.cancel_info(info)? {
+                        arrow_flight::CancelStatus::Cancelled
+                    } else {
+                        arrow_flight::CancelStatus::NotCancellable
+                    };
+                    let result = arrow_flight::CancelFlightInfoResult::new(status);
+                    return Ok(Response::new(
+                        stream::iter([Ok(arrow_flight::Result { body: result.encode_to_vec().into() })]).boxed(),
+                    ));
+                }
                 let cmd = command_from_descriptor(request.info.as_ref().and_then(|i| i.flight_descriptor.as_ref()))?;
                 // Every run of the job here, its shards included.
                 let running = self.scorer.running_jobs(&cmd);
@@ -609,8 +673,16 @@ impl FlightService for ScorerService {
                 "The result schema for an input schema (body: DescribeRequest or ScoreCommand). Returns JSON with input/output fields and output_schema_ipc (base64).",
             ),
             (
+                crate::sql::flight::ACTION_CREATE_PREPARED_STATEMENT,
+                "Flight SQL: prepare a statement (body: ActionCreatePreparedStatementRequest).",
+            ),
+            (
+                crate::sql::flight::ACTION_CLOSE_PREPARED_STATEMENT,
+                "Flight SQL: close a prepared statement (body: ActionClosePreparedStatementRequest).",
+            ),
+            (
                 ACTION_CANCEL_FLIGHT_INFO,
-                "Stop a batch job running here (body: CancelFlightInfoRequest whose descriptor is the job's ScoreCommand); its partial output is removed.",
+                "Stop a SQL statement, or a batch job running here (body: CancelFlightInfoRequest whose descriptor is the job's ScoreCommand); its partial output is removed.",
             ),
         ];
         let items: Vec<Result<ActionType, Status>> = actions

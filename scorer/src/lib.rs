@@ -19,6 +19,7 @@ pub mod flight;
 pub mod scorer;
 pub mod server;
 pub mod source;
+pub mod sql;
 pub mod storage;
 
 pub use config::{Backend, ScorerConfig};

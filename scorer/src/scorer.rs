@@ -42,7 +42,7 @@ pub struct ResolvedModel {
 }
 
 impl ResolvedModel {
-    fn manifest_model(&self) -> ManifestModel {
+    pub(crate) fn manifest_model(&self) -> ManifestModel {
         ManifestModel {
             reference: self.reference.clone(),
             name: self.version.model.clone(),

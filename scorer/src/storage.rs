@@ -150,20 +150,55 @@ impl Storage {
         }
         self.check_links(&url, what)?;
         let path = path_in_store(&url).map_err(|e| ScoreError::from(e).context(what))?;
-        // One store per scheme and authority (bucket, container, account), opened once and
-        // reused across calls so that connections and credentials are too.
+        let store = self.store(&url, what)?;
+        Ok(Location { store, path, url })
+    }
+
+    /// The store behind `url`: one per scheme and authority (bucket, container, account),
+    /// opened once and reused across calls so that connections and credentials are too.
+    fn store(&self, url: &Url, what: &str) -> Result<Arc<dyn ObjectStore>> {
         let key = format!("{}://{}", url.scheme(), url.authority());
         let mut stores = self.stores.lock().map_err(|_| ScoreError::internal("storage lock poisoned"))?;
-        let store = match stores.get(&key) {
-            Some(store) => store.clone(),
-            None => {
-                let (store, _) = open_store(&url, &self.options).map_err(|e| ScoreError::from(e).context(what))?;
-                stores.insert(key, store.clone());
-                store
-            }
+        if let Some(store) = stores.get(&key) {
+            return Ok(store.clone());
+        }
+        let (store, _) = open_store(url, &self.options).map_err(|e| ScoreError::from(e).context(what))?;
+        stores.insert(key, store.clone());
+        Ok(store)
+    }
+
+    /// For SQL, which asks for a store by scheme and authority and then reads paths in it:
+    /// the store behind `url`, and the paths in it that the roots allow (one empty path:
+    /// all of it). A store no root reaches is refused.
+    pub fn rooted_store(&self, url: &Url) -> Result<(Arc<dyn ObjectStore>, Vec<Path>)> {
+        let what = "SQL table location";
+        let key = format!("{}://{}", url.scheme(), url.authority());
+        let prefixes: Vec<Path> = if self.roots.is_empty() {
+            vec![Path::default()]
+        } else {
+            self.roots
+                .iter()
+                .filter_map(|r| Url::parse(r).ok())
+                .filter(|r| format!("{}://{}", r.scheme(), r.authority()) == key)
+                .filter_map(|r| path_in_store(&r).ok())
+                .collect()
         };
-        drop(stores);
-        Ok(Location { store, path, url })
+        if prefixes.is_empty() {
+            return Err(ScoreError::PermissionDenied(format!(
+                "{what}: {url} is outside the storage locations this worker may use"
+            )));
+        }
+        Ok((self.store(url, what)?, prefixes))
+    }
+
+    /// Whether a local path (of a `file://` store, without its leading `/`) stays inside
+    /// the local roots once its symbolic links are resolved; always for other stores.
+    pub fn local_path_allowed(&self, path: &Path) -> bool {
+        if self.roots.is_empty() {
+            return true;
+        }
+        let real = resolve_links(&std::path::Path::new("/").join(path.as_ref()));
+        self.local_roots.iter().any(|root| real.starts_with(root))
     }
 
     /// The Parquet files at `loc`: the object itself, or every `*.parquet` object under

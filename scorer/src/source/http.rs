@@ -84,6 +84,48 @@ impl HttpModelSource {
     }
 }
 
+impl HttpModelSource {
+    /// Every page of a registry listing (`models`, or one model's `versions`) the caller
+    /// may see, in the registry's order.
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        field: &str,
+        creds: &Credentials,
+    ) -> Result<Vec<T>> {
+        let what = format!("listing {}", segments.join("/"));
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = self.url(segments)?;
+            url.query_pairs_mut().append_pair("page_size", "1000");
+            if let Some(t) = &token {
+                url.query_pairs_mut().append_pair("page_token", t);
+            }
+            let resp = self.send(self.request(url, creds), &what).await?;
+            let mut page: serde_json::Value =
+                resp.json().await.map_err(|e| ScoreError::Unavailable(format!("{what}: {e}")))?;
+            let batch: Vec<T> = serde_json::from_value(page[field].take())
+                .map_err(|e| ScoreError::Internal(format!("{what}: unexpected answer: {e}")))?;
+            items.extend(batch);
+            token = page["next_page_token"].as_str().filter(|t| !t.is_empty()).map(str::to_string);
+            if token.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+
+    /// The models the caller may read.
+    pub async fn list_models(&self, creds: &Credentials) -> Result<Vec<lakescore_core::wire::Model>> {
+        self.list(&["models"], "models", creds).await
+    }
+
+    /// The versions of `model` (the caller must be able to read it).
+    pub async fn list_versions(&self, model: &str, creds: &Credentials) -> Result<Vec<ModelVersion>> {
+        self.list(&["models", model, "versions"], "versions", creds).await
+    }
+}
+
 #[async_trait]
 impl ModelSource for HttpModelSource {
     async fn resolve(&self, reference: &ModelRef, creds: &Credentials) -> Result<ModelVersion> {

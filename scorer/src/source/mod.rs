@@ -113,6 +113,17 @@ pub fn model_source_from_url(url: &str, http: HttpSourceOptions) -> Result<Arc<d
     }
 }
 
+/// The registry's HTTP API behind a model source URL: itself for `http(s)://`, the same
+/// address for `grpc://` (the registry serves both on one port); `None` for a directory.
+pub fn registry_http_url(model_source: &str) -> Option<url::Url> {
+    let url = url::Url::parse(model_source).ok()?;
+    match url.scheme() {
+        "http" | "https" => Some(url),
+        "grpc" => url::Url::parse(&format!("http://{}", url.authority())).ok(),
+        _ => None,
+    }
+}
+
 /// Options of the HTTP model source.
 #[derive(Debug, Clone)]
 pub struct HttpSourceOptions {

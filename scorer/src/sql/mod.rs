@@ -1,0 +1,566 @@
+//! SQL over lake files with `predict()`, served as Flight SQL on the worker's Flight port.
+//!
+//! [`SqlEngine`] runs statements with DataFusion for one caller at a time:
+//! - a **session** per bearer token (its `CREATE EXTERNAL TABLE`s and prepared statements),
+//!   dropped after `sql.session_idle` without calls;
+//! - tables are Parquet, CSV or NDJSON files or prefixes in storage, read only inside the
+//!   worker's `storage_roots` ([`stores`]), by `CREATE EXTERNAL TABLE … LOCATION` or by
+//!   querying a URL directly (`SELECT * FROM 'file:///data/lake/tx/'`);
+//! - `predict(model_ref, …)` ([`predict`]) with the models of the statement resolved once,
+//!   with the caller's token, before it is planned;
+//! - `COPY (SELECT …) TO '<prefix>' STORED AS PARQUET` writes through the worker's commit
+//!   protocol (Parquet parts, then `_lakescore.json` last);
+//! - the registry as tables: `lakescore.models`, `lakescore.versions`, `lakescore.aliases`
+//!   ([`catalog`]), as the caller's token sees it;
+//! - per query: a memory pool of `sql.query_memory_bytes`, a deadline of `sql.query_timeout`,
+//!   and one of `sql.max_concurrent_queries` slots while it plans or streams.
+//!
+//! [`flight`] maps the Flight SQL commands onto it.
+
+mod catalog;
+pub mod flight;
+pub mod predict;
+mod stores;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::{RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{CopyToSource, CopyToStatement, DFParser, Statement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use futures::StreamExt;
+use sha2::Digest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SqlConfig;
+use crate::error::{Result, ScoreError};
+use crate::scorer::{BatchStream, ResolvedModel, Scorer};
+use crate::source::{registry_http_url, Credentials, HttpSourceOptions};
+use crate::storage::{JobWriter, ManifestModel};
+use predict::{model_references, Predict};
+use stores::{RootedStores, RootedUrlTables};
+
+/// Statements planned but not fetched yet, over all sessions; more is `RESOURCE_EXHAUSTED`
+/// (a client that plans without ever fetching cannot grow the worker's memory).
+const MAX_PENDING: usize = 1024;
+
+/// A caller's session.
+struct Session {
+    /// Holds the session's catalog (its external tables); each query runs in a context
+    /// derived from it with its own memory pool and `predict`.
+    ctx: SessionContext,
+    prepared: Mutex<HashMap<String, Prepared>>,
+    last_used: Mutex<Instant>,
+}
+
+/// A prepared statement: its text, and the parameters bound last.
+#[derive(Clone)]
+struct Prepared {
+    sql: String,
+    params: Option<Vec<ScalarValue>>,
+}
+
+/// What a planned statement gives when fetched.
+enum Output {
+    /// A query, run when fetched.
+    Query(DataFrame),
+    /// The result of a statement that ran while it was planned (DDL, `COPY`).
+    Done(RecordBatch),
+}
+
+/// A statement planned and waiting for its `DoGet`.
+struct Pending {
+    output: Output,
+    schema: SchemaRef,
+    deadline: tokio::time::Instant,
+    session: String,
+}
+
+/// A statement ready to be fetched: its result schema and the handle for the ticket.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Handle to fetch the result with ([`SqlEngine::fetch`]).
+    pub handle: String,
+    /// The result's schema.
+    pub schema: SchemaRef,
+}
+
+/// Runs SQL for the worker's callers; see the module docs.
+pub struct SqlEngine {
+    scorer: Arc<Scorer>,
+    config: SqlConfig,
+    stores: Arc<RootedStores>,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    slots: Arc<Semaphore>,
+    /// Statements being planned or streamed, by handle: `CancelFlightInfo` fires these.
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl std::fmt::Debug for SqlEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlEngine").field("config", &self.config).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| ScoreError::internal("SQL state lock poisoned"))
+}
+
+impl SqlEngine {
+    /// An engine over the worker's scorer (models, storage) with its `sql` settings.
+    pub fn new(scorer: Arc<Scorer>) -> Self {
+        let config = scorer.config().sql.clone();
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_queries.max(1)));
+        Self {
+            stores: Arc::new(RootedStores::new(scorer.clone())),
+            scorer,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            slots,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self) -> Result<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            ScoreError::ResourceExhausted(format!(
+                "{} SQL queries are running on this worker, its limit (sql.max_concurrent_queries): retry later",
+                self.config.max_concurrent_queries
+            ))
+        })
+    }
+
+    fn runtime(&self) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+        Ok(RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(self.config.query_memory_bytes)))
+            .with_object_store_registry(self.stores.clone())
+            .build_arc()?)
+    }
+
+    /// The caller's session (created on first use), keyed by the token it presents;
+    /// sessions idle for longer than `sql.session_idle` are dropped on the way.
+    fn session(&self, creds: &Credentials) -> Result<(String, Arc<Session>)> {
+        let key = match &creds.authorization {
+            Some(a) => hex::encode(sha2::Sha256::digest(a.as_bytes())),
+            None => "anonymous".to_string(),
+        };
+        let mut sessions = lock(&self.sessions)?;
+        let idle = self.config.session_idle;
+        sessions.retain(|_, s| s.last_used.lock().map(|t| t.elapsed() < idle).unwrap_or(false));
+        if let Some(s) = sessions.get(&key) {
+            *lock(&s.last_used)? = Instant::now();
+            return Ok((key, s.clone()));
+        }
+        let config = SessionConfig::new()
+            .with_batch_size(self.config.batch_rows.max(1))
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(true);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime()?)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        if let Some(registry) = registry_http_url(&self.scorer.config().model_source) {
+            let options = HttpSourceOptions {
+                timeout: self.scorer.config().registry_timeout,
+                max_artifact_bytes: self.scorer.config().max_artifact_bytes,
+            };
+            let tables = catalog::RegistryTables::new(registry, options, creds.clone())?;
+            let default_catalog = ctx.state().config().options().catalog.default_catalog.clone();
+            if let Some(catalog) = ctx.catalog(&default_catalog) {
+                catalog.register_schema(catalog::SCHEMA, Arc::new(tables))?;
+            }
+        }
+        let ctx = RootedUrlTables::enable(self.scorer.clone(), ctx);
+        let session =
+            Arc::new(Session { ctx, prepared: Mutex::new(HashMap::new()), last_used: Mutex::new(Instant::now()) });
+        sessions.insert(key.clone(), session.clone());
+        Ok((key, session))
+    }
+
+    /// Resolve the models a statement names, once, with the caller's token.
+    async fn models(&self, sql: &str, creds: &Credentials) -> Result<Arc<HashMap<String, ResolvedModel>>> {
+        let mut models = HashMap::new();
+        for reference in model_references(sql)? {
+            let model = self
+                .scorer
+                .resolve_model(&reference, creds)
+                .await
+                .map_err(|e| e.context(format!("predict('{reference}')")))?;
+            models.insert(reference, model);
+        }
+        Ok(Arc::new(models))
+    }
+
+    /// The context one statement runs in: the session's catalog, its own memory pool, and
+    /// `predict` over its models.
+    fn query_context(&self, session: &Session, models: Arc<HashMap<String, ResolvedModel>>) -> Result<SessionContext> {
+        let state =
+            SessionStateBuilder::new_from_existing(session.ctx.state()).with_runtime_env(self.runtime()?).build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(Predict::udf(self.scorer.clone(), models));
+        Ok(ctx)
+    }
+
+    /// What a statement may do: DDL for the session's tables, queries; not DML (writes go
+    /// through `COPY`) nor `SET` (which could lift the session's limits).
+    fn options() -> SQLOptions {
+        SQLOptions::new().with_allow_ddl(true).with_allow_dml(false).with_allow_statements(false)
+    }
+
+    fn parse(sql: &str) -> Result<Statement> {
+        let mut statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})?;
+        match (statements.pop_front(), statements.is_empty()) {
+            (Some(s), true) => Ok(s),
+            (None, _) => Err(ScoreError::invalid("SQL: no statement")),
+            (Some(_), false) => Err(ScoreError::invalid("SQL: one statement per call")),
+        }
+    }
+
+    /// Plan `sql` for the caller (with `params` bound to `$1`, `$2`, …): DDL and `COPY` run
+    /// now, a query when fetched. The handle is good for one fetch, until the deadline.
+    pub async fn plan(&self, sql: &str, params: Option<Vec<ScalarValue>>, creds: &Credentials) -> Result<Planned> {
+        let _slot = self.slot()?;
+        let deadline = tokio::time::Instant::now() + self.config.query_timeout;
+        let handle = uuid::Uuid::now_v7().simple().to_string();
+        let (key, session) = self.session(creds)?;
+        let statement = Self::parse(sql)?;
+        if let Statement::CreateExternalTable(create) = &statement {
+            // A clear refusal before anything is read (the stores refuse reads too).
+            for location in &create.locations {
+                self.scorer.storage().locate(location, "LOCATION")?;
+            }
+        }
+        if let Statement::Statement(s) = &statement {
+            if matches!(
+                **s,
+                datafusion::sql::sqlparser::ast::Statement::Insert(_)
+                    | datafusion::sql::sqlparser::ast::Statement::Update { .. }
+                    | datafusion::sql::sqlparser::ast::Statement::Delete(_)
+            ) {
+                return Err(ScoreError::Unimplemented(
+                    "SQL writes go through COPY (SELECT …) TO '<prefix>' STORED AS PARQUET, which commits \
+                     Parquet parts and a manifest; INSERT, UPDATE and DELETE are not supported"
+                        .into(),
+                ));
+            }
+        }
+        let models = self.models(sql, creds).await?;
+        let ctx = self.query_context(&session, models.clone())?;
+        let cancel = CancellationToken::new();
+        lock(&self.running)?.insert(handle.clone(), cancel.clone());
+        let planned = async {
+            let output = match statement {
+                Statement::CopyTo(copy) => {
+                    Output::Done(self.copy(&ctx, copy, params, &models, deadline, cancel.clone()).await?)
+                }
+                _ => {
+                    let df = ctx.sql_with_options(sql, Self::options()).await?;
+                    let df = match params {
+                        Some(p) => df.with_param_values(p)?,
+                        None => df,
+                    };
+                    // DDL has run by now and has no rows to give.
+                    if matches!(df.logical_plan(), LogicalPlan::EmptyRelation(_)) && df.schema().fields().is_empty() {
+                        Output::Done(RecordBatch::new_empty(Arc::new(Schema::empty())))
+                    } else {
+                        Output::Query(df)
+                    }
+                }
+            };
+            Ok::<_, ScoreError>(output)
+        };
+        let output = tokio::select! {
+            out = planned => out,
+            _ = tokio::time::sleep_until(deadline) => Err(self.deadline_error()),
+        };
+        let output = match output {
+            Ok(o) => o,
+            Err(e) => {
+                lock(&self.running)?.remove(&handle);
+                return Err(e);
+            }
+        };
+        let parked = self.park(handle.clone(), output, deadline, key);
+        if parked.is_err() {
+            lock(&self.running)?.remove(&handle);
+        }
+        parked
+    }
+
+    /// Keep a planned statement for its fetch.
+    fn park(&self, handle: String, output: Output, deadline: tokio::time::Instant, session: String) -> Result<Planned> {
+        let schema = match &output {
+            Output::Query(df) => Arc::new(df.schema().as_arrow().clone()),
+            Output::Done(batch) => batch.schema(),
+        };
+        let mut pending = lock(&self.pending)?;
+        let now = tokio::time::Instant::now();
+        pending.retain(|_, p| p.deadline > now);
+        if pending.len() >= MAX_PENDING {
+            return Err(ScoreError::ResourceExhausted(format!(
+                "{MAX_PENDING} SQL statements are planned and not fetched on this worker: fetch or cancel them"
+            )));
+        }
+        pending.insert(handle.clone(), Pending { output, schema: schema.clone(), deadline, session });
+        Ok(Planned { handle, schema })
+    }
+
+    /// A result computed already (a catalog listing), kept for its fetch.
+    pub(crate) fn ready(&self, batch: RecordBatch, creds: &Credentials) -> Result<Planned> {
+        let (key, _) = self.session(creds)?;
+        let handle = uuid::Uuid::now_v7().simple().to_string();
+        let deadline = tokio::time::Instant::now() + self.config.query_timeout;
+        self.park(handle, Output::Done(batch), deadline, key)
+    }
+
+    fn deadline_error(&self) -> ScoreError {
+        ScoreError::DeadlineExceeded(format!(
+            "the query ran past its time limit of {} s (sql.query_timeout)",
+            self.config.query_timeout.as_secs_f64()
+        ))
+    }
+
+    /// The result of a planned statement, streamed: one fetch per handle, by the caller
+    /// who planned it, within the query's deadline and a concurrency slot.
+    pub fn fetch(&self, handle: &str, creds: &Credentials) -> Result<(SchemaRef, BatchStream)> {
+        let (key, _) = self.session(creds)?;
+        let pending = {
+            let mut all = lock(&self.pending)?;
+            match all.get(handle) {
+                Some(p) if p.session == key => all.remove(handle),
+                _ => None,
+            }
+        };
+        let Some(pending) = pending else {
+            return Err(ScoreError::NotFound(format!(
+                "no SQL statement {handle} to fetch here: each is fetched once, from the worker that planned it, \
+                 within sql.query_timeout"
+            )));
+        };
+        let cancel = lock(&self.running)?.remove(handle).unwrap_or_default();
+        let slot = self.slot()?;
+        let schema = pending.schema.clone();
+        let batches: BatchStream = match pending.output {
+            Output::Done(batch) => futures::stream::iter([Ok(batch)]).boxed(),
+            Output::Query(df) => futures::stream::once(async move { df.execute_stream().await })
+                .map(|s| match s {
+                    Ok(s) => s.map(|b| b.map_err(ScoreError::from)).boxed(),
+                    Err(e) => futures::stream::iter([Err(ScoreError::from(e))]).boxed(),
+                })
+                .flatten()
+                .boxed(),
+        };
+        Ok((schema, self.limited(batches, pending.deadline, slot, cancel)))
+    }
+
+    /// `batches` until the deadline or a cancel, holding the query's slot until it ends or
+    /// the client goes away (which drops it, and with it the query).
+    fn limited(
+        &self,
+        batches: BatchStream,
+        deadline: tokio::time::Instant,
+        slot: OwnedSemaphorePermit,
+        cancel: CancellationToken,
+    ) -> BatchStream {
+        let timeout = self.deadline_error();
+        let sleep = Box::pin(tokio::time::sleep_until(deadline));
+        futures::stream::unfold(Some((batches, sleep, slot, cancel, timeout)), |state| async move {
+            let (mut batches, mut sleep, slot, cancel, timeout) = state?;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Some((Err(ScoreError::Cancelled("the query was cancelled".into())), None)),
+                _ = &mut sleep => Some((Err(timeout), None)),
+                item = batches.next() => item.map(|i| (i, Some((batches, sleep, slot, cancel, timeout)))),
+            }
+        })
+        .boxed()
+    }
+
+    /// Cancel a statement being planned or streamed; whether there was one.
+    pub fn cancel(&self, handle: &str) -> Result<bool> {
+        let pending = lock(&self.pending)?.remove(handle).is_some();
+        let running = lock(&self.running)?.remove(handle);
+        if let Some(token) = &running {
+            token.cancel();
+        }
+        Ok(pending || running.is_some())
+    }
+
+    /// `COPY (query) TO 'prefix' STORED AS PARQUET`: the query's rows written as Parquet
+    /// parts under the prefix, then the manifest, recording the statement's model; on any
+    /// error, cancel or timeout the parts are removed and no manifest is written.
+    async fn copy(
+        &self,
+        ctx: &SessionContext,
+        copy: CopyToStatement,
+        params: Option<Vec<ScalarValue>>,
+        models: &HashMap<String, ResolvedModel>,
+        deadline: tokio::time::Instant,
+        cancel: CancellationToken,
+    ) -> Result<RecordBatch> {
+        if let Some(format) = copy.stored_as.as_deref().filter(|f| !f.eq_ignore_ascii_case("parquet")) {
+            return Err(ScoreError::Unimplemented(format!(
+                "COPY writes Parquet through lakescore's commit protocol: STORED AS {format} is not supported"
+            )));
+        }
+        if !copy.partitioned_by.is_empty() || !copy.options.is_empty() {
+            return Err(ScoreError::Unimplemented(
+                "COPY … TO takes no PARTITIONED BY or OPTIONS here: parts are sized by the worker's \
+                 max_rows_per_file and row_group_rows"
+                    .into(),
+            ));
+        }
+        let out = self.scorer.storage().locate(&copy.target, "COPY target")?;
+        let source = match &copy.source {
+            CopyToSource::Relation(name) => format!("SELECT * FROM {name}"),
+            CopyToSource::Query(query) => query.to_string(),
+        };
+        let df = ctx.sql_with_options(&source, Self::options()).await?;
+        let df = match params {
+            Some(p) => df.with_param_values(p)?,
+            None => df,
+        };
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut lineage = vec![("lakescore.sql".to_string(), source.clone())];
+        let mut used: Vec<&ResolvedModel> = models.values().collect();
+        used.sort_by(|a, b| a.reference.cmp(&b.reference));
+        for m in &used {
+            lineage.push((format!("lakescore.sql.model.{}", m.reference), m.version.pinned_reference()));
+        }
+        let config = self.scorer.config();
+        let job_id = uuid::Uuid::now_v7().simple().to_string();
+        let mut writer =
+            JobWriter::new(out, job_id, schema, config.max_rows_per_file, config.row_group_rows).with_metadata(lineage);
+        let mut stream = df.execute_stream().await?;
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Some(Err(ScoreError::Cancelled("the COPY was cancelled; its partial output was removed".into()))),
+                _ = &mut sleep => Some(Err(self.deadline_error())),
+                b = stream.next() => b.map(|b| b.map_err(ScoreError::from)),
+            };
+            let Some(batch) = next else { break };
+            let written = match batch {
+                Ok(b) => writer.write(&b).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                writer.abort().await;
+                return Err(e);
+            }
+        }
+        // The manifest names the statement's model (the first by reference when it has
+        // several; all of them are in every part's footer).
+        let model = match used.first() {
+            Some(m) => m.manifest_model(),
+            None => ManifestModel {
+                reference: String::new(),
+                name: String::new(),
+                version: 0,
+                sha256: String::new(),
+                engine: "sql".into(),
+            },
+        };
+        let summary = writer.finish(&model).await?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("count", DataType::UInt64, false),
+            Field::new("manifest", DataType::Utf8, false),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![Arc::new(UInt64Array::from(vec![summary.rows])), Arc::new(StringArray::from(vec![summary.manifest]))],
+        )?)
+    }
+
+    /// Prepare `sql`: its result schema and parameter types, and a handle that executions
+    /// (with parameters bound) use.
+    pub async fn prepare(&self, sql: &str, creds: &Credentials) -> Result<(String, SchemaRef, Option<SchemaRef>)> {
+        let (_, session) = self.session(creds)?;
+        let statement = Self::parse(sql)?;
+        let handle = uuid::Uuid::now_v7().simple().to_string();
+        let (schema, params) = match statement {
+            Statement::Statement(_) | Statement::Explain(_) => {
+                let models = self.models(sql, creds).await?;
+                let ctx = self.query_context(&session, models)?;
+                let plan = ctx.state().create_logical_plan(sql).await?;
+                let types = plan.get_parameter_types()?;
+                let params = parameter_schema(types);
+                (Arc::new(plan.schema().as_arrow().clone()), params)
+            }
+            _ => (Arc::new(Schema::empty()), None),
+        };
+        let mut prepared = lock(&session.prepared)?;
+        prepared.insert(handle.clone(), Prepared { sql: sql.to_string(), params: None });
+        Ok((handle, schema, params))
+    }
+
+    /// Bind parameters (one row) to a prepared statement.
+    pub fn bind(&self, handle: &str, params: &RecordBatch, creds: &Credentials) -> Result<()> {
+        let (_, session) = self.session(creds)?;
+        let mut prepared = lock(&session.prepared)?;
+        let statement = prepared.get_mut(handle).ok_or_else(|| unknown_prepared(handle))?;
+        if params.num_rows() != 1 {
+            return Err(ScoreError::InvalidArgument(format!(
+                "bind one row of parameters per execution ({} sent)",
+                params.num_rows()
+            )));
+        }
+        let values = params
+            .columns()
+            .iter()
+            .map(|c| ScalarValue::try_from_array(c, 0))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        statement.params = Some(values);
+        Ok(())
+    }
+
+    /// Plan a prepared statement with its bound parameters.
+    pub async fn plan_prepared(&self, handle: &str, creds: &Credentials) -> Result<Planned> {
+        let (_, session) = self.session(creds)?;
+        let statement = lock(&session.prepared)?.get(handle).cloned().ok_or_else(|| unknown_prepared(handle))?;
+        self.plan(&statement.sql, statement.params, creds).await
+    }
+
+    /// Close a prepared statement.
+    pub fn close_prepared(&self, handle: &str, creds: &Credentials) -> Result<()> {
+        let (_, session) = self.session(creds)?;
+        lock(&session.prepared)?.remove(handle);
+        Ok(())
+    }
+
+    /// The caller's session context, for the catalog commands.
+    pub(crate) fn catalog(&self, creds: &Credentials) -> Result<SessionContext> {
+        Ok(self.session(creds)?.1.ctx.clone())
+    }
+}
+
+fn unknown_prepared(handle: &str) -> ScoreError {
+    ScoreError::NotFound(format!("no prepared statement {handle} in this session (closed, or the session expired)"))
+}
+
+/// The parameter schema (`$1`, `$2`, … in order) when every parameter's type is known.
+fn parameter_schema(types: HashMap<String, Option<DataType>>) -> Option<SchemaRef> {
+    let mut known: Vec<(usize, String, DataType)> = Vec::new();
+    for (name, ty) in types {
+        let position = name.strip_prefix('$')?.parse::<usize>().ok()?;
+        known.push((position, name, ty?));
+    }
+    known.sort_by_key(|(p, _, _)| *p);
+    Some(Arc::new(Schema::new(known.into_iter().map(|(_, n, t)| Field::new(n, t, true)).collect::<Vec<_>>())))
+}
