@@ -62,7 +62,8 @@ enum Sink {
 
 impl Sink {
     fn open(output: Option<&Path>, schema: SchemaRef, max_rows: usize) -> anyhow::Result<Self> {
-        let Some(path) = output else {
+        // A statement without a result (CREATE EXTERNAL TABLE …) has nothing to write.
+        let Some(path) = output.filter(|_| !schema.fields().is_empty()) else {
             return Ok(Sink::Print { schema, batches: Vec::new(), rows: 0, max_rows });
         };
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

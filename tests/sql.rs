@@ -291,8 +291,46 @@ async fn predict_over_lake_files_matches_onnxruntime() {
     // No SQL writes but COPY; no SET that could lift the session's limits.
     let err = query(&mut c, "INSERT INTO tx VALUES (1, 2, 3, 4)").await.expect_err("insert");
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
-    let err = query(&mut c, "SET datafusion.runtime.memory_limit = '100G'").await.expect_err("set");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // Nor SET (it could lift the limits), views or in-memory tables (they would keep a
+    // query's resolved models, or its rows, past the query).
+    for sql in [
+        "SET datafusion.runtime.memory_limit = '100G'",
+        "CREATE VIEW v AS SELECT predict('logreg@champion', f0, f1, f2, f3) AS p FROM tx",
+        "CREATE TABLE copy AS SELECT * FROM tx",
+    ] {
+        let err = query(&mut c, sql).await.expect_err(sql);
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{sql}: {err}");
+    }
+
+    // The CLI: a table on standard output, or a Parquet file.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lakescore"))
+            .args(["sql", "--flight-url", &format!("grpc://{}", s.flight)])
+            .args(args)
+            .env_remove("LAKESCORE_TOKEN")
+            .output()
+            .expect("run lakescore sql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let url_table = format!("'{lake_url}/logreg/'");
+    let (ok, stdout, stderr) = cli(&["-e", &format!("SELECT count(*) AS n FROM {url_table}")]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| n ") && stdout.contains(&format!("| {} ", rows.num_rows())), "{stdout}");
+    let written = root.path().join("labels.parquet");
+    let (ok, _, stderr) = cli(&[
+        "-e",
+        &format!("SELECT predict('logreg@champion', f0, f1, f2, f3)['label'] AS label FROM {url_table}"),
+        "--output",
+        written.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(read_parquet(&written).num_rows(), rows.num_rows());
+    let (ok, _, stderr) = cli(&["-e", "SELECT * FROM 'file:///etc/passwd'"]);
+    assert!(!ok && stderr.contains("PERMISSION_DENIED"), "{stderr}");
 
     // The worker still scores its own Flight commands on the same port.
     let mut flight = common::flight_client(&s.flight, None).await;
@@ -317,6 +355,27 @@ async fn queries_over_their_limits_end_with_the_right_status() {
     // Past the deadline.
     let err = query(&mut c, "SELECT sum(v) FROM generate_series(1, 100000000000) AS t(v)").await.expect_err("slow");
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+
+    // A COPY past the deadline, and one whose client goes away: neither leaves a manifest
+    // nor any part behind.
+    let files = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let big = format!(
+        "COPY (SELECT v FROM generate_series(1, 10000000000) AS t(v)) TO 'file://{}/big/' STORED AS PARQUET",
+        lake.display()
+    );
+    let err = query(&mut c, &big).await.expect_err("a COPY past the deadline");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert_eq!(files(&lake.join("big")), 0, "a timed-out COPY left files");
+    let gone = big.replace("/big/", "/gone/");
+    let mut leaving = client(&s.flight, None).await;
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(700), query(&mut leaving, &gone)).await;
+    assert!(cut.is_err(), "the COPY should still be running: {cut:?}");
+    drop(leaving);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while files(&lake.join("gone")) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(files(&lake.join("gone")), 0, "a COPY whose client went away left files");
 
     // Over the memory cap: a sort of rows that cannot fit in 64 KiB.
     let err = query(&mut c, "SELECT v, v * 2 FROM generate_series(1, 5000000) AS t(v) ORDER BY v DESC")

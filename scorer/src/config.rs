@@ -94,6 +94,9 @@ pub struct SqlConfig {
     /// Memory one query's operators may hold (sorts, joins, aggregates spill to local disk
     /// where DataFusion can); a query that needs more: `RESOURCE_EXHAUSTED`.
     pub query_memory_bytes: usize,
+    /// Local disk the spill files of one query may take (in the system's temporary
+    /// directory); past it: `RESOURCE_EXHAUSTED`.
+    pub query_spill_bytes: u64,
     /// Rows per batch inside a query (and per `predict` call into the engine).
     pub batch_rows: usize,
     /// How long a caller's session (its `CREATE EXTERNAL TABLE`s, prepared statements) is
@@ -109,6 +112,7 @@ impl Default for SqlConfig {
             max_concurrent_queries: 8,
             query_timeout: Duration::from_secs(900),
             query_memory_bytes: 2 << 30,
+            query_spill_bytes: 16 << 30,
             batch_rows: 65_536,
             session_idle: Duration::from_secs(3600),
         }

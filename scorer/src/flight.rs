@@ -499,7 +499,13 @@ impl FlightService for ScorerService {
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let creds = self.authenticate(&request).await?;
-        let info = self.flight_info(request.into_inner(), &creds).await?;
+        let descriptor = request.into_inner();
+        if let Some(sql) = flight_sql_command(&descriptor.cmd) {
+            // Planned, not run: GetSchema creates, copies and scores nothing.
+            let schema = self.sql()?.schema(sql?, &creds).await?;
+            return Ok(Response::new(SchemaResult { schema: ipc_schema(&schema)? }));
+        }
+        let info = self.flight_info(descriptor, &creds).await?;
         Ok(Response::new(SchemaResult { schema: info.schema }))
     }
 
@@ -622,7 +628,7 @@ impl FlightService for ScorerService {
                     .as_ref()
                     .filter(|i| i.flight_descriptor.as_ref().is_some_and(|d| flight_sql_command(&d.cmd).is_some()))
                 {
-                    let status = if self.sql()?.cancel_info(info)? {
+                    let status = if self.sql()?.cancel_info(info, &creds)? {
                         arrow_flight::CancelStatus::Cancelled
                     } else {
                         arrow_flight::CancelStatus::NotCancellable

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::Schema;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::{
@@ -91,8 +91,14 @@ impl SqlEngine {
         Ok(info.build()?)
     }
 
-    /// The answer to a catalog command, as one batch.
+    /// The answer to a catalog command, as one batch: a query like any other (a slot, the
+    /// deadline), since listing `lakescore.*` asks the registry.
     async fn catalog_batch(&self, cmd: Command, creds: &Credentials) -> Result<RecordBatch> {
+        let _slot = self.slot()?;
+        tokio::time::timeout(self.timeout(), self.list_catalog(cmd, creds)).await.map_err(|_| self.deadline_error())?
+    }
+
+    async fn list_catalog(&self, cmd: Command, creds: &Credentials) -> Result<RecordBatch> {
         let ctx = self.catalog(creds)?;
         let catalogs = ctx.catalog_names();
         Ok(match cmd {
@@ -162,6 +168,23 @@ impl SqlEngine {
             other => return Err(unsupported(&other)),
         };
         ticket_info(&planned, descriptor)
+    }
+
+    /// `GetSchema` of a Flight SQL command: the result's schema, planned but not run.
+    pub async fn schema(&self, cmd: Command, creds: &Credentials) -> Result<Arc<Schema>> {
+        match cmd {
+            Command::CommandStatementQuery(q) => Ok(self.describe(&q.query, creds).await?.0),
+            Command::CommandPreparedStatementQuery(p) => {
+                let handle = handle_text(&p.prepared_statement_handle, "prepared statement")?;
+                Ok(self.describe(&self.prepared_sql(&handle, creds)?, creds).await?.0)
+            }
+            catalog @ (Command::CommandGetCatalogs(_)
+            | Command::CommandGetDbSchemas(_)
+            | Command::CommandGetTables(_)
+            | Command::CommandGetTableTypes(_)
+            | Command::CommandGetSqlInfo(_)) => Ok(self.catalog_batch(catalog, creds).await?.schema()),
+            other => Err(unsupported(&other)),
+        }
     }
 
     /// `DoGet` of a Flight SQL ticket: the planned statement's rows.
@@ -242,11 +265,14 @@ impl SqlEngine {
         let mut count: Option<i64> = None;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
-            if let Some(c) = batch
+            // COPY's count; any other statement run as an update reports -1.
+            let counted = batch
                 .column_by_name("count")
-                .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>().map(|a| a.value(0) as i64))
-            {
-                count = Some(count.unwrap_or(0) + c);
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())
+                .filter(|c| !c.is_empty() && c.is_valid(0))
+                .map(|c| c.value(0) as i64);
+            if let Some(c) = counted {
+                count = Some(count.unwrap_or(0).saturating_add(c));
             }
         }
         Ok(count.unwrap_or(-1))
@@ -286,12 +312,12 @@ impl SqlEngine {
     }
 
     /// `CancelFlightInfo` for a statement's `FlightInfo`: whether one was cancelled.
-    pub fn cancel_info(&self, info: &FlightInfo) -> Result<bool> {
+    pub fn cancel_info(&self, info: &FlightInfo, creds: &Credentials) -> Result<bool> {
         let mut cancelled = false;
         for endpoint in &info.endpoint {
             let Some(ticket) = &endpoint.ticket else { continue };
             if let Some(Ok(Command::TicketStatementQuery(t))) = flight_sql_command(&ticket.ticket) {
-                cancelled |= self.cancel(&handle_text(&t.statement_handle, "statement")?)?;
+                cancelled |= self.cancel(&handle_text(&t.statement_handle, "statement")?, creds)?;
             }
         }
         Ok(cancelled)

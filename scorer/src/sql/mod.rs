@@ -23,6 +23,7 @@ pub mod predict;
 mod stores;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,7 +38,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{CopyToSource, CopyToStatement, DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sha2::Digest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,11 @@ use stores::{RootedStores, RootedUrlTables};
 /// Statements planned but not fetched yet, over all sessions; more is `RESOURCE_EXHAUSTED`
 /// (a client that plans without ever fetching cannot grow the worker's memory).
 const MAX_PENDING: usize = 1024;
+/// Sessions (callers with distinct tokens) kept at once; one more is `RESOURCE_EXHAUSTED`
+/// until idle ones expire.
+const MAX_SESSIONS: usize = 4096;
+/// Prepared statements open in one session.
+const MAX_PREPARED: usize = 256;
 
 /// A caller's session.
 struct Session {
@@ -103,8 +109,9 @@ pub struct SqlEngine {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     pending: Mutex<HashMap<String, Pending>>,
     slots: Arc<Semaphore>,
-    /// Statements being planned or streamed, by handle: `CancelFlightInfo` fires these.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Statements being planned, waiting, or streamed, by handle: `CancelFlightInfo` fires
+    /// these. Shared with the result streams, which remove theirs when they end.
+    running: Running,
 }
 
 impl std::fmt::Debug for SqlEngine {
@@ -129,8 +136,12 @@ impl SqlEngine {
             sessions: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             slots,
-            running: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    fn timeout(&self) -> std::time::Duration {
+        self.config.query_timeout
     }
 
     fn slot(&self) -> Result<OwnedSemaphorePermit> {
@@ -145,6 +156,7 @@ impl SqlEngine {
     fn runtime(&self) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
         Ok(RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(self.config.query_memory_bytes)))
+            .with_max_temp_directory_size(self.config.query_spill_bytes)
             .with_object_store_registry(self.stores.clone())
             .build_arc()?)
     }
@@ -162,6 +174,11 @@ impl SqlEngine {
         if let Some(s) = sessions.get(&key) {
             *lock(&s.last_used)? = Instant::now();
             return Ok((key, s.clone()));
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            return Err(ScoreError::ResourceExhausted(format!(
+                "{MAX_SESSIONS} SQL sessions are open on this worker; idle ones close after sql.session_idle"
+            )));
         }
         let config = SessionConfig::new()
             .with_batch_size(self.config.batch_rows.max(1))
@@ -230,6 +247,53 @@ impl SqlEngine {
         }
     }
 
+    /// What may run: queries, `EXPLAIN`, `SHOW`, `CREATE EXTERNAL TABLE` (inside the roots,
+    /// checked here for a clear refusal before anything is read), `DROP`, `COPY`. Not DML
+    /// (writes go through `COPY`), and no views or in-memory tables: they would keep a
+    /// query's resolved models, or its rows, past the query.
+    fn check_statement(&self, statement: &Statement) -> Result<()> {
+        use datafusion::sql::sqlparser::ast::Statement as Sql;
+        match statement {
+            Statement::CreateExternalTable(create) => {
+                for location in &create.locations {
+                    self.scorer.storage().locate(location, "LOCATION")?;
+                }
+                Ok(())
+            }
+            Statement::CopyTo(_) | Statement::Explain(_) => Ok(()),
+            Statement::Statement(s) => match **s {
+                Sql::Query(_)
+                | Sql::Explain { .. }
+                | Sql::ExplainTable { .. }
+                | Sql::ShowTables { .. }
+                | Sql::ShowColumns { .. }
+                | Sql::Drop { .. } => Ok(()),
+                Sql::Insert(_) | Sql::Update(_) | Sql::Delete(_) => Err(ScoreError::Unimplemented(
+                    "SQL writes go through COPY (SELECT …) TO '<prefix>' STORED AS PARQUET, which commits \
+                     Parquet parts and a manifest; INSERT, UPDATE and DELETE are not supported"
+                        .into(),
+                )),
+                _ => Err(ScoreError::Unimplemented(
+                    "this statement is not supported here: queries, EXPLAIN, SHOW, CREATE EXTERNAL TABLE, DROP \
+                     and COPY … TO are"
+                        .into(),
+                )),
+            },
+            Statement::Reset(_) => Err(ScoreError::Unimplemented("RESET is not supported".into())),
+        }
+    }
+
+    /// The statement's frame: planned, checked against [`Self::options`], DDL run.
+    async fn frame(ctx: &SessionContext, sql: &str, params: Option<Vec<ScalarValue>>) -> Result<DataFrame> {
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        Self::options().verify_plan(&plan)?;
+        let df = ctx.execute_logical_plan(plan).await?;
+        Ok(match params {
+            Some(p) => df.with_param_values(p)?,
+            None => df,
+        })
+    }
+
     /// Plan `sql` for the caller (with `params` bound to `$1`, `$2`, …): DDL and `COPY` run
     /// now, a query when fetched. The handle is good for one fetch, until the deadline.
     pub async fn plan(&self, sql: &str, params: Option<Vec<ScalarValue>>, creds: &Credentials) -> Result<Planned> {
@@ -238,67 +302,51 @@ impl SqlEngine {
         let handle = uuid::Uuid::now_v7().simple().to_string();
         let (key, session) = self.session(creds)?;
         let statement = Self::parse(sql)?;
-        if let Statement::CreateExternalTable(create) = &statement {
-            // A clear refusal before anything is read (the stores refuse reads too).
-            for location in &create.locations {
-                self.scorer.storage().locate(location, "LOCATION")?;
-            }
-        }
-        if let Statement::Statement(s) = &statement {
-            if matches!(
-                **s,
-                datafusion::sql::sqlparser::ast::Statement::Insert(_)
-                    | datafusion::sql::sqlparser::ast::Statement::Update { .. }
-                    | datafusion::sql::sqlparser::ast::Statement::Delete(_)
-            ) {
-                return Err(ScoreError::Unimplemented(
-                    "SQL writes go through COPY (SELECT …) TO '<prefix>' STORED AS PARQUET, which commits \
-                     Parquet parts and a manifest; INSERT, UPDATE and DELETE are not supported"
-                        .into(),
-                ));
-            }
-        }
-        let models = self.models(sql, creds).await?;
-        let ctx = self.query_context(&session, models.clone())?;
+        self.check_statement(&statement)?;
         let cancel = CancellationToken::new();
-        lock(&self.running)?.insert(handle.clone(), cancel.clone());
-        let planned = async {
-            let output = match statement {
-                Statement::CopyTo(copy) => {
-                    Output::Done(self.copy(&ctx, copy, params, &models, deadline, cancel.clone()).await?)
+        let entry = Registered::new(self.running.clone(), &handle, &key, cancel.clone())?;
+        let models =
+            tokio::time::timeout_at(deadline, self.models(sql, creds)).await.map_err(|_| self.deadline_error())??;
+        let ctx = self.query_context(&session, models.clone())?;
+        let output = match statement {
+            Statement::CopyTo(copy) => {
+                // In its own task, with the deadline and cancels handled inside it: a client
+                // that goes away mid-COPY (which drops this call) cancels it through the
+                // guard, and the task removes its parts rather than stopping mid-write.
+                let guard = cancel.clone().drop_guard();
+                let task = tokio::spawn(copy_to(CopyJob {
+                    scorer: self.scorer.clone(),
+                    ctx,
+                    copy,
+                    params,
+                    models,
+                    deadline,
+                    cancel: cancel.clone(),
+                    timeout: self.deadline_error(),
+                }));
+                let out = task.await??;
+                guard.disarm();
+                Output::Done(out)
+            }
+            _ => {
+                // Planning reads files (schemas, footers): guarded like the Flight path's reads.
+                let planned = AssertUnwindSafe(Self::frame(&ctx, sql, params)).catch_unwind();
+                let df = tokio::select! {
+                    df = planned => df.unwrap_or_else(|p| Err(panicked(p)))?,
+                    _ = tokio::time::sleep_until(deadline) => return Err(self.deadline_error()),
+                    _ = cancel.cancelled() => return Err(ScoreError::Cancelled("the query was cancelled".into())),
+                };
+                // DDL has run by now and has no rows to give.
+                if matches!(df.logical_plan(), LogicalPlan::EmptyRelation(_)) && df.schema().fields().is_empty() {
+                    Output::Done(RecordBatch::new_empty(Arc::new(Schema::empty())))
+                } else {
+                    Output::Query(df)
                 }
-                _ => {
-                    let df = ctx.sql_with_options(sql, Self::options()).await?;
-                    let df = match params {
-                        Some(p) => df.with_param_values(p)?,
-                        None => df,
-                    };
-                    // DDL has run by now and has no rows to give.
-                    if matches!(df.logical_plan(), LogicalPlan::EmptyRelation(_)) && df.schema().fields().is_empty() {
-                        Output::Done(RecordBatch::new_empty(Arc::new(Schema::empty())))
-                    } else {
-                        Output::Query(df)
-                    }
-                }
-            };
-            Ok::<_, ScoreError>(output)
-        };
-        let output = tokio::select! {
-            out = planned => out,
-            _ = tokio::time::sleep_until(deadline) => Err(self.deadline_error()),
-        };
-        let output = match output {
-            Ok(o) => o,
-            Err(e) => {
-                lock(&self.running)?.remove(&handle);
-                return Err(e);
             }
         };
-        let parked = self.park(handle.clone(), output, deadline, key);
-        if parked.is_err() {
-            lock(&self.running)?.remove(&handle);
-        }
-        parked
+        let planned = self.park(handle, output, deadline, key)?;
+        entry.keep();
+        Ok(planned)
     }
 
     /// Keep a planned statement for its fetch.
@@ -309,7 +357,14 @@ impl SqlEngine {
         };
         let mut pending = lock(&self.pending)?;
         let now = tokio::time::Instant::now();
-        pending.retain(|_, p| p.deadline > now);
+        let expired: Vec<String> = pending.iter().filter(|(_, p)| p.deadline <= now).map(|(h, _)| h.clone()).collect();
+        if !expired.is_empty() {
+            let mut running = lock(&self.running)?;
+            for handle in &expired {
+                pending.remove(handle);
+                running.remove(handle);
+            }
+        }
         if pending.len() >= MAX_PENDING {
             return Err(ScoreError::ResourceExhausted(format!(
                 "{MAX_PENDING} SQL statements are planned and not fetched on this worker: fetch or cancel them"
@@ -338,6 +393,7 @@ impl SqlEngine {
     /// who planned it, within the query's deadline and a concurrency slot.
     pub fn fetch(&self, handle: &str, creds: &Credentials) -> Result<(SchemaRef, BatchStream)> {
         let (key, _) = self.session(creds)?;
+        let slot = self.slot()?;
         let pending = {
             let mut all = lock(&self.pending)?;
             match all.get(handle) {
@@ -351,8 +407,9 @@ impl SqlEngine {
                  within sql.query_timeout"
             )));
         };
-        let cancel = lock(&self.running)?.remove(handle).unwrap_or_default();
-        let slot = self.slot()?;
+        // The statement's entry (for CancelFlightInfo) lives as long as its stream.
+        let cancel = CancellationToken::new();
+        let entry = Registered::new(self.running.clone(), handle, &key, cancel.clone())?;
         let schema = pending.schema.clone();
         let batches: BatchStream = match pending.output {
             Output::Done(batch) => futures::stream::iter([Ok(batch)]).boxed(),
@@ -364,150 +421,92 @@ impl SqlEngine {
                 .flatten()
                 .boxed(),
         };
-        Ok((schema, self.limited(batches, pending.deadline, slot, cancel)))
+        // A reader that panics on a malformed file ends this query, not the worker.
+        let batches =
+            AssertUnwindSafe(batches).catch_unwind().map(|item| item.unwrap_or_else(|p| Err(panicked(p)))).boxed();
+        Ok((schema, self.limited(batches, pending.deadline, (slot, entry), cancel)))
     }
 
-    /// `batches` until the deadline or a cancel, holding the query's slot until it ends or
-    /// the client goes away (which drops it, and with it the query).
+    /// `batches` until the deadline or a cancel, holding the query's slot (and its entry
+    /// for `CancelFlightInfo`) until it ends or the client goes away (which drops it, and
+    /// with it the query).
     fn limited(
         &self,
         batches: BatchStream,
         deadline: tokio::time::Instant,
-        slot: OwnedSemaphorePermit,
+        held: (OwnedSemaphorePermit, Registered),
         cancel: CancellationToken,
     ) -> BatchStream {
         let timeout = self.deadline_error();
         let sleep = Box::pin(tokio::time::sleep_until(deadline));
-        futures::stream::unfold(Some((batches, sleep, slot, cancel, timeout)), |state| async move {
-            let (mut batches, mut sleep, slot, cancel, timeout) = state?;
+        futures::stream::unfold(Some((batches, sleep, held, cancel, timeout)), |state| async move {
+            let (mut batches, mut sleep, held, cancel, timeout) = state?;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Some((Err(ScoreError::Cancelled("the query was cancelled".into())), None)),
                 _ = &mut sleep => Some((Err(timeout), None)),
-                item = batches.next() => item.map(|i| (i, Some((batches, sleep, slot, cancel, timeout)))),
+                item = batches.next() => item.map(|i| (i, Some((batches, sleep, held, cancel, timeout)))),
             }
         })
         .boxed()
     }
 
-    /// Cancel a statement being planned or streamed; whether there was one.
-    pub fn cancel(&self, handle: &str) -> Result<bool> {
-        let pending = lock(&self.pending)?.remove(handle).is_some();
-        let running = lock(&self.running)?.remove(handle);
-        if let Some(token) = &running {
-            token.cancel();
-        }
-        Ok(pending || running.is_some())
-    }
-
-    /// `COPY (query) TO 'prefix' STORED AS PARQUET`: the query's rows written as Parquet
-    /// parts under the prefix, then the manifest, recording the statement's model; on any
-    /// error, cancel or timeout the parts are removed and no manifest is written.
-    async fn copy(
-        &self,
-        ctx: &SessionContext,
-        copy: CopyToStatement,
-        params: Option<Vec<ScalarValue>>,
-        models: &HashMap<String, ResolvedModel>,
-        deadline: tokio::time::Instant,
-        cancel: CancellationToken,
-    ) -> Result<RecordBatch> {
-        if let Some(format) = copy.stored_as.as_deref().filter(|f| !f.eq_ignore_ascii_case("parquet")) {
-            return Err(ScoreError::Unimplemented(format!(
-                "COPY writes Parquet through lakescore's commit protocol: STORED AS {format} is not supported"
-            )));
-        }
-        if !copy.partitioned_by.is_empty() || !copy.options.is_empty() {
-            return Err(ScoreError::Unimplemented(
-                "COPY … TO takes no PARTITIONED BY or OPTIONS here: parts are sized by the worker's \
-                 max_rows_per_file and row_group_rows"
-                    .into(),
-            ));
-        }
-        let out = self.scorer.storage().locate(&copy.target, "COPY target")?;
-        let source = match &copy.source {
-            CopyToSource::Relation(name) => format!("SELECT * FROM {name}"),
-            CopyToSource::Query(query) => query.to_string(),
-        };
-        let df = ctx.sql_with_options(&source, Self::options()).await?;
-        let df = match params {
-            Some(p) => df.with_param_values(p)?,
-            None => df,
-        };
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut lineage = vec![("lakescore.sql".to_string(), source.clone())];
-        let mut used: Vec<&ResolvedModel> = models.values().collect();
-        used.sort_by(|a, b| a.reference.cmp(&b.reference));
-        for m in &used {
-            lineage.push((format!("lakescore.sql.model.{}", m.reference), m.version.pinned_reference()));
-        }
-        let config = self.scorer.config();
-        let job_id = uuid::Uuid::now_v7().simple().to_string();
-        let mut writer =
-            JobWriter::new(out, job_id, schema, config.max_rows_per_file, config.row_group_rows).with_metadata(lineage);
-        let mut stream = df.execute_stream().await?;
-        let sleep = tokio::time::sleep_until(deadline);
-        tokio::pin!(sleep);
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => Some(Err(ScoreError::Cancelled("the COPY was cancelled; its partial output was removed".into()))),
-                _ = &mut sleep => Some(Err(self.deadline_error())),
-                b = stream.next() => b.map(|b| b.map_err(ScoreError::from)),
-            };
-            let Some(batch) = next else { break };
-            let written = match batch {
-                Ok(b) => writer.write(&b).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
-                writer.abort().await;
-                return Err(e);
+    /// Cancel the caller's statement being planned, waiting or streamed; whether there was one.
+    pub fn cancel(&self, handle: &str, creds: &Credentials) -> Result<bool> {
+        let (key, _) = self.session(creds)?;
+        let pending = {
+            let mut all = lock(&self.pending)?;
+            match all.get(handle) {
+                Some(p) if p.session == key => all.remove(handle).is_some(),
+                _ => false,
             }
-        }
-        // The manifest names the statement's model (the first by reference when it has
-        // several; all of them are in every part's footer).
-        let model = match used.first() {
-            Some(m) => m.manifest_model(),
-            None => ManifestModel {
-                reference: String::new(),
-                name: String::new(),
-                version: 0,
-                sha256: String::new(),
-                engine: "sql".into(),
-            },
         };
-        let summary = writer.finish(&model).await?;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("count", DataType::UInt64, false),
-            Field::new("manifest", DataType::Utf8, false),
-        ]));
-        Ok(RecordBatch::try_new(
-            schema,
-            vec![Arc::new(UInt64Array::from(vec![summary.rows])), Arc::new(StringArray::from(vec![summary.manifest]))],
-        )?)
+        let running = match lock(&self.running)?.get(handle) {
+            Some((owner, token)) if *owner == key => {
+                token.cancel();
+                true
+            }
+            _ => false,
+        };
+        Ok(pending || running)
     }
 
     /// Prepare `sql`: its result schema and parameter types, and a handle that executions
     /// (with parameters bound) use.
     pub async fn prepare(&self, sql: &str, creds: &Credentials) -> Result<(String, SchemaRef, Option<SchemaRef>)> {
         let (_, session) = self.session(creds)?;
-        let statement = Self::parse(sql)?;
+        let (schema, params) = self.describe(sql, creds).await?;
         let handle = uuid::Uuid::now_v7().simple().to_string();
-        let (schema, params) = match statement {
-            Statement::Statement(_) | Statement::Explain(_) => {
-                let models = self.models(sql, creds).await?;
-                let ctx = self.query_context(&session, models)?;
-                let plan = ctx.state().create_logical_plan(sql).await?;
-                let types = plan.get_parameter_types()?;
-                let params = parameter_schema(types);
-                (Arc::new(plan.schema().as_arrow().clone()), params)
-            }
-            _ => (Arc::new(Schema::empty()), None),
-        };
         let mut prepared = lock(&session.prepared)?;
+        if prepared.len() >= MAX_PREPARED {
+            return Err(ScoreError::ResourceExhausted(format!(
+                "{MAX_PREPARED} prepared statements are open in this session: close some"
+            )));
+        }
         prepared.insert(handle.clone(), Prepared { sql: sql.to_string(), params: None });
         Ok((handle, schema, params))
+    }
+
+    /// The result schema and parameter types of `sql`, planned but not run (nothing is
+    /// created, copied or scored): for prepared statements and `GetSchema`.
+    pub async fn describe(&self, sql: &str, creds: &Credentials) -> Result<(SchemaRef, Option<SchemaRef>)> {
+        let _slot = self.slot()?;
+        let deadline = tokio::time::Instant::now() + self.config.query_timeout;
+        let (_, session) = self.session(creds)?;
+        let statement = Self::parse(sql)?;
+        self.check_statement(&statement)?;
+        if !matches!(statement, Statement::Statement(_) | Statement::Explain(_)) {
+            return Ok((Arc::new(Schema::empty()), None));
+        }
+        let work = async {
+            let models = self.models(sql, creds).await?;
+            let ctx = self.query_context(&session, models)?;
+            let plan = ctx.state().create_logical_plan(sql).await?;
+            Self::options().verify_plan(&plan)?;
+            let params = parameter_schema(plan.get_parameter_types()?);
+            Ok::<_, ScoreError>((Arc::new(plan.schema().as_arrow().clone()) as SchemaRef, params))
+        };
+        tokio::time::timeout_at(deadline, work).await.map_err(|_| self.deadline_error())?
     }
 
     /// Bind parameters (one row) to a prepared statement.
@@ -537,6 +536,13 @@ impl SqlEngine {
         self.plan(&statement.sql, statement.params, creds).await
     }
 
+    /// The text of a prepared statement.
+    fn prepared_sql(&self, handle: &str, creds: &Credentials) -> Result<String> {
+        let (_, session) = self.session(creds)?;
+        let prepared = lock(&session.prepared)?;
+        Ok(prepared.get(handle).ok_or_else(|| unknown_prepared(handle))?.sql.clone())
+    }
+
     /// Close a prepared statement.
     pub fn close_prepared(&self, handle: &str, creds: &Credentials) -> Result<()> {
         let (_, session) = self.session(creds)?;
@@ -548,6 +554,150 @@ impl SqlEngine {
     pub(crate) fn catalog(&self, creds: &Credentials) -> Result<SessionContext> {
         Ok(self.session(creds)?.1.ctx.clone())
     }
+}
+
+/// `COPY (query) TO 'prefix' STORED AS PARQUET`: the query's rows written as Parquet
+/// parts under the prefix, then the manifest, recording the statement's model; on any
+/// error, cancel or timeout the parts are removed and no manifest is written.
+async fn copy_to(job: CopyJob) -> Result<RecordBatch> {
+    let CopyJob { scorer, ctx, copy, params, models, deadline, cancel, timeout } = job;
+    if let Some(format) = copy.stored_as.as_deref().filter(|f| !f.eq_ignore_ascii_case("parquet")) {
+        return Err(ScoreError::Unimplemented(format!(
+            "COPY writes Parquet through lakescore's commit protocol: STORED AS {format} is not supported"
+        )));
+    }
+    if !copy.partitioned_by.is_empty() || !copy.options.is_empty() {
+        return Err(ScoreError::Unimplemented(
+            "COPY … TO takes no PARTITIONED BY or OPTIONS here: parts are sized by the worker's \
+             max_rows_per_file and row_group_rows"
+                .into(),
+        ));
+    }
+    let out = scorer.storage().locate(&copy.target, "COPY target")?;
+    let source = match &copy.source {
+        CopyToSource::Relation(name) => format!("SELECT * FROM {name}"),
+        CopyToSource::Query(query) => query.to_string(),
+    };
+    let df = tokio::time::timeout_at(deadline, SqlEngine::frame(&ctx, &source, params))
+        .await
+        .map_err(|_| timeout.clone())??;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut lineage = vec![("lakescore.sql".to_string(), source.clone())];
+    let mut used: Vec<&ResolvedModel> = models.values().collect();
+    used.sort_by(|a, b| a.reference.cmp(&b.reference));
+    for m in &used {
+        lineage.push((format!("lakescore.sql.model.{}", m.reference), m.version.pinned_reference()));
+    }
+    let config = scorer.config();
+    let job_id = uuid::Uuid::now_v7().simple().to_string();
+    let mut writer =
+        JobWriter::new(out, job_id, schema, config.max_rows_per_file, config.row_group_rows).with_metadata(lineage);
+    let mut stream = df.execute_stream().await?;
+    let sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(sleep);
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Some(Err(ScoreError::Cancelled("the COPY was cancelled; its partial output was removed".into()))),
+            _ = &mut sleep => Some(Err(timeout.clone())),
+            b = stream.next() => b.map(|b| b.map_err(ScoreError::from)),
+        };
+        let Some(batch) = next else { break };
+        let written = match batch {
+            Ok(b) => writer.write(&b).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            writer.abort().await;
+            return Err(e);
+        }
+    }
+    // Nothing commits once the query is cancelled or out of time.
+    if cancel.is_cancelled() || tokio::time::Instant::now() >= deadline {
+        writer.abort().await;
+        return Err(if cancel.is_cancelled() {
+            ScoreError::Cancelled("the COPY was cancelled; its partial output was removed".into())
+        } else {
+            timeout
+        });
+    }
+    // The manifest names the statement's model (the first by reference when it has
+    // several; all of them are in every part's footer).
+    let model = match used.first() {
+        Some(m) => m.manifest_model(),
+        None => ManifestModel {
+            reference: String::new(),
+            name: String::new(),
+            version: 0,
+            sha256: String::new(),
+            engine: "sql".into(),
+        },
+    };
+    let summary = writer.finish(&model).await?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("count", DataType::UInt64, false),
+        Field::new("manifest", DataType::Utf8, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(UInt64Array::from(vec![summary.rows])), Arc::new(StringArray::from(vec![summary.manifest]))],
+    )?)
+}
+
+/// One `COPY`, with what it needs to run in its own task.
+struct CopyJob {
+    scorer: Arc<Scorer>,
+    ctx: SessionContext,
+    copy: CopyToStatement,
+    params: Option<Vec<ScalarValue>>,
+    models: Arc<HashMap<String, ResolvedModel>>,
+    deadline: tokio::time::Instant,
+    cancel: CancellationToken,
+    /// The error to end with at the deadline.
+    timeout: ScoreError,
+}
+
+/// The engine's running statements: handle → (session, cancel token).
+type Running = Arc<Mutex<HashMap<String, (String, CancellationToken)>>>;
+
+/// A statement's entry in the engine's running map, removed when this is dropped (the
+/// planning call ends, or its stream does) unless [`Registered::keep`] hands it on.
+struct Registered {
+    running: Option<Running>,
+    handle: String,
+}
+
+impl Registered {
+    fn new(running: Running, handle: &str, session: &str, cancel: CancellationToken) -> Result<Self> {
+        lock(&running)?.insert(handle.to_string(), (session.to_string(), cancel));
+        Ok(Self { running: Some(running), handle: handle.to_string() })
+    }
+
+    /// Leave the entry in place: the statement waits for its fetch (expired with it).
+    fn keep(mut self) {
+        self.running = None;
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            if let Ok(mut running) = running.lock() {
+                running.remove(&self.handle);
+            }
+        }
+    }
+}
+
+/// A panic inside a query (a reader meeting a file it cannot handle) as the query's error.
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> ScoreError {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a SQL query panicked");
+    ScoreError::Internal(format!("the query failed inside the worker: {what}"))
 }
 
 fn unknown_prepared(handle: &str) -> ScoreError {

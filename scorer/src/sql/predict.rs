@@ -195,8 +195,15 @@ impl ScalarUDFImpl for Predict {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
+        // Inference is CPU-bound and runs on the query's thread: on the worker's
+        // multi-threaded runtime, tell tokio first, so that other calls' tasks move to
+        // other threads meanwhile (Flight scoring uses blocking threads for the same reason).
+        let run = || score_chunk(&model.handle, &plan, &batch);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let scored = if multi_thread { tokio::task::block_in_place(run) } else { run() };
         let scored =
-            score_chunk(&model.handle, &plan, &batch).map_err(|e| {
+            scored.map_err(|e| {
                 external(e.context(format!(
                     "predict('{}') = {}:{}",
                     model.reference, model.version.model, model.version.version
