@@ -40,7 +40,7 @@ def sql_predict(server: Server, sql: str) -> tuple[float, pa.Table]:
     import adbc_driver_flightsql.dbapi as adbc
 
     start = time.perf_counter()
-    with adbc.connect(server.flight) as conn, conn.cursor() as cur:
+    with adbc.connect(server.flight, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute(sql)
         table = cur.fetch_arrow_table()
     return time.perf_counter() - start, table
@@ -55,18 +55,20 @@ def duckdb_udf(path: Path, model: Path, threads: int) -> tuple[float, np.ndarray
     sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
 
-    def predict(*cols: pa.Array) -> pa.Array:
+    def predict_columns(cols: list[pa.Array]) -> pa.Array:
         x = np.column_stack([c.to_numpy(zero_copy_only=False) for c in cols]).astype(np.float32, copy=False)
         return pa.array(sess.run(None, {name: x})[0].astype(np.int64))
+
+    # DuckDB wants one named parameter per argument.
+    args = ", ".join(FEATURES)
+    predict = eval(f"lambda {args}: predict_columns([{args}])", {"predict_columns": predict_columns})
 
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
     con.create_function("predict", predict, [FLOAT] * len(FEATURES), BIGINT, type="arrow")
     start = time.perf_counter()
-    labels = con.execute(f"SELECT predict({', '.join(FEATURES)}) AS label FROM read_parquet('{path}')").arrow()
+    labels = con.sql(f"SELECT predict({args}) AS label FROM read_parquet('{path}')").to_arrow_table()
     elapsed = time.perf_counter() - start
-    if isinstance(labels, pa.RecordBatchReader):
-        labels = labels.read_all()
     return elapsed, labels.column("label").to_numpy()
 
 
