@@ -12,9 +12,9 @@
 
 use arrow_flight::FlightData;
 use futures::StreamExt;
+use lakescore_scorer::engine::probe::{OutputShape, ResolvedOutput};
 use lakescore_scorer::engine::{ElemType, IoInfo, OutputValue, Tensor, TensorData, ValueType};
 use lakescore_scorer::flight_input::FlightInput;
-use lakescore_scorer::engine::probe::{OutputShape, ResolvedOutput};
 use lakescore_scorer::mapping::{PlanOptions, ScorePlan};
 use lakescore_scorer::proto::ScoreCommand;
 use libfuzzer_sys::fuzz_target;

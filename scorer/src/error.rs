@@ -247,12 +247,14 @@ impl From<ScoreError> for arrow_flight::error::FlightError {
     }
 }
 
+#[cfg(feature = "sql")]
 impl From<datafusion::error::DataFusionError> for ScoreError {
     fn from(err: datafusion::error::DataFusionError) -> Self {
         Self::from_datafusion(&err)
     }
 }
 
+#[cfg(feature = "sql")]
 impl ScoreError {
     /// A DataFusion error as the worker's own: errors the worker raised inside a query
     /// (`predict`, the storage roots) keep their code; the planner's are the query's fault.
@@ -305,7 +307,10 @@ impl ScoreError {
             other => ScoreError::Unavailable(other.to_string()),
         }
     }
+}
 
+impl ScoreError {
+    /// An Arrow error as the worker's own: one the worker raised keeps its code.
     fn from_arrow_ref(err: &arrow::error::ArrowError) -> Self {
         use arrow::error::ArrowError as A;
         match err {
@@ -322,6 +327,7 @@ impl ScoreError {
     }
 }
 
+#[cfg(feature = "sql")]
 impl From<ScoreError> for datafusion::error::DataFusionError {
     fn from(err: ScoreError) -> Self {
         datafusion::error::DataFusionError::External(Box::new(err))

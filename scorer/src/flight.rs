@@ -32,7 +32,9 @@ use crate::flight_input::FlightInput;
 use crate::mapping::schema_from_model;
 use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::Credentials;
+#[cfg(feature = "sql")]
 use crate::sql::flight::{flight_sql_command, is_flight_sql_action};
+#[cfg(feature = "sql")]
 use crate::sql::SqlEngine;
 
 /// Flight action: score a dataset in storage, server-side.
@@ -51,6 +53,7 @@ pub struct ScorerService {
     scorer: Arc<Scorer>,
     validator: Option<Arc<dyn TokenValidator>>,
     /// Flight SQL on the same port (`None` when `sql.enabled` is off).
+    #[cfg(feature = "sql")]
     sql: Option<Arc<SqlEngine>>,
 }
 
@@ -75,10 +78,17 @@ pub trait TokenValidator: Send + Sync {
 impl ScorerService {
     /// A service over a scorer.
     pub fn new(scorer: Arc<Scorer>) -> Self {
+        #[cfg(feature = "sql")]
         let sql = scorer.config().sql.enabled.then(|| Arc::new(SqlEngine::new(scorer.clone())));
-        Self { scorer, validator: None, sql }
+        Self {
+            scorer,
+            validator: None,
+            #[cfg(feature = "sql")]
+            sql,
+        }
     }
 
+    #[cfg(feature = "sql")]
     fn sql(&self) -> Result<&SqlEngine> {
         self.sql.as_deref().ok_or_else(|| {
             ScoreError::Unimplemented("Flight SQL is turned off on this worker ([scorer.sql] enabled = false)".into())
@@ -288,7 +298,19 @@ struct Incoming {
 /// What a DoPut / DoExchange asks for.
 enum Call {
     Score(ScoreCommand),
+    #[cfg(feature = "sql")]
     Sql(arrow_flight::sql::Command),
+}
+
+impl Call {
+    /// From the first message's descriptor: a Flight SQL command, or a score command.
+    fn of(desc: Option<&FlightDescriptor>) -> Result<Self> {
+        #[cfg(feature = "sql")]
+        if let Some(sql) = desc.and_then(|d| flight_sql_command(&d.cmd)) {
+            return Ok(Call::Sql(sql?));
+        }
+        Ok(Call::Score(command_from_descriptor(desc)?))
+    }
 }
 
 impl Incoming {
@@ -301,11 +323,7 @@ impl Incoming {
             Ok(None) => return Ok(None),
             Err(status) => return Err(ScoreError::from_status(&status)),
         };
-        let sql = first.flight_descriptor.as_ref().and_then(|d| flight_sql_command(&d.cmd));
-        let call = match sql {
-            Some(cmd) => Call::Sql(cmd?),
-            None => Call::Score(command_from_descriptor(first.flight_descriptor.as_ref())?),
-        };
+        let call = Call::of(first.flight_descriptor.as_ref())?;
         let all = stream::once(async move { Ok(first) }).chain(stream.map_err(FlightError::from));
         Ok(Some(Self { call, input: FlightInput::new(all, max_batch_bytes), body }))
     }
@@ -334,6 +352,7 @@ impl Incoming {
 
 impl ScorerService {
     async fn flight_info(&self, desc: FlightDescriptor, creds: &Credentials) -> Result<FlightInfo> {
+        #[cfg(feature = "sql")]
         if let Some(sql) = flight_sql_command(&desc.cmd) {
             return self.sql()?.flight_info(sql?, desc, creds).await;
         }
@@ -461,6 +480,7 @@ impl FlightService for ScorerService {
     async fn poll_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
         let creds = self.authenticate(&request).await?;
         let descriptor = request.into_inner();
+        #[cfg(feature = "sql")]
         if flight_sql_command(&descriptor.cmd).is_some() {
             let info = self.flight_info(descriptor, &creds).await?;
             return Ok(Response::new(PollInfo { info: Some(info), progress: Some(1.0), ..Default::default() }));
@@ -500,6 +520,7 @@ impl FlightService for ScorerService {
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let creds = self.authenticate(&request).await?;
         let descriptor = request.into_inner();
+        #[cfg(feature = "sql")]
         if let Some(sql) = flight_sql_command(&descriptor.cmd) {
             // Planned, not run: GetSchema creates, copies and scores nothing.
             let schema = self.sql()?.schema(sql?, &creds).await?;
@@ -512,6 +533,7 @@ impl FlightService for ScorerService {
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let creds = self.authenticate(&request).await?;
         let ticket = request.into_inner().ticket;
+        #[cfg(feature = "sql")]
         if let Some(sql) = flight_sql_command(&ticket) {
             let (schema, batches) = self.sql()?.do_get(sql?, &creds).await?;
             return Ok(Response::new(encode(schema, IpcWriteOptions::default(), batches)));
@@ -539,6 +561,7 @@ impl FlightService for ScorerService {
         };
         let cmd = match &incoming.call {
             Call::Score(cmd) => cmd.clone(),
+            #[cfg(feature = "sql")]
             Call::Sql(sql) => {
                 let sql = sql.clone();
                 let app_metadata = self.sql()?.do_put(sql, incoming.input, &creds).await?;
@@ -573,10 +596,13 @@ impl FlightService for ScorerService {
         let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
             return Ok(Response::new(stream::empty().boxed()));
         };
-        let Call::Score(cmd) = &incoming.call else {
-            return Err(ScoreError::Unimplemented("Flight SQL commands are not taken by DoExchange".into()).into());
+        let cmd = match &incoming.call {
+            Call::Score(cmd) => cmd.clone(),
+            #[cfg(feature = "sql")]
+            Call::Sql(_) => {
+                return Err(ScoreError::Unimplemented("Flight SQL commands are not taken by DoExchange".into()).into())
+            }
         };
-        let cmd = cmd.clone();
         let options = result_options(&cmd)?;
         let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
         let Some(schema) = incoming.schema().await? else {
@@ -590,6 +616,7 @@ impl FlightService for ScorerService {
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let creds = self.authenticate(&request).await?;
         let action = request.into_inner();
+        #[cfg(feature = "sql")]
         if is_flight_sql_action(&action.r#type) {
             let result = self.sql()?.do_action(&action.r#type, &action.body, &creds).await?;
             let results: Vec<Result<arrow_flight::Result, Status>> =
@@ -623,6 +650,7 @@ impl FlightService for ScorerService {
             ACTION_CANCEL_FLIGHT_INFO => {
                 let request = arrow_flight::CancelFlightInfoRequest::decode(action.body)
                     .map_err(|e| ScoreError::InvalidArgument(format!("invalid CancelFlightInfoRequest: {e}")))?;
+                #[cfg(feature = "sql")]
                 if let Some(info) = request
                     .info
                     .as_ref()
@@ -665,7 +693,8 @@ impl FlightService for ScorerService {
     }
 
     async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
-        let actions = [
+        #[allow(unused_mut)]
+        let mut actions = vec![
             (
                 ACTION_SCORE_DATASET,
                 "Score the Parquet files at `input` and write enriched Parquet under `output` (body: ScoreCommand, protobuf or JSON). Returns {rows, files, bytes, job_id, manifest, ...}.",
@@ -679,6 +708,13 @@ impl FlightService for ScorerService {
                 "The result schema for an input schema (body: DescribeRequest or ScoreCommand). Returns JSON with input/output fields and output_schema_ipc (base64).",
             ),
             (
+                ACTION_CANCEL_FLIGHT_INFO,
+                "Stop a SQL statement, or a batch job running here (body: CancelFlightInfoRequest whose descriptor is the job's ScoreCommand); its partial output is removed.",
+            ),
+        ];
+        #[cfg(feature = "sql")]
+        actions.extend([
+            (
                 crate::sql::flight::ACTION_CREATE_PREPARED_STATEMENT,
                 "Flight SQL: prepare a statement (body: ActionCreatePreparedStatementRequest).",
             ),
@@ -686,11 +722,7 @@ impl FlightService for ScorerService {
                 crate::sql::flight::ACTION_CLOSE_PREPARED_STATEMENT,
                 "Flight SQL: close a prepared statement (body: ActionClosePreparedStatementRequest).",
             ),
-            (
-                ACTION_CANCEL_FLIGHT_INFO,
-                "Stop a SQL statement, or a batch job running here (body: CancelFlightInfoRequest whose descriptor is the job's ScoreCommand); its partial output is removed.",
-            ),
-        ];
+        ]);
         let items: Vec<Result<ActionType, Status>> = actions
             .into_iter()
             .map(|(t, d)| Ok(ActionType { r#type: t.to_string(), description: d.to_string() }))

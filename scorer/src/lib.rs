@@ -19,6 +19,7 @@ pub mod flight;
 pub mod scorer;
 pub mod server;
 pub mod source;
+#[cfg(feature = "sql")]
 pub mod sql;
 pub mod storage;
 
