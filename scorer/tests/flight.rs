@@ -153,7 +153,18 @@ async fn actions_describe_warm_list_and_handshake() {
     let worker = Worker::start().await;
     let mut client = worker.client().await;
     let types: Vec<String> = client.list_actions().await.unwrap().map_ok(|a| a.r#type).try_collect().await.unwrap();
-    assert_eq!(types, vec!["score-dataset", "warm", "describe", "CancelFlightInfo"]);
+    // lakescore's actions, then Flight SQL's on the same port.
+    assert_eq!(
+        types,
+        vec![
+            "score-dataset",
+            "warm",
+            "describe",
+            "CancelFlightInfo",
+            "CreatePreparedStatement",
+            "ClosePreparedStatement"
+        ]
+    );
 
     let warm = |body: Vec<u8>| Action::new("warm", body);
     let r: Vec<Bytes> = client.do_action(warm(b"logreg".to_vec())).await.unwrap().try_collect().await.unwrap();
