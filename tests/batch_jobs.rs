@@ -411,17 +411,8 @@ async fn batch_jobs_read_and_write_azure_blob_storage() {
     let data = tempfile::tempdir().expect("tempdir");
     let want = dataset(data.path());
     std::fs::remove_file(data.path().join("in/d.parquet")).expect("rm corrupt file");
-    // Azurite's development account (public, documented defaults) for the worker's stores.
     let config = data.path().join("lakescore.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[scorer]\nintra_op_threads = 1\n[scorer.storage_options]\nazure_storage_account_name = \"devstoreaccount1\"\n\
-             azure_storage_account_key = \"Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\"\n\
-             azure_storage_endpoint = \"{endpoint}\"\nazure_allow_http = \"true\"\n"
-        ),
-    )
-    .expect("config");
+    std::fs::write(&config, common::azurite_scorer_config(&endpoint)).expect("config");
     let s = tokio::task::block_in_place(|| {
         spawn_serve_env(data.path(), &["--config", config.to_str().expect("utf-8")], &[])
     });

@@ -62,6 +62,13 @@ fn key(b: &RecordBatch, i: usize, a: &str, c: &str) -> (u32, u32) {
     (f32s(b, a).value(i).to_bits(), f32s(b, c).value(i).to_bits())
 }
 
+/// onnxruntime's label for each of `model`'s rows, by the row's key (`a`, `b`).
+fn expected_labels(model: &str, a: &str, b: &str) -> HashMap<(u32, u32), i64> {
+    let rows = read_parquet(&models_dir().join(format!("{model}.rows.parquet")));
+    let expected = read_parquet(&models_dir().join(format!("{model}.expected.parquet")));
+    (0..rows.num_rows()).map(|i| (key(&rows, i, a, b), i64s(&expected, "output_label").value(i))).collect()
+}
+
 fn lake(root: &Path) -> std::path::PathBuf {
     let lake = root.join("lake");
     for model in ["logreg", "pipeline", "linreg"] {
@@ -141,12 +148,8 @@ async fn predict_over_lake_files_matches_onnxruntime() {
     )
     .await
     .expect("multi-input predict");
-    let rows = read_parquet(&models_dir().join("pipeline.rows.parquet"));
-    let expected = read_parquet(&models_dir().join("pipeline.expected.parquet"));
-    let want: HashMap<(u32, u32), i64> = (0..rows.num_rows())
-        .map(|i| (key(&rows, i, "age", "income"), i64s(&expected, "output_label").value(i)))
-        .collect();
-    assert_eq!(piped.num_rows(), rows.num_rows());
+    let want = expected_labels("pipeline", "age", "income");
+    assert_eq!(piped.num_rows(), want.len());
     for i in 0..piped.num_rows() {
         assert_eq!(i64s(&piped, "label").value(i), want[&key(&piped, i, "age", "income")], "pipeline row {i}");
     }
@@ -222,14 +225,10 @@ async fn predict_over_lake_files_matches_onnxruntime() {
     let part = manifest["files"][0]["path"].as_str().or(manifest["files"][0]["url"].as_str()).expect("a part");
     let part = lake.join("scored").join(Path::new(part).file_name().expect("file name"));
     let written = read_parquet(&part);
+    let want = expected_labels("logreg", "f0", "f1");
+    assert_eq!(written.num_rows(), want.len());
     for i in 0..written.num_rows() {
-        assert_eq!(i64s(&written, "label").value(i), want_label(&written, i), "written row {i}");
-    }
-    fn want_label(b: &RecordBatch, i: usize) -> i64 {
-        let rows = read_parquet(&models_dir().join("logreg.rows.parquet"));
-        let expected = read_parquet(&models_dir().join("logreg.expected.parquet"));
-        let at = (0..rows.num_rows()).find(|&r| key(&rows, r, "f0", "f1") == key(b, i, "f0", "f1")).expect("row");
-        i64s(&expected, "output_label").value(at)
+        assert_eq!(i64s(&written, "label").value(i), want[&key(&written, i, "f0", "f1")], "written row {i}");
     }
 
     // The catalog commands see the session's table.
@@ -415,17 +414,8 @@ async fn sql_reads_and_copies_to_azure_blob_storage() {
         .expect("LAKESCORE_TEST_AZURITE_BLOB is not set: run the tests with scripts/test, which starts Azurite");
     let root = tempfile::tempdir().expect("tempdir");
     let lake = lake(root.path());
-    // Azurite's development account (public, documented defaults).
     let config = root.path().join("lakescore.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[scorer]\nintra_op_threads = 1\n[scorer.storage_options]\nazure_storage_account_name = \"devstoreaccount1\"\n\
-             azure_storage_account_key = \"Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\"\n\
-             azure_storage_endpoint = \"{endpoint}\"\nazure_allow_http = \"true\"\n"
-        ),
-    )
-    .expect("config");
+    std::fs::write(&config, common::azurite_scorer_config(&endpoint)).expect("config");
     let s = common::spawn_serve(&root.path().join("data"), &["--config", config.to_str().expect("utf-8")]);
     common::register_champion(&s.url, None, "logreg", "logreg.onnx").await;
     let mut c = client(&s.flight, None).await;
@@ -444,11 +434,8 @@ async fn sql_reads_and_copies_to_azure_blob_storage() {
     let scored = query(&mut c, "SELECT f0, f1, predict('logreg@champion', f0, f1, f2, f3)['label'] AS label FROM tx")
         .await
         .expect("predict from azure");
-    let rows = read_parquet(&models_dir().join("logreg.rows.parquet"));
-    let expected = read_parquet(&models_dir().join("logreg.expected.parquet"));
-    let want: HashMap<(u32, u32), i64> =
-        (0..rows.num_rows()).map(|i| (key(&rows, i, "f0", "f1"), i64s(&expected, "output_label").value(i))).collect();
-    assert_eq!(scored.num_rows(), rows.num_rows());
+    let want = expected_labels("logreg", "f0", "f1");
+    assert_eq!(scored.num_rows(), want.len());
     for i in 0..scored.num_rows() {
         assert_eq!(i64s(&scored, "label").value(i), want[&key(&scored, i, "f0", "f1")], "row {i}");
     }
@@ -469,6 +456,6 @@ async fn sql_reads_and_copies_to_azure_blob_storage() {
         .expect("read back");
     let n = back.column(0).as_any().downcast_ref::<Int64Array>().expect("count").value(0);
     let sum = back.column(1).as_any().downcast_ref::<Int64Array>().expect("sum").value(0);
-    assert_eq!(n as usize, rows.num_rows());
+    assert_eq!(n as usize, want.len());
     assert_eq!(sum, want.values().sum::<i64>());
 }

@@ -318,6 +318,16 @@ pub fn spawn_lakescore(command: &str, data_dir: &Path, extra: &[&str], env: &[(&
     ServeProcess { child, url: url.unwrap_or_default(), flight: flight.unwrap_or_default(), logs }
 }
 
+/// A worker configuration (`[scorer]`, one inference thread) whose stores reach Azurite at
+/// `endpoint` with its development account (public, documented defaults).
+pub fn azurite_scorer_config(endpoint: &str) -> String {
+    format!(
+        "[scorer]\nintra_op_threads = 1\n[scorer.storage_options]\nazure_storage_account_name = \"devstoreaccount1\"\n\
+         azure_storage_account_key = \"Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==\"\n\
+         azure_storage_endpoint = \"{endpoint}\"\nazure_allow_http = \"true\"\n"
+    )
+}
+
 /// A Parquet file's rows as one record batch.
 pub fn read_parquet(path: &Path) -> arrow::record_batch::RecordBatch {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));

@@ -58,6 +58,18 @@ fn unsupported(cmd: &Command) -> ScoreError {
     ))
 }
 
+/// The catalog commands, answered from the session's catalog as one batch.
+fn is_catalog(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::CommandGetCatalogs(_)
+            | Command::CommandGetDbSchemas(_)
+            | Command::CommandGetTables(_)
+            | Command::CommandGetTableTypes(_)
+            | Command::CommandGetSqlInfo(_)
+    )
+}
+
 fn ticket_info(planned: &Planned, descriptor: FlightDescriptor) -> Result<FlightInfo> {
     let ticket = TicketStatementQuery { statement_handle: Bytes::from(planned.handle.clone().into_bytes()) };
     let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
@@ -157,11 +169,7 @@ impl SqlEngine {
             Command::CommandPreparedStatementQuery(p) => {
                 self.plan_prepared(&handle_text(&p.prepared_statement_handle, "prepared statement")?, creds).await?
             }
-            catalog @ (Command::CommandGetCatalogs(_)
-            | Command::CommandGetDbSchemas(_)
-            | Command::CommandGetTables(_)
-            | Command::CommandGetTableTypes(_)
-            | Command::CommandGetSqlInfo(_)) => {
+            catalog if is_catalog(&catalog) => {
                 let batch = self.catalog_batch(catalog, creds).await?;
                 self.ready(batch, creds)?
             }
@@ -178,11 +186,7 @@ impl SqlEngine {
                 let handle = handle_text(&p.prepared_statement_handle, "prepared statement")?;
                 Ok(self.describe(&self.prepared_sql(&handle, creds)?, creds).await?.0)
             }
-            catalog @ (Command::CommandGetCatalogs(_)
-            | Command::CommandGetDbSchemas(_)
-            | Command::CommandGetTables(_)
-            | Command::CommandGetTableTypes(_)
-            | Command::CommandGetSqlInfo(_)) => Ok(self.catalog_batch(catalog, creds).await?.schema()),
+            catalog if is_catalog(&catalog) => Ok(self.catalog_batch(catalog, creds).await?.schema()),
             other => Err(unsupported(&other)),
         }
     }
@@ -197,11 +201,7 @@ impl SqlEngine {
                     .await?;
                 self.fetch(&planned.handle, creds)
             }
-            catalog @ (Command::CommandGetCatalogs(_)
-            | Command::CommandGetDbSchemas(_)
-            | Command::CommandGetTables(_)
-            | Command::CommandGetTableTypes(_)
-            | Command::CommandGetSqlInfo(_)) => {
+            catalog if is_catalog(&catalog) => {
                 let batch = self.catalog_batch(catalog, creds).await?;
                 Ok((batch.schema(), futures::stream::iter([Ok(batch)]).boxed()))
             }
