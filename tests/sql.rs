@@ -1,7 +1,7 @@
 //! SQL `predict()` over lake files through the worker's Flight SQL, with arrow-flight's Rust
 //! Flight SQL client against `lakescore serve` as a real process: external tables and
 //! tables by URL inside the storage roots only, predictions equal to onnxruntime's,
-//! prepared statements with parameters, `COPY … TO` through the commit protocol, the
+//! prepared statements with parameters, `COPY … TO` and `INSERT INTO` through the commit protocol, the
 //! catalog commands, and the limits (memory, time, concurrency) ending a query with the
 //! right status while the worker keeps serving.
 
@@ -231,6 +231,61 @@ async fn predict_over_lake_files_matches_onnxruntime() {
         assert_eq!(i64s(&written, "label").value(i), want[&key(&written, i, "f0", "f1")], "written row {i}");
     }
 
+    // INSERT INTO an external Parquet table appends a commit: new parts, then the table's
+    // manifest extended with them (the COPY above made its first commit).
+    let committed = |manifest: &serde_json::Value| -> Vec<String> {
+        manifest["files"].as_array().expect("files").iter().map(|f| f["path"].as_str().expect("path").into()).collect()
+    };
+    let before = committed(&manifest);
+    query(
+        &mut c,
+        &format!(
+            "CREATE EXTERNAL TABLE scored (f0 FLOAT, f1 FLOAT, label BIGINT) STORED AS PARQUET \
+             LOCATION '{lake_url}/scored/'"
+        ),
+    )
+    .await
+    .expect("create scored");
+    let inserted = query(
+        &mut c,
+        "INSERT INTO scored SELECT f0, f1, predict('logreg@champion', f0, f1, f2, f3)['label'] FROM tx WHERE f0 > 0",
+    )
+    .await
+    .expect("insert");
+    let positive = f32s(&rows, "f0").iter().filter(|v| v.is_some_and(|v| v > 0.0)).count();
+    let count = inserted.column_by_name("count").expect("count").as_any().downcast_ref::<UInt64Array>().expect("u64");
+    assert_eq!(count.value(0) as usize, positive);
+    let read_manifest = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(lake.join("scored/_lakescore.json")).expect("manifest")).expect("json")
+    };
+    let appended = read_manifest();
+    let after = committed(&appended);
+    assert!(after.len() > before.len() && after.starts_with(&before), "{before:?} then {after:?}");
+    assert_eq!(appended["rows"], rows.num_rows() + positive, "{appended}");
+    let table = query(&mut c, "SELECT f0, f1, label FROM scored").await.expect("read scored");
+    assert_eq!(table.num_rows(), rows.num_rows() + positive, "the COPY's rows and the INSERT's");
+    for i in 0..table.num_rows() {
+        assert_eq!(i64s(&table, "label").value(i), want[&key(&table, i, "f0", "f1")], "table row {i}");
+    }
+    // A statement that fails leaves the table as it was: no part, the same manifest.
+    let parts = |dir: &Path| std::fs::read_dir(dir).expect("read_dir").count();
+    let (files_before, manifest_before) = (parts(&lake.join("scored")), read_manifest());
+    let err = query(&mut c, "INSERT INTO scored SELECT f0, f1, CAST(f2 AS BIGINT) / (CAST(f3 AS BIGINT) * 0) FROM tx")
+        .await
+        .expect_err("an insert that fails while it runs");
+    assert!(err.message().contains("ivide by zero"), "{err}");
+    let err = query(&mut c, "INSERT INTO scored SELECT f0 FROM tx").await.expect_err("too few columns");
+    assert!(err.message().to_lowercase().contains("column"), "{err}");
+    assert_eq!((parts(&lake.join("scored")), read_manifest()), (files_before, manifest_before));
+    // Only appends, and only to Parquet tables over a prefix.
+    query(&mut c, &format!("CREATE EXTERNAL TABLE one STORED AS PARQUET LOCATION '{lake_url}/logreg/part-0.parquet'"))
+        .await
+        .expect("create one");
+    for sql in ["INSERT INTO one SELECT * FROM tx", "INSERT OVERWRITE scored SELECT f0, f1, 1 FROM tx"] {
+        let err = query(&mut c, sql).await.expect_err(sql);
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{sql}: {err}");
+    }
+
     // The catalog commands see the session's table.
     let info = c.get_tables(CommandGetTables { include_schema: true, ..Default::default() }).await.expect("get tables");
     let tables: Vec<RecordBatch> = c
@@ -287,12 +342,12 @@ async fn predict_over_lake_files_matches_onnxruntime() {
         );
     }
     assert!(!root.path().join("outside/out").exists(), "nothing written outside the roots");
-    // No SQL writes but COPY; no SET that could lift the session's limits.
-    let err = query(&mut c, "INSERT INTO tx VALUES (1, 2, 3, 4)").await.expect_err("insert");
-    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
-    // Nor SET (it could lift the limits), views or in-memory tables (they would keep a
-    // query's resolved models, or its rows, past the query).
+    // Tables are appended to, never changed in place; no SET (it could lift the limits),
+    // views or in-memory tables (they would keep a query's resolved models, or its rows,
+    // past the query).
     for sql in [
+        "UPDATE tx SET f0 = 0",
+        "DELETE FROM tx",
         "SET datafusion.runtime.memory_limit = '100G'",
         "CREATE VIEW v AS SELECT predict('logreg@champion', f0, f1, f2, f3) AS p FROM tx",
         "CREATE TABLE copy AS SELECT * FROM tx",

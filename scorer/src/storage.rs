@@ -15,7 +15,7 @@ use futures::{FutureExt, TryFutureExt, TryStreamExt};
 use lakescore_core::store::{open_store, path_in_store, StoreOptions};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::AsyncArrowWriter;
@@ -306,6 +306,11 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
+/// `name type, …` for an error message.
+fn describe_fields(fields: &[SchemaField]) -> String {
+    fields.iter().map(|f| format!("{} {}", f.name, f.ty)).collect::<Vec<_>>().join(", ")
+}
+
 /// Validate a client-supplied job id: `[A-Za-z0-9_-]{1,64}`.
 pub fn valid_job_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -384,7 +389,7 @@ pub struct OutputSummary {
     pub sha256: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize, PartialEq, Eq)]
 struct SchemaField {
     name: String,
     #[serde(rename = "type")]
@@ -403,6 +408,22 @@ struct Manifest<'a> {
     files: &'a [WrittenFile],
     schema: Vec<SchemaField>,
 }
+
+/// What an append reads back from the manifest it extends.
+#[derive(serde::Deserialize)]
+struct CommittedManifest {
+    files: Vec<WrittenFile>,
+    schema: Vec<SchemaField>,
+}
+
+/// A worker's appends run one at a time: on stores without conditional writes (local
+/// files; S3 configured without them) this is what keeps two appends from losing each
+/// other's files. Stores with them (S3, Azure, GCS) also refuse a manifest another worker
+/// changed since it was read, and the append reads it again.
+static APPENDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Tries at an append whose manifest keeps changing under it.
+const APPEND_ATTEMPTS: usize = 8;
 
 /// Writes enriched batches as Parquet files under an output prefix; see the module docs.
 pub struct JobWriter {
@@ -568,47 +589,44 @@ impl JobWriter {
 
     /// Close the data files, then write the manifest (last). An output with no rows still
     /// gets one (empty) data file so that readers see the schema.
-    pub async fn finish(mut self, model: &ManifestModel) -> Result<OutputSummary> {
-        let result = self.finish_inner(model).await;
+    pub async fn finish(self, model: &ManifestModel) -> Result<OutputSummary> {
+        self.commit(model, false).await
+    }
+
+    /// Close the data files, then commit them as an append to the prefix (SQL's
+    /// `INSERT INTO`): the manifest written last lists the files committed there before
+    /// and these, and must record the same schema. The summary counts this append's rows
+    /// and files.
+    pub async fn append(self, model: &ManifestModel) -> Result<OutputSummary> {
+        self.commit(model, true).await
+    }
+
+    async fn commit(mut self, model: &ManifestModel, append: bool) -> Result<OutputSummary> {
+        let result = self.finish_inner(model, append).await;
         if result.is_err() {
             self.abort().await;
         }
         result
     }
 
-    async fn finish_inner(&mut self, model: &ManifestModel) -> Result<OutputSummary> {
+    async fn finish_inner(&mut self, model: &ManifestModel, append: bool) -> Result<OutputSummary> {
         if self.done.is_empty() && self.current.is_none() {
             self.open().await?;
         }
         self.close_current().await?;
         let rows: u64 = self.done.iter().map(|f| f.rows).sum();
         let bytes: u64 = self.done.iter().map(|f| f.bytes).sum();
-        let manifest = Manifest {
-            format: 1,
-            job_id: &self.job_id,
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            model,
-            rows,
-            bytes,
-            files: &self.done,
-            schema: self
-                .schema
-                .fields()
-                .iter()
-                .map(|f| SchemaField {
-                    name: f.name().clone(),
-                    ty: f.data_type().to_string(),
-                    nullable: f.is_nullable(),
-                })
-                .collect(),
-        };
-        let body = serde_json::to_vec_pretty(&manifest).map_err(ScoreError::internal)?;
         let path = self.child(MANIFEST_NAME);
-        self.loc
-            .store
-            .put(&path, PutPayload::from(body))
-            .await
-            .map_err(|e| ScoreError::from_store(e, format!("writing the manifest under {}", self.loc.url)))?;
+        if append {
+            self.put_appended_manifest(model, &path).await?;
+        } else {
+            let body = self.manifest_body(model, &[])?;
+            self.loc
+                .store
+                .put(&path, PutPayload::from(body))
+                .await
+                .map_err(|e| ScoreError::from_store(e, format!("writing the manifest under {}", self.loc.url)))?;
+        }
         Ok(OutputSummary {
             rows,
             files: self.done.iter().map(|f| f.url.clone()).collect(),
@@ -619,6 +637,79 @@ impl JobWriter {
             version: model.version,
             sha256: model.sha256.clone(),
         })
+    }
+
+    fn schema_fields(&self) -> Vec<SchemaField> {
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| SchemaField { name: f.name().clone(), ty: f.data_type().to_string(), nullable: f.is_nullable() })
+            .collect()
+    }
+
+    /// The manifest for the files written, after `earlier` ones committed before them.
+    fn manifest_body(&self, model: &ManifestModel, earlier: &[WrittenFile]) -> Result<Vec<u8>> {
+        let files: Vec<WrittenFile> = earlier.iter().chain(&self.done).cloned().collect();
+        let manifest = Manifest {
+            format: 1,
+            job_id: &self.job_id,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            model,
+            rows: files.iter().map(|f| f.rows).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files: &files,
+            schema: self.schema_fields(),
+        };
+        serde_json::to_vec_pretty(&manifest).map_err(ScoreError::internal)
+    }
+
+    /// Read the prefix's manifest (if any), add this writer's files to it, and write it
+    /// back only if nobody changed it in between (see [`APPENDS`]).
+    async fn put_appended_manifest(&mut self, model: &ManifestModel, path: &Path) -> Result<()> {
+        let what = format!("the manifest under {}", self.loc.url);
+        let store = self.loc.store.clone();
+        let _one_at_a_time = APPENDS.lock().await;
+        for _ in 0..APPEND_ATTEMPTS {
+            let (earlier, mode) = match store.get(path).await {
+                Ok(got) => {
+                    let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+                    let body = got.bytes().await.map_err(|e| ScoreError::from_store(e, &what))?;
+                    let committed: CommittedManifest = serde_json::from_slice(&body).map_err(|e| {
+                        ScoreError::FailedPrecondition(format!("{what} is not a lakescore manifest: {e}"))
+                    })?;
+                    if committed
+                        .schema
+                        .iter()
+                        .map(|f| (&f.name, &f.ty))
+                        .ne(self.schema_fields().iter().map(|f| (&f.name, &f.ty)))
+                    {
+                        return Err(ScoreError::FailedPrecondition(format!(
+                            "{what} records other columns ({}) than the rows appended ({})",
+                            describe_fields(&committed.schema),
+                            describe_fields(&self.schema_fields())
+                        )));
+                    }
+                    (committed.files, PutMode::Update(version))
+                }
+                Err(object_store::Error::NotFound { .. }) => (Vec::new(), PutMode::Create),
+                Err(e) => return Err(ScoreError::from_store(e, &what)),
+            };
+            let body = PutPayload::from(self.manifest_body(model, &earlier)?);
+            match store.put_opts(path, body.clone(), mode.into()).await {
+                Ok(_) => return Ok(()),
+                // Another worker committed in between: read its manifest again.
+                Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => continue,
+                // No conditional writes on this store: the lock above is the guard.
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    store.put(path, body).await.map_err(|e| ScoreError::from_store(e, &what))?;
+                    return Ok(());
+                }
+                Err(e) => return Err(ScoreError::from_store(e, &what)),
+            }
+        }
+        Err(ScoreError::Unavailable(format!(
+            "{what} changed under {APPEND_ATTEMPTS} appends in a row: other writers keep committing there; try again"
+        )))
     }
 
     /// Give up: abort the open upload and delete the files already written. Best effort;
@@ -729,5 +820,51 @@ mod tests {
 
         let files = storage.list_parquet(&storage.locate(&out, "input").unwrap()).await.unwrap();
         assert_eq!(files.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn appends_extend_the_manifest_and_a_refused_one_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(&[], StoreOptions::default()).unwrap();
+        let out = format!("{}/table/", dir.path().display());
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..15))]).unwrap();
+        let model = ManifestModel {
+            reference: "m".into(),
+            name: "m".into(),
+            version: 1,
+            sha256: "x".into(),
+            engine: "sql".into(),
+        };
+        let manifest = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.path().join("table/_lakescore.json")).unwrap()).unwrap()
+        };
+        let paths = |m: &serde_json::Value| -> Vec<String> {
+            m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect()
+        };
+
+        // The first append creates the manifest, the second extends it.
+        for (job, files, rows) in [("a1", 2, 15), ("a2", 4, 30)] {
+            let mut w = JobWriter::new(storage.locate(&out, "output").unwrap(), job.into(), schema.clone(), 10, 4);
+            w.write(&batch).await.unwrap();
+            let summary = w.append(&model).await.unwrap();
+            assert_eq!((summary.rows, summary.files.len()), (15, 2), "{job} counts its own rows");
+            let m = manifest();
+            assert_eq!((paths(&m).len(), m["rows"].as_u64().unwrap()), (files, rows), "{m}");
+            assert_eq!(m["job_id"], job);
+        }
+        let committed = manifest();
+        assert_eq!(paths(&committed)[..2], ["part-a1-00000.parquet", "part-a1-00001.parquet"]);
+
+        // Other columns than the table's: refused, its parts removed, the manifest unchanged.
+        let other = Arc::new(Schema::new(vec![Field::new("b", DataType::Utf8, false)]));
+        let strings =
+            RecordBatch::try_new(other.clone(), vec![Arc::new(arrow::array::StringArray::from(vec!["x"]))]).unwrap();
+        let mut w = JobWriter::new(storage.locate(&out, "output").unwrap(), "a3".into(), other, 10, 4);
+        w.write(&strings).await.unwrap();
+        let err = w.append(&model).await.unwrap_err();
+        assert!(matches!(&err, ScoreError::FailedPrecondition(m) if m.contains("b Utf8")), "{err}");
+        assert_eq!(manifest(), committed);
+        assert!(!dir.path().join("table/part-a3-00000.parquet").exists());
     }
 }

@@ -51,7 +51,7 @@ def logreg(auth_server: Proc, issuer: Issuer, models: Path) -> str:
     return f"{name}@champion"
 
 
-def test_adbc_dbapi_predict_prepare_objects_and_copy(
+def test_adbc_dbapi_predict_prepare_objects_copy_and_insert(
     auth_server: Proc, issuer: Issuer, lake: Path, logreg: str, models: Path
 ) -> None:
     rows = pq.read_table(models / "logreg.rows.parquet")
@@ -93,11 +93,24 @@ def test_adbc_dbapi_predict_prepare_objects_and_copy(
             f"TO 'file://{lake}/scored/' STORED AS PARQUET"
         )
         assert cur.fetch_arrow_table()["count"][0].as_py() == rows.num_rows
+        first = json.loads((lake / "scored" / "_lakescore.json").read_text())
+        assert first["model"]["version"] == 1 and first["rows"] == rows.num_rows
+
+        # INSERT INTO an external table over the same prefix appends a second commit.
+        cur.execute(
+            "CREATE EXTERNAL TABLE scored (f0 FLOAT, f1 FLOAT, label BIGINT) "
+            f"STORED AS PARQUET LOCATION 'file://{lake}/scored/'"
+        )
+        cur.execute(f"INSERT INTO scored SELECT f0, f1, predict('{logreg}', {cols})['label'] FROM tx WHERE f0 > 0")
+        positive = sum(1 for v in rows["f0"].to_pylist() if v > 0)
+        assert cur.fetch_arrow_table()["count"][0].as_py() == positive
     manifest = json.loads((lake / "scored" / "_lakescore.json").read_text())
-    assert manifest["model"]["version"] == 1 and manifest["rows"] == rows.num_rows
+    assert manifest["rows"] == rows.num_rows + positive
+    assert [f["path"] for f in manifest["files"]][: len(first["files"])] == [f["path"] for f in first["files"]]
     parts = sorted((lake / "scored").glob("*.parquet"))
-    assert parts, "the parts are there"
+    assert sorted(p.name for p in parts) == sorted(f["path"] for f in manifest["files"])
     table = pa.concat_tables([pq.read_table(p) for p in parts])
+    assert table.num_rows == rows.num_rows + positive
     for a, b, label in zip(table["f0"].to_pylist(), table["f1"].to_pylist(), table["label"].to_pylist()):
         assert label == want[(a, b)]
 

@@ -8,8 +8,9 @@
 //!   querying a URL directly (`SELECT * FROM 'file:///data/lake/tx/'`);
 //! - `predict(model_ref, …)` ([`predict`]) with the models of the statement resolved once,
 //!   with the caller's token, before it is planned;
-//! - `COPY (SELECT …) TO '<prefix>' STORED AS PARQUET` writes through the worker's commit
-//!   protocol (Parquet parts, then `_lakescore.json` last);
+//! - `COPY (SELECT …) TO '<prefix>' STORED AS PARQUET` and `INSERT INTO` an external
+//!   Parquet table write through the worker's commit protocol (Parquet parts, then
+//!   `_lakescore.json` last; an `INSERT` extends the table's manifest);
 //! - the registry as tables: `lakescore.models`, `lakescore.versions`, `lakescore.aliases`
 //!   ([`catalog`]), as the caller's token sees it;
 //! - per query: a memory pool of `sql.query_memory_bytes`, a deadline of `sql.query_timeout`,
@@ -22,6 +23,7 @@ pub mod flight;
 pub mod predict;
 mod stores;
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -31,12 +33,17 @@ use arrow::array::{RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::source_as_provider;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{LogicalPlan, WriteOp};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{CopyToSource, CopyToStatement, DFParser, Statement};
+use datafusion::sql::sqlparser::ast::Statement as Sql;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::{FutureExt, StreamExt};
 use sha2::Digest;
@@ -47,7 +54,7 @@ use crate::config::SqlConfig;
 use crate::error::{Result, ScoreError};
 use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::{registry_http_url, Credentials, HttpSourceOptions};
-use crate::storage::{JobWriter, ManifestModel};
+use crate::storage::{JobWriter, Location, ManifestModel};
 use predict::{model_references, Predict};
 use stores::{RootedStores, RootedUrlTables};
 
@@ -80,7 +87,7 @@ struct Prepared {
 enum Output {
     /// A query, run when fetched.
     Query(DataFrame),
-    /// The result of a statement that ran while it was planned (DDL, `COPY`).
+    /// The result of a statement that ran while it was planned (DDL, `COPY`, `INSERT`).
     Done(RecordBatch),
 }
 
@@ -232,8 +239,8 @@ impl SqlEngine {
         Ok(ctx)
     }
 
-    /// What a statement may do: DDL for the session's tables, queries; not DML (writes go
-    /// through `COPY`) nor `SET` (which could lift the session's limits).
+    /// What a planned query may do: DDL for the session's tables, queries; not DML (writes
+    /// go through [`write_parts`]) nor `SET` (which could lift the session's limits).
     fn options() -> SQLOptions {
         SQLOptions::new().with_allow_ddl(true).with_allow_dml(false).with_allow_statements(false)
     }
@@ -248,11 +255,10 @@ impl SqlEngine {
     }
 
     /// What may run: queries, `EXPLAIN`, `SHOW`, `CREATE EXTERNAL TABLE` (inside the roots,
-    /// checked here for a clear refusal before anything is read), `DROP`, `COPY`. Not DML
-    /// (writes go through `COPY`), and no views or in-memory tables: they would keep a
+    /// checked here for a clear refusal before anything is read), `DROP`, `COPY`, `INSERT`.
+    /// No `UPDATE` or `DELETE` (tables are appended to), and no views or in-memory tables: they would keep a
     /// query's resolved models, or its rows, past the query.
     fn check_statement(&self, statement: &Statement) -> Result<()> {
-        use datafusion::sql::sqlparser::ast::Statement as Sql;
         match statement {
             Statement::CreateExternalTable(create) => {
                 for location in &create.locations {
@@ -263,19 +269,20 @@ impl SqlEngine {
             Statement::CopyTo(_) | Statement::Explain(_) => Ok(()),
             Statement::Statement(s) => match **s {
                 Sql::Query(_)
+                | Sql::Insert(_)
                 | Sql::Explain { .. }
                 | Sql::ExplainTable { .. }
                 | Sql::ShowTables { .. }
                 | Sql::ShowColumns { .. }
                 | Sql::Drop { .. } => Ok(()),
-                Sql::Insert(_) | Sql::Update(_) | Sql::Delete(_) => Err(ScoreError::Unimplemented(
-                    "SQL writes go through COPY (SELECT …) TO '<prefix>' STORED AS PARQUET, which commits \
-                     Parquet parts and a manifest; INSERT, UPDATE and DELETE are not supported"
+                Sql::Update(_) | Sql::Delete(_) => Err(ScoreError::Unimplemented(
+                    "tables here are Parquet parts under a prefix, only appended to: COPY (SELECT …) TO '<prefix>' \
+                     and INSERT INTO write them; UPDATE and DELETE are not supported"
                         .into(),
                 )),
                 _ => Err(ScoreError::Unimplemented(
-                    "this statement is not supported here: queries, EXPLAIN, SHOW, CREATE EXTERNAL TABLE, DROP \
-                     and COPY … TO are"
+                    "this statement is not supported here: queries, EXPLAIN, SHOW, CREATE EXTERNAL TABLE, DROP, \
+                     COPY … TO and INSERT INTO are"
                         .into(),
                 )),
             },
@@ -294,7 +301,7 @@ impl SqlEngine {
         })
     }
 
-    /// Plan `sql` for the caller (with `params` bound to `$1`, `$2`, …): DDL and `COPY` run
+    /// Plan `sql` for the caller (with `params` bound to `$1`, `$2`, …): DDL and writes run
     /// now, a query when fetched. The handle is good for one fetch, until the deadline.
     pub async fn plan(&self, sql: &str, params: Option<Vec<ScalarValue>>, creds: &Credentials) -> Result<Planned> {
         let _slot = self.slot()?;
@@ -308,16 +315,22 @@ impl SqlEngine {
         let models =
             tokio::time::timeout_at(deadline, self.models(sql, creds)).await.map_err(|_| self.deadline_error())??;
         let ctx = self.query_context(&session, models.clone())?;
-        let output = match statement {
-            Statement::CopyTo(copy) => {
+        let write = match statement {
+            Statement::CopyTo(copy) => Some(Write::Copy(copy)),
+            Statement::Statement(s) if matches!(*s, Sql::Insert(_)) => Some(Write::Insert),
+            _ => None,
+        };
+        let output = match write {
+            Some(write) => {
                 // In its own task, with the deadline and cancels handled inside it: a client
-                // that goes away mid-COPY (which drops this call) cancels it through the
+                // that goes away mid-write (which drops this call) cancels it through the
                 // guard, and the task removes its parts rather than stopping mid-write.
                 let guard = cancel.clone().drop_guard();
-                let task = tokio::spawn(copy_to(CopyJob {
+                let task = tokio::spawn(write_parts(WriteJob {
                     scorer: self.scorer.clone(),
                     ctx,
-                    copy,
+                    write,
+                    sql: sql.to_string(),
                     params,
                     models,
                     deadline,
@@ -328,7 +341,7 @@ impl SqlEngine {
                 guard.disarm();
                 Output::Done(out)
             }
-            _ => {
+            None => {
                 // Planning reads files (schemas, footers): guarded like the Flight path's reads.
                 let planned = AssertUnwindSafe(Self::frame(&ctx, sql, params)).catch_unwind();
                 let df = tokio::select! {
@@ -495,16 +508,20 @@ impl SqlEngine {
         let (_, session) = self.session(creds)?;
         let statement = Self::parse(sql)?;
         self.check_statement(&statement)?;
-        if !matches!(statement, Statement::Statement(_) | Statement::Explain(_)) {
-            return Ok((Arc::new(Schema::empty()), None));
+        let insert = matches!(&statement, Statement::Statement(s) if matches!(**s, Sql::Insert(_)));
+        match statement {
+            Statement::CopyTo(_) => return Ok((write_result_schema(), None)),
+            Statement::Statement(_) | Statement::Explain(_) => {}
+            _ => return Ok((Arc::new(Schema::empty()), None)),
         }
         let work = async {
             let models = self.models(sql, creds).await?;
             let ctx = self.query_context(&session, models)?;
             let plan = ctx.state().create_logical_plan(sql).await?;
-            Self::options().verify_plan(&plan)?;
+            Self::options().with_allow_dml(insert).verify_plan(&plan)?;
             let params = parameter_schema(plan.get_parameter_types()?);
-            Ok::<_, ScoreError>((Arc::new(plan.schema().as_arrow().clone()) as SchemaRef, params))
+            let schema = if insert { write_result_schema() } else { Arc::new(plan.schema().as_arrow().clone()) };
+            Ok::<_, ScoreError>((schema, params))
         };
         tokio::time::timeout_at(deadline, work).await.map_err(|_| self.deadline_error())?
     }
@@ -556,33 +573,19 @@ impl SqlEngine {
     }
 }
 
-/// `COPY (query) TO 'prefix' STORED AS PARQUET`: the query's rows written as Parquet
-/// parts under the prefix, then the manifest, recording the statement's model; on any
-/// error, cancel or timeout the parts are removed and no manifest is written.
-async fn copy_to(job: CopyJob) -> Result<RecordBatch> {
-    let CopyJob { scorer, ctx, copy, params, models, deadline, cancel, timeout } = job;
-    if let Some(format) = copy.stored_as.as_deref().filter(|f| !f.eq_ignore_ascii_case("parquet")) {
-        return Err(ScoreError::Unimplemented(format!(
-            "COPY writes Parquet through lakescore's commit protocol: STORED AS {format} is not supported"
-        )));
-    }
-    if !copy.partitioned_by.is_empty() || !copy.options.is_empty() {
-        return Err(ScoreError::Unimplemented(
-            "COPY … TO takes no PARTITIONED BY or OPTIONS here: parts are sized by the worker's \
-             max_rows_per_file and row_group_rows"
-                .into(),
-        ));
-    }
-    let out = scorer.storage().locate(&copy.target, "COPY target")?;
-    let source = match &copy.source {
-        CopyToSource::Relation(name) => format!("SELECT * FROM {name}"),
-        CopyToSource::Query(query) => query.to_string(),
-    };
-    let df = tokio::time::timeout_at(deadline, SqlEngine::frame(&ctx, &source, params))
+/// `COPY (query) TO 'prefix' STORED AS PARQUET` and `INSERT INTO table …`: the rows
+/// written as Parquet parts under the prefix, then the manifest (a new one for `COPY`, the
+/// table's extended for `INSERT`), recording the statement's model; on any error, cancel
+/// or timeout the parts are removed and the manifest is left as it was.
+async fn write_parts(job: WriteJob) -> Result<RecordBatch> {
+    let WriteJob { scorer, ctx, write, sql, params, models, deadline, cancel, timeout } = job;
+    let verb = write.verb();
+    let cancelled = || ScoreError::Cancelled(format!("the {verb} was cancelled; its partial output was removed"));
+    let target = tokio::time::timeout_at(deadline, write.target(&scorer, &ctx, &sql, params))
         .await
         .map_err(|_| timeout.clone())??;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let mut lineage = vec![("lakescore.sql".to_string(), source.clone())];
+    let schema: SchemaRef = Arc::new(target.rows.schema().as_arrow().clone());
+    let mut lineage = vec![("lakescore.sql".to_string(), target.source.clone())];
     let mut used: Vec<&ResolvedModel> = models.values().collect();
     used.sort_by(|a, b| a.reference.cmp(&b.reference));
     for m in &used {
@@ -590,15 +593,15 @@ async fn copy_to(job: CopyJob) -> Result<RecordBatch> {
     }
     let config = scorer.config();
     let job_id = uuid::Uuid::now_v7().simple().to_string();
-    let mut writer =
-        JobWriter::new(out, job_id, schema, config.max_rows_per_file, config.row_group_rows).with_metadata(lineage);
-    let mut stream = df.execute_stream().await?;
+    let mut writer = JobWriter::new(target.out, job_id, schema, config.max_rows_per_file, config.row_group_rows)
+        .with_metadata(lineage);
+    let mut stream = target.rows.execute_stream().await?;
     let sleep = tokio::time::sleep_until(deadline);
     tokio::pin!(sleep);
     loop {
         let next = tokio::select! {
             biased;
-            _ = cancel.cancelled() => Some(Err(ScoreError::Cancelled("the COPY was cancelled; its partial output was removed".into()))),
+            _ = cancel.cancelled() => Some(Err(cancelled())),
             _ = &mut sleep => Some(Err(timeout.clone())),
             b = stream.next() => b.map(|b| b.map_err(ScoreError::from)),
         };
@@ -612,14 +615,10 @@ async fn copy_to(job: CopyJob) -> Result<RecordBatch> {
             return Err(e);
         }
     }
-    // Nothing commits once the query is cancelled or out of time.
+    // Nothing commits once the statement is cancelled or out of time.
     if cancel.is_cancelled() || tokio::time::Instant::now() >= deadline {
         writer.abort().await;
-        return Err(if cancel.is_cancelled() {
-            ScoreError::Cancelled("the COPY was cancelled; its partial output was removed".into())
-        } else {
-            timeout
-        });
+        return Err(if cancel.is_cancelled() { cancelled() } else { timeout });
     }
     // The manifest names the statement's model (the first by reference when it has
     // several; all of them are in every part's footer).
@@ -633,22 +632,123 @@ async fn copy_to(job: CopyJob) -> Result<RecordBatch> {
             engine: "sql".into(),
         },
     };
-    let summary = writer.finish(&model).await?;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("count", DataType::UInt64, false),
-        Field::new("manifest", DataType::Utf8, false),
-    ]));
+    let summary = match write {
+        Write::Copy(_) => writer.finish(&model).await?,
+        Write::Insert => writer.append(&model).await?,
+    };
     Ok(RecordBatch::try_new(
-        schema,
+        write_result_schema(),
         vec![Arc::new(UInt64Array::from(vec![summary.rows])), Arc::new(StringArray::from(vec![summary.manifest]))],
     )?)
 }
 
-/// One `COPY`, with what it needs to run in its own task.
-struct CopyJob {
+/// What `COPY` and `INSERT` return: the rows written and the manifest's URL.
+fn write_result_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("count", DataType::UInt64, false),
+        Field::new("manifest", DataType::Utf8, false),
+    ]))
+}
+
+/// A statement that writes through the commit protocol.
+enum Write {
+    Copy(CopyToStatement),
+    /// `INSERT INTO` an external Parquet table over a prefix.
+    Insert,
+}
+
+/// Where a write goes and the rows it writes.
+struct WriteTarget {
+    out: Location,
+    rows: DataFrame,
+    /// The query the rows come from, for the parts' lineage.
+    source: String,
+}
+
+impl Write {
+    fn verb(&self) -> &'static str {
+        match self {
+            Write::Copy(_) => "COPY",
+            Write::Insert => "INSERT",
+        }
+    }
+
+    /// Check the statement and plan its rows; `sql` is the statement's text.
+    async fn target(
+        &self,
+        scorer: &Scorer,
+        ctx: &SessionContext,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<WriteTarget> {
+        match self {
+            Write::Copy(copy) => {
+                if let Some(format) = copy.stored_as.as_deref().filter(|f| !f.eq_ignore_ascii_case("parquet")) {
+                    return Err(ScoreError::Unimplemented(format!(
+                        "COPY writes Parquet through lakescore's commit protocol: STORED AS {format} is not supported"
+                    )));
+                }
+                if !copy.partitioned_by.is_empty() || !copy.options.is_empty() {
+                    return Err(ScoreError::Unimplemented(
+                        "COPY … TO takes no PARTITIONED BY or OPTIONS here: parts are sized by the worker's \
+                         max_rows_per_file and row_group_rows"
+                            .into(),
+                    ));
+                }
+                let out = scorer.storage().locate(&copy.target, "COPY target")?;
+                let source = match &copy.source {
+                    CopyToSource::Relation(name) => format!("SELECT * FROM {name}"),
+                    CopyToSource::Query(query) => query.to_string(),
+                };
+                let rows = SqlEngine::frame(ctx, &source, params).await?;
+                Ok(WriteTarget { out, rows, source })
+            }
+            Write::Insert => {
+                let plan = ctx.state().create_logical_plan(sql).await?;
+                let LogicalPlan::Dml(dml) = plan else {
+                    return Err(ScoreError::internal("INSERT did not plan as an insert"));
+                };
+                if dml.op != WriteOp::Insert(InsertOp::Append) {
+                    return Err(ScoreError::Unimplemented(format!(
+                        "{} is not supported: tables here only take appended rows (INSERT INTO … SELECT / VALUES)",
+                        dml.op.name().to_uppercase()
+                    )));
+                }
+                let table = dml.table_name.to_string();
+                let provider = source_as_provider(&dml.target)?;
+                let listing = (provider.as_ref() as &dyn Any).downcast_ref::<ListingTable>().filter(|t| {
+                    (t.options().format.as_ref() as &dyn Any).is::<ParquetFormat>()
+                        && t.options().table_partition_cols.is_empty()
+                });
+                let location = match listing.map(|t| t.table_paths().as_slice()) {
+                    Some([url]) if url.is_collection() => url.as_str().to_string(),
+                    _ => {
+                        return Err(ScoreError::Unimplemented(format!(
+                            "INSERT INTO {table}: rows are appended to external Parquet tables over one prefix \
+                             without partitions (CREATE EXTERNAL TABLE {table} (…) STORED AS PARQUET LOCATION \
+                             '<prefix>/'); write anything else with COPY (SELECT …) TO '<prefix>'"
+                        )))
+                    }
+                };
+                let out = scorer.storage().locate(&location, "INSERT target")?;
+                let rows = DataFrame::new(ctx.state(), dml.input.as_ref().clone());
+                let rows = match params {
+                    Some(p) => rows.with_param_values(p)?,
+                    None => rows,
+                };
+                Ok(WriteTarget { out, rows, source: sql.to_string() })
+            }
+        }
+    }
+}
+
+/// One `COPY` or `INSERT`, with what it needs to run in its own task.
+struct WriteJob {
     scorer: Arc<Scorer>,
     ctx: SessionContext,
-    copy: CopyToStatement,
+    write: Write,
+    /// The statement's text.
+    sql: String,
     params: Option<Vec<ScalarValue>>,
     models: Arc<HashMap<String, ResolvedModel>>,
     deadline: tokio::time::Instant,
