@@ -256,8 +256,8 @@ impl SqlEngine {
 
     /// What may run: queries, `EXPLAIN`, `SHOW`, `CREATE EXTERNAL TABLE` (inside the roots,
     /// checked here for a clear refusal before anything is read), `DROP`, `COPY`, `INSERT`.
-    /// No `UPDATE` or `DELETE` (tables are appended to), and no views or in-memory tables: they would keep a
-    /// query's resolved models, or its rows, past the query.
+    /// No `UPDATE` or `DELETE` (tables are appended to), and no views or in-memory tables:
+    /// they would keep a query's resolved models, or its rows, past the query.
     fn check_statement(&self, statement: &Statement) -> Result<()> {
         match statement {
             Statement::CreateExternalTable(create) => {
