@@ -302,8 +302,7 @@ fn the_built_image_holds_what_image_contents_lists_and_nothing_more() {
         for dwarf in [".debug_info", ".debug_line", ".debug_str", ".debug_abbrev"] {
             assert!(!sections.contains(dwarf), "the image's binary keeps {dwarf}: {sections}");
         }
-        // The image's budget for it: 143 MB with Flight SQL (DataFusion at opt-level 1; 208 MB
-        // at 3), 75 MB before.
+        // The image's budget for it: 208 MB with Flight SQL (DataFusion), 75 MB before.
         let size = std::fs::metadata(&binary).expect("binary").len();
         assert!(size < 250 << 20, "the binary is {size} bytes");
     });
