@@ -389,7 +389,7 @@ pub struct OutputSummary {
     pub sha256: String,
 }
 
-#[derive(Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Serialize, serde::Deserialize)]
 struct SchemaField {
     name: String,
     #[serde(rename = "type")]
@@ -668,6 +668,7 @@ impl JobWriter {
     async fn put_appended_manifest(&mut self, model: &ManifestModel, path: &Path) -> Result<()> {
         let what = format!("the manifest under {}", self.loc.url);
         let store = self.loc.store.clone();
+        let fields = self.schema_fields();
         let _one_at_a_time = APPENDS.lock().await;
         for _ in 0..APPEND_ATTEMPTS {
             let (earlier, mode) = match store.get(path).await {
@@ -677,16 +678,11 @@ impl JobWriter {
                     let committed: CommittedManifest = serde_json::from_slice(&body).map_err(|e| {
                         ScoreError::FailedPrecondition(format!("{what} is not a lakescore manifest: {e}"))
                     })?;
-                    if committed
-                        .schema
-                        .iter()
-                        .map(|f| (&f.name, &f.ty))
-                        .ne(self.schema_fields().iter().map(|f| (&f.name, &f.ty)))
-                    {
+                    if committed.schema.iter().map(|f| (&f.name, &f.ty)).ne(fields.iter().map(|f| (&f.name, &f.ty))) {
                         return Err(ScoreError::FailedPrecondition(format!(
                             "{what} records other columns ({}) than the rows appended ({})",
                             describe_fields(&committed.schema),
-                            describe_fields(&self.schema_fields())
+                            describe_fields(&fields)
                         )));
                     }
                     (committed.files, PutMode::Update(version))
@@ -780,6 +776,10 @@ mod tests {
         assert!(!valid_job_id("../x"));
     }
 
+    fn test_model(engine: &str) -> ManifestModel {
+        ManifestModel { reference: "m".into(), name: "m".into(), version: 1, sha256: "x".into(), engine: engine.into() }
+    }
+
     #[tokio::test]
     async fn writes_files_then_manifest_and_aborts_cleanly() {
         let dir = tempfile::tempdir().unwrap();
@@ -787,13 +787,7 @@ mod tests {
         let out = format!("{}/out/", dir.path().display());
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..25))]).unwrap();
-        let model = ManifestModel {
-            reference: "m".into(),
-            name: "m".into(),
-            version: 1,
-            sha256: "x".into(),
-            engine: "ort".into(),
-        };
+        let model = test_model("ort");
 
         let mut w = JobWriter::new(storage.locate(&out, "output").unwrap(), "job1".into(), schema.clone(), 10, 4);
         w.write(&batch).await.unwrap();
@@ -829,13 +823,7 @@ mod tests {
         let out = format!("{}/table/", dir.path().display());
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..15))]).unwrap();
-        let model = ManifestModel {
-            reference: "m".into(),
-            name: "m".into(),
-            version: 1,
-            sha256: "x".into(),
-            engine: "sql".into(),
-        };
+        let model = test_model("sql");
         let manifest = || -> serde_json::Value {
             serde_json::from_slice(&std::fs::read(dir.path().join("table/_lakescore.json")).unwrap()).unwrap()
         };
