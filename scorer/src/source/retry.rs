@@ -120,21 +120,33 @@ mod tests {
         (source.inner.calls.load(Ordering::SeqCst), started.elapsed())
     }
 
-    #[tokio::test(start_paused = true)]
+    // Real time, scaled down (tokio's paused clock needs its `test-util` feature, which would
+    // give the tests' tokio other features than the release binary's and so a second build of
+    // everything above tokio when the tests run in the release profile).
+    #[tokio::test]
     async fn retries_only_unavailable_within_the_budget() {
-        let policy = RetryPolicy::default();
+        let policy = RetryPolicy {
+            first_backoff: Duration::from_millis(10),
+            budget: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        };
         let (n, waited) = calls(ScoreError::Unavailable("down".into()), policy).await;
         assert_eq!(n, 6, "the first attempt and 5 retries");
-        assert_eq!(waited, Duration::from_millis(200 + 400 + 800 + 1600 + 3200));
+        assert!(waited >= Duration::from_millis(10 + 20 + 40 + 80 + 160), "backoff doubles: {waited:?}");
         let (n, _) = calls(ScoreError::NotFound("no model".into()), policy).await;
         assert_eq!(n, 1, "an answer is not retried");
         let (n, _) = calls(ScoreError::PermissionDenied("no".into()), policy).await;
         assert_eq!(n, 1);
-        // 0.6 s have passed after two retries; the third would start at 1.4 s, past 1.3 s
-        // (its 0.8 s backoff alone would still fit: the time already spent counts).
-        let tight = RetryPolicy { budget: Duration::from_millis(1300), ..policy };
+        // After two retries (50 and 100 ms) at least 150 ms have passed; the third would
+        // start at 350 ms or later, past 300 ms (its 200 ms backoff alone would still fit:
+        // the time already spent counts).
+        let tight = RetryPolicy {
+            first_backoff: Duration::from_millis(50),
+            budget: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        };
         let (n, waited) = calls(ScoreError::Unavailable("down".into()), tight).await;
-        assert_eq!(n, 3, "retries after 0.2 and 0.4 s; the next would start past the budget");
-        assert_eq!(waited, Duration::from_millis(600));
+        assert_eq!(n, 3, "retries after 50 and 100 ms; the next would start past the budget");
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(300), "{waited:?}");
     }
 }
