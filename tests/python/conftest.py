@@ -1,4 +1,4 @@
-"""Fixtures for the Python client's tests: real lakescore processes (the debug binary),
+"""Fixtures for the Python client's tests: real lakescore processes (the binary just built),
 a real OpenID provider (tests/oidc-provider, from npm) and real PySpark in local[2].
 
 Environment (scripts/test-python sets it; each has a default for running pytest by hand):
