@@ -178,6 +178,59 @@ async fn predict_over_lake_files_matches_onnxruntime() {
         assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "linreg row {i}: {got} vs {want}");
     }
 
+    // The table form (Synapse's PREDICT): every column of the data, then the outputs as
+    // columns. A model with several inputs fed by column name from a session table ...
+    query(&mut c, &format!("CREATE EXTERNAL TABLE pipe_rows STORED AS PARQUET LOCATION '{lake_url}/pipeline/'"))
+        .await
+        .expect("create pipe_rows");
+    let table = query(&mut c, "SELECT * FROM predict('pipe@champion', pipe_rows)").await.expect("table form");
+    let pipe_rows = read_parquet(&models_dir().join("pipeline.rows.parquet"));
+    let names = |schema: &arrow::datatypes::Schema| -> Vec<String> {
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    let columns = names(&table.schema());
+    assert_eq!(columns[..pipe_rows.num_columns()], names(&pipe_rows.schema()), "the data's columns first");
+    assert!(columns[pipe_rows.num_columns()..].contains(&"label".to_string()), "then the outputs: {columns:?}");
+    let want = expected_labels("pipeline", "age", "income");
+    assert_eq!(table.num_rows(), want.len());
+    for i in 0..table.num_rows() {
+        assert_eq!(i64s(&table, "label").value(i), want[&key(&table, i, "age", "income")], "table form row {i}");
+    }
+    // ... and a single 2-D input from the feature columns listed after a location, the
+    // rows filtered before they are scored.
+    let table = query(
+        &mut c,
+        &format!(
+            "SELECT f0, f1, label, probability_1 FROM predict('logreg@champion', '{lake_url}/logreg/', f0, f1, f2, f3) \
+             WHERE f0 > 0"
+        ),
+    )
+    .await
+    .expect("table form over a location");
+    let rows = read_parquet(&models_dir().join("logreg.rows.parquet"));
+    let expected = read_parquet(&models_dir().join("logreg.expected.parquet"));
+    let probs = expected.column_by_name("output_probability").expect("probabilities");
+    let probs = probs.as_any().downcast_ref::<arrow::array::FixedSizeListArray>().expect("list");
+    let want: HashMap<(u32, u32), (i64, f32)> = (0..rows.num_rows())
+        .filter(|&i| f32s(&rows, "f0").value(i) > 0.0)
+        .map(|i| {
+            let p1 = probs.value(i).as_any().downcast_ref::<Float32Array>().expect("f32").value(1);
+            (key(&rows, i, "f0", "f1"), (i64s(&expected, "output_label").value(i), p1))
+        })
+        .collect();
+    assert!(!want.is_empty() && want.len() < rows.num_rows(), "the filter keeps some rows");
+    assert_eq!(table.num_rows(), want.len(), "the filtered rows");
+    for i in 0..table.num_rows() {
+        let (label, p1) = want[&key(&table, i, "f0", "f1")];
+        assert_eq!(i64s(&table, "label").value(i), label, "table form row {i}");
+        let got = f32s(&table, "probability_1").value(i);
+        assert!((got - p1).abs() <= 1e-5 * p1.abs().max(1.0), "table form row {i}: {got} vs onnxruntime {p1}");
+    }
+    // A 2-D input without its feature columns fails the plan, naming the way to feed it.
+    let err = query(&mut c, "SELECT * FROM predict('logreg@champion', tx)").await.expect_err("no feature columns");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("feature columns after the data"), "{err}");
+
     // Columns that do not fit the signature fail the plan, naming what is wrong.
     let err = query(&mut c, "SELECT predict('logreg@champion', f0, f1) FROM tx").await.expect_err("2 of 4 columns");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
@@ -230,6 +283,17 @@ async fn predict_over_lake_files_matches_onnxruntime() {
     for i in 0..written.num_rows() {
         assert_eq!(i64s(&written, "label").value(i), want[&key(&written, i, "f0", "f1")], "written row {i}");
     }
+
+    // In the table form, an output named like a column of the data fails the plan (the
+    // part just written has `label`).
+    let err = query(
+        &mut c,
+        &format!("SELECT * FROM predict('logreg@champion', 'file://{}', f0, f1, f0, f1)", part.display()),
+    )
+    .await
+    .expect_err("output named like a column");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("output 'label' has the name of a column"), "{err}");
 
     // INSERT INTO an external Parquet table appends a commit: new parts, then the table's
     // manifest extended with them (the COPY above made its first commit).
@@ -329,6 +393,10 @@ async fn predict_over_lake_files_matches_onnxruntime() {
         "CREATE EXTERNAL TABLE e STORED AS PARQUET LOCATION '/etc/'".to_string(),
         "SELECT * FROM 'file:///etc/passwd'".to_string(),
         format!("SELECT * FROM '{}/outside/secret.parquet'", root.path().display()),
+        format!(
+            "SELECT * FROM predict('logreg@champion', 'file://{}/outside/secret.parquet', f0, f1, f2, f3)",
+            root.path().display()
+        ),
         format!("CREATE EXTERNAL TABLE e STORED AS PARQUET LOCATION '{lake_url}/escape/'"),
         format!("SELECT count(*) FROM '{lake_url}/escape/secret.parquet'"),
         format!("CREATE EXTERNAL TABLE e STORED AS PARQUET LOCATION '{lake_url}/../outside/'"),

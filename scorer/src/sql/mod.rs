@@ -55,7 +55,7 @@ use crate::error::{Result, ScoreError};
 use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::{registry_http_url, Credentials, HttpSourceOptions};
 use crate::storage::{JobWriter, Location, ManifestModel};
-use predict::{model_references, Predict};
+use predict::{model_references, Predict, PredictTable};
 use stores::{RootedStores, RootedUrlTables};
 
 /// Statements planned but not fetched yet, over all sessions; more is `RESOURCE_EXHAUSTED`
@@ -235,7 +235,8 @@ impl SqlEngine {
         let state =
             SessionStateBuilder::new_from_existing(session.ctx.state()).with_runtime_env(self.runtime()?).build();
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_udf(Predict::udf(self.scorer.clone(), models));
+        ctx.register_udf(Predict::udf(self.scorer.clone(), models.clone()));
+        ctx.register_udtf(predict::PREDICT, Arc::new(PredictTable::new(self.scorer.clone(), models)));
         Ok(ctx)
     }
 

@@ -19,13 +19,19 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, StructArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
-use datafusion::common::ScalarValue;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{plan_datafusion_err, plan_err, Column, DFSchema, ScalarValue, TableReference};
+use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::session_state::SessionState;
+use datafusion::functions::core::expr_fn::{get_field, named_struct};
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    lit, ColumnarValue, Expr, LogicalPlanBuilder, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use futures::FutureExt;
 use lakescore_proto::ScoreCommand;
 
 use crate::error::ScoreError;
@@ -83,21 +89,7 @@ impl Predict {
     }
 
     fn model(&self, reference: Option<&ScalarValue>) -> Result<&ResolvedModel, ScoreError> {
-        let reference = match reference {
-            Some(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s))) => s,
-            _ => {
-                return Err(ScoreError::InvalidArgument(
-                    "predict's first argument must be the model reference as a string literal, \
-                     e.g. predict('fraud@champion', amount, age)"
-                        .into(),
-                ))
-            }
-        };
-        self.models.get(reference).ok_or_else(|| {
-            ScoreError::InvalidArgument(format!(
-                "predict: model reference '{reference}' must be written as a string literal in the query"
-            ))
-        })
+        lookup(&self.models, reference)
     }
 
     /// The input schema and the score command that feed `model` from the arguments after
@@ -146,6 +138,28 @@ impl Predict {
             self.scorer.plan(model, &cmd, schema).map_err(|e| e.context(format!("predict('{}')", model.reference)))?;
         Ok((plan, structured))
     }
+}
+
+/// The model a `predict` call names, among those resolved for the query.
+fn lookup<'m>(
+    models: &'m HashMap<String, ResolvedModel>,
+    reference: Option<&ScalarValue>,
+) -> Result<&'m ResolvedModel, ScoreError> {
+    let reference = match reference {
+        Some(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s))) => s,
+        _ => {
+            return Err(ScoreError::InvalidArgument(
+                "predict's first argument must be the model reference as a string literal, \
+                 e.g. predict('fraud@champion', amount, age)"
+                    .into(),
+            ))
+        }
+    };
+    models.get(reference).ok_or_else(|| {
+        ScoreError::InvalidArgument(format!(
+            "predict: model reference '{reference}' must be written as a string literal in the query"
+        ))
+    })
 }
 
 fn external(e: ScoreError) -> DataFusionError {
@@ -210,6 +224,151 @@ impl ScalarUDFImpl for Predict {
                 )))
             })?;
         Ok(ColumnarValue::Array(Arc::new(StructArray::from(scored))))
+    }
+}
+
+/// The column that carries the outputs' struct between the table form's two projections.
+const SCORED: &str = "__lakescore_predict";
+
+/// `FROM predict('fraud@champion', tx)`: the table form (Synapse's `PREDICT(MODEL = …,
+/// DATA = …)`). Its rows are `tx`'s, with every column of `tx` followed by the model's
+/// outputs as columns, as a Flight exchange returns them. `tx` is a table of the session,
+/// its name as a string (`'lake.tx'`), or a location (`'s3://lake/tx/'`). The model's
+/// inputs are fed by name from `tx`'s columns; a model with one 2-D input takes its feature
+/// columns after the data, in order (`predict('m', tx, f0, f1, …)`).
+///
+/// It is the scalar [`Predict`] underneath: a projection of `tx`'s columns and
+/// `predict(…)`, then one that spreads the struct into columns.
+#[derive(Debug)]
+pub struct PredictTable {
+    predict: Arc<ScalarUDF>,
+    models: Arc<HashMap<String, ResolvedModel>>,
+}
+
+impl PredictTable {
+    /// The table function over `models` (reference as written → resolved model).
+    pub fn new(scorer: Arc<Scorer>, models: Arc<HashMap<String, ResolvedModel>>) -> Self {
+        Self { predict: Arc::new(Predict::udf(scorer, models.clone())), models }
+    }
+
+    /// The rows to score: a table of the session (`tx`, `'lake.tx'`) or a location
+    /// (`'s3://lake/tx/'`, read through the storage roots as in `FROM '…'`).
+    fn data(data: &Expr, session: &dyn Session) -> DfResult<LogicalPlanBuilder> {
+        let name = match data {
+            Expr::Column(c) if c.relation.is_none() => TableReference::bare(c.name.clone()),
+            Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => {
+                if s.contains("://") || s.starts_with('/') {
+                    TableReference::bare(s.clone())
+                } else {
+                    TableReference::from(s.as_str())
+                }
+            }
+            other => {
+                return plan_err!(
+                    "predict(…)'s second argument is the data to score: a table's name, or a location as a \
+                     string, not {other}"
+                )
+            }
+        };
+        let state = session
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .ok_or_else(|| DataFusionError::Internal("predict: not a DataFusion session".into()))?;
+        let schema = state.schema_for_ref(name.clone())?;
+        let table = schema.table(name.table());
+        // Table functions are planned synchronously, and a location's schema is read from
+        // storage: wait for it without holding up the worker's other tasks.
+        let provider = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| h.block_on(table))
+            }
+            _ => table
+                .now_or_never()
+                .ok_or_else(|| plan_datafusion_err!("predict: '{name}' cannot be read while this query is planned"))?,
+        }?
+        .ok_or_else(|| plan_datafusion_err!("predict: no table '{name}'"))?;
+        LogicalPlanBuilder::scan(name, provider_as_source(provider), None)
+    }
+
+    /// The arguments after the reference that feed `model` from `schema`'s columns.
+    fn feed(model: &ResolvedModel, schema: &DFSchema, features: &[Expr]) -> DfResult<Vec<Expr>> {
+        let inputs = model.handle.model.inputs();
+        if features.is_empty() {
+            // By name, as one struct argument.
+            let mut fields = Vec::with_capacity(inputs.len() * 2);
+            for input in inputs {
+                let Some(column) = schema.columns().into_iter().find(|c| c.name == input.name) else {
+                    return plan_err!(
+                        "predict('{}', …): the data has no column '{}' for the model's input '{}' ({}); \
+                         a model with one 2-D input takes its feature columns after the data: \
+                         predict('{}', tx, f0, f1, …)",
+                        model.reference,
+                        input.name,
+                        input.name,
+                        input.info,
+                        model.reference
+                    );
+                };
+                fields.push(lit(input.name.clone()));
+                fields.push(Expr::Column(column));
+            }
+            return Ok(vec![named_struct(fields)]);
+        }
+        if inputs.len() != 1 {
+            return plan_err!(
+                "predict('{}', …): feature columns after the data are for a model with one input; \
+                 this one's inputs ({}) are fed from the columns named like them",
+                model.reference,
+                inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        features
+            .iter()
+            .map(|f| match f {
+                Expr::Column(c) => Ok(Expr::Column(c.clone())),
+                Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => {
+                    Ok(Expr::Column(Column::from_name(s.clone())))
+                }
+                other => plan_err!("predict('{}', …): feature columns are column names, not {other}", model.reference),
+            })
+            .collect()
+    }
+}
+
+impl TableFunctionImpl for PredictTable {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let [reference, data, features @ ..] = args.exprs() else {
+            return plan_err!("predict as a table takes the model and the data: FROM predict('fraud@champion', tx)");
+        };
+        let reference = match reference {
+            Expr::Literal(value, _) => Some(value),
+            _ => None,
+        };
+        let model = lookup(&self.models, reference).map_err(external)?;
+        let reference = reference.cloned().unwrap_or(ScalarValue::Null);
+        let input = Self::data(data, args.session())?;
+        let schema = input.schema().clone();
+        let columns: Vec<Expr> = schema.columns().into_iter().map(Expr::Column).collect();
+        let mut call = vec![Expr::Literal(reference, None)];
+        call.extend(Self::feed(model, &schema, features)?);
+        let scored = input.project(columns.iter().cloned().chain([self.predict.call(call).alias(SCORED)]))?;
+        let DataType::Struct(outputs) = scored.schema().field_with_unqualified_name(SCORED)?.data_type().clone() else {
+            return Err(DataFusionError::Internal("predict: the outputs are not a struct".into()));
+        };
+        if let Some(clash) = outputs.iter().find(|o| schema.has_column_with_unqualified_name(o.name())) {
+            return plan_err!(
+                "predict('{}', …): the model's output '{}' has the name of a column of the data; \
+                 use the scalar form, which names its result: SELECT …, predict('{}', …) AS p FROM …",
+                model.reference,
+                clash.name(),
+                model.reference
+            );
+        }
+        let spread = outputs
+            .iter()
+            .map(|o| get_field(Expr::Column(Column::from_name(SCORED)), o.name().as_str()).alias(o.name()));
+        let plan = scored.project(columns.into_iter().chain(spread))?.build()?;
+        Ok(Arc::new(ViewTable::new(plan, None)))
     }
 }
 
