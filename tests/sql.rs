@@ -69,6 +69,44 @@ fn expected_labels(model: &str, a: &str, b: &str) -> HashMap<(u32, u32), i64> {
     (0..rows.num_rows()).map(|i| (key(&rows, i, a, b), i64s(&expected, "output_label").value(i))).collect()
 }
 
+/// Asserts that `scored` holds every one of `model`'s rows, each with onnxruntime's label
+/// (in its `label` column; rows matched by their `a`, `b` values).
+fn assert_labels(scored: &RecordBatch, model: &str, a: &str, b: &str) {
+    let want = expected_labels(model, a, b);
+    assert_eq!(scored.num_rows(), want.len(), "{model}: every row");
+    for i in 0..scored.num_rows() {
+        assert_eq!(i64s(scored, "label").value(i), want[&key(scored, i, a, b)], "{model} row {i}");
+    }
+}
+
+/// onnxruntime's label and probability of class 1 for the logreg rows whose `f0` passes
+/// `keep`, by the row's key (`f0`, `f1`).
+fn logreg_expected(keep: impl Fn(f32) -> bool) -> HashMap<(u32, u32), (i64, f32)> {
+    let rows = read_parquet(&models_dir().join("logreg.rows.parquet"));
+    let expected = read_parquet(&models_dir().join("logreg.expected.parquet"));
+    let probs = expected.column_by_name("output_probability").expect("probabilities");
+    let probs = probs.as_any().downcast_ref::<arrow::array::FixedSizeListArray>().expect("list");
+    (0..rows.num_rows())
+        .filter(|&i| keep(f32s(&rows, "f0").value(i)))
+        .map(|i| {
+            let p1 = probs.value(i).as_any().downcast_ref::<Float32Array>().expect("f32").value(1);
+            (key(&rows, i, "f0", "f1"), (i64s(&expected, "output_label").value(i), p1))
+        })
+        .collect()
+}
+
+/// Asserts that `scored` holds exactly the rows of `want`, with their labels in `label` and
+/// their probabilities (within 1e-5) in `p1`.
+fn assert_logreg(scored: &RecordBatch, p1: &str, want: &HashMap<(u32, u32), (i64, f32)>) {
+    assert_eq!(scored.num_rows(), want.len(), "the rows");
+    for i in 0..scored.num_rows() {
+        let (label, prob) = want[&key(scored, i, "f0", "f1")];
+        assert_eq!(i64s(scored, "label").value(i), label, "row {i}");
+        let got = f32s(scored, p1).value(i);
+        assert!((got - prob).abs() <= 1e-5 * prob.abs().max(1.0), "row {i}: {got} vs onnxruntime {prob}");
+    }
+}
+
 fn lake(root: &Path) -> std::path::PathBuf {
     let lake = root.join("lake");
     for model in ["logreg", "pipeline", "linreg"] {
@@ -119,23 +157,8 @@ async fn predict_over_lake_files_matches_onnxruntime() {
     )
     .await
     .expect("predict");
-    let rows = read_parquet(&models_dir().join("logreg.rows.parquet"));
-    let expected = read_parquet(&models_dir().join("logreg.expected.parquet"));
-    assert_eq!(scored.num_rows(), rows.num_rows());
-    let want: HashMap<(u32, u32), (i64, f32)> = (0..rows.num_rows())
-        .map(|i| {
-            let probs = expected.column_by_name("output_probability").expect("probabilities");
-            let probs = probs.as_any().downcast_ref::<arrow::array::FixedSizeListArray>().expect("list");
-            let p1 = probs.value(i).as_any().downcast_ref::<Float32Array>().expect("f32").value(1);
-            (key(&rows, i, "f0", "f1"), (i64s(&expected, "output_label").value(i), p1))
-        })
-        .collect();
-    for i in 0..scored.num_rows() {
-        let (label, p1) = want[&key(&scored, i, "f0", "f1")];
-        assert_eq!(i64s(&scored, "label").value(i), label, "row {i}");
-        let got = f32s(&scored, "p1").value(i);
-        assert!((got - p1).abs() <= 1e-5 * p1.abs().max(1.0), "row {i}: {got} vs onnxruntime {p1}");
-    }
+    let all = logreg_expected(|_| true);
+    assert_logreg(&scored, "p1", &all);
 
     // A table by URL, and a model with several inputs of mixed types (floats and a string)
     // fed by column name.
@@ -148,11 +171,7 @@ async fn predict_over_lake_files_matches_onnxruntime() {
     )
     .await
     .expect("multi-input predict");
-    let want = expected_labels("pipeline", "age", "income");
-    assert_eq!(piped.num_rows(), want.len());
-    for i in 0..piped.num_rows() {
-        assert_eq!(i64s(&piped, "label").value(i), want[&key(&piped, i, "age", "income")], "pipeline row {i}");
-    }
+    assert_labels(&piped, "pipeline", "age", "income");
 
     // A regressor.
     let regressed = query(
@@ -191,11 +210,7 @@ async fn predict_over_lake_files_matches_onnxruntime() {
     let columns = names(&table.schema());
     assert_eq!(columns[..pipe_rows.num_columns()], names(&pipe_rows.schema()), "the data's columns first");
     assert!(columns[pipe_rows.num_columns()..].contains(&"label".to_string()), "then the outputs: {columns:?}");
-    let want = expected_labels("pipeline", "age", "income");
-    assert_eq!(table.num_rows(), want.len());
-    for i in 0..table.num_rows() {
-        assert_eq!(i64s(&table, "label").value(i), want[&key(&table, i, "age", "income")], "table form row {i}");
-    }
+    assert_labels(&table, "pipeline", "age", "income");
     // ... and a single 2-D input from the feature columns listed after a location, the
     // rows filtered before they are scored.
     let table = query(
@@ -207,25 +222,9 @@ async fn predict_over_lake_files_matches_onnxruntime() {
     )
     .await
     .expect("table form over a location");
-    let rows = read_parquet(&models_dir().join("logreg.rows.parquet"));
-    let expected = read_parquet(&models_dir().join("logreg.expected.parquet"));
-    let probs = expected.column_by_name("output_probability").expect("probabilities");
-    let probs = probs.as_any().downcast_ref::<arrow::array::FixedSizeListArray>().expect("list");
-    let want: HashMap<(u32, u32), (i64, f32)> = (0..rows.num_rows())
-        .filter(|&i| f32s(&rows, "f0").value(i) > 0.0)
-        .map(|i| {
-            let p1 = probs.value(i).as_any().downcast_ref::<Float32Array>().expect("f32").value(1);
-            (key(&rows, i, "f0", "f1"), (i64s(&expected, "output_label").value(i), p1))
-        })
-        .collect();
-    assert!(!want.is_empty() && want.len() < rows.num_rows(), "the filter keeps some rows");
-    assert_eq!(table.num_rows(), want.len(), "the filtered rows");
-    for i in 0..table.num_rows() {
-        let (label, p1) = want[&key(&table, i, "f0", "f1")];
-        assert_eq!(i64s(&table, "label").value(i), label, "table form row {i}");
-        let got = f32s(&table, "probability_1").value(i);
-        assert!((got - p1).abs() <= 1e-5 * p1.abs().max(1.0), "table form row {i}: {got} vs onnxruntime {p1}");
-    }
+    let positive = logreg_expected(|f0| f0 > 0.0);
+    assert!(!positive.is_empty() && positive.len() < all.len(), "the filter keeps some rows");
+    assert_logreg(&table, "probability_1", &positive);
     // A 2-D input without its feature columns fails the plan, naming the way to feed it.
     let err = query(&mut c, "SELECT * FROM predict('logreg@champion', tx)").await.expect_err("no feature columns");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
@@ -557,11 +556,7 @@ async fn sql_reads_and_copies_to_azure_blob_storage() {
     let scored = query(&mut c, "SELECT f0, f1, predict('logreg@champion', f0, f1, f2, f3)['label'] AS label FROM tx")
         .await
         .expect("predict from azure");
-    let want = expected_labels("logreg", "f0", "f1");
-    assert_eq!(scored.num_rows(), want.len());
-    for i in 0..scored.num_rows() {
-        assert_eq!(i64s(&scored, "label").value(i), want[&key(&scored, i, "f0", "f1")], "row {i}");
-    }
+    assert_labels(&scored, "logreg", "f0", "f1");
     let copied = query(
         &mut c,
         &format!(
@@ -579,6 +574,7 @@ async fn sql_reads_and_copies_to_azure_blob_storage() {
         .expect("read back");
     let n = back.column(0).as_any().downcast_ref::<Int64Array>().expect("count").value(0);
     let sum = back.column(1).as_any().downcast_ref::<Int64Array>().expect("sum").value(0);
+    let want = expected_labels("logreg", "f0", "f1");
     assert_eq!(n as usize, want.len());
     assert_eq!(sum, want.values().sum::<i64>());
 }
