@@ -235,8 +235,9 @@ impl SqlEngine {
         let state =
             SessionStateBuilder::new_from_existing(session.ctx.state()).with_runtime_env(self.runtime()?).build();
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_udf(Predict::udf(self.scorer.clone(), models.clone()));
-        ctx.register_udtf(predict::PREDICT, Arc::new(PredictTable::new(self.scorer.clone(), models)));
+        let udf = Arc::new(Predict::udf(self.scorer.clone(), models.clone()));
+        ctx.register_udf(udf.as_ref().clone());
+        ctx.register_udtf(predict::PREDICT, Arc::new(PredictTable::new(udf, models)));
         Ok(ctx)
     }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, StructArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
-use datafusion::common::{plan_datafusion_err, plan_err, Column, DFSchema, ScalarValue, TableReference};
+use datafusion::common::{plan_datafusion_err, plan_err, Column, ScalarValue, TableReference};
 use datafusion::datasource::{provider_as_source, ViewTable};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::session_state::SessionState;
@@ -162,6 +162,14 @@ fn lookup<'m>(
     })
 }
 
+/// The runtime this thread runs on, when it is the multi-threaded one: the only kind on
+/// which `block_in_place` may hand this thread's other tasks to other threads.
+fn multi_thread_runtime() -> Option<tokio::runtime::Handle> {
+    tokio::runtime::Handle::try_current()
+        .ok()
+        .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 fn external(e: ScoreError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -213,9 +221,7 @@ impl ScalarUDFImpl for Predict {
         // multi-threaded runtime, tell tokio first, so that other calls' tasks move to
         // other threads meanwhile (Flight scoring uses blocking threads for the same reason).
         let run = || score_chunk(&model.handle, &plan, &batch);
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let scored = if multi_thread { tokio::task::block_in_place(run) } else { run() };
+        let scored = if multi_thread_runtime().is_some() { tokio::task::block_in_place(run) } else { run() };
         let scored =
             scored.map_err(|e| {
                 external(e.context(format!(
@@ -246,9 +252,10 @@ pub struct PredictTable {
 }
 
 impl PredictTable {
-    /// The table function over `models` (reference as written → resolved model).
-    pub fn new(scorer: Arc<Scorer>, models: Arc<HashMap<String, ResolvedModel>>) -> Self {
-        Self { predict: Arc::new(Predict::udf(scorer, models.clone())), models }
+    /// The table function over `predict` (the query's [`Predict::udf`]) and its `models`
+    /// (reference as written → resolved model).
+    pub fn new(predict: Arc<ScalarUDF>, models: Arc<HashMap<String, ResolvedModel>>) -> Self {
+        Self { predict, models }
     }
 
     /// The rows to score: a table of the session (`tx`, `'lake.tx'`) or a location
@@ -278,11 +285,9 @@ impl PredictTable {
         let table = schema.table(name.table());
         // Table functions are planned synchronously, and a location's schema is read from
         // storage: wait for it without holding up the worker's other tasks.
-        let provider = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| h.block_on(table))
-            }
-            _ => table
+        let provider = match multi_thread_runtime() {
+            Some(h) => tokio::task::block_in_place(|| h.block_on(table)),
+            None => table
                 .now_or_never()
                 .ok_or_else(|| plan_datafusion_err!("predict: '{name}' cannot be read while this query is planned"))?,
         }?
@@ -290,14 +295,14 @@ impl PredictTable {
         LogicalPlanBuilder::scan(name, provider_as_source(provider), None)
     }
 
-    /// The arguments after the reference that feed `model` from `schema`'s columns.
-    fn feed(model: &ResolvedModel, schema: &DFSchema, features: &[Expr]) -> DfResult<Vec<Expr>> {
+    /// The arguments after the reference that feed `model` from the data's `columns`.
+    fn feed(model: &ResolvedModel, columns: &[Column], features: &[Expr]) -> DfResult<Vec<Expr>> {
         let inputs = model.handle.model.inputs();
         if features.is_empty() {
             // By name, as one struct argument.
             let mut fields = Vec::with_capacity(inputs.len() * 2);
             for input in inputs {
-                let Some(column) = schema.columns().into_iter().find(|c| c.name == input.name) else {
+                let Some(column) = columns.iter().find(|c| c.name == input.name) else {
                     return plan_err!(
                         "predict('{}', …): the data has no column '{}' for the model's input '{}' ({}); \
                          a model with one 2-D input takes its feature columns after the data: \
@@ -310,7 +315,7 @@ impl PredictTable {
                     );
                 };
                 fields.push(lit(input.name.clone()));
-                fields.push(Expr::Column(column));
+                fields.push(Expr::Column(column.clone()));
             }
             return Ok(vec![named_struct(fields)]);
         }
@@ -348,10 +353,11 @@ impl TableFunctionImpl for PredictTable {
         let reference = reference.cloned().unwrap_or(ScalarValue::Null);
         let input = Self::data(data, args.session())?;
         let schema = input.schema().clone();
-        let columns: Vec<Expr> = schema.columns().into_iter().map(Expr::Column).collect();
+        let columns = schema.columns();
         let mut call = vec![Expr::Literal(reference, None)];
-        call.extend(Self::feed(model, &schema, features)?);
-        let scored = input.project(columns.iter().cloned().chain([self.predict.call(call).alias(SCORED)]))?;
+        call.extend(Self::feed(model, &columns, features)?);
+        let passthrough: Vec<Expr> = columns.into_iter().map(Expr::Column).collect();
+        let scored = input.project(passthrough.iter().cloned().chain([self.predict.call(call).alias(SCORED)]))?;
         let DataType::Struct(outputs) = scored.schema().field_with_unqualified_name(SCORED)?.data_type().clone() else {
             return Err(DataFusionError::Internal("predict: the outputs are not a struct".into()));
         };
@@ -367,7 +373,7 @@ impl TableFunctionImpl for PredictTable {
         let spread = outputs
             .iter()
             .map(|o| get_field(Expr::Column(Column::from_name(SCORED)), o.name().as_str()).alias(o.name()));
-        let plan = scored.project(columns.into_iter().chain(spread))?.build()?;
+        let plan = scored.project(passthrough.into_iter().chain(spread))?.build()?;
         Ok(Arc::new(ViewTable::new(plan, None)))
     }
 }
