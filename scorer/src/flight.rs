@@ -9,7 +9,7 @@ use std::time::Instant;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::ipc::CompressionType;
-use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::encode::{FlightDataEncoderBuilder, GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -26,11 +26,12 @@ use object_store::ObjectStoreExt;
 use prost::Message;
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::error::{Result, ScoreError};
 use crate::flight_input::FlightInput;
 use crate::mapping::schema_from_model;
-use crate::scorer::{BatchStream, ResolvedModel, Scorer};
+use crate::scorer::{batch_bytes, BatchStream, ResolvedModel, Scorer};
 use crate::source::Credentials;
 #[cfg(feature = "sql")]
 use crate::sql::flight::{flight_sql_command, is_flight_sql_action};
@@ -258,17 +259,63 @@ fn result_options(cmd: &ScoreCommand) -> Result<IpcWriteOptions> {
     Ok(IpcWriteOptions::default().try_with_compression(codec)?)
 }
 
+/// Flight messages (up to arrow-flight's 2 MiB each) encoded ahead of the response.
+const RESULT_MESSAGES_AHEAD: usize = 4;
+
 /// Encode scored batches as Flight data; the schema is sent even when there is no batch.
+///
+/// Decoding, scoring and encoding run in a task of their own, up to
+/// [`RESULT_MESSAGES_AHEAD`] messages ahead of the response body. The transport polls a
+/// body only when the client's window has room, so driven from the body the pipeline would
+/// stall while each batch is sent. When the client goes away, the body (the receiver) is
+/// dropped, the next send fails and the task drops the stream, which ends the scoring.
 fn encode(
     schema: SchemaRef,
     options: IpcWriteOptions,
     batches: BatchStream,
 ) -> BoxStream<'static, Result<FlightData, Status>> {
-    FlightDataEncoderBuilder::new()
+    let mut encoded = FlightDataEncoderBuilder::new()
         .with_options(options)
         .with_schema(schema)
-        .build(batches.map_err(FlightError::from))
-        .map_err(to_status)
+        // Split here by the rows' own bytes instead (`message_sized`): arrow-flight counts
+        // every column's whole buffer, and the columns a batch passes through from its IPC
+        // input share one, so it cut a 65,536-row batch of 20 columns into 50 messages.
+        .with_max_flight_data_size(usize::MAX)
+        .build(message_sized(batches).map_err(FlightError::from))
+        .map_err(to_status);
+    let (tx, rx) = tokio::sync::mpsc::channel(RESULT_MESSAGES_AHEAD);
+    tokio::spawn(
+        async move {
+            while let Some(message) = encoded.next().await {
+                if tx.send(message).await.is_err() {
+                    break;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// Batches cut into slices of at most [`GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES`] of row data (one
+/// row at least), so that a message stays under the 4 MiB that gRPC clients accept by default.
+fn message_sized(batches: BatchStream) -> BatchStream {
+    batches
+        .flat_map(|batch| {
+            let parts = match batch {
+                Ok(batch) => {
+                    let (rows, bytes) = (batch.num_rows(), batch_bytes(&batch));
+                    let parts = bytes.div_ceil(GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES).clamp(1, rows.max(1));
+                    let per_part = rows.div_ceil(parts).max(1);
+                    (0..rows.max(1))
+                        .step_by(per_part)
+                        .map(|offset| Ok(batch.slice(offset, per_part.min(rows - offset))))
+                        .collect()
+                }
+                Err(e) => vec![Err(e)],
+            };
+            stream::iter(parts)
+        })
         .boxed()
 }
 
@@ -733,7 +780,7 @@ impl FlightService for ScorerService {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{Float32Array, RecordBatch};
+    use arrow::array::{ArrayRef, Float32Array, RecordBatch};
     use arrow::datatypes::{DataType, Field};
 
     use super::*;
@@ -766,5 +813,48 @@ mod tests {
         assert_eq!(result_codecs("ZSTD").await.unwrap(), vec![Some(CompressionType::ZSTD)]);
         let err = result_codecs("gzip").await.unwrap_err();
         assert!(matches!(err, ScoreError::InvalidArgument(ref m) if m.contains("gzip")), "{err}");
+    }
+
+    /// A 65,536-row batch of 20 float32 columns (5 MiB of rows) as a Flight input delivers
+    /// it: decoded from one IPC message, all columns slices of one buffer.
+    async fn decoded_batch() -> RecordBatch {
+        let fields: Vec<Field> = (0..20).map(|i| Field::new(format!("f{i}"), DataType::Float32, false)).collect();
+        let schema = Arc::new(Schema::new(fields));
+        let columns = (0..20)
+            .map(|c| Arc::new(Float32Array::from_iter_values((0..65_536).map(|r| (r * 20 + c) as f32))) as ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(schema, columns).unwrap();
+        let sent =
+            FlightDataEncoderBuilder::new().with_max_flight_data_size(usize::MAX).build(stream::iter([Ok(batch)]));
+        let decoded: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(sent).try_collect().await.unwrap();
+        decoded.into_iter().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn results_are_cut_into_messages_by_the_bytes_of_their_rows() {
+        let batch = decoded_batch().await;
+        let whole_buffer = batch.column(0).get_buffer_memory_size();
+        assert!(whole_buffer >= 20 * 65_536 * 4, "the columns share the message's buffer ({whole_buffer} bytes)");
+
+        // 5 MiB of rows: three messages of at most 2 MiB, not one per column's buffer.
+        let parts: Vec<RecordBatch> =
+            message_sized(stream::iter([Ok(batch.clone())]).boxed()).try_collect().await.unwrap();
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| batch_bytes(p) <= GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES));
+        assert_eq!(arrow::compute::concat_batches(&batch.schema(), &parts).unwrap(), batch);
+
+        // The encoded stream: the schema, then those three record batch messages.
+        let sent: Vec<FlightData> =
+            encode(batch.schema(), IpcWriteOptions::default(), stream::iter([Ok(batch)]).boxed())
+                .try_collect()
+                .await
+                .unwrap();
+        assert_eq!(sent.len(), 4);
+
+        // An empty batch still goes through, as one message.
+        let empty = RecordBatch::new_empty(parts[0].schema());
+        let parts: Vec<RecordBatch> = message_sized(stream::iter([Ok(empty)]).boxed()).try_collect().await.unwrap();
+        assert_eq!(parts.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![0]);
     }
 }

@@ -227,9 +227,7 @@ impl Scorer {
                     b.num_rows()
                 )));
             }
-            // Bytes of the rows themselves: columns decoded from one IPC message share its buffer,
-            // so per-array capacities would count that buffer once per column.
-            let bytes: usize = b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+            let bytes = batch_bytes(&b);
             if bytes > max_bytes {
                 return Err(ScoreError::ResourceExhausted(format!(
                     "a batch of {bytes} bytes is over the worker's limit of {max_bytes} bytes"
@@ -439,6 +437,12 @@ fn until_cancelled(stream: BatchStream, cancel: tokio_util::sync::CancellationTo
         }
     })
     .boxed()
+}
+
+/// Bytes of a batch's rows themselves. Columns decoded from one IPC message share its
+/// buffer, so per-array buffer sizes would count that whole buffer once per column.
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
 }
 
 /// Score one chunk (blocking).

@@ -44,6 +44,11 @@ where
     );
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Flow-control windows sized from the measured bandwidth-delay product (as gRPC C++
+        // does), not HTTP/2's fixed 64 KiB: with a fixed window a multi-megabyte batch
+        // crawls in window-sized round trips (benches/scoring.py: logreg20 DoExchange
+        // 4.1 M → 5.8 M rows/s on localhost).
+        .http2_adaptive_window(Some(true))
         // Room above the worker's own limit, so that a call over it is answered on its own
         // stream (RESOURCE_EXHAUSTED, see `FlightServer`) instead of by GOAWAY.
         .http2_max_header_list_size(
