@@ -70,11 +70,12 @@ pub struct ScorerConfig {
     /// largest legitimate batch (`inference_batch_rows` × the widest model's tensors) and below
     /// the container's memory limit.
     pub max_inference_bytes: usize,
-    /// Whether ONNX Runtime's intra-op threads spin while they wait for work. On (ONNX
-    /// Runtime's default) a cheap model streams about as fast or slightly faster; off, the
-    /// worker uses about 45 % less CPU per row for it (benches/scoring.py: LogisticRegression
-    /// 533 → 283 ns/row). Turn it off where CPU is metered or capped (a Kubernetes CPU limit
-    /// throttles a spinning worker).
+    /// Whether ONNX Runtime's intra-op threads spin while they wait for work (ONNX Runtime's
+    /// own default). Off by default: a Flight stream scores two chunks at once while it
+    /// decodes and encodes others, and spinning threads take the cores that work needs
+    /// (benches/scoring.py, 2 cores: logreg20 DoExchange 5.3 M → 7.2 M rows/s, mlp64
+    /// 3.6 M → 4.2 M, medians). On can help a worker that runs one large model call at a
+    /// time; a Kubernetes CPU limit throttles a spinning worker.
     pub intra_op_spinning: bool,
     /// SQL over Flight SQL on the same port (`[scorer.sql]`).
     pub sql: SqlConfig,
@@ -208,7 +209,7 @@ impl Default for ScorerConfig {
             registry_timeout: Duration::from_secs(120),
             max_artifact_bytes: 2 << 30,
             max_inference_bytes: 4 << 30,
-            intra_op_spinning: true,
+            intra_op_spinning: false,
             sql: SqlConfig::default(),
         }
     }

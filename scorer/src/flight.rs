@@ -26,12 +26,11 @@ use object_store::ObjectStoreExt;
 use prost::Message;
 use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 
 use crate::error::{Result, ScoreError};
 use crate::flight_input::FlightInput;
 use crate::mapping::schema_from_model;
-use crate::scorer::{batch_bytes, BatchStream, ResolvedModel, Scorer};
+use crate::scorer::{batch_bytes, run_ahead, BatchStream, ResolvedModel, Scorer};
 use crate::source::Credentials;
 #[cfg(feature = "sql")]
 use crate::sql::flight::{flight_sql_command, is_flight_sql_action};
@@ -264,17 +263,16 @@ const RESULT_MESSAGES_AHEAD: usize = 4;
 
 /// Encode scored batches as Flight data; the schema is sent even when there is no batch.
 ///
-/// Decoding, scoring and encoding run in a task of their own, up to
-/// [`RESULT_MESSAGES_AHEAD`] messages ahead of the response body. The transport polls a
-/// body only when the client's window has room, so driven from the body the pipeline would
-/// stall while each batch is sent. When the client goes away, the body (the receiver) is
-/// dropped, the next send fails and the task drops the stream, which ends the scoring.
+/// Decoding, scoring and encoding run ahead of the response body ([`run_ahead`], up to
+/// [`RESULT_MESSAGES_AHEAD`] messages): the transport polls a body only when the client's
+/// window has room, so driven from the body the pipeline would stall while each batch is
+/// sent.
 fn encode(
     schema: SchemaRef,
     options: IpcWriteOptions,
     batches: BatchStream,
 ) -> BoxStream<'static, Result<FlightData, Status>> {
-    let mut encoded = FlightDataEncoderBuilder::new()
+    let encoded = FlightDataEncoderBuilder::new()
         .with_options(options)
         .with_schema(schema)
         // Split here by the rows' own bytes instead (`message_sized`): arrow-flight counts
@@ -282,19 +280,9 @@ fn encode(
         // input share one, so it cut a 65,536-row batch of 20 columns into 50 messages.
         .with_max_flight_data_size(usize::MAX)
         .build(message_sized(batches).map_err(FlightError::from))
-        .map_err(to_status);
-    let (tx, rx) = tokio::sync::mpsc::channel(RESULT_MESSAGES_AHEAD);
-    tokio::spawn(
-        async move {
-            while let Some(message) = encoded.next().await {
-                if tx.send(message).await.is_err() {
-                    break;
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+        .map_err(to_status)
+        .boxed();
+    run_ahead(encoded, RESULT_MESSAGES_AHEAD)
 }
 
 /// Batches cut into slices of at most [`GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES`] of row data (one

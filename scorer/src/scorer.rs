@@ -14,6 +14,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use lakescore_proto::ScoreCommand;
 use object_store::ObjectMeta;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use tracing::Instrument;
 
 use crate::cache::{ModelCache, ModelHandle};
 use crate::config::{Backend, ScorerConfig};
@@ -282,7 +283,8 @@ impl Scorer {
             self.config.max_rows_per_file,
             self.config.row_group_rows,
         );
-        let mut scored = self.score_stream(model, plan, cmd, input);
+        // Decoded and scored ahead while the writer encodes and hashes.
+        let mut scored = run_ahead(self.score_stream(model, plan, cmd, input), 2);
         while let Some(batch) = scored.next().await {
             let written = match batch {
                 Ok(b) => writer.write(&b).await,
@@ -437,6 +439,24 @@ fn until_cancelled(stream: BatchStream, cancel: tokio_util::sync::CancellationTo
         }
     })
     .boxed()
+}
+
+/// Drives `stream` in a task of its own, up to `ahead` items ahead of the consumer, so that
+/// its work (decoding, scoring) runs while the consumer handles the items before. A
+/// consumer that stops (drops the returned stream) stops the task at its next item.
+pub(crate) fn run_ahead<T: Send + 'static>(mut stream: BoxStream<'static, T>, ahead: usize) -> BoxStream<'static, T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+    tokio::spawn(
+        async move {
+            while let Some(item) = stream.next().await {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
 }
 
 /// Bytes of a batch's rows themselves. Columns decoded from one IPC message share its

@@ -48,15 +48,15 @@ async fn do_exchange_matches_onnxruntime_for_every_model() {
 }
 
 /// `backend ort` (tree ensembles included, which `auto` sends to the native tree engine),
-/// two intra-op threads that do not spin while they wait: the same answers. Classifiers
+/// two intra-op threads that spin while they wait (not the default): the same answers. Classifiers
 /// only: with two threads ONNX Runtime sums a regression forest's trees in per-thread
 /// partials, which moves values near zero by more than the comparison's 1e-5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn onnxruntime_alone_without_spinning_matches_onnxruntime_for_every_model() {
+async fn onnxruntime_alone_with_spinning_matches_onnxruntime_for_every_model() {
     let worker = Worker::start_with(|c| {
         c.backend = lakescore_scorer::Backend::Ort;
         c.intra_op_threads = 2;
-        c.intra_op_spinning = false;
+        c.intra_op_spinning = true;
     })
     .await;
     let mut client = worker.client().await;

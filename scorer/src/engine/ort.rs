@@ -66,7 +66,7 @@ impl Default for OrtOptions {
             intra_op_threads: 0,
             optimization: GraphOptimization::default(),
             max_inference_bytes: 0,
-            intra_op_spinning: true,
+            intra_op_spinning: false,
         }
     }
 }
