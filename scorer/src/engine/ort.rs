@@ -44,7 +44,7 @@ impl std::str::FromStr for GraphOptimization {
 }
 
 /// Options of the ONNX Runtime engine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OrtOptions {
     /// The ONNX Runtime shared library; `None`: see [`find_onnxruntime`].
     pub library: Option<PathBuf>,
@@ -57,18 +57,6 @@ pub struct OrtOptions {
     pub max_inference_bytes: usize,
     /// Whether intra-op threads spin while waiting (see `ScorerConfig::intra_op_spinning`).
     pub intra_op_spinning: bool,
-}
-
-impl Default for OrtOptions {
-    fn default() -> Self {
-        Self {
-            library: None,
-            intra_op_threads: 0,
-            optimization: GraphOptimization::default(),
-            max_inference_bytes: 0,
-            intra_op_spinning: false,
-        }
-    }
 }
 
 /// The ONNX Runtime engine.
