@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::ScorerConfig;
 use crate::error::{Result, ScoreError};
@@ -49,7 +49,6 @@ where
         "scoring worker (Arrow Flight) listening"
     );
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         // HTTP/2 flow-control windows: with hyper's 1 MiB default a 5 MiB batch crawls in
         // window-sized round trips (benches/scoring.py, logreg20 DoExchange: 4.1 M → 5.7 M
         // rows/s). Fixed rather than adaptive (hyper's BDP estimate): on localhost that
@@ -62,7 +61,10 @@ where
             scorer.config().max_header_list_bytes.saturating_mul(crate::flight::TRANSPORT_HEADER_HEADROOM),
         )
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Nagle off on every connection: tonic's `tcp_nodelay` is ignored for an incoming
+        // stream of our own, and with it on a small call's response waited for the client's
+        // delayed ACK (1,000-row DoExchange calls: p90 44 ms instead of 1.5 ms).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .map_err(|e| ScoreError::Unavailable(format!("Flight server failed: {e}")))
 }
