@@ -442,13 +442,19 @@ fn until_cancelled(stream: BatchStream, cancel: tokio_util::sync::CancellationTo
 }
 
 /// Drives `stream` in a task of its own, up to `ahead` items ahead of the consumer, so that
-/// its work (decoding, scoring) runs while the consumer handles the items before. A
-/// consumer that stops (drops the returned stream) stops the task at its next item.
+/// its work (decoding, scoring, a query) runs while the consumer handles the items before.
+/// A consumer that stops (drops the returned stream) drops `stream` at once, as if it had
+/// been polled directly: a client that goes away cancels its query or scoring.
 pub(crate) fn run_ahead<T: Send + 'static>(mut stream: BoxStream<'static, T>, ahead: usize) -> BoxStream<'static, T> {
     let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
     tokio::spawn(
         async move {
-            while let Some(item) = stream.next().await {
+            loop {
+                let item = tokio::select! {
+                    _ = tx.closed() => break,
+                    item = stream.next() => item,
+                };
+                let Some(item) = item else { break };
                 if tx.send(item).await.is_err() {
                     break;
                 }
@@ -590,6 +596,38 @@ mod tests {
             })
             .collect();
         assert_eq!(all, (0..11).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn run_ahead_keeps_order_and_drops_its_stream_when_the_consumer_goes() {
+        let items: Vec<i32> = run_ahead(futures::stream::iter(0..100).boxed(), 3).collect().await;
+        assert_eq!(items, (0..100).collect::<Vec<_>>());
+
+        // A stream that never yields (a query still computing) is dropped as soon as its
+        // consumer is, not at its next item.
+        struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for DropFlag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = DropFlag(dropped.clone());
+        let pending = futures::stream::pending::<i32>().map(move |i| {
+            let _ = &flag;
+            i
+        });
+        let consumer = run_ahead(pending.boxed(), 2);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst), "dropped while its consumer was there");
+        drop(consumer);
+        for _ in 0..100 {
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the stream outlived its consumer by a second");
     }
 
     #[tokio::test]

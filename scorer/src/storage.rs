@@ -828,6 +828,16 @@ mod tests {
         assert_eq!(summary.files.len(), 3);
         assert!(dir.path().join("out/_lakescore.json").is_file());
         assert!(dir.path().join("out/part-job1-00002.parquet").is_file());
+        // Each file's sha256, hashed a row group at a time while the next is encoded, is
+        // that of its bytes.
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("out/_lakescore.json")).unwrap()).unwrap();
+        let listed = manifest["files"].as_array().unwrap();
+        assert_eq!(listed.len(), 3, "{manifest}");
+        for file in listed {
+            let bytes = std::fs::read(dir.path().join("out").join(file["path"].as_str().unwrap())).unwrap();
+            assert_eq!(file["sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), "{file}");
+        }
 
         // Reusing a job id does not clobber.
         let mut w = JobWriter::new(storage.locate(&out, "output").unwrap(), "job1".into(), schema.clone(), 10, 4);
