@@ -338,7 +338,7 @@ struct HashingWriter {
     inner: BufWriter,
     /// The hash of the chunks before the last one. The last chunk is hashed on a blocking
     /// thread (`pending`) while the Parquet writer encodes the next row group: on the
-    /// writer's own task, hashing took a seventh of a DoPut's time.
+    /// writer's own task, hashing took a seventh of the worker's CPU in a DoPut.
     hasher: sha2::Sha256,
     pending: Option<tokio::task::JoinHandle<sha2::Sha256>>,
 }
