@@ -768,7 +768,7 @@ impl FlightService for ScorerService {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{ArrayRef, Float32Array, RecordBatch};
+    use arrow::array::{ArrayRef, Float32Array, RecordBatch, StringViewArray};
     use arrow::datatypes::{DataType, Field};
 
     use super::*;
@@ -839,6 +839,14 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(sent.len(), 4);
+
+        // String views, which arrow cannot size per slice, are cut by their buffers' lengths.
+        let strings = StringViewArray::from_iter_values((0..100_000).map(|i| format!("{i:0>40}")));
+        let views = RecordBatch::try_from_iter([("s", Arc::new(strings) as ArrayRef)]).unwrap();
+        let parts: Vec<RecordBatch> =
+            message_sized(stream::iter([Ok(views.clone())]).boxed()).try_collect().await.unwrap();
+        assert_eq!(parts.len(), 3, "{} bytes", batch_bytes(&views));
+        assert_eq!(arrow::compute::concat_batches(&views.schema(), &parts).unwrap(), views);
 
         // An empty batch still goes through, as one message.
         let empty = RecordBatch::new_empty(parts[0].schema());

@@ -466,9 +466,19 @@ pub(crate) fn run_ahead<T: Send + 'static>(mut stream: BoxStream<'static, T>, ah
 }
 
 /// Bytes of a batch's rows themselves. Columns decoded from one IPC message share its
-/// buffer, so per-array buffer sizes would count that whole buffer once per column.
+/// buffer, so per-array buffer capacities would count that whole buffer once per column.
 pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
-    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+    batch.columns().iter().map(|c| array_bytes(&c.to_data())).sum()
+}
+
+/// An array's bytes: its slice's, where arrow can size a slice; otherwise (string and binary
+/// views) the lengths of its buffers, which are at least the slice's.
+fn array_bytes(data: &arrow::array::ArrayData) -> usize {
+    data.get_slice_memory_size().unwrap_or_else(|_| {
+        data.buffers().iter().map(|b| b.len()).sum::<usize>()
+            + data.nulls().map_or(0, |n| n.buffer().len())
+            + data.child_data().iter().map(array_bytes).sum::<usize>()
+    })
 }
 
 /// Score one chunk (blocking).
