@@ -471,14 +471,20 @@ pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
     batch.columns().iter().map(|c| array_bytes(&c.to_data())).sum()
 }
 
-/// An array's bytes: its slice's, where arrow can size a slice; otherwise (string and binary
-/// views) the lengths of its buffers, which are at least the slice's.
+/// An array's bytes: its slice's, as arrow counts them, plus the data buffers of string and
+/// binary views, which arrow's count leaves out (whole buffers: at least the slice's data).
 fn array_bytes(data: &arrow::array::ArrayData) -> usize {
-    data.get_slice_memory_size().unwrap_or_else(|_| {
-        data.buffers().iter().map(|b| b.len()).sum::<usize>()
-            + data.nulls().map_or(0, |n| n.buffer().len())
-            + data.child_data().iter().map(array_bytes).sum::<usize>()
-    })
+    data.get_slice_memory_size().unwrap_or_else(|_| data.get_buffer_memory_size()) + view_data_bytes(data)
+}
+
+/// The lengths of the view data buffers in `data` and its children.
+fn view_data_bytes(data: &arrow::array::ArrayData) -> usize {
+    let layout = arrow::array::layout(data.data_type());
+    let own: usize = match layout.variadic {
+        true => data.buffers().iter().skip(layout.buffers.len()).map(|b| b.len()).sum(),
+        false => 0,
+    };
+    own + data.child_data().iter().map(view_data_bytes).sum::<usize>()
 }
 
 /// Score one chunk (blocking).
