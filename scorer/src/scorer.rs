@@ -390,7 +390,8 @@ impl Scorer {
                         self.config.row_group_rows,
                     )),
                 };
-                let mut scored = self.score_stream(&model, plan.clone(), cmd, batches);
+                // Read and scored ahead while the writer encodes and hashes, as in `write_output`.
+                let mut scored = run_ahead(self.score_stream(&model, plan.clone(), cmd, batches), 2);
                 while let Some(b) = scored.next().await {
                     w.write(&b?).await?;
                 }
