@@ -345,16 +345,15 @@ impl TableFunctionImpl for PredictTable {
         let [reference, data, features @ ..] = args.exprs() else {
             return plan_err!("predict as a table takes the model and the data: FROM predict('fraud@champion', tx)");
         };
-        let reference = match reference {
+        let literal = match reference {
             Expr::Literal(value, _) => Some(value),
             _ => None,
         };
-        let model = lookup(&self.models, reference).map_err(external)?;
-        let reference = reference.cloned().unwrap_or(ScalarValue::Null);
+        let model = lookup(&self.models, literal).map_err(external)?;
         let input = Self::data(data, args.session())?;
         let schema = input.schema().clone();
         let columns = schema.columns();
-        let mut call = vec![Expr::Literal(reference, None)];
+        let mut call = vec![reference.clone()];
         call.extend(Self::feed(model, &columns, features)?);
         let passthrough: Vec<Expr> = columns.into_iter().map(Expr::Column).collect();
         let scored = input.project(passthrough.iter().cloned().chain([self.predict.call(call).alias(SCORED)]))?;
