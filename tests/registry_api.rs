@@ -205,7 +205,7 @@ async fn upload_records_signature_and_dedupes_artifacts(db: Db) {
         "{}",
         rf_record["backends"]
     );
-    // The native tree engine takes the forest, and says why not for the linear graph.
+    // The native engine takes the forest, and says why not for the plain MatMul graph.
     assert_eq!(rf_record["backends"]["trees"], "ok", "{}", rf_record["backends"]);
     create_model(&s, "linear", json!({})).await;
     let lin = upload_ok(&s, "linear", "linreg.onnx").await;

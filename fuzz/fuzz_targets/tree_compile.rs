@@ -6,11 +6,11 @@
 
 #![no_main]
 
-use lakescore_trees::TreeModel;
+use lakescore_trees::NativeModel;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let model = match TreeModel::compile(data) {
+    let model = match NativeModel::compile(data) {
         Ok(model) => model,
         Err(why) => {
             assert!(!why.0.is_empty());

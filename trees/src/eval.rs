@@ -127,7 +127,7 @@ impl Feature for f64 {
 /// One step of a walk: the next node for the row whose features start at `row`.
 ///
 /// # Safety
-/// `at` indexes `nodes`, and `row + features` is within `x`. [`crate::TreeModel::compile`]
+/// `at` indexes `nodes`, and `row + features` is within `x`. [`crate::NativeModel::compile`]
 /// guarantees that every successor indexes `nodes` and every split's feature is below the
 /// input's width; [`Ensemble::predict_rows`] passes whole rows only.
 #[inline(always)]
@@ -387,7 +387,7 @@ impl Ensemble {
     }
 }
 
-fn post_transform(s: &mut [f32], post: PostTransform) {
+pub(crate) fn post_transform(s: &mut [f32], post: PostTransform) {
     match post {
         PostTransform::None => {}
         PostTransform::Logistic => s.iter_mut().for_each(|v| *v = compute_logistic(*v)),
@@ -417,7 +417,7 @@ fn post_transform(s: &mut [f32], post: PostTransform) {
     }
 }
 
-fn compute_logistic(v: f32) -> f32 {
+pub(crate) fn compute_logistic(v: f32) -> f32 {
     let p = 1.0 / (1.0 + (-v.abs()).exp());
     if v < 0.0 {
         1.0 - p

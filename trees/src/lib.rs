@@ -1,9 +1,12 @@
-//! lakescore's native tree-ensemble engine.
+//! lakescore's native engine for the classical models most tabular scoring runs: tree
+//! ensembles and linear models.
 //!
 //! Most tabular models are tree ensembles (random forests, gradient boosting), exported to
 //! ONNX as one `ai.onnx.ml` `TreeEnsembleClassifier` or `TreeEnsembleRegressor` with a
-//! `Cast` on the label and a `ZipMap` on the scores around it. [`TreeModel::compile`] turns
-//! such a graph into a compact evaluator ([`eval`]): nodes 16 bytes each in depth-first
+//! `Cast` on the label and a `ZipMap` on the scores around it; most of the rest are linear
+//! (`LinearClassifier` / `LinearRegressor`, often with a `Normalizer`). [`NativeModel::compile`]
+//! turns such a graph into a compact evaluator. Linear models are one float32 multiply-add
+//! pass over blocks of rows ([`linear`]); tree ensembles ([`eval`]) have nodes 16 bytes each in depth-first
 //! order, trees walked over blocks of rows so that a tree stays in cache, eight rows at a
 //! time in lock-step without data-dependent branches, all cores. Its outputs are ONNX
 //! Runtime's: the same comparisons, the same float accumulation in tree order, and the same
@@ -15,6 +18,7 @@
 //! when the graph is compiled.
 
 mod eval;
+mod linear;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +28,7 @@ use prost::Message;
 
 pub use eval::Predictions;
 use eval::{Aggregate, Ensemble, Kind, Node, PostTransform, Splits, Tree};
+use linear::{Linear, LinearKind};
 
 /// Why a model is not covered by the native engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,25 +93,54 @@ pub struct GraphOutput {
     pub kind: OutputKind,
 }
 
-/// A compiled tree-ensemble graph.
+/// A compiled graph: one tree ensemble or linear model, and what is allowed around it.
 #[derive(Debug, Clone)]
-pub struct TreeModel {
+pub struct NativeModel {
     /// The graph input's name.
     pub input: String,
     /// Its element type.
     pub input_type: InputType,
     /// Features per row (the input's second dimension).
     pub n_features: usize,
-    /// Whether the input is cast to float32 before the ensemble (a `Cast` node).
+    /// Whether double input is rounded to float32 first: a `Cast` node, or a linear model,
+    /// which ONNX Runtime computes in float32.
     cast_input: bool,
     /// The graph outputs, in graph order.
     pub outputs: Vec<GraphOutput>,
-    ensemble: Ensemble,
+    estimator: Estimator,
+    /// A `Normalizer` on the scores, on the way to every output that holds them.
+    normalizer: Option<Norm>,
 }
 
-impl TreeModel {
-    /// Compile an ONNX model whose graph is a single tree ensemble (with `Cast`, `Identity`
-    /// and `ZipMap` around it); anything else is [`Unsupported`], saying why.
+/// The one model node of the graph.
+#[derive(Debug, Clone)]
+enum Estimator {
+    Trees(Ensemble),
+    Linear(Linear),
+}
+
+impl Estimator {
+    fn class_labels(&self) -> Option<&ClassLabels> {
+        match self {
+            Estimator::Trees(Ensemble { kind: Kind::Classifier { labels, .. }, .. }) => Some(labels),
+            Estimator::Linear(Linear { kind: LinearKind::Classifier { labels }, .. }) => Some(labels),
+            _ => None,
+        }
+    }
+}
+
+/// `ai.onnx.ml` `Normalizer`'s `norm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Norm {
+    Max,
+    L1,
+    L2,
+}
+
+impl NativeModel {
+    /// Compile an ONNX model whose graph is a single tree ensemble or linear model (with
+    /// `Cast`, `Identity`, `Normalizer` and `ZipMap` around it); anything else is
+    /// [`Unsupported`], saying why.
     pub fn compile(model: &[u8]) -> Result<Self, Unsupported> {
         let model = ModelProto::decode(model).map_err(|e| Unsupported(format!("not an ONNX model ({e})")))?;
         let Some(graph) = model.graph.as_ref() else { return unsupported("the model has no graph") };
@@ -116,7 +150,7 @@ impl TreeModel {
         let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name()).collect();
         let inputs: Vec<_> = graph.input.iter().filter(|i| !initializers.contains(&i.name())).collect();
         let [input] = inputs.as_slice() else {
-            return unsupported(format!("the graph has {} inputs; the native tree engine takes one", inputs.len()));
+            return unsupported(format!("the graph has {} inputs; the native engine takes one", inputs.len()));
         };
         let Some(type_proto::Value::TensorType(tensor)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
             return unsupported("the graph input is not a tensor");
@@ -135,30 +169,38 @@ impl TreeModel {
             _ => return unsupported("the graph input is not [N, features]"),
         };
 
-        // The one ensemble, and what is allowed around it.
-        let mut ensemble_node: Option<&NodeProto> = None;
-        let mut cast_input = false;
+        // The one model node, and what is allowed around it.
+        let mut model_node: Option<&NodeProto> = None;
         for node in &graph.node {
             let ml = node.domain() == "ai.onnx.ml";
             match (node.op_type(), ml) {
-                ("TreeEnsembleClassifier" | "TreeEnsembleRegressor", true) => {
-                    if ensemble_node.replace(node).is_some() {
-                        return unsupported("the graph has more than one tree ensemble");
+                ("TreeEnsembleClassifier" | "TreeEnsembleRegressor" | "LinearClassifier" | "LinearRegressor", true) => {
+                    if model_node.replace(node).is_some() {
+                        return unsupported("the graph has more than one model node (tree ensemble or linear model)");
                     }
                 }
+                ("Normalizer", true) => {}
                 ("Cast" | "Identity" | "ZipMap", _) if node.domain().is_empty() || ml => {}
                 (op, _) => {
-                    return unsupported(format!("the graph has a {op} node, which the native tree engine does not run"))
+                    return unsupported(format!("the graph has a {op} node, which the native engine does not run"))
                 }
             }
         }
-        let Some(node) = ensemble_node else { return unsupported("the graph has no tree ensemble") };
-        let [ensemble_input] = node.input.as_slice() else {
-            return unsupported("the tree ensemble has several inputs");
+        let Some(node) = model_node else { return unsupported("the graph has no tree ensemble or linear model") };
+        let [model_input] = node.input.as_slice() else {
+            return unsupported(format!("the {} has several inputs", node.op_type()));
         };
-        if ensemble_input != input.name() {
+        let linear = node.op_type().starts_with("Linear");
+        // ONNX Runtime's LinearClassifier rounds any input to float32; its LinearRegressor
+        // takes float32 only.
+        let mut cast_input = linear && input_type == InputType::Float64;
+        if model_input == input.name() {
+            if node.op_type() == "LinearRegressor" && cast_input {
+                return unsupported("a LinearRegressor on double input (ONNX Runtime takes float only)");
+            }
+        } else {
             // Only a Cast of the graph input to float may sit in between.
-            let cast = graph.node.iter().find(|n| n.output.iter().any(|o| o == ensemble_input));
+            let cast = graph.node.iter().find(|n| n.output.iter().any(|o| o == model_input));
             match cast {
                 Some(c)
                     if c.op_type() == "Cast"
@@ -168,46 +210,55 @@ impl TreeModel {
                 {
                     cast_input = input_type == InputType::Float64;
                 }
-                _ => return unsupported("the tree ensemble is not fed by the graph input"),
+                _ => return unsupported(format!("the {} is not fed by the graph input", node.op_type())),
             }
         }
-        let ensemble = compile_ensemble(node, n_features)?;
+        let estimator = if linear {
+            Estimator::Linear(compile_linear(node, n_features)?)
+        } else {
+            Estimator::Trees(compile_ensemble(node, n_features)?)
+        };
 
         // Each graph output: the label, the scores, or the scores zipped, through Cast,
-        // Identity and ZipMap nodes.
+        // Identity, Normalizer and ZipMap nodes.
         let producer: HashMap<&str, &NodeProto> =
             graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
-        let label_name = if matches!(ensemble.kind, Kind::Classifier { .. }) { node.output.first() } else { None };
-        let scores_name = match ensemble.kind {
-            Kind::Classifier { .. } => node.output.get(1),
-            Kind::Regressor { .. } => node.output.first(),
-        };
+        let classifier = estimator.class_labels().is_some();
+        let label_name = if classifier { node.output.first() } else { None };
+        let scores_name = if classifier { node.output.get(1) } else { node.output.first() };
         let mut outputs = Vec::new();
+        // Per output that holds scores: whether it is normalized, and how.
+        let mut norms: Vec<Option<Norm>> = Vec::new();
         for out in &graph.output {
             let mut name = out.name();
             let mut zipmap = None;
+            let mut normalizer = None;
             let kind = loop {
                 if Some(name) == label_name.map(String::as_str) {
-                    if zipmap.is_some() {
-                        return unsupported("a ZipMap over the label");
+                    if zipmap.is_some() || normalizer.is_some() {
+                        return unsupported("a ZipMap or Normalizer over the label");
                     }
                     break OutputKind::Label;
                 }
                 if Some(name) == scores_name.map(String::as_str) {
+                    norms.push(normalizer);
                     break zipmap.map_or(OutputKind::Scores, OutputKind::ZipMap);
                 }
                 let Some(n) = producer.get(name) else {
-                    return unsupported(format!("graph output '{}' does not come from the tree ensemble", out.name()));
+                    return unsupported(format!(
+                        "graph output '{}' does not come from the {}",
+                        out.name(),
+                        node.op_type()
+                    ));
                 };
                 let [from] = n.input.as_slice() else {
-                    return unsupported("a node around the ensemble has several inputs");
+                    return unsupported(format!("a node around the {} has several inputs", node.op_type()));
                 };
                 match n.op_type() {
                     "Identity" => {}
                     "Cast" => {
                         // Only the int64 label cast to int64 (skl2onnx's `output_label`).
-                        let int_labels =
-                            matches!(&ensemble.kind, Kind::Classifier { labels: ClassLabels::Int64(_), .. });
+                        let int_labels = matches!(estimator.class_labels(), Some(ClassLabels::Int64(_)));
                         if !(int_labels
                             && Some(from) == label_name
                             && attr_int(n, "to") == Some(tensor_proto::DataType::Int64 as i64)
@@ -217,57 +268,126 @@ impl TreeModel {
                         }
                     }
                     "ZipMap" => {
-                        let Kind::Classifier { labels, .. } = &ensemble.kind else {
+                        let Some(labels) = estimator.class_labels() else {
                             return unsupported("a ZipMap over a regressor");
                         };
                         let keys = zipmap_labels(n)?;
-                        if &keys != labels || zipmap.is_some() {
+                        if &keys != labels || zipmap.is_some() || normalizer.is_some() {
                             return unsupported("a ZipMap whose labels are not the classifier's");
                         }
                         zipmap = Some(keys);
                     }
-                    op => return unsupported(format!("a {op} node around the ensemble")),
+                    "Normalizer" => {
+                        let norm = match n.attribute.as_slice() {
+                            [] => Norm::Max,
+                            [a] if a.name() == "norm" => match a.s.as_deref() {
+                                Some(b"MAX") => Norm::Max,
+                                Some(b"L1") => Norm::L1,
+                                Some(b"L2") => Norm::L2,
+                                _ => return unsupported("a Normalizer with a norm other than MAX, L1 or L2"),
+                            },
+                            _ => return unsupported("a Normalizer with attributes other than norm"),
+                        };
+                        if normalizer.replace(norm).is_some() {
+                            return unsupported("two Normalizers in a row");
+                        }
+                    }
+                    op => return unsupported(format!("a {op} node around the {}", node.op_type())),
                 }
                 name = from;
             };
             outputs.push(GraphOutput { name: out.name().to_string(), kind });
         }
-        Ok(Self { input: input.name().to_string(), input_type, n_features, cast_input, outputs, ensemble })
+        let normalizer = norms.first().copied().flatten();
+        if norms.iter().any(|n| *n != normalizer) {
+            return unsupported("the scores reach some outputs through a Normalizer and others not");
+        }
+        Ok(Self { input: input.name().to_string(), input_type, n_features, cast_input, outputs, estimator, normalizer })
     }
 
     /// The class labels, for a classifier.
     pub fn class_labels(&self) -> Option<&ClassLabels> {
-        match &self.ensemble.kind {
-            Kind::Classifier { labels, .. } => Some(labels),
-            Kind::Regressor { .. } => None,
-        }
+        self.estimator.class_labels()
     }
 
     /// Scores per row: classes for a classifier, targets for a regressor.
     pub fn width(&self) -> usize {
-        self.ensemble.width
+        match &self.estimator {
+            Estimator::Trees(e) => e.width,
+            Estimator::Linear(l) => l.width(),
+        }
     }
 
-    /// Number of trees.
+    /// Number of trees (0 for a linear model).
     pub fn n_trees(&self) -> usize {
-        self.ensemble.trees.len()
+        match &self.estimator {
+            Estimator::Trees(e) => e.trees.len(),
+            Estimator::Linear(_) => 0,
+        }
     }
 
-    /// Score `rows` rows of row-major float32 features on up to `threads` threads.
+    /// What runs the model: `trees` (a tree ensemble) or `linear`.
+    pub fn engine(&self) -> &'static str {
+        match &self.estimator {
+            Estimator::Trees(_) => "trees",
+            Estimator::Linear(_) => "linear",
+        }
+    }
+
+    /// Score `rows` rows of row-major float32 features on up to `threads` threads (a linear
+    /// model takes one: it is a single pass over memory).
     pub fn predict_f32(&self, features: &[f32], rows: usize, threads: usize) -> Result<Predictions, Unsupported> {
         self.check_len(features.len(), rows)?;
-        Ok(self.ensemble.predict(features, self.n_features, rows, threads))
+        let predictions = match &self.estimator {
+            Estimator::Trees(e) => e.predict(features, self.n_features, rows, threads),
+            Estimator::Linear(l) => l.predict(features, self.n_features, rows),
+        };
+        Ok(self.normalized(predictions))
     }
 
     /// Score `rows` rows of row-major float64 features (compared in double precision, or
-    /// rounded to float32 first where the graph casts them).
+    /// rounded to float32 first where the graph casts them or the model is linear).
     pub fn predict_f64(&self, features: &[f64], rows: usize, threads: usize) -> Result<Predictions, Unsupported> {
         self.check_len(features.len(), rows)?;
-        if self.cast_input {
-            let narrowed: Vec<f32> = features.iter().map(|v| *v as f32).collect();
-            return Ok(self.ensemble.predict(&narrowed, self.n_features, rows, threads));
+        match &self.estimator {
+            Estimator::Trees(e) if !self.cast_input => {
+                Ok(self.normalized(e.predict(features, self.n_features, rows, threads)))
+            }
+            _ => {
+                let narrowed: Vec<f32> = features.iter().map(|v| *v as f32).collect();
+                self.predict_f32(&narrowed, rows, threads)
+            }
         }
-        Ok(self.ensemble.predict(features, self.n_features, rows, threads))
+    }
+
+    /// The scores through the graph's `Normalizer`, as ONNX Runtime's computes it: a row
+    /// whose norm is 0 is left as it is.
+    fn normalized(&self, mut p: Predictions) -> Predictions {
+        let Some(norm) = self.normalizer else { return p };
+        for s in p.scores.chunks_exact_mut(p.width.max(1)) {
+            let divisor = match norm {
+                Norm::Max => s.iter().fold(f32::MIN, |max, v| if max < *v { *v } else { max }),
+                Norm::L1 => s.iter().map(|v| v.abs()).sum(),
+                Norm::L2 => s.iter().map(|v| v * v).sum(),
+            };
+            if divisor == 0.0 {
+                continue;
+            }
+            for v in s.iter_mut() {
+                *v = match norm {
+                    Norm::Max | Norm::L1 => *v / divisor,
+                    Norm::L2 => {
+                        let r = (*v * *v / divisor).sqrt();
+                        if *v < 0.0 {
+                            -r
+                        } else {
+                            r
+                        }
+                    }
+                };
+            }
+        }
+        p
     }
 
     fn check_len(&self, len: usize, rows: usize) -> Result<(), Unsupported> {
@@ -574,4 +694,55 @@ fn compile_ensemble(node: &NodeProto, n_features: usize) -> Result<Ensemble, Uns
         Splits::LeqOnly
     };
     Ok(Ensemble { nodes, trees, leaf_of, leaf_weights, leaf_mask, width, kind, post, base_values, splits })
+}
+
+const LINEAR_CLASSIFIER_ATTRIBUTES: &[&str] =
+    &["coefficients", "intercepts", "classlabels_ints", "classlabels_strings", "multi_class", "post_transform"];
+const LINEAR_REGRESSOR_ATTRIBUTES: &[&str] = &["coefficients", "intercepts", "targets", "post_transform"];
+
+fn compile_linear(node: &NodeProto, n_features: usize) -> Result<Linear, Unsupported> {
+    let classifier = node.op_type() == "LinearClassifier";
+    let known = if classifier { LINEAR_CLASSIFIER_ATTRIBUTES } else { LINEAR_REGRESSOR_ATTRIBUTES };
+    let a = read_attributes(node, known)?;
+    let post = match a.string("post_transform", "NONE").as_str() {
+        "NONE" => PostTransform::None,
+        "LOGISTIC" => PostTransform::Logistic,
+        "SOFTMAX" => PostTransform::Softmax,
+        "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
+        other => return unsupported(format!("post_transform {other} is not covered here")),
+    };
+    let intercepts = a.floats("intercepts");
+    let (sums, kind, intercepts) = if classifier {
+        // multi_class is read and ignored, as ONNX Runtime ignores it: the post-transform
+        // says how scores become probabilities.
+        let labels = match (a.ints.get("classlabels_ints"), a.strings.get("classlabels_strings")) {
+            (Some(l), None) => ClassLabels::Int64(l.clone()),
+            (None, Some(l)) => ClassLabels::String(l.clone()),
+            _ => return unsupported("a LinearClassifier without one list of class labels"),
+        };
+        let k = intercepts.len();
+        // One score is the binary case, which ONNX Runtime takes with exactly two labels.
+        let labels_fit = match k {
+            0 => false,
+            1 => labels.len() == 2,
+            k => labels.len() == k,
+        };
+        if !labels_fit {
+            return unsupported(format!("{} class labels for {k} intercepts", labels.len()));
+        }
+        (k, LinearKind::Classifier { labels }, intercepts.to_vec())
+    } else {
+        let targets = match a.ints("targets").first() {
+            Some(t) if *t >= 1 => *t as usize,
+            _ => return unsupported("a LinearRegressor without a positive targets"),
+        };
+        // ONNX Runtime uses the intercepts only when there is one per target.
+        let intercepts = if intercepts.len() == targets { intercepts.to_vec() } else { vec![0.0; targets] };
+        (targets, LinearKind::Regressor, intercepts)
+    };
+    let coefficients = a.floats("coefficients").to_vec();
+    if sums.checked_mul(n_features) != Some(coefficients.len()) {
+        return unsupported(format!("{} coefficients for {sums} scores of {n_features} features", coefficients.len()));
+    }
+    Ok(Linear { coefficients, intercepts, sums, kind, post })
 }

@@ -1,9 +1,10 @@
-//! The native tree-ensemble engine ([`lakescore_trees`]) behind the [`Engine`] trait:
-//! graphs it fully covers run on it, the rest on the fallback engine (ONNX Runtime).
+//! The native engine ([`lakescore_trees`]: tree ensembles and linear models) behind the
+//! [`Engine`] trait: graphs it fully covers run on it, the rest on the fallback engine
+//! (ONNX Runtime).
 
 use std::sync::Arc;
 
-use lakescore_trees::{ClassLabels, OutputKind, TreeModel};
+use lakescore_trees::{ClassLabels, NativeModel, OutputKind};
 
 use super::{ElemType, Engine, IoInfo, LoadedModel, MapKeys, OutputValue, Tensor, TensorData, ValueType};
 use crate::error::{Result, ScoreError};
@@ -26,7 +27,7 @@ impl std::fmt::Debug for TreesEngine {
 }
 
 impl TreesEngine {
-    /// Tree ensembles natively on `threads` threads (0: one per core); other models on
+    /// Tree ensembles and linear models natively on `threads` threads (0: one per core); other models on
     /// `fallback`, or refused when there is none.
     pub fn new(fallback: Option<Arc<dyn Engine>>, threads: usize) -> Self {
         let threads = match threads {
@@ -49,23 +50,23 @@ impl Engine for TreesEngine {
     }
 
     fn load(&self, model: bytes::Bytes) -> Result<Box<dyn LoadedModel>> {
-        match TreeModel::compile(&model) {
-            Ok(compiled) => Ok(Box::new(NativeTrees::new(compiled, self.threads))),
+        match NativeModel::compile(&model) {
+            Ok(compiled) => Ok(Box::new(Native::new(compiled, self.threads))),
             Err(why) => match &self.fallback {
                 Some(engine) => {
-                    tracing::debug!(reason = %why, engine = engine.name(), "not a model for the native tree engine");
+                    tracing::debug!(reason = %why, engine = engine.name(), "not a model for the native engine");
                     engine.load(model)
                 }
                 None => Err(ScoreError::FailedPrecondition(format!(
-                    "the native tree engine (backend trees) does not run this model: {why}"
+                    "the native engine (backend trees) does not run this model: {why}"
                 ))),
             },
         }
     }
 }
 
-struct NativeTrees {
-    model: TreeModel,
+struct Native {
+    model: NativeModel,
     inputs: Vec<IoInfo>,
     outputs: Vec<IoInfo>,
     threads: usize,
@@ -85,8 +86,8 @@ fn map_keys(labels: &ClassLabels) -> MapKeys {
     }
 }
 
-impl NativeTrees {
-    fn new(model: TreeModel, threads: usize) -> Self {
+impl Native {
+    fn new(model: NativeModel, threads: usize) -> Self {
         let elem = match model.input_type {
             lakescore_trees::InputType::Float32 => ElemType::Float32,
             lakescore_trees::InputType::Float64 => ElemType::Float64,
@@ -115,9 +116,9 @@ impl NativeTrees {
     }
 }
 
-impl LoadedModel for NativeTrees {
+impl LoadedModel for Native {
     fn engine(&self) -> &'static str {
-        "trees"
+        self.model.engine()
     }
 
     fn inputs(&self) -> &[IoInfo] {

@@ -1,0 +1,195 @@
+//! Linear models: `ai.onnx.ml` `LinearClassifier` and `LinearRegressor`, the graphs
+//! skl2onnx writes for `LogisticRegression`, `LinearSVC`, `SGDClassifier`, `Ridge` and the
+//! like. ONNX Runtime computes them as one float32 GEMM (`X · Wᵀ + b`) and then applies its
+//! label and post-transform rules; this module computes the same sums in float32, in
+//! feature order, and applies the same rules (`linearclassifier.cc`, `linearregressor.cc`,
+//! `ml_common.h`), including their odd corners:
+//!
+//! - a classifier with one score (which has two class labels) writes
+//!   `[logistic(-s), logistic(s)]` under `LOGISTIC`, and `[1 - s, s]` under any other
+//!   post-transform;
+//! - a regressor's intercepts are used only when there is one per target, and a
+//!   single-target regressor ignores its post-transform.
+//!
+//! Rows are scored [`LANES`] at a time: the block's features are transposed into a small
+//! feature-major buffer so that the inner loop is a vector multiply-add over the lanes.
+
+use crate::eval::{compute_logistic, post_transform, PostTransform, Predictions};
+use crate::ClassLabels;
+
+/// Rows scored together.
+const LANES: usize = 8;
+
+#[derive(Debug, Clone)]
+pub(crate) enum LinearKind {
+    /// `labels` has one entry per score, or two for the one-score binary case.
+    Classifier {
+        labels: ClassLabels,
+    },
+    Regressor,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    /// `[scores, features]`, row-major.
+    pub(crate) coefficients: Vec<f32>,
+    /// One per score (zeros where the model has none).
+    pub(crate) intercepts: Vec<f32>,
+    /// Sums per row: classes (or 1) for a classifier, targets for a regressor.
+    pub(crate) sums: usize,
+    pub(crate) kind: LinearKind,
+    pub(crate) post: PostTransform,
+}
+
+impl Linear {
+    /// Scores per row in the output: the sums, or two for the one-score binary case.
+    pub(crate) fn width(&self) -> usize {
+        match &self.kind {
+            LinearKind::Classifier { .. } if self.sums == 1 => 2,
+            _ => self.sums,
+        }
+    }
+
+    /// Scores rows with fused multiply-adds where the CPU has them, as ONNX Runtime's MLAS
+    /// kernels do: its GEMM sums in feature order, its logistic is a polynomial.
+    pub(crate) fn predict(&self, x: &[f32], features: usize, rows: usize) -> Predictions {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has FMA and AVX2, checked just above.
+            return unsafe { self.predict_fma(x, features, rows) };
+        }
+        self.predict_with::<{ cfg!(target_arch = "aarch64") }>(x, features, rows)
+    }
+
+    /// [`Self::predict_with`] compiled for FMA and AVX2: the lanes are one vector and each
+    /// step one fused multiply-add.
+    ///
+    /// # Safety
+    /// The CPU must have FMA and AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn predict_fma(&self, x: &[f32], features: usize, rows: usize) -> Predictions {
+        self.predict_with::<true>(x, features, rows)
+    }
+
+    #[inline(always)]
+    fn predict_with<const FUSED: bool>(&self, x: &[f32], features: usize, rows: usize) -> Predictions {
+        let k = self.sums;
+        let width = self.width();
+        // The sums go where the row's scores go; the one-score binary case spreads them after.
+        let mut scores = vec![0f32; rows * width];
+        self.sums::<FUSED>(x, features, rows, &mut scores[..rows * k]);
+        let labels = match &self.kind {
+            LinearKind::Regressor => {
+                if k > 1 {
+                    scores.chunks_exact_mut(k).for_each(|s| self.post_transform::<FUSED>(s));
+                }
+                Vec::new()
+            }
+            LinearKind::Classifier { labels } if k == 1 => {
+                let (negative, positive) = match labels {
+                    ClassLabels::Int64(l) => (l[0], l[1]),
+                    // A string label is its index.
+                    ClassLabels::String(_) => (0, 1),
+                };
+                let out: Vec<i64> = scores[..rows].iter().map(|s| if *s > 0.0 { positive } else { negative }).collect();
+                // Back to front, so that each sum is read before its slot is written.
+                for r in (0..rows).rev() {
+                    let s = scores[r];
+                    let (a, b) = match self.post {
+                        PostTransform::Logistic => (compute_logistic(-s), compute_logistic(s)),
+                        _ => (1.0 - s, s),
+                    };
+                    scores[2 * r] = a;
+                    scores[2 * r + 1] = b;
+                }
+                out
+            }
+            LinearKind::Classifier { labels } => scores
+                .chunks_exact_mut(k)
+                .map(|s| {
+                    let mut best = 0;
+                    for j in 1..k {
+                        if s[j] > s[best] {
+                            best = j;
+                        }
+                    }
+                    self.post_transform::<FUSED>(s);
+                    match labels {
+                        ClassLabels::Int64(l) => l[best],
+                        ClassLabels::String(_) => best as i64,
+                    }
+                })
+                .collect(),
+        };
+        Predictions { labels, scores, width }
+    }
+
+    /// One row's scores, when there are several: `LOGISTIC` as ONNX Runtime computes it on
+    /// whole batches (MLAS's rational approximation), the rest as the tree engine does.
+    #[inline(always)]
+    fn post_transform<const FUSED: bool>(&self, s: &mut [f32]) {
+        match self.post {
+            PostTransform::Logistic => s.iter_mut().for_each(|v| *v = mlas_logistic::<FUSED>(*v)),
+            post => post_transform(s, post),
+        }
+    }
+
+    /// `out[r * k + j] = Σ_f x[r, f] · W[j, f] + b[j]`, summed in feature order.
+    #[inline(always)]
+    fn sums<const FUSED: bool>(&self, x: &[f32], features: usize, rows: usize, out: &mut [f32]) {
+        let k = self.sums;
+        // The block's features, feature-major: `block[f][lane]`.
+        let mut block = vec![[0f32; LANES]; features];
+        for start in (0..rows).step_by(LANES) {
+            let n = LANES.min(rows - start);
+            for lane in 0..n {
+                let row = &x[(start + lane) * features..(start + lane + 1) * features];
+                for (f, v) in row.iter().enumerate() {
+                    block[f][lane] = *v;
+                }
+            }
+            for j in 0..k {
+                let w = &self.coefficients[j * features..(j + 1) * features];
+                let mut acc = [0f32; LANES];
+                for (lanes, wf) in block.iter().zip(w) {
+                    for l in 0..LANES {
+                        acc[l] = if FUSED { lanes[l].mul_add(*wf, acc[l]) } else { acc[l] + lanes[l] * wf };
+                    }
+                }
+                for (lane, a) in acc.iter().enumerate().take(n) {
+                    out[(start + lane) * k + j] = a + self.intercepts[j];
+                }
+            }
+        }
+    }
+}
+
+/// MLAS's logistic (`MlasComputeLogistic`: Eigen's rational approximation on [-18, 18],
+/// clamped to [0, 1]). Its result is `p / q + 0.5`, so in the tails it is exact only to the
+/// last bits of 0.5, about 3e-8: a Normalizer that divides tiny probabilities by their tiny
+/// sum would magnify any other rounding. NaN stays NaN, as in MLAS's vector kernels.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+fn mlas_logistic<const FUSED: bool>(v: f32) -> f32 {
+    // Eigen's constants as written there, so that they round to the floats MLAS uses.
+    const ALPHA: [f32; 5] =
+        [4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03, 2.48287947061529e-01];
+    const BETA: [f32; 6] = [
+        6.10247389755681e-13,
+        5.76102136993427e-09,
+        6.29106785017040e-06,
+        1.70198817374094e-03,
+        1.16817656904453e-01,
+        9.93151921023180e-01,
+    ];
+    if v.is_nan() {
+        return v;
+    }
+    let x = v.clamp(-18.0, 18.0);
+    let x2 = x * x;
+    let step = |acc: f32, c: &f32| if FUSED { acc.mul_add(x2, *c) } else { acc * x2 + c };
+    let p = ALPHA[1..].iter().fold(ALPHA[0], step) * x;
+    let q = BETA[1..].iter().fold(BETA[0], step);
+    (p / q + 0.5).clamp(0.0, 1.0)
+}
