@@ -24,9 +24,9 @@ on a 1,000,000-row, 20-feature float32 table, with
 
 The tract backend is not measured: it refuses these models (their graphs use ai.onnx.ml
 operators, which tract does not run correctly; see scorer/src/engine/tract.rs). The tree
-ensembles run on lakescore's native tree engine (the default backend, `auto`); for them (b)
-is also measured against a second worker started with `--backend ort`, so that both engines
-show in the table.
+ensembles and logreg20 run on lakescore's native engine (`trees` and `linear`, the default
+backend `auto`); for them (b) is also measured against a second worker started with
+`--backend ort`, so that both engines show in the table.
 
 and prints rows/s and the ratio to (a). As a reference for what the transport alone costs,
 it also times the same DoExchange against an Arrow C++ Flight server (pyarrow, in this
@@ -371,7 +371,7 @@ def main() -> int:
     echo = None if args.no_echo else EchoServer("grpc://127.0.0.1:0")
     echo_client = flight.FlightClient(f"grpc://127.0.0.1:{echo.port}") if echo else None
     server = Server(args.lakescore, tmp, args.threads, ort_lib=ort_lib)
-    ort_server = None  # `--backend ort`, started for the first tree ensemble
+    ort_server = None  # `--backend ort`, started for the first model on a native engine
     start_rss = server.status("VmRSS")
     results = []  # (model, method, seconds, rows/s, ratio, note)
     rss = []  # (model, rows, seconds, vmhwm, sampled peak, baseline, files)
@@ -409,7 +409,7 @@ def main() -> int:
                 name, f"(b) lakescore DoExchange [{engine}]", min(ex_times), rate, rate / ceiling,
                 f"output == onnxruntime; worker CPU {cpu_ns:,.0f} ns/row",
             ))
-            if engine == "trees":
+            if engine in ("trees", "linear"):
                 if ort_server is None:
                     ort_server = Server(args.lakescore, tmp / "ort", args.threads, backend="ort", ort_lib=ort_lib)
                 ort_server.register(name, path)
@@ -419,7 +419,7 @@ def main() -> int:
                 ort_rate = args.rows / min(ort_ex)
                 results.append((
                     name, "    lakescore DoExchange [ort] (--backend ort)", min(ort_ex), ort_rate, ort_rate / ceiling,
-                    f"native trees: {rate / ort_rate:.2f}x this",
+                    f"native {engine}: {rate / ort_rate:.2f}x this",
                 ))
             if echo is not None:
                 fl_times = [run_exchange(echo_client, ref, batches, table.schema)[0] for _ in range(args.repeat)]

@@ -57,9 +57,9 @@ pub struct ServerArgs {
     /// for a directory of ONNX files [serve: the in-process registry].
     #[arg(long, env = "LAKESCORE_REGISTRY_URL")]
     pub registry_url: Option<String>,
-    /// Inference engine: auto (tree ensembles on the native tree engine, other models on ONNX
-    /// Runtime when its library loads, else on tract-onnx for the models it runs correctly),
-    /// ort (ONNX Runtime for everything), trees (the native tree engine only), or tract
+    /// Inference engine: auto (tree ensembles and linear models on the native engine, other
+    /// models on ONNX Runtime when its library loads, else on tract-onnx for the models it runs
+    /// correctly), ort (ONNX Runtime for everything), trees (the native engine only), or tract
     /// [default: auto].
     #[arg(long, env = "LAKESCORE_BACKEND")]
     pub backend: Option<lakescore_scorer::Backend>,

@@ -1,4 +1,4 @@
-//! The native tree engine's compiler on arbitrary bytes, and the evaluator on whatever it
+//! The native engine's compiler on arbitrary bytes, and the evaluator on whatever it
 //! compiles: every model is compiled or refused with a reason, never a panic, and a compiled
 //! model scores any rows (NaN and infinities included) into outputs of the promised size.
 //! The evaluator reads nodes and features without bounds checks, trusting the compiler's

@@ -94,7 +94,7 @@ pub fn tract_compatibility(bytes: &[u8], signature: &Signature) -> String {
     }
 }
 
-/// Whether the native tree-ensemble engine runs this model, as recorded in the version's
+/// Whether the native engine (tree ensembles, linear models) runs this model, as recorded in the version's
 /// `backends`: `ok` (workers on `auto` run it there), or `unsupported: <reason>`.
 pub fn trees_compatibility(bytes: &[u8]) -> String {
     match lakescore_trees::NativeModel::compile(bytes) {

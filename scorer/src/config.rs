@@ -126,14 +126,15 @@ impl Default for SqlConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// Tree ensembles on the native tree engine, every other model on ONNX Runtime when its
+    /// Tree ensembles and linear models on the native engine, every other model on ONNX Runtime when its
     /// shared library loads; otherwise on tract, loudly, for the models tract runs correctly
     /// (others get `FAILED_PRECONDITION` naming the missing engine).
     #[default]
     Auto,
     /// ONNX Runtime only: start-up fails without it.
     Ort,
-    /// The native tree engine only: models it does not fully cover are refused.
+    /// The native engine only (tree ensembles, linear models): models it does not fully
+    /// cover are refused.
     Trees,
     /// tract-onnx only (pure Rust): models with `ai.onnx.ml` operators are refused.
     Tract,

@@ -55,7 +55,7 @@ impl ResolvedModel {
 }
 
 /// The engine `config.backend` selects: `ort`: ONNX Runtime or an error; `trees`: the native
-/// tree engine alone; `tract`: tract; `auto`: the native tree engine for the graphs it fully
+/// engine alone; `tract`: tract; `auto`: the native engine for the graphs it fully
 /// covers, ONNX Runtime for the rest when its library loads, else tract with a loud warning
 /// (models with other `ai.onnx.ml` operators are then refused with `FAILED_PRECONDITION`
 /// naming why ONNX Runtime is missing).
@@ -87,9 +87,9 @@ pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    "ONNX RUNTIME IS NOT AVAILABLE: falling back to the tract engine (pure Rust). Tree ensembles run \
-                     on the native tree engine and plain tensor models on tract; models with other ai.onnx.ml \
-                     operators (linear classifiers, scalers, encoders) are refused with FAILED_PRECONDITION. Install onnxruntime 1.31 or set \
+                    "ONNX RUNTIME IS NOT AVAILABLE: falling back to the tract engine (pure Rust). Tree ensembles and \
+                     linear models run on the native engine and plain tensor models on tract; models with other \
+                     ai.onnx.ml operators (scalers, encoders, SVMs) are refused with FAILED_PRECONDITION. Install onnxruntime 1.31 or set \
                      --onnxruntime-lib to serve them"
                 );
                 Ok(trees(Arc::new(TractEngine::fallback(e.message()))))

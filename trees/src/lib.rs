@@ -462,7 +462,7 @@ fn read_attributes(node: &NodeProto, known: &[&str]) -> Result<Attributes, Unsup
                 let s = a.s.as_ref().map(|s| String::from_utf8_lossy(s).into_owned()).unwrap_or_default();
                 drop(out.strings.insert(name, vec![s]))
             }
-            _ => return unsupported(format!("attribute '{name}' has a type the native tree engine does not read")),
+            _ => return unsupported(format!("attribute '{name}' has a type the native engine does not read")),
         }
     }
     Ok(out)
