@@ -326,6 +326,11 @@ fn random_forest(rng: &mut Rng, classifier: bool, mixed_modes: bool) -> RandomMo
         attribute: attrs,
         ..Default::default()
     };
+    RandomModel { bytes: model_bytes(vec![node], features, double, outputs), features, double, description }
+}
+
+/// The model `X [N, features] → nodes → outputs`, encoded.
+fn model_bytes(nodes: Vec<NodeProto>, features: usize, double: bool, outputs: Vec<ValueInfoProto>) -> Vec<u8> {
     let model = ModelProto {
         ir_version: Some(8),
         opset_import: vec![
@@ -333,8 +338,8 @@ fn random_forest(rng: &mut Rng, classifier: bool, mixed_modes: bool) -> RandomMo
             OperatorSetIdProto { domain: Some("ai.onnx.ml".into()), version: Some(3) },
         ],
         graph: Some(GraphProto {
-            name: Some("forest".into()),
-            node: vec![node],
+            name: Some("random".into()),
+            node: nodes,
             input: vec![tensor_info(
                 "X",
                 if double { DataType::Double } else { DataType::Float },
@@ -345,7 +350,7 @@ fn random_forest(rng: &mut Rng, classifier: bool, mixed_modes: bool) -> RandomMo
         }),
         ..Default::default()
     };
-    RandomModel { bytes: model.encode_to_vec(), features, double, description }
+    model.encode_to_vec()
 }
 
 /// A random linear model graph: `X → LinearClassifier → (label, scores)`, the scores maybe
@@ -431,26 +436,7 @@ fn random_linear(rng: &mut Rng, classifier: bool) -> RandomModel {
         "double {double}, {op} with {sums} sums, {labels} labels (strings {string_labels}), {features} features, \
          {intercepts} intercepts, post {post}, {extra}"
     );
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![
-            OperatorSetIdProto { domain: Some(String::new()), version: Some(17) },
-            OperatorSetIdProto { domain: Some("ai.onnx.ml".into()), version: Some(3) },
-        ],
-        graph: Some(GraphProto {
-            name: Some("linear".into()),
-            node: nodes,
-            input: vec![tensor_info(
-                "X",
-                if double { DataType::Double } else { DataType::Float },
-                &[None, Some(features as i64)],
-            )],
-            output: outputs,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    RandomModel { bytes: model.encode_to_vec(), features, double, description }
+    RandomModel { bytes: model_bytes(nodes, features, double, outputs), features, double, description }
 }
 
 /// A `seq(map(key, float))` output (ZipMap's).

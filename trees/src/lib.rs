@@ -468,6 +468,16 @@ fn read_attributes(node: &NodeProto, known: &[&str]) -> Result<Attributes, Unsup
     Ok(out)
 }
 
+/// A classifier's labels: the int64 list (named `ints`, as the operator names it) or the
+/// string list, exactly one of them.
+fn class_labels(a: &Attributes, ints: &str) -> Result<ClassLabels, Unsupported> {
+    match (a.ints.get(ints), a.strings.get("classlabels_strings")) {
+        (Some(l), None) => Ok(ClassLabels::Int64(l.clone())),
+        (None, Some(l)) => Ok(ClassLabels::String(l.clone())),
+        _ => unsupported("a classifier without one list of class labels"),
+    }
+}
+
 const NODE_ATTRIBUTES: &[&str] = &[
     "nodes_treeids",
     "nodes_nodeids",
@@ -500,11 +510,7 @@ fn compile_ensemble(node: &NodeProto, n_features: usize) -> Result<Ensemble, Uns
         other => return unsupported(format!("post_transform {other} is not covered here")),
     };
     let (kind, width, weights) = if classifier {
-        let labels = match (a.ints.get("classlabels_int64s"), a.strings.get("classlabels_strings")) {
-            (Some(l), None) => ClassLabels::Int64(l.clone()),
-            (None, Some(l)) => ClassLabels::String(l.clone()),
-            _ => return unsupported("a classifier without one list of class labels"),
-        };
+        let labels = class_labels(&a, "classlabels_int64s")?;
         let classes = labels.len();
         if !(2..=64).contains(&classes) {
             return unsupported(format!("{classes} classes (the native engine covers 2 to 64)"));
@@ -715,11 +721,7 @@ fn compile_linear(node: &NodeProto, n_features: usize) -> Result<Linear, Unsuppo
     let (sums, kind, intercepts) = if classifier {
         // multi_class is read and ignored, as ONNX Runtime ignores it: the post-transform
         // says how scores become probabilities.
-        let labels = match (a.ints.get("classlabels_ints"), a.strings.get("classlabels_strings")) {
-            (Some(l), None) => ClassLabels::Int64(l.clone()),
-            (None, Some(l)) => ClassLabels::String(l.clone()),
-            _ => return unsupported("a LinearClassifier without one list of class labels"),
-        };
+        let labels = class_labels(&a, "classlabels_ints")?;
         let k = intercepts.len();
         // One score is the binary case, which ONNX Runtime takes with exactly two labels.
         let labels_fit = match k {
