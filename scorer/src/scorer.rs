@@ -493,8 +493,10 @@ pub(crate) fn score_chunk(handle: &ModelHandle, plan: &ScorePlan, chunk: &Record
     if chunk.num_rows() == 0 {
         return Ok(plan.empty_output());
     }
-    let feeds = plan.feeds(chunk)?;
-    let outputs = handle.model.run(feeds)?;
+    let outputs = match plan.float_columns(chunk) {
+        Some(columns) if handle.model.takes_columns() => handle.model.run_columns(&columns, chunk.num_rows())?,
+        _ => handle.model.run(plan.feeds(chunk)?)?,
+    };
     plan.assemble(chunk, outputs)
 }
 

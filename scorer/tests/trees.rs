@@ -552,11 +552,20 @@ fn property(seed: u64, cases: usize, make: impl Fn(&mut Rng) -> RandomModel) {
         // Row counts around the block, lane and thread boundaries.
         for rows in [1, 9, 300, 5000] {
             let x = random_rows(&mut rng, rows, model.features);
+            let theirs = run(theirs.as_ref(), &x, rows, model.features, model.double);
             assert_same(
                 &run(ours.as_ref(), &x, rows, model.features, model.double),
-                &run(theirs.as_ref(), &x, rows, model.features, model.double),
+                &theirs,
                 &format!("{what}, {rows} rows"),
             );
+            if ours.takes_columns() && !model.double {
+                // The same rows as the worker hands them over: one slice per feature column.
+                let columns: Vec<Vec<f32>> =
+                    (0..model.features).map(|f| x.iter().skip(f).step_by(model.features).copied().collect()).collect();
+                let columns: Vec<&[f32]> = columns.iter().map(Vec::as_slice).collect();
+                let ours = ours.run_columns(&columns, rows).expect("run_columns");
+                assert_same(&ours, &theirs, &format!("{what}, {rows} rows as columns"));
+            }
         }
     }
 }
@@ -575,6 +584,19 @@ fn random_classifiers_with_every_node_mode_score_like_onnxruntime() {
 fn random_regressors_score_like_onnxruntime() {
     property(0x5eed_0003, 100, |rng| random_forest(rng, false, false));
     property(0x5eed_0004, 100, |rng| random_forest(rng, false, true));
+}
+
+#[test]
+fn linear_models_take_columns_and_tree_ensembles_rows() {
+    let native = TreesEngine::new(None, 1);
+    let mut rng = Rng(5);
+    let linear = native.load(Bytes::from(random_linear(&mut rng, true).bytes)).expect("linear");
+    let forest = native.load(Bytes::from(random_forest(&mut rng, true, false).bytes)).expect("forest");
+    assert!(linear.takes_columns() && !forest.takes_columns());
+    // Columns of the wrong count or length are refused, not read past.
+    let err = linear.run_columns(&[&[0.0; 3]], 4).expect_err("short columns");
+    assert!(err.to_string().contains("columns are not"), "{err}");
+    assert!(forest.run_columns(&[&[0.0; 3]], 3).is_err());
 }
 
 #[test]

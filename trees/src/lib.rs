@@ -28,7 +28,7 @@ use prost::Message;
 
 pub use eval::Predictions;
 use eval::{Aggregate, Ensemble, Kind, Node, PostTransform, Splits, Tree};
-use linear::{Linear, LinearKind};
+use linear::{Features, Linear, LinearKind};
 
 /// Why a model is not covered by the native engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,9 +340,32 @@ impl NativeModel {
         self.check_len(features.len(), rows)?;
         let predictions = match &self.estimator {
             Estimator::Trees(e) => e.predict(features, self.n_features, rows, threads),
-            Estimator::Linear(l) => l.predict(features, self.n_features, rows),
+            Estimator::Linear(l) => l.predict(Features::Rows(features), self.n_features, rows),
         };
         Ok(self.normalized(predictions))
+    }
+
+    /// Whether the model reads its features one column at a time
+    /// ([`Self::predict_f32_columns`]): linear models do; tree ensembles walk rows.
+    pub fn takes_columns(&self) -> bool {
+        matches!(self.estimator, Estimator::Linear(_))
+    }
+
+    /// Score `rows` rows given as one float32 slice per feature, in feature order: the
+    /// columns of an Arrow batch, read where they are instead of being interleaved into
+    /// rows first. Only for a model that [`takes_columns`](Self::takes_columns).
+    pub fn predict_f32_columns(&self, columns: &[&[f32]], rows: usize) -> Result<Predictions, Unsupported> {
+        let Estimator::Linear(l) = &self.estimator else {
+            return unsupported("a tree ensemble takes rows, not columns");
+        };
+        if columns.len() != self.n_features || columns.iter().any(|c| c.len() != rows) {
+            return unsupported(format!(
+                "{} columns are not {} features of {rows} rows",
+                columns.len(),
+                self.n_features
+            ));
+        }
+        Ok(self.normalized(l.predict(Features::Columns(columns), self.n_features, rows)))
     }
 
     /// Score `rows` rows of row-major float64 features (compared in double precision, or

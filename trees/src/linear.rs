@@ -21,6 +21,14 @@ use crate::ClassLabels;
 /// multiply-adds hide each one's latency (one chain of eight ran at a quarter of the speed).
 const LANES: usize = 32;
 
+/// A batch's features: row-major `[rows, features]`, or one slice per feature (the columns
+/// of an Arrow batch, read in place).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Features<'a> {
+    Rows(&'a [f32]),
+    Columns(&'a [&'a [f32]]),
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum LinearKind {
     /// `labels` has one entry per score, or two for the one-score binary case.
@@ -53,7 +61,8 @@ impl Linear {
 
     /// Scores rows with fused multiply-adds where the CPU has them, as ONNX Runtime's MLAS
     /// kernels do: its GEMM sums in feature order, its logistic is a polynomial.
-    pub(crate) fn predict(&self, x: &[f32], features: usize, rows: usize) -> Predictions {
+    /// `x` holds `rows` whole rows of `features` (the caller checks).
+    pub(crate) fn predict(&self, x: Features<'_>, features: usize, rows: usize) -> Predictions {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has FMA and AVX2, checked just above.
@@ -69,12 +78,12 @@ impl Linear {
     /// The CPU must have FMA and AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn predict_fma(&self, x: &[f32], features: usize, rows: usize) -> Predictions {
+    unsafe fn predict_fma(&self, x: Features<'_>, features: usize, rows: usize) -> Predictions {
         self.predict_with::<true>(x, features, rows)
     }
 
     #[inline(always)]
-    fn predict_with<const FUSED: bool>(&self, x: &[f32], features: usize, rows: usize) -> Predictions {
+    fn predict_with<const FUSED: bool>(&self, x: Features<'_>, features: usize, rows: usize) -> Predictions {
         let k = self.sums;
         let width = self.width();
         // The sums go where the row's scores go; the one-score binary case spreads them after.
@@ -83,7 +92,7 @@ impl Linear {
         let labels = match &self.kind {
             LinearKind::Regressor => {
                 if k > 1 {
-                    scores.chunks_exact_mut(k).for_each(|s| self.post_transform::<FUSED>(s));
+                    self.post_transform::<FUSED>(&mut scores, k);
                 }
                 Vec::new()
             }
@@ -106,56 +115,72 @@ impl Linear {
                 }
                 out
             }
-            LinearKind::Classifier { labels } => scores
-                .chunks_exact_mut(k)
-                .map(|s| {
-                    let mut best = 0;
-                    for j in 1..k {
-                        if s[j] > s[best] {
-                            best = j;
+            LinearKind::Classifier { labels } => {
+                let out = scores
+                    .chunks_exact(k)
+                    .map(|s| {
+                        let mut best = 0;
+                        for j in 1..k {
+                            if s[j] > s[best] {
+                                best = j;
+                            }
                         }
-                    }
-                    self.post_transform::<FUSED>(s);
-                    match labels {
-                        ClassLabels::Int64(l) => l[best],
-                        ClassLabels::String(_) => best as i64,
-                    }
-                })
-                .collect(),
+                        match labels {
+                            ClassLabels::Int64(l) => l[best],
+                            ClassLabels::String(_) => best as i64,
+                        }
+                    })
+                    .collect();
+                self.post_transform::<FUSED>(&mut scores, k);
+                out
+            }
         };
         Predictions { labels, scores, width }
     }
 
-    /// One row's scores, when there are several: `LOGISTIC` as ONNX Runtime computes it on
-    /// whole batches (MLAS's rational approximation), the rest as the tree engine does.
+    /// The post-transform of rows of `k` scores (k > 1), as ONNX Runtime applies it to whole
+    /// batches: `LOGISTIC` with MLAS's polynomial, `SOFTMAX` with one vectorized `exp` pass.
     #[inline(always)]
-    fn post_transform<const FUSED: bool>(&self, s: &mut [f32]) {
+    fn post_transform<const FUSED: bool>(&self, scores: &mut [f32], k: usize) {
         match self.post {
-            PostTransform::Logistic => s.iter_mut().for_each(|v| *v = mlas_logistic::<FUSED>(*v)),
-            post => post_transform(s, post),
+            PostTransform::None => {}
+            PostTransform::Logistic => scores.iter_mut().for_each(|v| *v = mlas_logistic::<FUSED>(*v)),
+            PostTransform::Softmax => softmax_rows::<FUSED>(scores, k),
+            post => scores.chunks_exact_mut(k).for_each(|s| post_transform(s, post)),
         }
     }
 
     /// `out[r * k + j] = Σ_f x[r, f] · W[j, f] + b[j]`, summed in feature order.
     #[inline(always)]
-    fn sums<const FUSED: bool>(&self, x: &[f32], features: usize, rows: usize, out: &mut [f32]) {
+    fn sums<const FUSED: bool>(&self, x: Features<'_>, features: usize, rows: usize, out: &mut [f32]) {
         let k = self.sums;
-        // The block's features, feature-major: `block[f][lane]`.
-        let mut block = vec![[0f32; LANES]; features];
+        // Row-major input is transposed a block at a time, feature-major: `block[f][lane]`.
+        let mut block = match x {
+            Features::Rows(_) => vec![[0f32; LANES]; features],
+            Features::Columns(_) => Vec::new(),
+        };
         for start in (0..rows).step_by(LANES) {
             let n = LANES.min(rows - start);
-            for lane in 0..n {
-                let row = &x[(start + lane) * features..(start + lane + 1) * features];
-                for (f, v) in row.iter().enumerate() {
-                    block[f][lane] = *v;
+            if let Features::Rows(x) = x {
+                for lane in 0..n {
+                    let row = &x[(start + lane) * features..(start + lane + 1) * features];
+                    for (f, v) in row.iter().enumerate() {
+                        block[f][lane] = *v;
+                    }
                 }
             }
             for j in 0..k {
                 let w = &self.coefficients[j * features..(j + 1) * features];
                 let mut acc = [0f32; LANES];
-                for (lanes, wf) in block.iter().zip(w) {
-                    for l in 0..LANES {
-                        acc[l] = if FUSED { lanes[l].mul_add(*wf, acc[l]) } else { acc[l] + lanes[l] * wf };
+                let step = |acc: &mut [f32; LANES], lanes: &[f32], wf: f32| {
+                    for (a, v) in acc.iter_mut().zip(lanes) {
+                        *a = if FUSED { v.mul_add(wf, *a) } else { *a + v * wf };
+                    }
+                };
+                match x {
+                    Features::Rows(_) => block.iter().zip(w).for_each(|(lanes, wf)| step(&mut acc, lanes, *wf)),
+                    Features::Columns(columns) => {
+                        columns.iter().zip(w).for_each(|(column, wf)| step(&mut acc, &column[start..start + n], *wf))
                     }
                 }
                 for (lane, a) in acc.iter().enumerate().take(n) {
@@ -164,6 +189,43 @@ impl Linear {
             }
         }
     }
+}
+
+/// `SOFTMAX` over each row of `k` scores: the row's maximum subtracted, `exp`, divided by
+/// the row's sum, as ONNX Runtime computes it. The `exp`s run over the whole batch in one
+/// pass ([`exp`]), which vectorizes, instead of a libm call per score.
+#[inline(always)]
+fn softmax_rows<const FUSED: bool>(scores: &mut [f32], k: usize) {
+    for row in scores.chunks_exact_mut(k) {
+        let max = row.iter().fold(-f32::MAX, |m, v| if *v > m { *v } else { m });
+        row.iter_mut().for_each(|v| *v -= max);
+    }
+    scores.iter_mut().for_each(|v| *v = exp::<FUSED>(*v));
+    for row in scores.chunks_exact_mut(k) {
+        let sum: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= sum);
+    }
+}
+
+/// `e^x` for float32 within about 2e-7 relative (Cephes' `expf`: `2^n · P(r)`, with `r`
+/// the reduced argument split in two parts of ln 2), branch-free so that a loop over it
+/// vectorizes. Below about -87.3 (where `expf` goes subnormal) it gives e^-87.3 ≈ 1.2e-38
+/// instead, above 88 e^88; NaN stays NaN.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+fn exp<const FUSED: bool>(x: f32) -> f32 {
+    const P: [f32; 6] =
+        [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
+    // Comparisons rather than f32::clamp/max, which would turn NaN into a bound.
+    let x = if x > 88.0 { 88.0 } else { x };
+    let x = if x < -87.3365447504 { -87.3365447504 } else { x };
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let mul_add = |a: f32, b: f32, c: f32| if FUSED { a.mul_add(b, c) } else { a * b + c };
+    let r = mul_add(n, 2.12194440e-4, mul_add(n, -0.693359375, x));
+    let p = P[1..].iter().fold(P[0], |p, c| mul_add(p, r, *c));
+    let y = mul_add(p, r * r, r) + 1.0;
+    // 2^n from its exponent bits; n is within [-126, 127] after the clamp (0 for NaN).
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// MLAS's logistic (`MlasComputeLogistic`: Eigen's rational approximation on [-18, 18],
@@ -193,4 +255,25 @@ fn mlas_logistic<const FUSED: bool>(v: f32) -> f32 {
     let p = ALPHA[1..].iter().fold(ALPHA[0], step) * x;
     let q = BETA[1..].iter().fold(BETA[0], step);
     (p / q + 0.5).clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_a_few_ulps_of_libm_and_keeps_nan() {
+        let mut worst = 0f64;
+        for i in -870_000..=880_000 {
+            let x = i as f32 / 10_000.0;
+            for fused in [false, true] {
+                let ours = if fused { exp::<true>(x) } else { exp::<false>(x) };
+                let libm = x.exp();
+                worst = worst.max(((ours - libm) / libm).abs() as f64);
+            }
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert!(exp::<true>(f32::NAN).is_nan() && exp::<false>(f32::NAN).is_nan());
+        assert!(exp::<true>(f32::NEG_INFINITY) < 1.3e-38);
+    }
 }

@@ -233,4 +233,19 @@ pub trait LoadedModel: Send + Sync + 'static {
 
     /// Run the model on named inputs; returns every output, in [`Self::outputs`] order.
     fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<OutputValue>>;
+
+    /// Whether the model reads its one `[N, F]` float32 input a feature column at a time
+    /// ([`Self::run_columns`]): the worker then hands it a batch's columns where they are,
+    /// instead of interleaving them into a row-major tensor first. The native linear engine
+    /// does.
+    fn takes_columns(&self) -> bool {
+        false
+    }
+
+    /// Run the model on its one `[N, F]` float32 input given as its F feature columns of
+    /// `rows` values each, in feature order; only called when [`Self::takes_columns`].
+    fn run_columns(&self, columns: &[&[f32]], rows: usize) -> Result<Vec<OutputValue>> {
+        let _ = (columns, rows);
+        Err(crate::error::ScoreError::internal("this model takes tensors, not columns"))
+    }
 }

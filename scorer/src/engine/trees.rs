@@ -148,6 +148,25 @@ impl LoadedModel for Native {
                 )))
             }
         };
+        self.output_values(predictions, rows)
+    }
+
+    fn takes_columns(&self) -> bool {
+        self.model.takes_columns()
+    }
+
+    fn run_columns(&self, columns: &[&[f32]], rows: usize) -> Result<Vec<OutputValue>> {
+        let predictions = self
+            .model
+            .predict_f32_columns(columns, rows)
+            .map_err(|e| ScoreError::invalid(format!("model input '{}': {e}", self.model.input)))?;
+        self.output_values(predictions, rows)
+    }
+}
+
+impl Native {
+    /// The graph's outputs from the engine's predictions for `rows` rows.
+    fn output_values(&self, predictions: lakescore_trees::Predictions, rows: usize) -> Result<Vec<OutputValue>> {
         let lakescore_trees::Predictions { labels, scores, width } = predictions;
         // Each output takes the vectors it needs; only a second user of one gets a copy.
         let mut label_uses = self.model.outputs.iter().filter(|o| o.kind == OutputKind::Label).count();

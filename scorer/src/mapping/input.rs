@@ -93,6 +93,20 @@ fn feed_err(column: &str, input: &str, elem: &ElemType, what: impl std::fmt::Dis
 }
 
 impl InputFeed {
+    /// See [`super::ScorePlan::float_columns`].
+    pub(super) fn float_columns<'a>(&self, batch: &'a RecordBatch) -> Option<Vec<&'a [f32]>> {
+        let FeedSource::Columns(cols) = &self.source else { return None };
+        if self.rank != 2 || self.elem != ElemType::Float32 {
+            return None;
+        }
+        cols.iter()
+            .map(|(i, _)| {
+                let column = batch.column(*i).as_any().downcast_ref::<Float32Array>()?;
+                (column.null_count() == 0).then(|| column.values().as_ref())
+            })
+            .collect()
+    }
+
     /// This input's tensor for a batch (nulls replaced by `fill_null` where allowed).
     pub(super) fn tensor(&self, batch: &RecordBatch, fill_null: Option<f64>) -> Result<Tensor> {
         let rows = batch.num_rows();
@@ -532,6 +546,29 @@ mod tests {
     use super::*;
     use crate::mapping::tests::{batch, classifier_outputs, tensor_io};
     use crate::mapping::ScorePlan;
+
+    #[test]
+    fn float_columns_are_lent_only_where_feeds_would_just_interleave_them() {
+        let floats = |v: Vec<Option<f32>>| Arc::new(Float32Array::from(v)) as ArrayRef;
+        let b = batch(vec![("a", floats(vec![Some(1.0), Some(2.0)])), ("b", floats(vec![Some(3.0), Some(4.0)]))]);
+        let cmd = ScoreCommand { feature_columns: vec!["a".into(), "b".into()], ..Default::default() };
+        let inputs = [tensor_io("X", ElemType::Float32, vec![None, Some(2)])];
+        let plan = ScorePlan::new(&cmd, b.schema(), &inputs, &classifier_outputs(), Default::default()).unwrap();
+        assert_eq!(plan.float_columns(&b), Some(vec![&[1.0f32, 2.0][..], &[3.0, 4.0][..]]));
+        assert_eq!(plan.feeds(&b).unwrap()[0].1.data, TensorData::Float32(vec![1.0, 3.0, 2.0, 4.0]));
+        // A null (fill_null or an error), a cast, or a double input: the tensor path.
+        let with_null = batch(vec![("a", floats(vec![Some(1.0), None])), ("b", floats(vec![Some(3.0), Some(4.0)]))]);
+        assert_eq!(plan.float_columns(&with_null), None);
+        let doubles = batch(vec![
+            ("a", Arc::new(Float64Array::from(vec![1.0, 2.0])) as ArrayRef),
+            ("b", floats(vec![Some(3.0), Some(4.0)])),
+        ]);
+        let plan = ScorePlan::new(&cmd, doubles.schema(), &inputs, &classifier_outputs(), Default::default()).unwrap();
+        assert_eq!(plan.float_columns(&doubles), None);
+        let double_input = [tensor_io("X", ElemType::Float64, vec![None, Some(2)])];
+        let plan = ScorePlan::new(&cmd, b.schema(), &double_input, &classifier_outputs(), Default::default()).unwrap();
+        assert_eq!(plan.float_columns(&b), None);
+    }
 
     #[test]
     fn refuses_lossy_casts_and_nulls_naming_the_column() {

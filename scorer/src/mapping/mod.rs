@@ -218,6 +218,17 @@ impl ScorePlan {
         self.feeds.iter().map(|feed| Ok((feed.name.clone(), feed.tensor(batch, self.fill_null)?))).collect()
     }
 
+    /// The batch's feature columns as they are, for a model that [takes
+    /// columns](crate::engine::LoadedModel::takes_columns): when its one input is `[N, F]`
+    /// float32 from F float32 columns without nulls, which is when [`Self::feeds`] would only
+    /// interleave them. `None` otherwise (casts, nulls, lists, several inputs).
+    pub fn float_columns<'a>(&self, batch: &'a RecordBatch) -> Option<Vec<&'a [f32]>> {
+        match self.feeds.as_slice() {
+            [feed] => feed.float_columns(batch),
+            _ => None,
+        }
+    }
+
     /// Build the enriched batch from a scored batch and the model's outputs (all outputs,
     /// in model order).
     pub fn assemble(&self, batch: &RecordBatch, outputs: Vec<OutputValue>) -> Result<RecordBatch> {
