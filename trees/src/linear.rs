@@ -102,7 +102,10 @@ impl Linear {
                     // A string label is its index.
                     ClassLabels::String(_) => (0, 1),
                 };
-                let out: Vec<i64> = scores[..rows].iter().map(|s| if *s > 0.0 { positive } else { negative }).collect();
+                let mut out = Vec::with_capacity(rows);
+                for s in &scores[..rows] {
+                    out.push(if *s > 0.0 { positive } else { negative });
+                }
                 // Back to front, so that each sum is read before its slot is written.
                 for r in (0..rows).rev() {
                     let s = scores[r];
@@ -116,21 +119,19 @@ impl Linear {
                 out
             }
             LinearKind::Classifier { labels } => {
-                let out = scores
-                    .chunks_exact(k)
-                    .map(|s| {
-                        let mut best = 0;
-                        for j in 1..k {
-                            if s[j] > s[best] {
-                                best = j;
-                            }
+                let mut out = Vec::with_capacity(rows);
+                for s in scores.chunks_exact(k) {
+                    let mut best = 0;
+                    for j in 1..k {
+                        if s[j] > s[best] {
+                            best = j;
                         }
-                        match labels {
-                            ClassLabels::Int64(l) => l[best],
-                            ClassLabels::String(_) => best as i64,
-                        }
-                    })
-                    .collect();
+                    }
+                    out.push(match labels {
+                        ClassLabels::Int64(l) => l[best],
+                        ClassLabels::String(_) => best as i64,
+                    });
+                }
                 self.post_transform::<FUSED>(&mut scores, k);
                 out
             }
@@ -144,9 +145,17 @@ impl Linear {
     fn post_transform<const FUSED: bool>(&self, scores: &mut [f32], k: usize) {
         match self.post {
             PostTransform::None => {}
-            PostTransform::Logistic => scores.iter_mut().for_each(|v| *v = mlas_logistic::<FUSED>(*v)),
+            PostTransform::Logistic => {
+                for v in scores.iter_mut() {
+                    *v = mlas_logistic::<FUSED>(*v);
+                }
+            }
             PostTransform::Softmax => softmax_rows::<FUSED>(scores, k),
-            post => scores.chunks_exact_mut(k).for_each(|s| post_transform(s, post)),
+            post => {
+                for s in scores.chunks_exact_mut(k) {
+                    post_transform(s, post);
+                }
+            }
         }
     }
 
@@ -172,15 +181,15 @@ impl Linear {
             for j in 0..k {
                 let w = &self.coefficients[j * features..(j + 1) * features];
                 let mut acc = [0f32; LANES];
-                let step = |acc: &mut [f32; LANES], lanes: &[f32], wf: f32| {
+                // Plain loops, not iterator adaptors: their closures would be compiled apart
+                // from this function, without its FMA and AVX2.
+                for f in 0..features {
+                    let lanes = match x {
+                        Features::Rows(_) => &block[f][..],
+                        Features::Columns(columns) => &columns[f][start..start + n],
+                    };
                     for (a, v) in acc.iter_mut().zip(lanes) {
-                        *a = if FUSED { v.mul_add(wf, *a) } else { *a + v * wf };
-                    }
-                };
-                match x {
-                    Features::Rows(_) => block.iter().zip(w).for_each(|(lanes, wf)| step(&mut acc, lanes, *wf)),
-                    Features::Columns(columns) => {
-                        columns.iter().zip(w).for_each(|(column, wf)| step(&mut acc, &column[start..start + n], *wf))
+                        *a = fma::<FUSED>(*v, w[f], *a);
                     }
                 }
                 for (lane, a) in acc.iter().enumerate().take(n) {
@@ -191,19 +200,43 @@ impl Linear {
     }
 }
 
+/// `a · b + c`: fused (one rounding) when `FUSED`, in a function compiled with FMA.
+#[inline(always)]
+fn fma<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `SOFTMAX` over each row of `k` scores: the row's maximum subtracted, `exp`, divided by
 /// the row's sum, as ONNX Runtime computes it. The `exp`s run over the whole batch in one
 /// pass ([`exp`]), which vectorizes, instead of a libm call per score.
 #[inline(always)]
 fn softmax_rows<const FUSED: bool>(scores: &mut [f32], k: usize) {
     for row in scores.chunks_exact_mut(k) {
-        let max = row.iter().fold(-f32::MAX, |m, v| if *v > m { *v } else { m });
-        row.iter_mut().for_each(|v| *v -= max);
+        let mut max = -f32::MAX;
+        for v in row.iter() {
+            if *v > max {
+                max = *v;
+            }
+        }
+        for v in row.iter_mut() {
+            *v -= max;
+        }
     }
-    scores.iter_mut().for_each(|v| *v = exp::<FUSED>(*v));
+    for v in scores.iter_mut() {
+        *v = exp::<FUSED>(*v);
+    }
     for row in scores.chunks_exact_mut(k) {
-        let sum: f32 = row.iter().sum();
-        row.iter_mut().for_each(|v| *v /= sum);
+        let mut sum = 0.0;
+        for v in row.iter() {
+            sum += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
     }
 }
 
@@ -220,10 +253,12 @@ fn exp<const FUSED: bool>(x: f32) -> f32 {
     let x = if x > 88.0 { 88.0 } else { x };
     let x = if x < -87.3365447504 { -87.3365447504 } else { x };
     let n = (x * std::f32::consts::LOG2_E).round();
-    let mul_add = |a: f32, b: f32, c: f32| if FUSED { a.mul_add(b, c) } else { a * b + c };
-    let r = mul_add(n, 2.12194440e-4, mul_add(n, -0.693359375, x));
-    let p = P[1..].iter().fold(P[0], |p, c| mul_add(p, r, *c));
-    let y = mul_add(p, r * r, r) + 1.0;
+    let r = fma::<FUSED>(n, 2.12194440e-4, fma::<FUSED>(n, -0.693359375, x));
+    let mut p = P[0];
+    for c in &P[1..] {
+        p = fma::<FUSED>(p, r, *c);
+    }
+    let y = fma::<FUSED>(p, r * r, r) + 1.0;
     // 2^n from its exponent bits; n is within [-126, 127] after the clamp (0 for NaN).
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -251,9 +286,14 @@ fn mlas_logistic<const FUSED: bool>(v: f32) -> f32 {
     }
     let x = v.clamp(-18.0, 18.0);
     let x2 = x * x;
-    let step = |acc: f32, c: &f32| if FUSED { acc.mul_add(x2, *c) } else { acc * x2 + c };
-    let p = ALPHA[1..].iter().fold(ALPHA[0], step) * x;
-    let q = BETA[1..].iter().fold(BETA[0], step);
+    let (mut p, mut q) = (ALPHA[0], BETA[0]);
+    for a in &ALPHA[1..] {
+        p = fma::<FUSED>(p, x2, *a);
+    }
+    for b in &BETA[1..] {
+        q = fma::<FUSED>(q, x2, *b);
+    }
+    let p = p * x;
     (p / q + 0.5).clamp(0.0, 1.0)
 }
 
