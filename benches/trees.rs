@@ -1,9 +1,11 @@
-//! The native tree-ensemble engine against ONNX Runtime, in one process on the same rows:
-//! the 100-tree depth-12 RandomForest (`big_rf`) and the 300-tree depth-6 gradient-boosting
-//! classifier (`gb300`), 1,000,000 rows × 20 float32 features in 65,536-row calls (the
-//! worker's inference batch), best of 3, with all cores and with one thread each.
+//! The native engine against ONNX Runtime, in one process on the same rows: the 100-tree
+//! depth-12 RandomForest (`big_rf`), the 300-tree depth-6 gradient-boosting classifier
+//! (`gb300`) and a 3-class LogisticRegression (`logreg20`, the linear engine), 1,000,000 rows
+//! × 20 float32 features in 65,536-row calls (the worker's inference batch), best of 3, with
+//! all cores and with one thread each. Both engines get the same row-major tensor here; in the
+//! worker a linear model reads the batch's columns instead (no tensor at all).
 //!
-//!     tests/models/generate.py --bench          # big_rf and gb300, once
+//!     tests/models/generate.py --bench          # big_rf, gb300 and logreg20, once
 //!     cargo bench --bench trees
 //!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench trees
 
@@ -50,8 +52,8 @@ fn main() {
     let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models/generated");
     let x = rows(n);
-    println!("tree ensembles: {n} rows x {FEATURES} features, {CALL_ROWS}-row calls, best of 3, {cores} cores");
-    println!("| model | threads | onnxruntime rows/s | native trees rows/s | ratio |");
+    println!("native engine: {n} rows x {FEATURES} features, {CALL_ROWS}-row calls, best of 3, {cores} cores");
+    println!("| model | threads | onnxruntime rows/s | native rows/s | ratio |");
     println!("| --- | --- | --- | --- | --- |");
     for threads in [cores, 1] {
         let ort: Arc<dyn Engine> = Arc::new(
@@ -59,7 +61,7 @@ fn main() {
                 .expect("ONNX Runtime (set ORT_DYLIB_PATH or LAKESCORE_ONNXRUNTIME_LIB)"),
         );
         let native = TreesEngine::new(None, threads);
-        for name in ["big_rf", "gb300"] {
+        for name in ["big_rf", "gb300", "logreg20"] {
             let path = dir.join(format!("{name}.onnx"));
             let Ok(bytes) = std::fs::read(&path) else {
                 println!("| {name} | missing: run tests/models/generate.py --bench | | | |");

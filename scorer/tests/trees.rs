@@ -541,6 +541,11 @@ fn assert_same_data(ours: &TensorData, theirs: &TensorData, what: &str) {
 
 /// `cases` random models from `make`, each on random rows on both engines.
 fn property(seed: u64, cases: usize, make: impl Fn(&mut Rng) -> RandomModel) {
+    // Row counts around the block, lane and thread boundaries.
+    property_on(seed, cases, &[1, 9, 300, 5000], make)
+}
+
+fn property_on(seed: u64, cases: usize, row_counts: &[usize], make: impl Fn(&mut Rng) -> RandomModel) {
     let Some(ort) = ort() else { return };
     let native = TreesEngine::new(None, 2);
     let mut rng = Rng(seed);
@@ -549,8 +554,7 @@ fn property(seed: u64, cases: usize, make: impl Fn(&mut Rng) -> RandomModel) {
         let what = format!("case {case}: {}", model.description);
         let ours = native.load(Bytes::from(model.bytes.clone())).unwrap_or_else(|e| panic!("{what}: {e}"));
         let theirs = ort.load(Bytes::from(model.bytes)).unwrap_or_else(|e| panic!("{what}: {e}"));
-        // Row counts around the block, lane and thread boundaries.
-        for rows in [1, 9, 300, 5000] {
+        for &rows in row_counts {
             let x = random_rows(&mut rng, rows, model.features);
             let theirs = run(theirs.as_ref(), &x, rows, model.features, model.double);
             assert_same(
@@ -603,6 +607,11 @@ fn linear_models_take_columns_and_tree_ensembles_rows() {
 fn random_linear_models_score_like_onnxruntime() {
     property(0x5eed_0005, 200, |rng| random_linear(rng, true));
     property(0x5eed_0006, 100, |rng| random_linear(rng, false));
+    // Enough rows for the linear engine to split them across its two threads.
+    property_on(0x5eed_0007, 20, &[40_001], |rng| {
+        let classifier = rng.chance(0.7);
+        random_linear(rng, classifier)
+    });
 }
 
 #[test]

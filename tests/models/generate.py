@@ -48,7 +48,7 @@ CORE_MODELS = [
     "pipeline",
     "linreg",
 ]
-BENCH_MODELS = ["big_rf", "gb300"]
+BENCH_MODELS = ["big_rf", "gb300", "logreg20"]
 BAD_ARTIFACTS = [
     "bad_not_onnx.bin",
     "bad_truncated.onnx",
@@ -353,6 +353,16 @@ def gen_logreg(out, name, zipmap):
     )
 
 
+def gen_logreg20(out, name):
+    """LogisticRegression on 20 features, 3 classes (multinomial: SOFTMAX, then an L1 Normalizer)."""
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = make_classification(n_samples=10000, n_features=20, n_informative=10, n_classes=3, random_state=41)
+    est = LogisticRegression(max_iter=1000, random_state=0)
+    return tabular_model(out, name, est, X, y, zipmap=False, task="classification")
+
+
 def gen_rf(out, name, zipmap, n_estimators=10, max_depth=6, n_samples=2000):
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
@@ -516,6 +526,7 @@ GENERATORS = {
     "linreg": gen_linreg,
     "big_rf": gen_big_rf,
     "gb300": gen_gb300,
+    "logreg20": gen_logreg20,
 }
 
 
@@ -763,7 +774,7 @@ def generate_group(out: Path, group: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
-    ap.add_argument("--bench", action="store_true", help="also generate the benchmark models (big_rf, gb300)")
+    ap.add_argument("--bench", action="store_true", help="also generate the benchmark models (big_rf, gb300, logreg20)")
     ap.add_argument("--force", action="store_true", help="regenerate even when up to date")
     args = ap.parse_args(argv)
 

@@ -334,13 +334,12 @@ impl NativeModel {
         }
     }
 
-    /// Score `rows` rows of row-major float32 features on up to `threads` threads (a linear
-    /// model takes one: it is a single pass over memory).
+    /// Score `rows` rows of row-major float32 features on up to `threads` threads.
     pub fn predict_f32(&self, features: &[f32], rows: usize, threads: usize) -> Result<Predictions, Unsupported> {
         self.check_len(features.len(), rows)?;
         let predictions = match &self.estimator {
             Estimator::Trees(e) => e.predict(features, self.n_features, rows, threads),
-            Estimator::Linear(l) => l.predict(Features::Rows(features), self.n_features, rows),
+            Estimator::Linear(l) => l.predict(Features::Rows(features), self.n_features, rows, threads),
         };
         Ok(self.normalized(predictions))
     }
@@ -354,7 +353,12 @@ impl NativeModel {
     /// Score `rows` rows given as one float32 slice per feature, in feature order: the
     /// columns of an Arrow batch, read where they are instead of being interleaved into
     /// rows first. Only for a model that [`takes_columns`](Self::takes_columns).
-    pub fn predict_f32_columns(&self, columns: &[&[f32]], rows: usize) -> Result<Predictions, Unsupported> {
+    pub fn predict_f32_columns(
+        &self,
+        columns: &[&[f32]],
+        rows: usize,
+        threads: usize,
+    ) -> Result<Predictions, Unsupported> {
         let Estimator::Linear(l) = &self.estimator else {
             return unsupported("a tree ensemble takes rows, not columns");
         };
@@ -365,7 +369,7 @@ impl NativeModel {
                 self.n_features
             ));
         }
-        Ok(self.normalized(l.predict(Features::Columns(columns), self.n_features, rows)))
+        Ok(self.normalized(l.predict(Features::Columns(columns), self.n_features, rows, threads)))
     }
 
     /// Score `rows` rows of row-major float64 features (compared in double precision, or

@@ -17,6 +17,8 @@
 use crate::eval::{compute_logistic, post_transform, PostTransform, Predictions};
 use crate::ClassLabels;
 
+/// Below this many rows per thread, more threads cost more than they bring.
+const MIN_ROWS_PER_THREAD: usize = 16_384;
 /// Rows scored together: four vectors of eight, so that four independent chains of
 /// multiply-adds hide each one's latency (one chain of eight ran at a quarter of the speed).
 const LANES: usize = 32;
@@ -59,16 +61,48 @@ impl Linear {
         }
     }
 
-    /// Scores rows with fused multiply-adds where the CPU has them, as ONNX Runtime's MLAS
-    /// kernels do: its GEMM sums in feature order, its logistic is a polynomial.
-    /// `x` holds `rows` whole rows of `features` (the caller checks).
-    pub(crate) fn predict(&self, x: Features<'_>, features: usize, rows: usize) -> Predictions {
+    /// Scores `rows` rows (`x` holds them whole: the caller checks) on up to `threads`
+    /// threads, each a contiguous share of the rows.
+    pub(crate) fn predict(&self, x: Features<'_>, features: usize, rows: usize, threads: usize) -> Predictions {
+        let width = self.width();
+        let mut scores = vec![0f32; rows * width];
+        let mut labels = vec![0i64; rows];
+        let threads = threads.clamp(1, (rows / MIN_ROWS_PER_THREAD).max(1));
+        if threads == 1 {
+            self.predict_into(x, features, 0, &mut scores, &mut labels);
+        } else {
+            let per = rows.div_ceil(threads);
+            std::thread::scope(|s| {
+                for (i, (scores, labels)) in scores.chunks_mut(per * width).zip(labels.chunks_mut(per)).enumerate() {
+                    s.spawn(move || self.predict_into(x, features, i * per, scores, labels));
+                }
+            });
+        }
+        if matches!(self.kind, LinearKind::Regressor) {
+            labels = Vec::new();
+        }
+        Predictions { labels, scores, width }
+    }
+
+    /// Scores the `labels.len()` rows from row `first` of `x` into `scores` and `labels`,
+    /// with fused multiply-adds where the CPU has them, as ONNX Runtime's MLAS kernels do:
+    /// its GEMM sums in feature order, its logistic is a polynomial.
+    fn predict_into(&self, x: Features<'_>, features: usize, first: usize, scores: &mut [f32], labels: &mut [i64]) {
+        let rows = labels.len();
+        let columns: Vec<&[f32]>;
+        let x = match x {
+            Features::Rows(x) => Features::Rows(&x[first * features..(first + rows) * features]),
+            Features::Columns(all) => {
+                columns = all.iter().map(|c| &c[first..first + rows]).collect();
+                Features::Columns(&columns)
+            }
+        };
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has FMA and AVX2, checked just above.
-            return unsafe { self.predict_fma(x, features, rows) };
+            return unsafe { self.predict_fma(x, features, scores, labels) };
         }
-        self.predict_with::<{ cfg!(target_arch = "aarch64") }>(x, features, rows)
+        self.predict_with::<{ cfg!(target_arch = "aarch64") }>(x, features, scores, labels)
     }
 
     /// [`Self::predict_with`] compiled for FMA and AVX2: the lanes are one vector and each
@@ -78,33 +112,37 @@ impl Linear {
     /// The CPU must have FMA and AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn predict_fma(&self, x: Features<'_>, features: usize, rows: usize) -> Predictions {
-        self.predict_with::<true>(x, features, rows)
+    unsafe fn predict_fma(&self, x: Features<'_>, features: usize, scores: &mut [f32], labels: &mut [i64]) {
+        self.predict_with::<true>(x, features, scores, labels)
     }
 
+    /// `x` holds `labels.len()` rows; `scores` has room for their outputs.
     #[inline(always)]
-    fn predict_with<const FUSED: bool>(&self, x: Features<'_>, features: usize, rows: usize) -> Predictions {
+    fn predict_with<const FUSED: bool>(
+        &self,
+        x: Features<'_>,
+        features: usize,
+        scores: &mut [f32],
+        labels: &mut [i64],
+    ) {
         let k = self.sums;
-        let width = self.width();
+        let rows = labels.len();
         // The sums go where the row's scores go; the one-score binary case spreads them after.
-        let mut scores = vec![0f32; rows * width];
         self.sums::<FUSED>(x, features, rows, &mut scores[..rows * k]);
-        let labels = match &self.kind {
+        match &self.kind {
             LinearKind::Regressor => {
                 if k > 1 {
-                    self.post_transform::<FUSED>(&mut scores, k);
+                    self.post_transform::<FUSED>(scores, k);
                 }
-                Vec::new()
             }
-            LinearKind::Classifier { labels } if k == 1 => {
-                let (negative, positive) = match labels {
+            LinearKind::Classifier { labels: names } if k == 1 => {
+                let (negative, positive) = match names {
                     ClassLabels::Int64(l) => (l[0], l[1]),
                     // A string label is its index.
                     ClassLabels::String(_) => (0, 1),
                 };
-                let mut out = Vec::with_capacity(rows);
-                for s in &scores[..rows] {
-                    out.push(if *s > 0.0 { positive } else { negative });
+                for (label, s) in labels.iter_mut().zip(&scores[..rows]) {
+                    *label = if *s > 0.0 { positive } else { negative };
                 }
                 // Back to front, so that each sum is read before its slot is written.
                 for r in (0..rows).rev() {
@@ -116,27 +154,23 @@ impl Linear {
                     scores[2 * r] = a;
                     scores[2 * r + 1] = b;
                 }
-                out
             }
-            LinearKind::Classifier { labels } => {
-                let mut out = Vec::with_capacity(rows);
-                for s in scores.chunks_exact(k) {
+            LinearKind::Classifier { labels: names } => {
+                for (label, s) in labels.iter_mut().zip(scores.chunks_exact(k)) {
                     let mut best = 0;
                     for j in 1..k {
                         if s[j] > s[best] {
                             best = j;
                         }
                     }
-                    out.push(match labels {
+                    *label = match names {
                         ClassLabels::Int64(l) => l[best],
                         ClassLabels::String(_) => best as i64,
-                    });
+                    };
                 }
-                self.post_transform::<FUSED>(&mut scores, k);
-                out
+                self.post_transform::<FUSED>(scores, k);
             }
-        };
-        Predictions { labels, scores, width }
+        }
     }
 
     /// The post-transform of rows of `k` scores (k > 1), as ONNX Runtime applies it to whole

@@ -158,7 +158,7 @@ impl LoadedModel for Native {
     fn run_columns(&self, columns: &[&[f32]], rows: usize) -> Result<Vec<OutputValue>> {
         let predictions = self
             .model
-            .predict_f32_columns(columns, rows)
+            .predict_f32_columns(columns, rows, self.threads)
             .map_err(|e| ScoreError::invalid(format!("model input '{}': {e}", self.model.input)))?;
         self.output_values(predictions, rows)
     }
