@@ -37,6 +37,14 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(p.labels.len(), rows);
             }
         }
+        if model.takes_columns() {
+            // The same rows as columns, as the worker hands them to a linear model.
+            let columns: Vec<Vec<f32>> =
+                (0..model.n_features).map(|f| x.iter().skip(f).step_by(model.n_features).copied().collect()).collect();
+            let columns: Vec<&[f32]> = columns.iter().map(Vec::as_slice).collect();
+            let p = model.predict_f32_columns(&columns, rows, 2).expect("columns of the model's width");
+            assert_eq!(p.scores.len(), rows * model.width());
+        }
         let wide: Vec<f64> = x.iter().map(|v| f64::from(*v)).collect();
         model.predict_f64(&wide, rows, 1).expect("rows of the model's width");
     }

@@ -18,8 +18,8 @@ pub struct ScorerConfig {
     /// Where models come from: the registry root URL (`http://127.0.0.1:8080`), or
     /// `dir:///path` for a local directory of ONNX files.
     pub model_source: String,
-    /// Inference engine: `auto` (tree ensembles natively, the rest on ONNX Runtime when its
-    /// library loads, else tract), `ort`, `trees` or `tract`.
+    /// Inference engine: `auto` (tree ensembles and linear models natively, the rest on ONNX
+    /// Runtime when its library loads, else tract), `ort`, `trees` or `tract`.
     pub backend: Backend,
     /// The ONNX Runtime shared library (`--onnxruntime-lib`); `None`: searched, see
     /// [`crate::engine::ort::find_onnxruntime`].

@@ -1,5 +1,5 @@
 //! lakescore scoring worker: an Arrow Flight service that scores record batches with
-//! registered ONNX models (tree ensembles natively, the rest on ONNX Runtime via `ort`, or tract-onnx as the pure-Rust fallback) and writes enriched Parquet back to
+//! registered ONNX models (tree ensembles and linear models natively, the rest on ONNX Runtime via `ort`, or tract-onnx as the pure-Rust fallback) and writes enriched Parquet back to
 //! object storage.
 //!
 //! Entry points: [`serve`] (config + listener + shutdown), or [`Scorer`] +

@@ -75,7 +75,7 @@ pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
     match config.backend {
         Backend::Ort => Ok(Arc::new(ort()?)),
         Backend::Trees => {
-            tracing::info!("backend trees: tree-ensemble models run natively; other models are refused");
+            tracing::info!("backend trees: tree ensembles and linear models run natively; other models are refused");
             Ok(Arc::new(TreesEngine::new(None, config.intra_op_threads)))
         }
         Backend::Tract => {

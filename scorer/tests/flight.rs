@@ -47,7 +47,7 @@ async fn do_exchange_matches_onnxruntime_for_every_model() {
     worker.stop().await;
 }
 
-/// `backend ort` (tree ensembles included, which `auto` sends to the native tree engine),
+/// `backend ort` (tree ensembles and linear models included, which `auto` sends to the native engine),
 /// two intra-op threads that spin while they wait (not the default): the same answers. Classifiers
 /// only: with two threads ONNX Runtime sums a regression forest's trees in per-thread
 /// partials, which moves values near zero by more than the comparison's 1e-5.

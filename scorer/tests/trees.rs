@@ -314,10 +314,6 @@ fn random_forest(rng: &mut Rng, classifier: bool, mixed_modes: bool) -> RandomMo
     };
     attrs.push(attr_string("post_transform", post));
     let double = rng.chance(0.25);
-    let description = format!(
-        "double {double}, {op} {layout:?} classes/targets {width}, {trees} trees ≤ depth {max_depth}, {features} features, \
-         base {base_len}, post {post}, string labels {string_labels}, mixed modes {mixed_modes}, missing {tracks}"
-    );
     let node = NodeProto {
         input: vec!["X".into()],
         output: outputs.iter().map(|o| o.name.clone().unwrap_or_default()).collect(),
@@ -326,7 +322,28 @@ fn random_forest(rng: &mut Rng, classifier: bool, mixed_modes: bool) -> RandomMo
         attribute: attrs,
         ..Default::default()
     };
-    RandomModel { bytes: model_bytes(vec![node], features, double, outputs), features, double, description }
+    // Now and then a Normalizer on the scores.
+    let mut nodes = vec![node];
+    let mut outputs = outputs;
+    let norm = if rng.chance(0.2) { ["MAX", "L1", "L2"][rng.below(3)] } else { "" };
+    if !norm.is_empty() {
+        let scores = outputs.last_mut().expect("a scores output");
+        nodes.push(NodeProto {
+            input: vec!["scores".into()],
+            output: vec!["normalized".into()],
+            op_type: Some("Normalizer".into()),
+            domain: Some("ai.onnx.ml".into()),
+            attribute: vec![attr_string("norm", norm)],
+            ..Default::default()
+        });
+        scores.name = Some("normalized".into());
+    }
+    let description = format!(
+        "double {double}, {op} {layout:?} classes/targets {width}, {trees} trees ≤ depth {max_depth}, {features} features, \
+         base {base_len}, post {post}, string labels {string_labels}, mixed modes {mixed_modes}, missing {tracks}, \
+         normalizer {norm:?}"
+    );
+    RandomModel { bytes: model_bytes(nodes, features, double, outputs), features, double, description }
 }
 
 /// The model `X [N, features] → nodes → outputs`, encoded.
@@ -355,8 +372,8 @@ fn model_bytes(nodes: Vec<NodeProto>, features: usize, double: bool, outputs: Ve
 
 /// A random linear model graph: `X → LinearClassifier → (label, scores)`, the scores maybe
 /// through a `Normalizer` and a `ZipMap`; or `X → LinearRegressor → values`.
-fn random_linear(rng: &mut Rng, classifier: bool) -> RandomModel {
-    let features = 1 + rng.below(12);
+fn random_linear(rng: &mut Rng, classifier: bool, max_features: usize) -> RandomModel {
+    let features = 1 + rng.below(max_features);
     let mut attrs = Vec::new();
     let post = ["NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO"][rng.below(4)];
     attrs.push(attr_string("post_transform", post));
@@ -594,7 +611,7 @@ fn random_regressors_score_like_onnxruntime() {
 fn linear_models_take_columns_and_tree_ensembles_rows() {
     let native = TreesEngine::new(None, 1);
     let mut rng = Rng(5);
-    let linear = native.load(Bytes::from(random_linear(&mut rng, true).bytes)).expect("linear");
+    let linear = native.load(Bytes::from(random_linear(&mut rng, true, 12).bytes)).expect("linear");
     let forest = native.load(Bytes::from(random_forest(&mut rng, true, false).bytes)).expect("forest");
     assert!(linear.takes_columns() && !forest.takes_columns());
     // Columns of the wrong count or length are refused, not read past.
@@ -605,12 +622,17 @@ fn linear_models_take_columns_and_tree_ensembles_rows() {
 
 #[test]
 fn random_linear_models_score_like_onnxruntime() {
-    property(0x5eed_0005, 200, |rng| random_linear(rng, true));
-    property(0x5eed_0006, 100, |rng| random_linear(rng, false));
+    property(0x5eed_0005, 200, |rng| random_linear(rng, true, 12));
+    property(0x5eed_0006, 100, |rng| random_linear(rng, false, 12));
+    // Wide models: long sums, which ONNX Runtime's GEMM may split into blocks.
+    property_on(0x5eed_0008, 10, &[1, 300], |rng| {
+        let classifier = rng.chance(0.7);
+        random_linear(rng, classifier, 400)
+    });
     // Enough rows for the linear engine to split them across its two threads.
     property_on(0x5eed_0007, 20, &[40_001], |rng| {
         let classifier = rng.chance(0.7);
-        random_linear(rng, classifier)
+        random_linear(rng, classifier, 12)
     });
 }
 
@@ -618,7 +640,7 @@ fn random_linear_models_score_like_onnxruntime() {
 fn linear_models_onnxruntime_would_misread_are_refused() {
     let native = TreesEngine::new(None, 1);
     let mut rng = Rng(11);
-    let model = random_linear(&mut rng, true);
+    let model = random_linear(&mut rng, true, 12);
     let original = ModelProto::decode(model.bytes.as_slice()).expect("decode");
     type Breakage = Box<dyn Fn(&mut Vec<AttributeProto>)>;
     let set = |name: &'static str, value: AttributeProto| -> Breakage {
@@ -645,6 +667,58 @@ fn linear_models_onnxruntime_would_misread_are_refused() {
         let mut model = original.clone();
         let graph = model.graph.as_mut().expect("graph");
         break_it(&mut graph.node[0].attribute);
+        let err = native.load(Bytes::from(model.encode_to_vec())).err().expect("refused");
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
+
+    // Whole graphs: absurd sizes (a few bytes of model asking for a huge batch of scores),
+    // a regressor on double input (ONNX Runtime's takes float only), an output in a cycle.
+    let regressor = random_linear(&mut rng, false, 12);
+    let regressor_proto = ModelProto::decode(regressor.bytes.as_slice()).expect("decode");
+    type GraphBreakage = Box<dyn Fn(&mut GraphProto)>;
+    let graph_cases: Vec<(&str, &ModelProto, GraphBreakage)> = vec![
+        (
+            "targets 1099511627776",
+            &regressor_proto,
+            Box::new(|g: &mut GraphProto| {
+                let targets = g.node[0].attribute.iter_mut().find(|a| a.name() == "targets").expect("targets");
+                targets.i = Some(1 << 40);
+            }),
+        ),
+        (
+            "5000 classes",
+            &original,
+            Box::new(|g: &mut GraphProto| {
+                let intercepts = g.node[0].attribute.iter_mut().find(|a| a.name() == "intercepts").expect("intercepts");
+                intercepts.floats = vec![0.0; 5000];
+            }),
+        ),
+        (
+            "double input",
+            &regressor_proto,
+            Box::new(move |g: &mut GraphProto| {
+                g.input[0] = tensor_info("X", DataType::Double, &[None, Some(regressor.features as i64)])
+            }),
+        ),
+        (
+            "cycle",
+            &original,
+            Box::new(|g: &mut GraphProto| {
+                let identity = |from: &str, to: &str| NodeProto {
+                    input: vec![from.into()],
+                    output: vec![to.into()],
+                    op_type: Some("Identity".into()),
+                    ..Default::default()
+                };
+                g.node.push(identity("b", "a"));
+                g.node.push(identity("a", "b"));
+                g.output.push(tensor_info("a", DataType::Float, &[None]));
+            }),
+        ),
+    ];
+    for (want, model, break_it) in graph_cases {
+        let mut model = model.clone();
+        break_it(model.graph.as_mut().expect("graph"));
         let err = native.load(Bytes::from(model.encode_to_vec())).err().expect("refused");
         assert!(err.to_string().contains(want), "{want}: {err}");
     }

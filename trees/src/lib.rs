@@ -7,7 +7,7 @@
 //! (`LinearClassifier` / `LinearRegressor`, often with a `Normalizer`). [`NativeModel::compile`]
 //! turns such a graph into a compact evaluator. Linear models are one float32 multiply-add
 //! pass over blocks of rows ([`linear`]); tree ensembles ([`eval`]) have nodes 16 bytes each in depth-first
-//! order, trees walked over blocks of rows so that a tree stays in cache, eight rows at a
+//! order, trees walked over blocks of rows so that a tree stays in cache, sixteen rows at a
 //! time in lock-step without data-dependent branches, all cores. Its outputs are ONNX
 //! Runtime's: the same comparisons, the same float accumulation in tree order, and the same
 //! finalisation rules (base values, binary cases, post-transforms).
@@ -233,7 +233,13 @@ impl NativeModel {
             let mut name = out.name();
             let mut zipmap = None;
             let mut normalizer = None;
+            // Each step goes one node back: more steps than nodes is a cycle.
+            let mut steps = 0;
             let kind = loop {
+                steps += 1;
+                if steps > graph.node.len() + 1 {
+                    return unsupported(format!("graph output '{}' is computed in a cycle", out.name()));
+                }
                 if Some(name) == label_name.map(String::as_str) {
                     if zipmap.is_some() || normalizer.is_some() {
                         return unsupported("a ZipMap or Normalizer over the label");
@@ -729,6 +735,11 @@ fn compile_ensemble(node: &NodeProto, n_features: usize) -> Result<Ensemble, Uns
     Ok(Ensemble { nodes, trees, leaf_of, leaf_weights, leaf_mask, width, kind, post, base_values, splits })
 }
 
+/// The most classes or targets a linear model may have here: a batch's scores take
+/// `rows × scores` floats, and a few bytes of model must not ask for gigabytes per batch.
+/// Larger models run on ONNX Runtime.
+const MAX_LINEAR_SCORES: usize = 1024;
+
 const LINEAR_CLASSIFIER_ATTRIBUTES: &[&str] =
     &["coefficients", "intercepts", "classlabels_ints", "classlabels_strings", "multi_class", "post_transform"];
 const LINEAR_REGRESSOR_ATTRIBUTES: &[&str] = &["coefficients", "intercepts", "targets", "post_transform"];
@@ -750,6 +761,9 @@ fn compile_linear(node: &NodeProto, n_features: usize) -> Result<Linear, Unsuppo
         // says how scores become probabilities.
         let labels = class_labels(&a, "classlabels_ints")?;
         let k = intercepts.len();
+        if k > MAX_LINEAR_SCORES {
+            return unsupported(format!("{k} classes (the native engine covers up to {MAX_LINEAR_SCORES})"));
+        }
         // One score is the binary case, which ONNX Runtime takes with exactly two labels.
         let labels_fit = match k {
             0 => false,
@@ -762,8 +776,9 @@ fn compile_linear(node: &NodeProto, n_features: usize) -> Result<Linear, Unsuppo
         (k, LinearKind::Classifier { labels }, intercepts.to_vec())
     } else {
         let targets = match a.ints("targets").first() {
-            Some(t) if *t >= 1 => *t as usize,
-            _ => return unsupported("a LinearRegressor without a positive targets"),
+            Some(t) if (1..=MAX_LINEAR_SCORES as i64).contains(t) => *t as usize,
+            Some(t) => return unsupported(format!("targets {t} (the native engine covers 1 to {MAX_LINEAR_SCORES})")),
+            None => return unsupported("a LinearRegressor without targets"),
         };
         // ONNX Runtime uses the intercepts only when there is one per target.
         let intercepts = if intercepts.len() == targets { intercepts.to_vec() } else { vec![0.0; targets] };

@@ -221,8 +221,8 @@ pub trait Engine: Send + Sync + 'static {
 
 /// A loaded, runnable model. `run` is blocking and may be called from several threads.
 pub trait LoadedModel: Send + Sync + 'static {
-    /// The engine running it (`ort`, `trees`, `tract`): an engine may hand some models to
-    /// another.
+    /// The engine running it (`ort`, `trees`, `linear`, `tract`): an engine may hand some
+    /// models to another.
     fn engine(&self) -> &'static str;
 
     /// Graph inputs, in graph order.
