@@ -493,9 +493,11 @@ pub(crate) fn score_chunk(handle: &ModelHandle, plan: &ScorePlan, chunk: &Record
     if chunk.num_rows() == 0 {
         return Ok(plan.empty_output());
     }
-    let outputs = match plan.float_columns(chunk) {
-        Some(columns) if handle.model.takes_columns() => handle.model.run_columns(&columns, chunk.num_rows())?,
-        _ => handle.model.run(plan.feeds(chunk)?)?,
+    // Only a model that takes columns has them looked up: the others always get the tensor.
+    let columns = if handle.model.takes_columns() { plan.float_columns(chunk) } else { None };
+    let outputs = match columns {
+        Some(columns) => handle.model.run_columns(&columns, chunk.num_rows())?,
+        None => handle.model.run(plan.feeds(chunk)?)?,
     };
     plan.assemble(chunk, outputs)
 }

@@ -501,6 +501,18 @@ fn read_attributes(node: &NodeProto, known: &[&str]) -> Result<Attributes, Unsup
     Ok(out)
 }
 
+/// The node's `post_transform`: `NONE`, or, where `transforms` allows them, `LOGISTIC`,
+/// `SOFTMAX` and `SOFTMAX_ZERO`; anything else (`PROBIT`) is left to ONNX Runtime.
+fn post_transform(a: &Attributes, transforms: bool) -> Result<PostTransform, Unsupported> {
+    Ok(match a.string("post_transform", "NONE").as_str() {
+        "NONE" => PostTransform::None,
+        "LOGISTIC" if transforms => PostTransform::Logistic,
+        "SOFTMAX" if transforms => PostTransform::Softmax,
+        "SOFTMAX_ZERO" if transforms => PostTransform::SoftmaxZero,
+        other => return unsupported(format!("post_transform {other} is not covered here")),
+    })
+}
+
 /// A classifier's labels: the int64 list (named `ints`, as the operator names it) or the
 /// string list, exactly one of them.
 fn class_labels(a: &Attributes, ints: &str) -> Result<ClassLabels, Unsupported> {
@@ -535,13 +547,8 @@ fn compile_ensemble(node: &NodeProto, n_features: usize) -> Result<Ensemble, Uns
     let known: Vec<&str> = NODE_ATTRIBUTES.iter().chain(extra).copied().collect();
     let a = read_attributes(node, &known)?;
 
-    let post = match a.string("post_transform", "NONE").as_str() {
-        "NONE" => PostTransform::None,
-        "LOGISTIC" if classifier => PostTransform::Logistic,
-        "SOFTMAX" if classifier => PostTransform::Softmax,
-        "SOFTMAX_ZERO" if classifier => PostTransform::SoftmaxZero,
-        other => return unsupported(format!("post_transform {other} is not covered here")),
-    };
+    // Tree regressors: only NONE (what ONNX Runtime does with the others is not covered).
+    let post = post_transform(&a, classifier)?;
     let (kind, width, weights) = if classifier {
         let labels = class_labels(&a, "classlabels_int64s")?;
         let classes = labels.len();
@@ -748,13 +755,7 @@ fn compile_linear(node: &NodeProto, n_features: usize) -> Result<Linear, Unsuppo
     let classifier = node.op_type() == "LinearClassifier";
     let known = if classifier { LINEAR_CLASSIFIER_ATTRIBUTES } else { LINEAR_REGRESSOR_ATTRIBUTES };
     let a = read_attributes(node, known)?;
-    let post = match a.string("post_transform", "NONE").as_str() {
-        "NONE" => PostTransform::None,
-        "LOGISTIC" => PostTransform::Logistic,
-        "SOFTMAX" => PostTransform::Softmax,
-        "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
-        other => return unsupported(format!("post_transform {other} is not covered here")),
-    };
+    let post = post_transform(&a, true)?;
     let intercepts = a.floats("intercepts");
     let (sums, kind, intercepts) = if classifier {
         // multi_class is read and ignored, as ONNX Runtime ignores it: the post-transform

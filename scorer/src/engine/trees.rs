@@ -114,6 +114,45 @@ impl Native {
             .collect();
         Self { model, inputs, outputs, threads }
     }
+
+    /// The graph's outputs from the engine's predictions for `rows` rows.
+    fn output_values(&self, predictions: lakescore_trees::Predictions, rows: usize) -> Result<Vec<OutputValue>> {
+        let lakescore_trees::Predictions { labels, scores, width } = predictions;
+        // Each output takes the vectors it needs; only a second user of one gets a copy.
+        let mut label_uses = self.model.outputs.iter().filter(|o| o.kind == OutputKind::Label).count();
+        let mut score_uses = self.model.outputs.len() - label_uses;
+        let (mut labels, mut scores) = (Some(labels), Some(scores));
+        self.model
+            .outputs
+            .iter()
+            .map(|o| {
+                Ok(match (&o.kind, self.model.class_labels()) {
+                    (OutputKind::Label, Some(ClassLabels::Int64(_))) => OutputValue::Tensor(Tensor {
+                        shape: vec![rows],
+                        data: TensorData::Int64(share(&mut labels, &mut label_uses)),
+                    }),
+                    (OutputKind::Label, Some(ClassLabels::String(names))) => OutputValue::Tensor(Tensor {
+                        shape: vec![rows],
+                        data: TensorData::String(
+                            share(&mut labels, &mut label_uses)
+                                .iter()
+                                .map(|i| names.get(*i as usize).cloned().unwrap_or_default())
+                                .collect(),
+                        ),
+                    }),
+                    (OutputKind::ZipMap(keys), _) => OutputValue::SeqMap {
+                        keys: map_keys(keys),
+                        values: TensorData::Float32(share(&mut scores, &mut score_uses)),
+                        rows,
+                    },
+                    _ => OutputValue::Tensor(Tensor {
+                        shape: vec![rows, width],
+                        data: TensorData::Float32(share(&mut scores, &mut score_uses)),
+                    }),
+                })
+            })
+            .collect()
+    }
 }
 
 impl LoadedModel for Native {
@@ -161,47 +200,6 @@ impl LoadedModel for Native {
             .predict_f32_columns(columns, rows, self.threads)
             .map_err(|e| ScoreError::invalid(format!("model input '{}': {e}", self.model.input)))?;
         self.output_values(predictions, rows)
-    }
-}
-
-impl Native {
-    /// The graph's outputs from the engine's predictions for `rows` rows.
-    fn output_values(&self, predictions: lakescore_trees::Predictions, rows: usize) -> Result<Vec<OutputValue>> {
-        let lakescore_trees::Predictions { labels, scores, width } = predictions;
-        // Each output takes the vectors it needs; only a second user of one gets a copy.
-        let mut label_uses = self.model.outputs.iter().filter(|o| o.kind == OutputKind::Label).count();
-        let mut score_uses = self.model.outputs.len() - label_uses;
-        let (mut labels, mut scores) = (Some(labels), Some(scores));
-        self.model
-            .outputs
-            .iter()
-            .map(|o| {
-                Ok(match (&o.kind, self.model.class_labels()) {
-                    (OutputKind::Label, Some(ClassLabels::Int64(_))) => OutputValue::Tensor(Tensor {
-                        shape: vec![rows],
-                        data: TensorData::Int64(share(&mut labels, &mut label_uses)),
-                    }),
-                    (OutputKind::Label, Some(ClassLabels::String(names))) => OutputValue::Tensor(Tensor {
-                        shape: vec![rows],
-                        data: TensorData::String(
-                            share(&mut labels, &mut label_uses)
-                                .iter()
-                                .map(|i| names.get(*i as usize).cloned().unwrap_or_default())
-                                .collect(),
-                        ),
-                    }),
-                    (OutputKind::ZipMap(keys), _) => OutputValue::SeqMap {
-                        keys: map_keys(keys),
-                        values: TensorData::Float32(share(&mut scores, &mut score_uses)),
-                        rows,
-                    },
-                    _ => OutputValue::Tensor(Tensor {
-                        shape: vec![rows, width],
-                        data: TensorData::Float32(share(&mut scores, &mut score_uses)),
-                    }),
-                })
-            })
-            .collect()
     }
 }
 
