@@ -9,7 +9,6 @@ use std::time::Instant;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::ipc::CompressionType;
-use arrow_flight::encode::{FlightDataEncoderBuilder, GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -29,8 +28,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Result, ScoreError};
 use crate::flight_input::FlightInput;
+use crate::flight_output::{grpc_request, grpc_response, Results};
 use crate::mapping::schema_from_model;
-use crate::scorer::{batch_bytes, run_ahead, BatchStream, ResolvedModel, Scorer};
+use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::Credentials;
 #[cfg(feature = "sql")]
 use crate::sql::flight::{flight_sql_command, is_flight_sql_action};
@@ -117,14 +117,69 @@ impl ScorerService {
 
     /// The tonic service to add to a `tonic::transport::Server` (message size limits set
     /// from the configuration). It watches request bodies so that a client stream that is
-    /// reset (which tonic reports as a normal end of stream) is never committed as output.
+    /// reset (which tonic reports as a normal end of stream) is never committed as output,
+    /// and sends DoGet and DoExchange results below tonic's codec ([`crate::flight_output`]).
     pub fn into_server(self) -> FlightServer {
-        let max = self.scorer.config().max_message_bytes;
+        let max_message_bytes = self.scorer.config().max_message_bytes;
         let max_header_list_bytes = self.scorer.config().max_header_list_bytes as usize;
+        let service = Arc::new(self);
         FlightServer {
-            inner: FlightServiceServer::new(self).max_decoding_message_size(max).max_encoding_message_size(max),
+            inner: FlightServiceServer::from_arc(service.clone())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            service,
+            max_message_bytes,
             max_header_list_bytes,
         }
+    }
+
+    /// What a DoGet answers: a ticket's row groups scored, or a Flight SQL query's rows.
+    async fn get(&self, request: Request<Ticket>) -> Result<Results, Status> {
+        let creds = self.authenticate(&request).await?;
+        let ticket = request.into_inner().ticket;
+        #[cfg(feature = "sql")]
+        if let Some(sql) = flight_sql_command(&ticket) {
+            let (schema, batches) = self.sql()?.do_get(sql?, &creds).await?;
+            return Ok(Results { schema, options: IpcWriteOptions::default(), batches });
+        }
+        let ticket =
+            ScoreTicket::decode(ticket).map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: {e}")))?;
+        let cmd = ticket.command.ok_or_else(|| ScoreError::invalid("invalid ticket: no score command"))?;
+        let options = result_options(&cmd)?;
+        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
+        let loc = self.scorer.storage().locate(&ticket.file, "ticket file")?;
+        let meta =
+            loc.store.head(&loc.path).await.map_err(|e| ScoreError::from_store(e, format!("input {}", loc.url)))?;
+        let row_groups =
+            (!ticket.row_groups.is_empty()).then(|| ticket.row_groups.iter().map(|g| *g as usize).collect());
+        let (schema, batches) = self.scorer.read_parquet(&loc, &meta, row_groups).await?;
+        let plan = self.scorer.plan(&model, &cmd, schema)?;
+        let batches = self.scorer.score_stream(&model, plan.clone(), &cmd, batches);
+        Ok(Results { schema: plan.output_schema().clone(), options, batches })
+    }
+
+    /// What a DoExchange answers: the client's batches scored; `None` (an empty answer) when
+    /// the client sent nothing, or no schema.
+    async fn exchange(&self, request: Request<Streaming<FlightData>>) -> Result<Option<Results>, Status> {
+        let creds = self.authenticate(&request).await?;
+        let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
+            return Ok(None);
+        };
+        let cmd = match &incoming.call {
+            Call::Score(cmd) => cmd.clone(),
+            #[cfg(feature = "sql")]
+            Call::Sql(_) => {
+                return Err(ScoreError::Unimplemented("Flight SQL commands are not taken by DoExchange".into()).into())
+            }
+        };
+        let options = result_options(&cmd)?;
+        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
+        let Some(schema) = incoming.schema().await? else {
+            return Ok(None);
+        };
+        let plan = self.scorer.plan(&model, &cmd, schema)?;
+        let batches = self.scorer.score_stream(&model, plan.clone(), &cmd, incoming.batches());
+        Ok(Some(Results { schema: plan.output_schema().clone(), options, batches }))
     }
 }
 
@@ -173,8 +228,15 @@ impl<B: http_body::Body> http_body::Body for WatchedBody<B> {
 #[derive(Debug, Clone)]
 pub struct FlightServer {
     inner: FlightServiceServer<ScorerService>,
+    /// The service behind `inner`, for the calls answered below tonic's codec.
+    service: Arc<ScorerService>,
+    max_message_bytes: usize,
     max_header_list_bytes: usize,
 }
+
+/// The gRPC paths of the calls whose results are sent below tonic's codec.
+const DO_GET_PATH: &str = "/arrow.flight.protocol.FlightService/DoGet";
+const DO_EXCHANGE_PATH: &str = "/arrow.flight.protocol.FlightService/DoExchange";
 
 /// How many times `max_header_list_bytes` the HTTP/2 transport itself takes before it
 /// tears the connection down (GOAWAY); in between, the call is answered on its own stream.
@@ -208,8 +270,31 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for FlightServer {
         let state = Arc::new(BodyState::default());
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(state.clone());
-        let body = WatchedBody { inner: body, state };
-        self.inner.call(http::Request::from_parts(parts, body))
+        let request = http::Request::from_parts(parts, WatchedBody { inner: body, state });
+        let (service, max) = (self.service.clone(), self.max_message_bytes);
+        match request.uri().path() {
+            DO_EXCHANGE_PATH => Box::pin(async move {
+                let results = match grpc_request(request, max) {
+                    Ok(request) => service.exchange(request).await,
+                    Err(status) => Err(status),
+                };
+                Ok(grpc_response(results, max))
+            }),
+            DO_GET_PATH => Box::pin(async move {
+                let results = async {
+                    let mut request = grpc_request::<Ticket>(request, max)?;
+                    let ticket = request
+                        .get_mut()
+                        .message()
+                        .await?
+                        .ok_or_else(|| Status::internal("Missing request message."))?;
+                    let (metadata, extensions, _) = request.into_parts();
+                    service.get(Request::from_parts(metadata, extensions, ticket)).await.map(Some)
+                };
+                Ok(grpc_response(results.await, max))
+            }),
+            _ => self.inner.call(request),
+        }
     }
 }
 
@@ -239,10 +324,6 @@ fn decode_command(bytes: &[u8]) -> Result<ScoreCommand> {
     ScoreCommand::from_bytes(bytes).map_err(|e| ScoreError::InvalidArgument(format!("invalid score command: {e}")))
 }
 
-fn to_status(e: FlightError) -> Status {
-    ScoreError::from(e).into()
-}
-
 /// The IPC options for results, with the compression the command asks for.
 fn result_options(cmd: &ScoreCommand) -> Result<IpcWriteOptions> {
     let codec = match cmd.result_compression.to_ascii_lowercase().as_str() {
@@ -256,55 +337,6 @@ fn result_options(cmd: &ScoreCommand) -> Result<IpcWriteOptions> {
         }
     };
     Ok(IpcWriteOptions::default().try_with_compression(codec)?)
-}
-
-/// Flight messages (up to arrow-flight's 2 MiB each) encoded ahead of the response.
-const RESULT_MESSAGES_AHEAD: usize = 4;
-
-/// Encode scored batches as Flight data; the schema is sent even when there is no batch.
-///
-/// Decoding, scoring and encoding run ahead of the response body ([`run_ahead`], up to
-/// [`RESULT_MESSAGES_AHEAD`] messages): the transport polls a body only when the client's
-/// window has room, so driven from the body the pipeline would stall while each batch is
-/// sent.
-fn encode(
-    schema: SchemaRef,
-    options: IpcWriteOptions,
-    batches: BatchStream,
-) -> BoxStream<'static, Result<FlightData, Status>> {
-    let encoded = FlightDataEncoderBuilder::new()
-        .with_options(options)
-        .with_schema(schema)
-        // Split here by the rows' own bytes instead (`message_sized`): arrow-flight counts
-        // every column's whole buffer, and the columns a batch passes through from its IPC
-        // input share one, so it cut a 65,536-row batch of 20 columns into 50 messages.
-        .with_max_flight_data_size(usize::MAX)
-        .build(message_sized(batches).map_err(FlightError::from))
-        .map_err(to_status)
-        .boxed();
-    run_ahead(encoded, RESULT_MESSAGES_AHEAD)
-}
-
-/// Batches cut into slices of at most [`GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES`] of row data (one
-/// row at least), so that a message stays under the 4 MiB that gRPC clients accept by default.
-fn message_sized(batches: BatchStream) -> BatchStream {
-    batches
-        .flat_map(|batch| {
-            let parts = match batch {
-                Ok(batch) => {
-                    let (rows, bytes) = (batch.num_rows(), batch_bytes(&batch));
-                    let parts = bytes.div_ceil(GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES).clamp(1, rows.max(1));
-                    let per_part = rows.div_ceil(parts).max(1);
-                    (0..rows.max(1))
-                        .step_by(per_part)
-                        .map(|offset| Ok(batch.slice(offset, per_part.min(rows - offset))))
-                        .collect()
-                }
-                Err(e) => vec![Err(e)],
-            };
-            stream::iter(parts)
-        })
-        .boxed()
 }
 
 pub(crate) fn ipc_schema(schema: &Schema) -> Result<Bytes> {
@@ -566,27 +598,7 @@ impl FlightService for ScorerService {
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let creds = self.authenticate(&request).await?;
-        let ticket = request.into_inner().ticket;
-        #[cfg(feature = "sql")]
-        if let Some(sql) = flight_sql_command(&ticket) {
-            let (schema, batches) = self.sql()?.do_get(sql?, &creds).await?;
-            return Ok(Response::new(encode(schema, IpcWriteOptions::default(), batches)));
-        }
-        let ticket =
-            ScoreTicket::decode(ticket).map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: {e}")))?;
-        let cmd = ticket.command.ok_or_else(|| ScoreError::invalid("invalid ticket: no score command"))?;
-        let options = result_options(&cmd)?;
-        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
-        let loc = self.scorer.storage().locate(&ticket.file, "ticket file")?;
-        let meta =
-            loc.store.head(&loc.path).await.map_err(|e| ScoreError::from_store(e, format!("input {}", loc.url)))?;
-        let row_groups =
-            (!ticket.row_groups.is_empty()).then(|| ticket.row_groups.iter().map(|g| *g as usize).collect());
-        let (schema, batches) = self.scorer.read_parquet(&loc, &meta, row_groups).await?;
-        let plan = self.scorer.plan(&model, &cmd, schema)?;
-        let scored = self.scorer.score_stream(&model, plan.clone(), &cmd, batches);
-        Ok(Response::new(encode(plan.output_schema().clone(), options, scored)))
+        Ok(Response::new(self.get(request).await?.into_flight_data()))
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
@@ -627,25 +639,8 @@ impl FlightService for ScorerService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        let creds = self.authenticate(&request).await?;
-        let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
-            return Ok(Response::new(stream::empty().boxed()));
-        };
-        let cmd = match &incoming.call {
-            Call::Score(cmd) => cmd.clone(),
-            #[cfg(feature = "sql")]
-            Call::Sql(_) => {
-                return Err(ScoreError::Unimplemented("Flight SQL commands are not taken by DoExchange".into()).into())
-            }
-        };
-        let options = result_options(&cmd)?;
-        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
-        let Some(schema) = incoming.schema().await? else {
-            return Ok(Response::new(stream::empty().boxed()));
-        };
-        let plan = self.scorer.plan(&model, &cmd, schema)?;
-        let scored = self.scorer.score_stream(&model, plan.clone(), &cmd, incoming.batches());
-        Ok(Response::new(encode(plan.output_schema().clone(), options, scored)))
+        let results = self.exchange(request).await?;
+        Ok(Response::new(results.map_or_else(|| stream::empty().boxed(), Results::into_flight_data)))
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
@@ -768,7 +763,7 @@ impl FlightService for ScorerService {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{ArrayRef, Float32Array, RecordBatch, StringViewArray};
+    use arrow::array::{Float32Array, RecordBatch};
     use arrow::datatypes::{DataType, Field};
 
     use super::*;
@@ -782,10 +777,9 @@ mod tests {
             vec![Arc::new(Float32Array::from_iter_values((0..4096).map(|i| i as f32)))],
         )
         .map_err(ScoreError::from)?;
-        let sent: Vec<FlightData> = encode(schema, result_options(&cmd)?, stream::iter([Ok(batch)]).boxed())
-            .try_collect()
-            .await
-            .map_err(|status| ScoreError::from_status(&status))?;
+        let results = Results { schema, options: result_options(&cmd)?, batches: stream::iter([Ok(batch)]).boxed() };
+        let sent: Vec<FlightData> =
+            results.into_flight_data().try_collect().await.map_err(|status| ScoreError::from_status(&status))?;
         Ok(sent
             .iter()
             .filter_map(|m| arrow::ipc::root_as_message(&m.data_header).ok()?.header_as_record_batch())
@@ -801,56 +795,5 @@ mod tests {
         assert_eq!(result_codecs("ZSTD").await.unwrap(), vec![Some(CompressionType::ZSTD)]);
         let err = result_codecs("gzip").await.unwrap_err();
         assert!(matches!(err, ScoreError::InvalidArgument(ref m) if m.contains("gzip")), "{err}");
-    }
-
-    /// A 65,536-row batch of 20 float32 columns (5 MiB of rows) as a Flight input delivers
-    /// it: decoded from one IPC message, all columns slices of one buffer.
-    async fn decoded_batch() -> RecordBatch {
-        let fields: Vec<Field> = (0..20).map(|i| Field::new(format!("f{i}"), DataType::Float32, false)).collect();
-        let schema = Arc::new(Schema::new(fields));
-        let columns = (0..20)
-            .map(|c| Arc::new(Float32Array::from_iter_values((0..65_536).map(|r| (r * 20 + c) as f32))) as ArrayRef)
-            .collect();
-        let batch = RecordBatch::try_new(schema, columns).unwrap();
-        let sent =
-            FlightDataEncoderBuilder::new().with_max_flight_data_size(usize::MAX).build(stream::iter([Ok(batch)]));
-        let decoded: Vec<RecordBatch> =
-            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(sent).try_collect().await.unwrap();
-        decoded.into_iter().next().unwrap()
-    }
-
-    #[tokio::test]
-    async fn results_are_cut_into_messages_by_the_bytes_of_their_rows() {
-        let batch = decoded_batch().await;
-        let whole_buffer = batch.column(0).get_buffer_memory_size();
-        assert!(whole_buffer >= 20 * 65_536 * 4, "the columns share the message's buffer ({whole_buffer} bytes)");
-
-        // 5 MiB of rows: three messages of at most 2 MiB, not one per column's buffer.
-        let parts: Vec<RecordBatch> =
-            message_sized(stream::iter([Ok(batch.clone())]).boxed()).try_collect().await.unwrap();
-        assert_eq!(parts.len(), 3);
-        assert!(parts.iter().all(|p| batch_bytes(p) <= GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES));
-        assert_eq!(arrow::compute::concat_batches(&batch.schema(), &parts).unwrap(), batch);
-
-        // The encoded stream: the schema, then those three record batch messages.
-        let sent: Vec<FlightData> =
-            encode(batch.schema(), IpcWriteOptions::default(), stream::iter([Ok(batch)]).boxed())
-                .try_collect()
-                .await
-                .unwrap();
-        assert_eq!(sent.len(), 4);
-
-        // String views, which arrow cannot size per slice, are cut by their buffers' lengths.
-        let strings = StringViewArray::from_iter_values((0..100_000).map(|i| format!("{i:0>40}")));
-        let views = RecordBatch::try_from_iter([("s", Arc::new(strings) as ArrayRef)]).unwrap();
-        let parts: Vec<RecordBatch> =
-            message_sized(stream::iter([Ok(views.clone())]).boxed()).try_collect().await.unwrap();
-        assert_eq!(parts.len(), 3, "{} bytes", batch_bytes(&views));
-        assert_eq!(arrow::compute::concat_batches(&views.schema(), &parts).unwrap(), views);
-
-        // An empty batch still goes through, as one message.
-        let empty = RecordBatch::new_empty(parts[0].schema());
-        let parts: Vec<RecordBatch> = message_sized(stream::iter([Ok(empty)]).boxed()).try_collect().await.unwrap();
-        assert_eq!(parts.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![0]);
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod flight_input;
+mod flight_output;
 pub mod job;
 pub mod mapping;
 
