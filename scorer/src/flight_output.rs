@@ -171,7 +171,8 @@ fn grpc_message(data: &FlightData) -> Bytes {
 /// `data_body`, the body's large buffers referenced. The stream's schema message is left
 /// out: the response sent it first.
 fn batch_messages(encoder: &mut StreamEncoder, batch: &RecordBatch) -> Result<Vec<GrpcMessage>> {
-    let mut pieces = Pieces(encoder.encode(batch)?.into());
+    // Empty buffers (a zero-row batch's) are nothing to send.
+    let mut pieces = Pieces(encoder.encode(batch)?.into_iter().filter(|b| !b.is_empty()).collect());
     let mut messages = Vec::new();
     while !pieces.0.is_empty() {
         let prefix = pieces.take_bytes(8)?;
@@ -492,6 +493,13 @@ mod tests {
         let mut read = read;
         assert!(read.try_next().await.unwrap().is_none());
         assert_eq!(read.schema().map(|s| s.as_ref().clone()), Some(schema.as_ref().clone()));
+
+        // Zero-row batches, whose empty buffers the encoder lists too, of every layout.
+        let zero_rows = mixed_batch().slice(0, 0);
+        let messages: Vec<GrpcMessage> =
+            results(&zero_rows, IpcWriteOptions::default()).into_grpc_messages(usize::MAX).try_collect().await.unwrap();
+        let back = decoded(read_messages(&messages)).await;
+        assert_eq!(back, vec![zero_rows]);
 
         // A message over the limit fails the call, as tonic's encoder does.
         let batch = mixed_batch();
