@@ -27,8 +27,8 @@ use serde_json::json;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Result, ScoreError};
-use crate::flight_input::FlightInput;
-use crate::flight_output::{grpc_request, grpc_response, Results};
+use crate::flight_input::{flight_data_request, grpc_request, FlightDataStream, FlightInput};
+use crate::flight_output::{grpc_message, grpc_response, Results};
 use crate::mapping::schema_from_model;
 use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::Credentials;
@@ -158,11 +158,51 @@ impl ScorerService {
         Ok(Results { schema: plan.output_schema().clone(), options, batches })
     }
 
+    /// What a DoPut answers: the client's batches scored and written to storage; the
+    /// result's summary.
+    async fn put(&self, request: Request<FlightDataStream>) -> Result<PutResult, Status> {
+        // The stream is not `Sync`: only the call's head is held across awaits.
+        let (metadata, extensions, messages) = request.into_parts();
+        let head = Request::from_parts(metadata, extensions, ());
+        let creds = self.authenticate(&head).await?;
+        let Some(mut incoming) = Incoming::start(&head, messages, self.scorer.config().max_batch_bytes).await? else {
+            return Err(ScoreError::invalid("empty DoPut: no Flight descriptor was sent").into());
+        };
+        let cmd = match &incoming.call {
+            Call::Score(cmd) => cmd.clone(),
+            #[cfg(feature = "sql")]
+            Call::Sql(sql) => {
+                let sql = sql.clone();
+                let app_metadata = self.sql()?.do_put(sql, incoming.input, &creds).await?;
+                return Ok(PutResult { app_metadata });
+            }
+        };
+        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
+        self.scorer.output_location(&cmd)?;
+        let scorer = self.scorer.clone();
+        // The job runs in its own task, so that a client going away mid-stream ends it
+        // through the input stream's error (cleanup, no manifest) rather than by dropping it.
+        let job = tokio::spawn(async move {
+            let Some(schema) = incoming.schema().await? else {
+                // Nothing to score and no schema to write: an empty result.
+                return Ok(json!({"rows": 0, "files": [], "bytes": 0, "manifest": null}));
+            };
+            let plan = scorer.plan(&model, &cmd, schema)?;
+            let summary = scorer.write_output(&model, plan, &cmd, incoming.batches()).await?;
+            serde_json::to_value(&summary).map_err(ScoreError::internal)
+        });
+        let summary = job.await.map_err(ScoreError::from)??;
+        Ok(PutResult { app_metadata: Bytes::from(serde_json::to_vec(&summary).map_err(ScoreError::internal)?) })
+    }
+
     /// What a DoExchange answers: the client's batches scored; `None` (an empty answer) when
     /// the client sent nothing, or no schema.
-    async fn exchange(&self, request: Request<Streaming<FlightData>>) -> Result<Option<Results>, Status> {
-        let creds = self.authenticate(&request).await?;
-        let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
+    async fn exchange(&self, request: Request<FlightDataStream>) -> Result<Option<Results>, Status> {
+        // The stream is not `Sync`: only the call's head is held across awaits.
+        let (metadata, extensions, messages) = request.into_parts();
+        let head = Request::from_parts(metadata, extensions, ());
+        let creds = self.authenticate(&head).await?;
+        let Some(mut incoming) = Incoming::start(&head, messages, self.scorer.config().max_batch_bytes).await? else {
             return Ok(None);
         };
         let cmd = match &incoming.call {
@@ -234,9 +274,10 @@ pub struct FlightServer {
     max_header_list_bytes: usize,
 }
 
-/// The gRPC paths of the calls whose results are sent below tonic's codec.
+/// The gRPC paths of the calls answered below tonic's codec.
 const DO_GET_PATH: &str = "/arrow.flight.protocol.FlightService/DoGet";
 const DO_EXCHANGE_PATH: &str = "/arrow.flight.protocol.FlightService/DoExchange";
+const DO_PUT_PATH: &str = "/arrow.flight.protocol.FlightService/DoPut";
 
 /// How many times `max_header_list_bytes` the HTTP/2 transport itself takes before it
 /// tears the connection down (GOAWAY); in between, the call is answered on its own stream.
@@ -274,24 +315,33 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for FlightServer {
         let (service, max) = (self.service.clone(), self.max_message_bytes);
         match request.uri().path() {
             DO_EXCHANGE_PATH => Box::pin(async move {
-                let results = match grpc_request(request, max) {
+                let results = match flight_data_request(request, max) {
                     Ok(request) => service.exchange(request).await,
                     Err(status) => Err(status),
                 };
-                Ok(grpc_response(results, max))
+                let messages = results
+                    .map(|results| results.map_or_else(|| stream::empty().boxed(), |r| r.into_grpc_messages(max)));
+                Ok(grpc_response(messages))
+            }),
+            DO_PUT_PATH => Box::pin(async move {
+                let result = match flight_data_request(request, max) {
+                    Ok(request) => service.put(request).await,
+                    Err(status) => Err(status),
+                };
+                Ok(grpc_response(result.map(|r| stream::iter([Ok(vec![grpc_message(&r)])]).boxed())))
             }),
             DO_GET_PATH => Box::pin(async move {
                 let results = async {
-                    let mut request = grpc_request::<Ticket>(request, max)?;
+                    let mut request = grpc_request::<Ticket, _>(request, max)?;
                     let ticket = request
                         .get_mut()
                         .message()
                         .await?
                         .ok_or_else(|| Status::internal("Missing request message."))?;
                     let (metadata, extensions, _) = request.into_parts();
-                    service.get(Request::from_parts(metadata, extensions, ticket)).await.map(Some)
+                    service.get(Request::from_parts(metadata, extensions, ticket)).await
                 };
-                Ok(grpc_response(results.await, max))
+                Ok(grpc_response(results.await.map(|r| r.into_grpc_messages(max))))
             }),
             _ => self.inner.call(request),
         }
@@ -382,13 +432,13 @@ impl Call {
 
 impl Incoming {
     /// `None` when the client sent nothing at all.
-    async fn start(request: Request<Streaming<FlightData>>, max_batch_bytes: usize) -> Result<Option<Self>> {
-        let body = request.extensions().get::<Arc<BodyState>>().cloned();
-        let mut stream = request.into_inner();
-        let first = match stream.message().await {
-            Ok(Some(first)) => first,
-            Ok(None) => return Ok(None),
-            Err(status) => return Err(ScoreError::from_status(&status)),
+    /// `head`: the call's metadata and extensions (where the body's state is).
+    async fn start(head: &Request<()>, mut stream: FlightDataStream, max_batch_bytes: usize) -> Result<Option<Self>> {
+        let body = head.extensions().get::<Arc<BodyState>>().cloned();
+        let first = match stream.next().await {
+            Some(Ok(first)) => first,
+            None => return Ok(None),
+            Some(Err(status)) => return Err(ScoreError::from_status(&status)),
         };
         let call = Call::of(first.flight_descriptor.as_ref())?;
         let all = stream::once(async move { Ok(first) }).chain(stream.map_err(FlightError::from));
@@ -602,36 +652,7 @@ impl FlightService for ScorerService {
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        let creds = self.authenticate(&request).await?;
-        let Some(mut incoming) = Incoming::start(request, self.scorer.config().max_batch_bytes).await? else {
-            return Err(ScoreError::invalid("empty DoPut: no Flight descriptor was sent").into());
-        };
-        let cmd = match &incoming.call {
-            Call::Score(cmd) => cmd.clone(),
-            #[cfg(feature = "sql")]
-            Call::Sql(sql) => {
-                let sql = sql.clone();
-                let app_metadata = self.sql()?.do_put(sql, incoming.input, &creds).await?;
-                return Ok(Response::new(stream::iter([Ok(PutResult { app_metadata })]).boxed()));
-            }
-        };
-        let model = self.scorer.resolve_model(&cmd.model, &creds).await?;
-        self.scorer.output_location(&cmd)?;
-        let scorer = self.scorer.clone();
-        // The job runs in its own task, so that a client going away mid-stream ends it
-        // through the input stream's error (cleanup, no manifest) rather than by dropping it.
-        let job = tokio::spawn(async move {
-            let Some(schema) = incoming.schema().await? else {
-                // Nothing to score and no schema to write: an empty result.
-                return Ok(json!({"rows": 0, "files": [], "bytes": 0, "manifest": null}));
-            };
-            let plan = scorer.plan(&model, &cmd, schema)?;
-            let summary = scorer.write_output(&model, plan, &cmd, incoming.batches()).await?;
-            serde_json::to_value(&summary).map_err(ScoreError::internal)
-        });
-        let summary = job.await.map_err(ScoreError::from)??;
-        let result =
-            PutResult { app_metadata: Bytes::from(serde_json::to_vec(&summary).map_err(ScoreError::internal)?) };
+        let result = self.put(request.map(StreamExt::boxed)).await?;
         Ok(Response::new(stream::iter([Ok(result)]).boxed()))
     }
 
@@ -639,7 +660,7 @@ impl FlightService for ScorerService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        let results = self.exchange(request).await?;
+        let results = self.exchange(request.map(StreamExt::boxed)).await?;
         Ok(Response::new(results.map_or_else(|| stream::empty().boxed(), Results::into_flight_data)))
     }
 

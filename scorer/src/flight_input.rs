@@ -5,6 +5,13 @@
 //! panicking on a dictionary batch whose buffer offset lies past the message body, and in
 //! its schema conversion).
 //!
+//! The service's own routes read DoPut and DoExchange requests below tonic's codec
+//! ([`flight_data_request`]): each FlightData's IPC body is copied once, from the HTTP/2
+//! frames into a 64-byte-aligned buffer that the IPC reader then uses as it is. Through
+//! tonic, the frames are first copied into tonic's decode buffer, where a body starts at
+//! whatever offset the message had, and arrow-flight copies every body not 64-byte aligned
+//! again.
+//!
 //! Compressed bodies (`LZ4_FRAME`, `ZSTD`, as pyarrow's `IpcWriteOptions(compression=…)`
 //! sends them) are accepted. What a batch will take once decompressed is checked against the
 //! worker's batch limit *before* anything is decompressed, from the sizes each buffer
@@ -12,15 +19,21 @@
 //! would keep reading), every LZ4 buffer is first run through a decoder capped at its
 //! declared size, into no memory.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::{CompressionType, MessageHeader};
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::FlightData;
-use futures::stream::BoxStream;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tonic::codec::Codec;
+use tonic::{Request, Status, Streaming};
 
 use crate::error::{Result, ScoreError};
 use crate::scorer::BatchStream;
@@ -164,6 +177,208 @@ impl FlightInput {
     }
 }
 
+/// A client's FlightData messages, as a DoPut or DoExchange receives them.
+pub(crate) type FlightDataStream = BoxStream<'static, Result<FlightData, Status>>;
+
+/// Refuses a request whose messages are compressed (`grpc-encoding`), as tonic's generated
+/// servers refuse them when no compression is enabled (this service enables none).
+fn refuse_compressed(headers: &http::HeaderMap) -> Result<(), Status> {
+    let Some(encoding) = headers.get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") else {
+        return Ok(());
+    };
+    let mut status = Status::unimplemented(format!(
+        "Content is compressed with `{}` which isn't supported",
+        String::from_utf8_lossy(encoding.as_bytes())
+    ));
+    status.metadata_mut().insert("grpc-accept-encoding", tonic::metadata::MetadataValue::from_static("identity"));
+    Err(status)
+}
+
+/// A gRPC request decoded as tonic's generated servers decode it (same message limit), for
+/// the calls whose input is small (DoGet's ticket).
+pub(crate) fn grpc_request<M, B>(
+    request: http::Request<B>,
+    max_message_bytes: usize,
+) -> Result<Request<Streaming<M>>, Status>
+where
+    M: prost::Message + Default + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    refuse_compressed(request.headers())?;
+    let decoder = tonic_prost::ProstCodec::<M, M>::default().decoder();
+    Ok(Request::from_http(request.map(|body| Streaming::new_request(decoder, body, None, Some(max_message_bytes)))))
+}
+
+/// A DoPut or DoExchange request read below tonic's codec: its FlightData messages, each
+/// IPC body copied once from the HTTP/2 frames into a 64-byte-aligned buffer. Errors are
+/// tonic's: a message over `max_message_bytes` is `OUT_OF_RANGE`, a compressed one or a
+/// stream cut inside a message `INTERNAL`.
+pub(crate) fn flight_data_request<B>(
+    request: http::Request<B>,
+    max_message_bytes: usize,
+) -> Result<Request<FlightDataStream>, Status>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    refuse_compressed(request.headers())?;
+    Ok(Request::from_http(request.map(|body| {
+        let reader = MessageReader { body: Box::pin(body), received: Chunks::default(), length: None, ended: false };
+        stream::unfold(reader, move |mut reader| async move {
+            let next = reader.next(max_message_bytes).await.transpose()?;
+            Some((next, reader))
+        })
+        .boxed()
+    })))
+}
+
+/// The gRPC length prefix: a compression flag and the message's length.
+const GRPC_PREFIX: usize = 5;
+
+/// Fields of this many bytes or more (IPC bodies) are copied into an aligned buffer.
+const ALIGN_FROM: usize = 4096;
+
+struct MessageReader<B> {
+    body: Pin<Box<B>>,
+    /// Bytes received and not yet read, as the frames brought them.
+    received: Chunks,
+    /// The length of the message being received, once its prefix is read.
+    length: Option<usize>,
+    ended: bool,
+}
+
+impl<B> MessageReader<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    async fn next(&mut self, max_message_bytes: usize) -> Result<Option<FlightData>, Status> {
+        loop {
+            if self.length.is_none() && self.received.len >= GRPC_PREFIX {
+                let compressed = self.received.get_u8();
+                let length = self.received.get_u32() as usize;
+                if compressed != 0 {
+                    return Err(Status::internal(
+                        "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                    ));
+                }
+                if length > max_message_bytes {
+                    return Err(Status::out_of_range(format!(
+                        "Error, decoded message length too large: found {length} bytes, the limit is: {max_message_bytes} bytes"
+                    )));
+                }
+                self.length = Some(length);
+            }
+            if let Some(length) = self.length.filter(|l| self.received.len >= *l) {
+                self.length = None;
+                let message = self.received.split_to(length);
+                return FlightData::decode(message)
+                    .map(Some)
+                    .map_err(|e| Status::internal(format!("failed to decode a FlightData message: {e}")));
+            }
+            if self.ended {
+                if self.received.len > 0 || self.length.is_some() {
+                    return Err(Status::internal("Unexpected EOF decoding stream."));
+                }
+                return Ok(None);
+            }
+            match std::future::poll_fn(|cx| self.body.as_mut().poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.received.push(data);
+                    }
+                }
+                Some(Err(e)) => return Err(Status::from_error(e.into())),
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
+/// Received bytes in the pieces they came in; read as a [`Buf`] whose large fields come out
+/// as aligned copies.
+#[derive(Default)]
+struct Chunks {
+    pieces: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.len += piece.len();
+            self.pieces.push_back(piece);
+        }
+    }
+
+    /// The first `len` bytes (at most what there is), without copying.
+    fn split_to(&mut self, mut len: usize) -> Chunks {
+        let mut out = Chunks::default();
+        while len > 0 {
+            let Some(mut piece) = self.pieces.pop_front() else { break };
+            if piece.len() > len {
+                out.push(piece.split_to(len));
+                self.pieces.push_front(piece);
+                self.len -= len;
+                break;
+            }
+            len -= piece.len();
+            self.len -= piece.len();
+            out.push(piece);
+        }
+        out
+    }
+}
+
+impl Buf for Chunks {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.pieces.front().map_or(&[], |p| p.as_ref())
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(front) = self.pieces.front_mut() else { return };
+            let n = cnt.min(front.len());
+            front.advance(n);
+            self.len -= n;
+            cnt -= n;
+            if front.is_empty() {
+                self.pieces.pop_front();
+            }
+        }
+    }
+
+    /// prost reads each `bytes` field with this. A large one (an IPC body) becomes a copy
+    /// in a 64-byte-aligned Arrow buffer, so that the IPC reader takes it without copying
+    /// again; a small one that lies in one piece is a slice of it.
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        assert!(len <= self.len, "copy_to_bytes past the end of the message");
+        if len < ALIGN_FROM {
+            if let Some(front) = self.pieces.front_mut().filter(|f| f.len() >= len) {
+                let out = front.split_to(len);
+                self.len -= len;
+                if front.is_empty() {
+                    self.pieces.pop_front();
+                }
+                return out;
+            }
+            let mut out = BytesMut::with_capacity(len);
+            out.put((&mut *self).take(len));
+            return out.freeze();
+        }
+        let mut aligned = arrow::buffer::MutableBuffer::with_capacity(len);
+        for piece in self.split_to(len).pieces {
+            aligned.extend_from_slice(&piece);
+        }
+        Bytes::from_owner(crate::flight_output::ArrowBytes(aligned.into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -174,6 +389,92 @@ mod tests {
     use arrow_flight::encode::FlightDataEncoderBuilder;
 
     use super::*;
+
+    /// A request body that delivers `frames` (an error for `None`), as HTTP/2 DATA frames.
+    struct Frames(VecDeque<Option<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|frame| {
+                frame.map(http_body::Frame::data).ok_or_else(|| std::io::Error::other("stream reset by the peer"))
+            }))
+        }
+    }
+
+    /// `messages` as a gRPC request body, cut into frames of the given sizes (in turn).
+    fn framed(messages: &[FlightData], sizes: &[usize]) -> Frames {
+        let bytes: Vec<u8> = messages.iter().flat_map(|m| crate::flight_output::grpc_message(m).to_vec()).collect();
+        let mut frames = VecDeque::new();
+        let (mut at, mut i) = (0, 0);
+        while at < bytes.len() {
+            let end = (at + sizes[i % sizes.len()]).min(bytes.len());
+            frames.push_back(Some(Bytes::copy_from_slice(&bytes[at..end])));
+            (at, i) = (end, i + 1);
+        }
+        Frames(frames)
+    }
+
+    async fn read(body: Frames, max_message_bytes: usize) -> Result<Vec<FlightData>, Status> {
+        let request = flight_data_request(http::Request::new(body), max_message_bytes)?;
+        request.into_inner().try_collect().await
+    }
+
+    #[tokio::test]
+    async fn requests_read_below_tonic_give_tonic_s_messages_with_aligned_bodies() {
+        let sent = messages(None, 50_000).await;
+        assert!(sent.iter().any(|m| m.data_body.len() >= 200_000));
+        // Frames of odd sizes, so that prefixes, fields and bodies straddle them.
+        for sizes in [&[1usize, 2, 3][..], &[16_384], &[7, 100_003, 5], &[1 << 30]] {
+            let got = read(framed(&sent, sizes), usize::MAX).await.unwrap();
+            assert_eq!(got, sent, "frames of {sizes:?}");
+            for m in got.iter().filter(|m| !m.data_body.is_empty()) {
+                assert_eq!(m.data_body.as_ptr() as usize % 64, 0, "an IPC body is aligned for the reader");
+            }
+            let mut input = FlightInput::new(futures::stream::iter(got.into_iter().map(Ok)), 1 << 30);
+            input.schema().await.unwrap().expect("schema");
+            let batches: Vec<RecordBatch> = input.batches().try_collect().await.unwrap();
+            assert_eq!(batches, vec![batch(50_000)]);
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_request_streams_get_tonic_s_statuses() {
+        let sent = messages(None, 1_000).await;
+        // A message over the limit.
+        let err = read(framed(&sent, &[4096]), 1_000).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+        // A stream cut inside a message.
+        let mut cut = framed(&sent, &[100]);
+        cut.0.pop_back();
+        let err = read(cut, usize::MAX).await.unwrap_err();
+        assert!(err.code() == tonic::Code::Internal && err.message().contains("EOF"), "{err}");
+        // A message flagged compressed, when the call declared no encoding.
+        let mut compressed = framed(&sent, &[1 << 20]);
+        let first = compressed.0[0].take().unwrap();
+        compressed.0[0] = Some([&[1u8][..], &first[1..]].concat().into());
+        let err = read(compressed, usize::MAX).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal, "{err}");
+        // A body that fails (a reset stream) ends with an error, not a clean end.
+        let mut reset = framed(&sent, &[300]);
+        reset.0.truncate(2);
+        reset.0.push_back(None);
+        assert!(read(reset, usize::MAX).await.is_err());
+        // Garbage where a FlightData should be.
+        let garbage = Frames(VecDeque::from([Some(Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]))]));
+        let err = read(garbage, usize::MAX).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal, "{err}");
+        // A compressed call is refused before its body is read.
+        let mut request = http::Request::new(framed(&sent, &[1 << 20]));
+        request.headers_mut().insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
+        let Err(err) = flight_data_request(request, usize::MAX) else { panic!("a gzip call was taken") };
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{err}");
+    }
 
     fn batch(rows: usize) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new("f0", DataType::Float32, false)]));

@@ -28,8 +28,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use tonic::codec::Codec;
-use tonic::{Request, Status, Streaming};
+use tonic::Status;
 
 use crate::error::{Result, ScoreError};
 use crate::scorer::{batch_bytes, run_ahead, BatchStream};
@@ -51,7 +50,7 @@ pub(crate) struct Results {
 }
 
 /// One gRPC message, in the pieces it is sent as.
-type GrpcMessage = Vec<Bytes>;
+pub(crate) type GrpcMessage = Vec<Bytes>;
 
 impl Results {
     /// The results as FlightData messages, through arrow-flight's encoder (for the
@@ -78,7 +77,10 @@ impl Results {
     /// The results as gRPC messages for the response body: batch buffers referenced, not
     /// copied, unless the schema has dictionaries. A message over `max_message_bytes` fails
     /// the call as tonic's encoder fails it.
-    fn into_grpc_messages(self, max_message_bytes: usize) -> BoxStream<'static, Result<GrpcMessage, Status>> {
+    pub(crate) fn into_grpc_messages(
+        self,
+        max_message_bytes: usize,
+    ) -> BoxStream<'static, Result<GrpcMessage, Status>> {
         let checked = move |message: GrpcMessage| {
             let len = message.iter().map(Bytes::len).sum::<usize>() - GRPC_PREFIX;
             if len > max_message_bytes {
@@ -154,9 +156,9 @@ pub(crate) fn message_sized(batches: BatchStream) -> BatchStream {
 /// The gRPC length prefix: a compression flag and the message's length.
 const GRPC_PREFIX: usize = 5;
 
-/// A FlightData as one gRPC message, copied into one buffer (small messages, and the
+/// A protobuf message as one gRPC message, copied into one buffer (small messages, and the
 /// dictionary fallback).
-fn grpc_message(data: &FlightData) -> Bytes {
+pub(crate) fn grpc_message(data: &impl Message) -> Bytes {
     let len = data.encoded_len();
     let mut out = BytesMut::with_capacity(GRPC_PREFIX + len);
     out.put_u8(0);
@@ -241,7 +243,7 @@ fn flight_message(header: &[u8], body: Vec<Buffer>, body_len: usize) -> GrpcMess
 }
 
 /// An Arrow buffer lent to `Bytes` (which keeps it alive until the transport has sent it).
-struct ArrowBytes(Buffer);
+pub(crate) struct ArrowBytes(pub Buffer);
 
 impl AsRef<[u8]> for ArrowBytes {
     fn as_ref(&self) -> &[u8] {
@@ -278,39 +280,14 @@ impl Pieces {
     }
 }
 
-/// A streaming gRPC request decoded as tonic's generated servers decode it (same message
-/// limit; compressed requests refused, as this service accepts none).
-pub(crate) fn grpc_request<M>(
-    request: http::Request<
-        impl http_body::Body<Data = Bytes, Error = impl Into<tonic::codegen::StdError>> + Send + 'static,
-    >,
-    max_message_bytes: usize,
-) -> Result<Request<Streaming<M>>, Status>
-where
-    M: prost::Message + Default + Send + 'static,
-{
-    if let Some(encoding) = request.headers().get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
-        let mut status = Status::unimplemented(format!(
-            "Content is compressed with `{}` which isn't supported",
-            String::from_utf8_lossy(encoding.as_bytes())
-        ));
-        status.metadata_mut().insert("grpc-accept-encoding", tonic::metadata::MetadataValue::from_static("identity"));
-        return Err(status);
-    }
-    let decoder = tonic_prost::ProstCodec::<M, M>::default().decoder();
-    Ok(Request::from_http(request.map(|body| Streaming::new_request(decoder, body, None, Some(max_message_bytes)))))
-}
-
-/// The HTTP response of a DoGet or DoExchange: an error before any result as a
-/// trailers-only response (as tonic answers it), else the results below tonic's codec.
+/// The HTTP response of a call answered below tonic's codec: an error before any message
+/// as a trailers-only response (as tonic answers it), else the messages, then the status.
 pub(crate) fn grpc_response(
-    results: Result<Option<Results>, Status>,
-    max_message_bytes: usize,
+    messages: Result<BoxStream<'static, Result<GrpcMessage, Status>>, Status>,
 ) -> http::Response<tonic::body::Body> {
-    let messages = match results {
+    let messages = match messages {
+        Ok(messages) => messages,
         Err(status) => return status.into_http(),
-        Ok(Some(results)) => results.into_grpc_messages(max_message_bytes),
-        Ok(None) => stream::empty().boxed(),
     };
     let body = ResponseBody { messages, pieces: VecDeque::new(), done: false };
     let mut response = http::Response::new(tonic::body::Body::new(body));
