@@ -799,8 +799,12 @@ mod tests {
         )
         .map_err(ScoreError::from)?;
         let results = Results { schema, options: result_options(&cmd)?, batches: stream::iter([Ok(batch)]).boxed() };
-        let sent: Vec<FlightData> =
-            results.into_flight_data().try_collect().await.map_err(|status| ScoreError::from_status(&status))?;
+        let messages: Vec<_> = results
+            .into_grpc_messages(usize::MAX)
+            .try_collect()
+            .await
+            .map_err(|status| ScoreError::from_status(&status))?;
+        let sent = crate::flight_output::tests::read_messages(&messages);
         Ok(sent
             .iter()
             .filter_map(|m| arrow::ipc::root_as_message(&m.data_header).ok()?.header_as_record_batch())

@@ -28,7 +28,7 @@ use arrow::ipc::{CompressionType, MessageHeader};
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::FlightData;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
@@ -213,7 +213,7 @@ where
 /// A DoPut or DoExchange request read below tonic's codec: its FlightData messages, each
 /// IPC body copied once from the HTTP/2 frames into a 64-byte-aligned buffer. Errors are
 /// tonic's: a message over `max_message_bytes` is `OUT_OF_RANGE`, a compressed one or a
-/// stream cut inside a message `INTERNAL`.
+/// stream cut inside a message `INTERNAL`; the stream ends after its first error.
 pub(crate) fn flight_data_request<B>(
     request: http::Request<B>,
     max_message_bytes: usize,
@@ -224,10 +224,23 @@ where
 {
     refuse_compressed(request.headers())?;
     Ok(Request::from_http(request.map(|body| {
-        let reader = MessageReader { body: Box::pin(body), received: Chunks::default(), length: None, ended: false };
-        stream::unfold(reader, move |mut reader| async move {
-            let next = reader.next(max_message_bytes).await.transpose()?;
-            Some((next, reader))
+        let reader = MessageReader {
+            body: Box::pin(body),
+            receiving: Receiving::default(),
+            ready: VecDeque::new(),
+            max_message_bytes,
+            ended: false,
+        };
+        stream::unfold(reader, |mut reader| async move {
+            if reader.ended && reader.ready.is_empty() {
+                return None;
+            }
+            let next = reader.next().await;
+            if next.is_err() {
+                reader.ended = true;
+                reader.ready.clear();
+            }
+            Some((next.transpose()?, reader))
         })
         .boxed()
     })))
@@ -236,15 +249,19 @@ where
 /// The gRPC length prefix: a compression flag and the message's length.
 const GRPC_PREFIX: usize = 5;
 
-/// Fields of this many bytes or more (IPC bodies) are copied into an aligned buffer.
-const ALIGN_FROM: usize = 4096;
+/// FlightData's `data_body` field (1000), length-delimited: its protobuf key.
+const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
+
+/// What an IPC body buffer starts with before it grows as the frames arrive: a client
+/// declares a body's length before sending it, so that is no reason to allocate it all.
+const BODY_INITIAL_BYTES: usize = 16 << 20;
 
 struct MessageReader<B> {
     body: Pin<Box<B>>,
-    /// Bytes received and not yet read, as the frames brought them.
-    received: Chunks,
-    /// The length of the message being received, once its prefix is read.
-    length: Option<usize>,
+    receiving: Receiving,
+    /// Messages complete and not yet yielded (a frame can finish several).
+    ready: VecDeque<FlightData>,
+    max_message_bytes: usize,
     ended: bool,
 }
 
@@ -253,32 +270,13 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<tonic::codegen::StdError>,
 {
-    async fn next(&mut self, max_message_bytes: usize) -> Result<Option<FlightData>, Status> {
+    async fn next(&mut self) -> Result<Option<FlightData>, Status> {
         loop {
-            if self.length.is_none() && self.received.len >= GRPC_PREFIX {
-                let compressed = self.received.get_u8();
-                let length = self.received.get_u32() as usize;
-                if compressed != 0 {
-                    return Err(Status::internal(
-                        "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-                    ));
-                }
-                if length > max_message_bytes {
-                    return Err(Status::out_of_range(format!(
-                        "Error, decoded message length too large: found {length} bytes, the limit is: {max_message_bytes} bytes"
-                    )));
-                }
-                self.length = Some(length);
-            }
-            if let Some(length) = self.length.filter(|l| self.received.len >= *l) {
-                self.length = None;
-                let message = self.received.split_to(length);
-                return FlightData::decode(message)
-                    .map(Some)
-                    .map_err(|e| Status::internal(format!("failed to decode a FlightData message: {e}")));
+            if let Some(message) = self.ready.pop_front() {
+                return Ok(Some(message));
             }
             if self.ended {
-                if self.received.len > 0 || self.length.is_some() {
+                if !self.receiving.is_empty() {
                     return Err(Status::internal("Unexpected EOF decoding stream."));
                 }
                 return Ok(None);
@@ -286,7 +284,7 @@ where
             match std::future::poll_fn(|cx| self.body.as_mut().poll_frame(cx)).await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.received.push(data);
+                        self.receive(&data)?;
                     }
                 }
                 Some(Err(e)) => return Err(Status::from_error(e.into())),
@@ -294,89 +292,178 @@ where
             }
         }
     }
+
+    /// Copies a frame's bytes to where they belong, completing messages as it goes.
+    fn receive(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        while !data.is_empty() {
+            let taken = match &mut self.receiving {
+                Receiving::Prefix(prefix) => {
+                    let n = (GRPC_PREFIX - prefix.len()).min(data.len());
+                    prefix.extend_from_slice(&data[..n]);
+                    if prefix.len() == GRPC_PREFIX {
+                        let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                        if prefix[0] != 0 {
+                            return Err(Status::internal(
+                                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                            ));
+                        }
+                        if length > self.max_message_bytes {
+                            return Err(Status::out_of_range(format!(
+                                "Error, decoded message length too large: found {length} bytes, the limit is: {} bytes",
+                                self.max_message_bytes
+                            )));
+                        }
+                        self.receiving = Receiving::Message(MessageParts::new(length));
+                    }
+                    n
+                }
+                Receiving::Message(parts) => parts.receive(data)?,
+            };
+            data = &data[taken..];
+            if let Receiving::Message(parts) = &self.receiving {
+                if parts.remaining == 0 {
+                    let Receiving::Message(parts) = std::mem::take(&mut self.receiving) else { unreachable!() };
+                    self.ready.push_back(parts.finish()?);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Received bytes in the pieces they came in; read as a [`Buf`] whose large fields come out
-/// as aligned copies.
-#[derive(Default)]
-struct Chunks {
-    pieces: VecDeque<Bytes>,
+/// Where the reader is in the client's stream.
+enum Receiving {
+    /// Reading a message's length prefix.
+    Prefix(Vec<u8>),
+    Message(MessageParts),
+}
+
+impl Default for Receiving {
+    fn default() -> Self {
+        Receiving::Prefix(Vec::with_capacity(GRPC_PREFIX))
+    }
+}
+
+impl Receiving {
+    fn is_empty(&self) -> bool {
+        matches!(self, Receiving::Prefix(p) if p.is_empty())
+    }
+}
+
+/// One FlightData message as it arrives, in owned copies (never the frames themselves,
+/// whose buffers would be kept alive with them): the fields before `data_body`, the body in
+/// an aligned buffer, and whatever follows it.
+struct MessageParts {
+    /// Bytes of the message still to come.
+    remaining: usize,
+    head: BytesMut,
+    /// Where in `head` the field being scanned for the body starts.
+    scanned: usize,
+    body: Option<Body>,
+    tail: BytesMut,
+}
+
+struct Body {
+    buffer: arrow::buffer::MutableBuffer,
     len: usize,
 }
 
-impl Chunks {
-    fn push(&mut self, piece: Bytes) {
-        if !piece.is_empty() {
-            self.len += piece.len();
-            self.pieces.push_back(piece);
+impl MessageParts {
+    fn new(length: usize) -> Self {
+        Self { remaining: length, head: BytesMut::new(), scanned: 0, body: None, tail: BytesMut::new() }
+    }
+
+    /// Takes what of `data` belongs to this message; returns how many bytes that was.
+    fn receive(&mut self, data: &[u8]) -> Result<usize, Status> {
+        let taken = self.remaining.min(data.len());
+        self.remaining -= taken;
+        let mut data = &data[..taken];
+        if self.body.is_none() {
+            self.head.extend_from_slice(data);
+            data = &[];
+            if let Some((key_start, body_start, len)) = self.find_body()? {
+                if len > self.head.len() - body_start + self.remaining {
+                    return Err(decode_error("data_body is longer than its message"));
+                }
+                let received = self.head.split_off(body_start);
+                self.head.truncate(key_start);
+                let mut buffer = arrow::buffer::MutableBuffer::with_capacity(len.min(BODY_INITIAL_BYTES));
+                let in_body = len.min(received.len());
+                buffer.extend_from_slice(&received[..in_body]);
+                self.tail.extend_from_slice(&received[in_body..]);
+                self.body = Some(Body { buffer, len });
+            }
+        }
+        if let Some(body) = &mut self.body {
+            let in_body = (body.len - body.buffer.len()).min(data.len());
+            body.buffer.extend_from_slice(&data[..in_body]);
+            data = &data[in_body..];
+        }
+        self.tail.extend_from_slice(data);
+        Ok(taken)
+    }
+
+    /// Scans `head`'s fields for `data_body`'s key: `(where its key starts, where its bytes
+    /// start, its length)`, or `None` while the fields received do not reach it yet.
+    fn find_body(&mut self) -> Result<Option<(usize, usize, usize)>, Status> {
+        loop {
+            let start = self.scanned;
+            let mut at = start;
+            let Some(key) = varint(&self.head, &mut at)? else { return Ok(None) };
+            let skip = match key & 7 {
+                0 => match varint(&self.head, &mut at)? {
+                    Some(_) => 0,
+                    None => return Ok(None),
+                },
+                1 => 8,
+                5 => 4,
+                2 => {
+                    let Some(len) = varint(&self.head, &mut at)? else { return Ok(None) };
+                    let len = usize::try_from(len).map_err(|_| decode_error("a field length overflows"))?;
+                    if key == DATA_BODY_KEY {
+                        return Ok(Some((start, at, len)));
+                    }
+                    len
+                }
+                wire => return Err(decode_error(&format!("invalid wire type {wire}"))),
+            };
+            match at.checked_add(skip) {
+                Some(end) if end <= self.head.len() => self.scanned = end,
+                Some(_) => return Ok(None),
+                None => return Err(decode_error("a field length overflows")),
+            }
         }
     }
 
-    /// The first `len` bytes (at most what there is), without copying.
-    fn split_to(&mut self, mut len: usize) -> Chunks {
-        let mut out = Chunks::default();
-        while len > 0 {
-            let Some(mut piece) = self.pieces.pop_front() else { break };
-            if piece.len() > len {
-                out.push(piece.split_to(len));
-                self.pieces.push_front(piece);
-                self.len -= len;
-                break;
-            }
-            len -= piece.len();
-            self.len -= piece.len();
-            out.push(piece);
+    /// The message, decoded: its fields other than the body by prost, the body as the
+    /// aligned buffer (unless a later `data_body` field replaced it, as protobuf says).
+    fn finish(self) -> Result<FlightData, Status> {
+        let mut rest = self.head;
+        rest.extend_from_slice(&self.tail);
+        let mut data = FlightData::decode(rest.freeze()).map_err(|e| decode_error(&e.to_string()))?;
+        if let Some(body) = self.body.filter(|_| data.data_body.is_empty()) {
+            data.data_body = Bytes::from_owner(crate::flight_output::ArrowBytes(body.buffer.into()));
         }
-        out
+        Ok(data)
     }
 }
 
-impl Buf for Chunks {
-    fn remaining(&self) -> usize {
-        self.len
-    }
+fn decode_error(message: &str) -> Status {
+    Status::internal(format!("failed to decode a FlightData message: {message}"))
+}
 
-    fn chunk(&self) -> &[u8] {
-        self.pieces.front().map_or(&[], |p| p.as_ref())
-    }
-
-    fn advance(&mut self, mut cnt: usize) {
-        while cnt > 0 {
-            let Some(front) = self.pieces.front_mut() else { return };
-            let n = cnt.min(front.len());
-            front.advance(n);
-            self.len -= n;
-            cnt -= n;
-            if front.is_empty() {
-                self.pieces.pop_front();
-            }
+/// A protobuf varint from `bytes` at `*at` (moved past it); `None` when it is not all there.
+fn varint(bytes: &[u8], at: &mut usize) -> Result<Option<u64>, Status> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let Some(byte) = bytes.get(*at + i) else { return Ok(None) };
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            *at += i + 1;
+            return Ok(Some(value));
         }
     }
-
-    /// prost reads each `bytes` field with this. A large one (an IPC body) becomes a copy
-    /// in a 64-byte-aligned Arrow buffer, so that the IPC reader takes it without copying
-    /// again; a small one that lies in one piece is a slice of it.
-    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
-        assert!(len <= self.len, "copy_to_bytes past the end of the message");
-        if len < ALIGN_FROM {
-            if let Some(front) = self.pieces.front_mut().filter(|f| f.len() >= len) {
-                let out = front.split_to(len);
-                self.len -= len;
-                if front.is_empty() {
-                    self.pieces.pop_front();
-                }
-                return out;
-            }
-            let mut out = BytesMut::with_capacity(len);
-            out.put((&mut *self).take(len));
-            return out.freeze();
-        }
-        let mut aligned = arrow::buffer::MutableBuffer::with_capacity(len);
-        for piece in self.split_to(len).pieces {
-            aligned.extend_from_slice(&piece);
-        }
-        Bytes::from_owner(crate::flight_output::ArrowBytes(aligned.into()))
-    }
+    Err(decode_error("a varint runs past 10 bytes"))
 }
 
 #[cfg(test)]
@@ -444,10 +531,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fields_around_the_body_decode_as_protobuf_says() {
+        let sent = messages(None, 5_000).await;
+        let batch_message = sent.last().unwrap().clone();
+        // app_metadata after the body, and a descriptor before it.
+        let mut data = batch_message.clone();
+        data.app_metadata = Bytes::from_static(b"after");
+        data.flight_descriptor = Some(arrow_flight::FlightDescriptor::new_cmd(vec![7u8; 300]));
+        let mut encoded = BytesMut::new();
+        data.encode(&mut encoded).unwrap();
+        // prost writes fields in number order, so app_metadata (3) came before data_body:
+        // append one more app_metadata field after the body (the last one wins).
+        prost::encoding::bytes::encode(3, &Bytes::from_static(b"last"), &mut encoded);
+        let mut framed_bytes = BytesMut::new();
+        framed_bytes.extend_from_slice(&[0]);
+        framed_bytes.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        framed_bytes.extend_from_slice(&encoded);
+        let framed_bytes = framed_bytes.freeze();
+        for size in [1, 13, 4096, 1 << 20] {
+            let frames = framed_bytes.chunks(size).map(|c| Some(Bytes::copy_from_slice(c))).collect();
+            let got = read(Frames(frames), usize::MAX).await.unwrap();
+            let want = FlightData::decode(encoded.clone().freeze()).unwrap();
+            assert_eq!(got, vec![want.clone()], "frames of {size}");
+            assert_eq!(got[0].app_metadata, Bytes::from_static(b"last"));
+            assert_eq!(got[0].data_body, batch_message.data_body);
+        }
+        // A second data_body replaces the first, as protobuf says.
+        let mut twice = BytesMut::new();
+        batch_message.encode(&mut twice).unwrap();
+        prost::encoding::bytes::encode(1000, &Bytes::from_static(b"second"), &mut twice);
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(twice.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&twice);
+        let got = read(Frames(VecDeque::from([Some(framed.into())])), usize::MAX).await.unwrap();
+        assert_eq!(got[0].data_body, Bytes::from_static(b"second"));
+        // A body longer than its message.
+        let mut short = BytesMut::new();
+        prost::encoding::encode_varint(DATA_BODY_KEY, &mut short);
+        prost::encoding::encode_varint(1_000, &mut short);
+        short.extend_from_slice(&[1; 10]);
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(short.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&short);
+        let err = read(Frames(VecDeque::from([Some(framed.into())])), usize::MAX).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal, "{err}");
+    }
+
+    #[tokio::test]
     async fn bad_request_streams_get_tonic_s_statuses() {
         let sent = messages(None, 1_000).await;
-        // A message over the limit.
-        let err = read(framed(&sent, &[4096]), 1_000).await.unwrap_err();
+        // A message over the limit, refused from its prefix: the body is not read on (it
+        // would fail here).
+        let prefix = crate::flight_output::grpc_message(&sent[1]).slice(..GRPC_PREFIX);
+        let over = Frames(VecDeque::from([Some(prefix), None]));
+        let err = read(over, 1_000).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
         // A stream cut inside a message.
         let mut cut = framed(&sent, &[100]);
@@ -460,11 +597,12 @@ mod tests {
         compressed.0[0] = Some([&[1u8][..], &first[1..]].concat().into());
         let err = read(compressed, usize::MAX).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Internal, "{err}");
-        // A body that fails (a reset stream) ends with an error, not a clean end.
-        let mut reset = framed(&sent, &[300]);
-        reset.0.truncate(2);
-        reset.0.push_back(None);
-        assert!(read(reset, usize::MAX).await.is_err());
+        // A body that fails (a reset stream) between two messages ends with its error, not
+        // with a clean end or an EOF.
+        let whole = crate::flight_output::grpc_message(&sent[0]);
+        let reset = Frames(VecDeque::from([Some(whole), None]));
+        let err = read(reset, usize::MAX).await.unwrap_err();
+        assert!(err.message().contains("reset by the peer"), "{err}");
         // Garbage where a FlightData should be.
         let garbage = Frames(VecDeque::from([Some(Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]))]));
         let err = read(garbage, usize::MAX).await.unwrap_err();

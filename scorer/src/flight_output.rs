@@ -81,6 +81,8 @@ impl Results {
         self,
         max_message_bytes: usize,
     ) -> BoxStream<'static, Result<GrpcMessage, Status>> {
+        // The gRPC prefix holds a message's length in 32 bits.
+        let max_message_bytes = max_message_bytes.min(u32::MAX as usize);
         let checked = move |message: GrpcMessage| {
             let len = message.iter().map(Bytes::len).sum::<usize>() - GRPC_PREFIX;
             if len > max_message_bytes {
@@ -99,9 +101,14 @@ impl Results {
             Ok(encoder) => encoder,
             Err(e) => return stream::iter([Err(Status::from(ScoreError::from(e)))]).boxed(),
         };
-        let batches = message_sized(self.batches).scan(encoder, move |encoder, batch| {
-            let messages = batch.and_then(|batch| batch_messages(encoder, &batch)).map_err(Status::from);
-            futures::future::ready(Some(messages))
+        // Ends after the first error, which the response sends as its status.
+        let batches = message_sized(self.batches).scan(Some(encoder), move |encoder, batch| {
+            let messages =
+                encoder.as_mut().map(|e| batch.and_then(|batch| batch_messages(e, &batch)).map_err(Status::from));
+            if matches!(messages, Some(Err(_))) {
+                *encoder = None;
+            }
+            futures::future::ready(messages)
         });
         let messages = stream::iter([Ok(vec![vec![grpc_message(&first)]])])
             .chain(batches)
@@ -341,7 +348,7 @@ impl http_body::Body for ResponseBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use arrow::array::{ArrayRef, Float32Array, Int64Array, ListArray, StringArray, StringViewArray, StructArray};
@@ -356,7 +363,7 @@ mod tests {
     }
 
     /// gRPC messages read back as FlightData, as a client reads them.
-    fn read_messages(messages: &[GrpcMessage]) -> Vec<FlightData> {
+    pub(crate) fn read_messages(messages: &[GrpcMessage]) -> Vec<FlightData> {
         messages
             .iter()
             .map(|pieces| {
@@ -486,6 +493,64 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    }
+
+    async fn frames(response: http::Response<tonic::body::Body>) -> Vec<http_body::Frame<Bytes>> {
+        let mut body = response.into_body();
+        let mut frames = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)).await {
+            frames.push(frame.unwrap());
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn responses_end_with_the_status_in_trailers() {
+        // An error before any message: a trailers-only response, as tonic sends it.
+        let response = grpc_response(Err(Status::not_found("no such model")));
+        assert_eq!(response.headers()["grpc-status"], "5");
+        assert!(frames(response).await.is_empty());
+
+        // Messages, then OK.
+        let batch = mixed_batch().slice(0, 100);
+        let ok = grpc_response(Ok(results(&batch, IpcWriteOptions::default()).into_grpc_messages(usize::MAX)));
+        assert_eq!(ok.headers()[http::header::CONTENT_TYPE], "application/grpc");
+        let sent = frames(ok).await;
+        let (last, data) = sent.split_last().unwrap();
+        assert_eq!(last.trailers_ref().unwrap()["grpc-status"], "0");
+        let bytes: Vec<u8> = data.iter().flat_map(|f| f.data_ref().unwrap().to_vec()).collect();
+        assert!(bytes.len() > 1000);
+
+        // A failure mid-stream: what was encoded, then the error's status; nothing after it.
+        let failing = Results {
+            schema: batch.schema(),
+            options: IpcWriteOptions::default(),
+            batches: stream::iter([
+                Ok(batch.clone()),
+                Err(ScoreError::InvalidArgument("row 7 is bad".into())),
+                Ok(batch.clone()),
+            ])
+            .boxed(),
+        };
+        let messages: Vec<Result<GrpcMessage, Status>> = failing.into_grpc_messages(usize::MAX).collect().await;
+        let one_batch: Vec<GrpcMessage> =
+            results(&batch, IpcWriteOptions::default()).into_grpc_messages(usize::MAX).try_collect().await.unwrap();
+        assert_eq!(messages.len(), one_batch.len() + 1, "the schema, one batch, the error: the stream ends there");
+        let (error, sent) = messages.split_last().unwrap();
+        assert!(sent.iter().all(Result::is_ok));
+        assert_eq!(error.as_ref().unwrap_err().code(), tonic::Code::InvalidArgument);
+        let failing = Results {
+            schema: batch.schema(),
+            options: IpcWriteOptions::default(),
+            batches: stream::iter([Ok(batch.clone()), Err(ScoreError::InvalidArgument("row 7 is bad".into()))]).boxed(),
+        };
+        let sent = frames(grpc_response(Ok(failing.into_grpc_messages(usize::MAX)))).await;
+        let trailers = sent.last().unwrap().trailers_ref().unwrap();
+        assert_eq!(trailers["grpc-status"], "3");
+        assert!(
+            trailers["grpc-message"].to_str().unwrap().contains("row%207%20is%20bad")
+                || trailers["grpc-message"].to_str().unwrap().contains("row 7 is bad")
+        );
     }
 
     /// A 65,536-row batch of 20 float32 columns (5 MiB of rows) as a Flight input delivers
