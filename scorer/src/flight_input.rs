@@ -252,6 +252,9 @@ const GRPC_PREFIX: usize = 5;
 /// FlightData's `data_body` field (1000), length-delimited: its protobuf key.
 const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
 
+/// How much of a frame goes to a message's head before it is scanned for the body again.
+const HEAD_STEP_BYTES: usize = 4096;
+
 /// What an IPC body buffer starts with before it grows as the frames arrive: a client
 /// declares a body's length before sending it, so that is no reason to allocate it all.
 const BODY_INITIAL_BYTES: usize = 16 << 20;
@@ -378,11 +381,14 @@ impl MessageParts {
         let taken = self.remaining.min(data.len());
         self.remaining -= taken;
         let mut data = &data[..taken];
-        if self.body.is_none() {
-            self.head.extend_from_slice(data);
-            data = &[];
+        // The fields before the body go to `head` a few KiB at a time, so that the start of
+        // the body, in the same frame, is not copied twice.
+        while self.body.is_none() && !data.is_empty() {
+            let step = data.len().min(HEAD_STEP_BYTES);
+            self.head.extend_from_slice(&data[..step]);
+            data = &data[step..];
             if let Some((key_start, body_start, len)) = self.find_body()? {
-                if len > self.head.len() - body_start + self.remaining {
+                if len > self.head.len() - body_start + data.len() + self.remaining {
                     return Err(decode_error("data_body is longer than its message"));
                 }
                 let received = self.head.split_off(body_start);
