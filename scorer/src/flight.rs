@@ -315,20 +315,15 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for FlightServer {
         let (service, max) = (self.service.clone(), self.max_message_bytes);
         match request.uri().path() {
             DO_EXCHANGE_PATH => Box::pin(async move {
-                let results = match flight_data_request(request, max) {
-                    Ok(request) => service.exchange(request).await,
-                    Err(status) => Err(status),
+                let messages = async {
+                    let results = service.exchange(flight_data_request(request, max)?).await?;
+                    Ok(results.map_or_else(|| stream::empty().boxed(), |r| r.into_grpc_messages(max)))
                 };
-                let messages = results
-                    .map(|results| results.map_or_else(|| stream::empty().boxed(), |r| r.into_grpc_messages(max)));
-                Ok(grpc_response(messages))
+                Ok(grpc_response(messages.await))
             }),
             DO_PUT_PATH => Box::pin(async move {
-                let result = match flight_data_request(request, max) {
-                    Ok(request) => service.put(request).await,
-                    Err(status) => Err(status),
-                };
-                Ok(grpc_response(result.map(|r| stream::iter([Ok(vec![grpc_message(&r)])]).boxed())))
+                let result = async { service.put(flight_data_request(request, max)?).await };
+                Ok(grpc_response(result.await.map(|r| stream::iter([Ok(vec![grpc_message(&r)])]).boxed())))
             }),
             DO_GET_PATH => Box::pin(async move {
                 let results = async {

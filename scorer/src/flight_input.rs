@@ -36,6 +36,7 @@ use tonic::codec::Codec;
 use tonic::{Request, Status, Streaming};
 
 use crate::error::{Result, ScoreError};
+use crate::flight_output::{ArrowBytes, DATA_BODY_KEY, GRPC_PREFIX};
 use crate::scorer::BatchStream;
 
 /// The decoded input of one Flight call.
@@ -246,12 +247,6 @@ where
     })))
 }
 
-/// The gRPC length prefix: a compression flag and the message's length.
-const GRPC_PREFIX: usize = 5;
-
-/// FlightData's `data_body` field (1000), length-delimited: its protobuf key.
-const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
-
 /// How much of a frame goes to a message's head before it is scanned for the body again.
 const HEAD_STEP_BYTES: usize = 4096;
 
@@ -448,7 +443,7 @@ impl MessageParts {
         rest.extend_from_slice(&self.tail);
         let mut data = FlightData::decode(rest.freeze()).map_err(|e| decode_error(&e.to_string()))?;
         if let Some(body) = self.body.filter(|_| data.data_body.is_empty()) {
-            data.data_body = Bytes::from_owner(crate::flight_output::ArrowBytes(body.buffer.into()));
+            data.data_body = Bytes::from_owner(ArrowBytes(body.buffer.into()));
         }
         Ok(data)
     }

@@ -161,15 +161,23 @@ pub(crate) fn message_sized(batches: BatchStream) -> BatchStream {
 }
 
 /// The gRPC length prefix: a compression flag and the message's length.
-const GRPC_PREFIX: usize = 5;
+pub(crate) const GRPC_PREFIX: usize = 5;
+
+/// FlightData's `data_body` field (1000), length-delimited: its protobuf key.
+pub(crate) const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
+
+/// Writes the gRPC prefix of an uncompressed message of `len` bytes.
+fn put_grpc_prefix(out: &mut BytesMut, len: usize) {
+    out.put_u8(0);
+    out.put_u32(len as u32);
+}
 
 /// A protobuf message as one gRPC message, copied into one buffer (small messages, and the
 /// dictionary fallback).
 pub(crate) fn grpc_message(data: &impl Message) -> Bytes {
     let len = data.encoded_len();
     let mut out = BytesMut::with_capacity(GRPC_PREFIX + len);
-    out.put_u8(0);
-    out.put_u32(len as u32);
+    put_grpc_prefix(&mut out, len);
     // `encode` fails only when the buffer has too little room, and it has exactly enough.
     let _ = data.encode(&mut out);
     out.freeze()
@@ -211,7 +219,6 @@ fn batch_messages(encoder: &mut StreamEncoder, batch: &RecordBatch) -> Result<Ve
 /// written as prost writes FlightData: `data_header` (field 2), then `data_body` (field 1000).
 fn flight_message(header: &[u8], body: Vec<Buffer>, body_len: usize) -> GrpcMessage {
     const DATA_HEADER_KEY: u64 = (2 << 3) | 2;
-    const DATA_BODY_KEY: u64 = (1000 << 3) | 2;
     let field_len = |key: u64, len: usize| {
         if len == 0 {
             0
@@ -221,8 +228,7 @@ fn flight_message(header: &[u8], body: Vec<Buffer>, body_len: usize) -> GrpcMess
     };
     let message_len = field_len(DATA_HEADER_KEY, header.len()) + field_len(DATA_BODY_KEY, body_len);
     let mut small = BytesMut::with_capacity(GRPC_PREFIX + 16 + header.len());
-    small.put_u8(0);
-    small.put_u32(message_len as u32);
+    put_grpc_prefix(&mut small, message_len);
     if !header.is_empty() {
         prost::encoding::encode_varint(DATA_HEADER_KEY, &mut small);
         prost::encoding::encode_varint(header.len() as u64, &mut small);
@@ -283,7 +289,7 @@ impl Pieces {
 
     /// The next `len` bytes, copied together (message prefixes and headers).
     fn take_bytes(&mut self, len: usize) -> Result<Vec<u8>> {
-        Ok(self.take(len)?.iter().flat_map(|b| b.as_slice().iter().copied()).collect())
+        Ok(self.take(len)?.iter().map(Buffer::as_slice).collect::<Vec<_>>().concat())
     }
 }
 
