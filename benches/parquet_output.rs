@@ -1,0 +1,145 @@
+//! The worker's Parquet output (`JobWriter`: what DoPut, `score-dataset`, batch jobs and SQL
+//! `INSERT INTO` write) against arrow-rs's `ArrowWriter` with its defaults writing the same
+//! batches into memory, in one process. The batches are what `logreg20` gives in the scoring
+//! benchmark: 20 float32 feature columns passed through, `label` (int64) and `probabilities`
+//! (fixed-size list of 3 float32), 1,000,000 rows in 65,536-row batches, best of 3.
+//!
+//!     cargo bench --bench parquet_output
+//!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench parquet_output
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use lakescore_core::store::StoreOptions;
+use lakescore_scorer::storage::{JobWriter, ManifestModel, Storage};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+
+const FEATURES: usize = 20;
+const BATCH_ROWS: usize = 65_536;
+
+/// Roughly standard-normal values, reproducibly (random floats: what Snappy cannot shrink).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    let mut uniform = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n).map(|_| (0..4).map(|_| uniform()).sum::<f32>() * 1.7 - 3.4).collect()
+}
+
+fn batches(rows: usize) -> (SchemaRef, Vec<RecordBatch>) {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut fields: Vec<Field> = (0..FEATURES).map(|i| Field::new(format!("f{i}"), DataType::Float32, true)).collect();
+    fields.push(Field::new("label", DataType::Int64, false));
+    fields.push(Field::new("probabilities", DataType::FixedSizeList(item.clone(), 3), false));
+    let schema = Arc::new(Schema::new(fields));
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < rows {
+        let n = BATCH_ROWS.min(rows - done);
+        let mut columns: Vec<ArrayRef> =
+            (0..FEATURES).map(|i| Arc::new(Float32Array::from(values(n, (done + i) as u64))) as ArrayRef).collect();
+        columns.push(Arc::new(Int64Array::from_iter_values((0..n).map(|r| ((r * 7 + done) % 3) as i64))));
+        let probabilities =
+            Float32Array::from(values(n * 3, done as u64 ^ 0xff).iter().map(|v| v.abs() / 8.0).collect::<Vec<_>>());
+        columns.push(Arc::new(
+            FixedSizeListArray::try_new(item.clone(), 3, Arc::new(probabilities), None).expect("probabilities"),
+        ));
+        out.push(RecordBatch::try_new(schema.clone(), columns).expect("batch"));
+        done += n;
+    }
+    (schema, out)
+}
+
+/// Best of 3 of `run`, which writes every batch and says how many bytes it wrote.
+fn best_of_3(mut run: impl FnMut() -> u64) -> (f64, u64) {
+    let mut best = f64::MAX;
+    let mut bytes = 0;
+    for _ in 0..3 {
+        let start = Instant::now();
+        bytes = run();
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (best, bytes)
+}
+
+fn main() {
+    let rows: usize = std::env::var("LAKESCORE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let (schema, input) = batches(rows);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage = Storage::new(&[], StoreOptions::default()).expect("storage");
+    let model = ManifestModel {
+        reference: "bench@champion".into(),
+        name: "bench".into(),
+        version: 1,
+        sha256: String::new(),
+        engine: "linear".into(),
+    };
+
+    let mut job = 0;
+    let defaults = lakescore_scorer::ScorerConfig::default();
+    let (worker, worker_bytes) = best_of_3(|| {
+        job += 1;
+        let url = format!("file://{}/out{job}/", dir.path().display());
+        let loc = storage.locate(&url, "output").expect("output location");
+        runtime.block_on(async {
+            let mut writer = JobWriter::new(
+                loc,
+                format!("bench{job}"),
+                schema.clone(),
+                defaults.max_rows_per_file,
+                defaults.row_group_rows,
+            );
+            for batch in &input {
+                writer.write(batch).await.expect("write");
+            }
+            writer.finish(&model).await.expect("finish").bytes
+        })
+    });
+    let in_memory = |props: Option<WriterProperties>| {
+        best_of_3(|| {
+            let mut sink = Vec::new();
+            let mut writer = ArrowWriter::try_new(&mut sink, schema.clone(), props.clone()).expect("writer");
+            for batch in &input {
+                writer.write(batch).expect("write");
+            }
+            writer.close().expect("close");
+            sink.len() as u64
+        })
+    };
+    let (baseline, baseline_bytes) = in_memory(None);
+    let probe = storage.locate(&format!("file://{}/probe/", dir.path().display()), "output").expect("location");
+    let props =
+        JobWriter::new(probe, "probe".into(), schema.clone(), defaults.max_rows_per_file, defaults.row_group_rows)
+            .properties()
+            .clone();
+    let (same_props, same_props_bytes) = in_memory(Some(props));
+
+    let rate = |secs: f64| rows as f64 / secs;
+    println!("Parquet output: {rows} rows x ({FEATURES} float32 + label + 3 probabilities), {BATCH_ROWS}-row batches, best of 3");
+    println!("| writer | rows/s | MB/s written | file bytes | ratio |");
+    println!("| --- | --- | --- | --- | --- |");
+    println!(
+        "| arrow-rs ArrowWriter, its defaults, into memory | {:.0} | {:.0} | {baseline_bytes} | 1.00 |",
+        rate(baseline),
+        baseline_bytes as f64 / baseline / 1e6
+    );
+    println!(
+        "| arrow-rs ArrowWriter, lakescore's properties, into memory (one thread) | {:.0} | {:.0} | {same_props_bytes} | {:.2} |",
+        rate(same_props),
+        same_props_bytes as f64 / same_props / 1e6,
+        baseline / same_props
+    );
+    println!(
+        "| lakescore JobWriter, local files (columns on all cores, sha256, manifest) | {:.0} | {:.0} | {worker_bytes} | {:.2} |",
+        rate(worker),
+        worker_bytes as f64 / worker / 1e6,
+        baseline / worker
+    );
+}
