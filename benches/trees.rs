@@ -2,12 +2,14 @@
 //! depth-12 RandomForest (`big_rf`), the 300-tree depth-6 gradient-boosting classifier
 //! (`gb300`) and a 3-class LogisticRegression (`logreg20`, the linear engine), 1,000,000 rows
 //! × 20 float32 features in 65,536-row calls (the worker's inference batch), best of 3, with
-//! all cores and with one thread each. Both engines get the same row-major tensor here; in the
-//! worker a linear model reads the batch's columns instead (no tensor at all).
+//! all cores and with one thread each. Both engines get the same row-major tensor; the
+//! `logreg20 (columns)` row is the linear engine as the worker runs it, on the batch's
+//! feature columns where they are (no tensor at all), against ONNX Runtime on the tensor.
 //!
 //!     tests/models/generate.py --bench          # big_rf, gb300 and logreg20, once
 //!     cargo bench --bench trees
 //!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench trees
+//!     LAKESCORE_BENCH_MODELS=logreg20 cargo bench --bench trees   # a subset
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,10 +49,29 @@ fn rows_per_sec(model: &dyn LoadedModel, input: &str, x: &[f32]) -> f64 {
     n as f64 / best
 }
 
+/// Rows per second scoring `x` as feature columns (the worker's path for a linear model), in
+/// `CALL_ROWS`-row calls, best of 3.
+fn columns_per_sec(model: &dyn LoadedModel, x: &[f32]) -> f64 {
+    let n = x.len() / FEATURES;
+    let columns: Vec<Vec<f32>> = (0..FEATURES).map(|f| x.iter().skip(f).step_by(FEATURES).copied().collect()).collect();
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        for first in (0..n).step_by(CALL_ROWS) {
+            let rows = CALL_ROWS.min(n - first);
+            let call: Vec<&[f32]> = columns.iter().map(|c| &c[first..first + rows]).collect();
+            model.run_columns(&call, rows).expect("run_columns");
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    n as f64 / best
+}
+
 fn main() {
     let n: usize = std::env::var("LAKESCORE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models/generated");
+    let models = std::env::var("LAKESCORE_BENCH_MODELS").unwrap_or_else(|_| "big_rf,gb300,logreg20".into());
     let x = rows(n);
     println!("native engine: {n} rows x {FEATURES} features, {CALL_ROWS}-row calls, best of 3, {cores} cores");
     println!("| model | threads | onnxruntime rows/s | native rows/s | ratio |");
@@ -61,7 +82,7 @@ fn main() {
                 .expect("ONNX Runtime (set ORT_DYLIB_PATH or LAKESCORE_ONNXRUNTIME_LIB)"),
         );
         let native = TreesEngine::new(None, threads);
-        for name in ["big_rf", "gb300", "logreg20"] {
+        for name in models.split(',') {
             let path = dir.join(format!("{name}.onnx"));
             let Ok(bytes) = std::fs::read(&path) else {
                 println!("| {name} | missing: run tests/models/generate.py --bench | | | |");
@@ -74,6 +95,10 @@ fn main() {
             let a = rows_per_sec(theirs.as_ref(), &input, &x);
             let b = rows_per_sec(ours.as_ref(), &input, &x);
             println!("| {name} | {threads} | {a:.0} | {b:.0} | {:.2}x |", b / a);
+            if ours.takes_columns() {
+                let c = columns_per_sec(ours.as_ref(), &x);
+                println!("| {name} (columns) | {threads} | {a:.0} | {c:.0} | {:.2}x |", c / a);
+            }
         }
     }
 }
