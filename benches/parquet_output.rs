@@ -7,11 +7,13 @@
 //!     cargo bench --bench parquet_output
 //!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench parquet_output
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Instant;
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use common::{best_of_3, normal_values};
 use lakescore_core::store::StoreOptions;
 use lakescore_scorer::storage::{JobWriter, ManifestModel, Storage};
 use parquet::arrow::ArrowWriter;
@@ -19,18 +21,6 @@ use parquet::file::properties::WriterProperties;
 
 const FEATURES: usize = 20;
 const BATCH_ROWS: usize = 65_536;
-
-/// Roughly standard-normal values, reproducibly (random floats: what Snappy cannot shrink).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    let mut uniform = move || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32
-    };
-    (0..n).map(|_| (0..4).map(|_| uniform()).sum::<f32>() * 1.7 - 3.4).collect()
-}
 
 fn batches(rows: usize) -> (SchemaRef, Vec<RecordBatch>) {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
@@ -42,11 +32,13 @@ fn batches(rows: usize) -> (SchemaRef, Vec<RecordBatch>) {
     let mut done = 0;
     while done < rows {
         let n = BATCH_ROWS.min(rows - done);
-        let mut columns: Vec<ArrayRef> =
-            (0..FEATURES).map(|i| Arc::new(Float32Array::from(values(n, (done + i) as u64))) as ArrayRef).collect();
+        let mut columns: Vec<ArrayRef> = (0..FEATURES)
+            .map(|i| Arc::new(Float32Array::from(normal_values(n, (done + i) as u64))) as ArrayRef)
+            .collect();
         columns.push(Arc::new(Int64Array::from_iter_values((0..n).map(|r| ((r * 7 + done) % 3) as i64))));
-        let probabilities =
-            Float32Array::from(values(n * 3, done as u64 ^ 0xff).iter().map(|v| v.abs() / 8.0).collect::<Vec<_>>());
+        let probabilities = Float32Array::from(
+            normal_values(n * 3, done as u64 ^ 0xff).iter().map(|v| v.abs() / 8.0).collect::<Vec<_>>(),
+        );
         columns.push(Arc::new(
             FixedSizeListArray::try_new(item.clone(), 3, Arc::new(probabilities), None).expect("probabilities"),
         ));
@@ -54,18 +46,6 @@ fn batches(rows: usize) -> (SchemaRef, Vec<RecordBatch>) {
         done += n;
     }
     (schema, out)
-}
-
-/// Best of 3 of `run`, which writes every batch and says how many bytes it wrote.
-fn best_of_3(mut run: impl FnMut() -> u64) -> (f64, u64) {
-    let mut best = f64::MAX;
-    let mut bytes = 0;
-    for _ in 0..3 {
-        let start = Instant::now();
-        bytes = run();
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    (best, bytes)
 }
 
 fn main() {

@@ -11,42 +11,28 @@
 //!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench trees
 //!     LAKESCORE_BENCH_MODELS=logreg20 cargo bench --bench trees   # a subset
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
+use common::{best_of_3, normal_values};
 use lakescore_scorer::engine::{Engine, LoadedModel, Tensor, TensorData};
 use lakescore_scorer::{OrtEngine, OrtOptions, TreesEngine};
 
 const FEATURES: usize = 20;
 const CALL_ROWS: usize = 65_536;
 
-/// Roughly standard-normal features (the models were trained on such data), reproducibly.
-fn rows(n: usize) -> Vec<f32> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut uniform = move || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32
-    };
-    (0..n * FEATURES).map(|_| (0..4).map(|_| uniform()).sum::<f32>() * 1.7 - 3.4).collect()
-}
-
 /// Rows per second scoring `x` in `CALL_ROWS`-row calls, best of 3.
 fn rows_per_sec(model: &dyn LoadedModel, input: &str, x: &[f32]) -> f64 {
-    let n = x.len() / FEATURES;
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let start = Instant::now();
+    let (secs, ()) = best_of_3(|| {
         for chunk in x.chunks(CALL_ROWS * FEATURES) {
             let rows = chunk.len() / FEATURES;
             let tensor = Tensor { shape: vec![rows, FEATURES], data: TensorData::Float32(chunk.to_vec()) };
             model.run(vec![(input.to_string(), tensor)]).expect("run");
         }
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    n as f64 / best
+    });
+    (x.len() / FEATURES) as f64 / secs
 }
 
 /// Rows per second scoring `x` as feature columns (the worker's path for a linear model), in
@@ -54,17 +40,14 @@ fn rows_per_sec(model: &dyn LoadedModel, input: &str, x: &[f32]) -> f64 {
 fn columns_per_sec(model: &dyn LoadedModel, x: &[f32]) -> f64 {
     let n = x.len() / FEATURES;
     let columns: Vec<Vec<f32>> = (0..FEATURES).map(|f| x.iter().skip(f).step_by(FEATURES).copied().collect()).collect();
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let start = Instant::now();
+    let (secs, ()) = best_of_3(|| {
         for first in (0..n).step_by(CALL_ROWS) {
             let rows = CALL_ROWS.min(n - first);
             let call: Vec<&[f32]> = columns.iter().map(|c| &c[first..first + rows]).collect();
             model.run_columns(&call, rows).expect("run_columns");
         }
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    n as f64 / best
+    });
+    n as f64 / secs
 }
 
 fn main() {
@@ -72,7 +55,8 @@ fn main() {
     let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models/generated");
     let models = std::env::var("LAKESCORE_BENCH_MODELS").unwrap_or_else(|_| "big_rf,gb300,logreg20".into());
-    let x = rows(n);
+    // Roughly standard-normal features (the models were trained on such data).
+    let x = normal_values(n * FEATURES, 0);
     println!("native engine: {n} rows x {FEATURES} features, {CALL_ROWS}-row calls, best of 3, {cores} cores");
     println!("| model | threads | onnxruntime rows/s | native rows/s | ratio |");
     println!("| --- | --- | --- | --- | --- |");
