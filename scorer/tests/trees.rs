@@ -671,8 +671,9 @@ fn linear_models_onnxruntime_would_misread_are_refused() {
         assert!(err.to_string().contains(want), "{want}: {err}");
     }
 
-    // Whole graphs: absurd sizes (a few bytes of model asking for a huge batch of scores),
-    // a regressor on double input (ONNX Runtime's takes float only), an output in a cycle.
+    // Whole graphs: absurd sizes (a few bytes of model asking for a huge batch of scores, or
+    // for a huge block to transpose rows into), a regressor on double input (ONNX Runtime's
+    // takes float only), an output in a cycle.
     let regressor = random_linear(&mut rng, false, 12);
     let regressor_proto = ModelProto::decode(regressor.bytes.as_slice()).expect("decode");
     type GraphBreakage = Box<dyn Fn(&mut GraphProto)>;
@@ -692,6 +693,11 @@ fn linear_models_onnxruntime_would_misread_are_refused() {
                 let intercepts = g.node[0].attribute.iter_mut().find(|a| a.name() == "intercepts").expect("intercepts");
                 intercepts.floats = vec![0.0; 5000];
             }),
+        ),
+        (
+            "70000 features",
+            &original,
+            Box::new(|g: &mut GraphProto| g.input[0] = tensor_info("X", DataType::Float, &[None, Some(70_000)])),
         ),
         (
             "double input",

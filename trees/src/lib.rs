@@ -746,6 +746,10 @@ fn compile_ensemble(node: &NodeProto, n_features: usize) -> Result<Ensemble, Uns
 /// `rows × scores` floats, and a few bytes of model must not ask for gigabytes per batch.
 /// Larger models run on ONNX Runtime.
 const MAX_LINEAR_SCORES: usize = 1024;
+/// The most features a linear model may have here: a row-major input (or a batch's last,
+/// partial block of columns) is transposed 64 rows at a time, 256 bytes per feature, and a
+/// one-row call must not take gigabytes. Wider models run on ONNX Runtime.
+const MAX_LINEAR_FEATURES: usize = 65_536;
 
 const LINEAR_CLASSIFIER_ATTRIBUTES: &[&str] =
     &["coefficients", "intercepts", "classlabels_ints", "classlabels_strings", "multi_class", "post_transform"];
@@ -754,6 +758,11 @@ const LINEAR_REGRESSOR_ATTRIBUTES: &[&str] = &["coefficients", "intercepts", "ta
 fn compile_linear(node: &NodeProto, n_features: usize) -> Result<Linear, Unsupported> {
     let classifier = node.op_type() == "LinearClassifier";
     let known = if classifier { LINEAR_CLASSIFIER_ATTRIBUTES } else { LINEAR_REGRESSOR_ATTRIBUTES };
+    if n_features > MAX_LINEAR_FEATURES {
+        return unsupported(format!(
+            "{n_features} features (the native engine's linear models cover up to {MAX_LINEAR_FEATURES})"
+        ));
+    }
     let a = read_attributes(node, known)?;
     let post = post_transform(&a, true)?;
     let intercepts = a.floats("intercepts");

@@ -139,13 +139,16 @@ impl Linear {
         let rows = labels.len();
         // The block's features, feature-major (`block[f][lane]`): row-major input and the
         // last, partial block of columns are copied here; whole blocks of columns are read
-        // where they are.
-        let mut block = vec![[0f32; LANES]; features];
+        // where they are, so for them it is allocated only at that last block.
+        let mut block = Vec::new();
         // The block's sums, one vector of lanes per score.
         let mut sums = vec![[0f32; LANES]; k];
         for start in (0..rows).step_by(LANES) {
             let n = LANES.min(rows - start);
             let whole_columns = matches!(x, Features::Columns(_)) && n == LANES;
+            if !whole_columns && block.is_empty() {
+                block = vec![[0f32; LANES]; features];
+            }
             match x {
                 Features::Rows(x) => {
                     for lane in 0..n {
@@ -168,11 +171,14 @@ impl Linear {
                 // Plain loops, not iterator adaptors: their closures would be compiled apart
                 // from this function, without its FMA and AVX2.
                 for f in 0..features {
-                    let lanes = match x {
-                        Features::Columns(columns) if whole_columns => {
-                            columns[f][start..].first_chunk::<LANES>().unwrap_or(&block[f])
-                        }
-                        _ => &block[f],
+                    // A whole block of columns always has its LANES values in place.
+                    let in_place = match x {
+                        Features::Columns(columns) if whole_columns => columns[f][start..].first_chunk::<LANES>(),
+                        _ => None,
+                    };
+                    let lanes = match in_place {
+                        Some(lanes) => lanes,
+                        None => &block[f],
                     };
                     for lane in 0..LANES {
                         acc[lane] = fma::<FUSED>(lanes[lane], w[f], acc[lane]);
