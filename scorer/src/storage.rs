@@ -19,7 +19,6 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
@@ -374,33 +373,27 @@ impl HashingWriter {
     fn sha256(self) -> String {
         hex::encode(sha2::Digest::finalize(self.hasher))
     }
-}
 
-impl AsyncFileWriter for HashingWriter {
-    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        async move {
-            self.settle().await?;
-            let mut hasher = std::mem::take(&mut self.hasher);
-            let chunk = bs.clone();
-            self.pending = Some(tokio::task::spawn_blocking(move || {
-                sha2::Digest::update(&mut hasher, &chunk);
-                hasher
-            }));
-            // `put` keeps the row group's bytes as they are; `write_all` copied them into
-            // the upload's buffer first.
-            self.inner.put(bs).await.map_err(|e| ParquetError::External(Box::new(e)))
-        }
-        .boxed()
+    /// Hand one chunk of the file (a finished row group, or the footer) to the upload.
+    async fn write(&mut self, bs: Bytes) -> parquet::errors::Result<()> {
+        self.settle().await?;
+        let mut hasher = std::mem::take(&mut self.hasher);
+        let chunk = bs.clone();
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            sha2::Digest::update(&mut hasher, &chunk);
+            hasher
+        }));
+        // `put` keeps the row group's bytes as they are; `write_all` copied them into the
+        // upload's buffer first.
+        self.inner.put(bs).await.map_err(parquet_err)
     }
 
-    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+    /// Settle the hash and complete the upload.
+    async fn complete(&mut self) -> parquet::errors::Result<()> {
         use tokio::io::AsyncWriteExt;
-        async move {
-            self.settle().await?;
-            self.completing = true;
-            self.inner.shutdown().await.map_err(|e| ParquetError::External(Box::new(e)))
-        }
-        .boxed()
+        self.settle().await?;
+        self.completing = true;
+        self.inner.shutdown().await.map_err(|e| ParquetError::External(Box::new(e)))
     }
 }
 
