@@ -193,7 +193,7 @@ impl Linear {
             match &self.kind {
                 LinearKind::Regressor => {
                     if k > 1 {
-                        self.post_transform::<FUSED>(&mut sums, scores, n);
+                        self.post_transform::<FUSED>(&mut sums, scores);
                     } else {
                         scores.copy_from_slice(&sums[0][..n]);
                     }
@@ -231,7 +231,7 @@ impl Linear {
                             ClassLabels::String(_) => best as i64,
                         };
                     }
-                    self.post_transform::<FUSED>(&mut sums, scores, n);
+                    self.post_transform::<FUSED>(&mut sums, scores);
                 }
             }
         }
@@ -239,30 +239,32 @@ impl Linear {
 
     /// The post-transform of a block's sums (k > 1), as ONNX Runtime applies it to whole
     /// batches: `LOGISTIC` with MLAS's polynomial, `SOFTMAX` with a vectorized `exp`; then
-    /// the first `n` lanes into `scores`, row-major.
+    /// the sums of the block's rows that `scores` holds into it, row-major (any other
+    /// post-transform, `SOFTMAX_ZERO`, row by row there).
     #[inline(always)]
-    fn post_transform<const FUSED: bool>(&self, sums: &mut [[f32; LANES]], scores: &mut [f32], n: usize) {
+    fn post_transform<const FUSED: bool>(&self, sums: &mut [[f32; LANES]], scores: &mut [f32]) {
         let k = sums.len();
-        match self.post {
-            PostTransform::None => {}
+        let by_row = match self.post {
+            PostTransform::None => false,
             PostTransform::Logistic => {
                 for sum in sums.iter_mut() {
                     for v in sum.iter_mut() {
                         *v = mlas_logistic::<FUSED>(*v);
                     }
                 }
+                false
             }
-            PostTransform::Softmax => softmax_lanes::<FUSED>(sums),
-            // Any other (SOFTMAX_ZERO) row by row, below.
-            _ => {}
-        }
-        for (lane, row) in scores.chunks_exact_mut(k).enumerate().take(n) {
+            PostTransform::Softmax => {
+                softmax_lanes::<FUSED>(sums);
+                false
+            }
+            _ => true,
+        };
+        for (lane, row) in scores.chunks_exact_mut(k).enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
                 *v = sums[j][lane];
             }
-        }
-        if !matches!(self.post, PostTransform::None | PostTransform::Logistic | PostTransform::Softmax) {
-            for row in scores.chunks_exact_mut(k) {
+            if by_row {
                 post_transform(row, self.post);
             }
         }
