@@ -46,7 +46,84 @@ pub struct ScoreArgs {
     #[arg(long, value_enum, default_value_t = Compression::None)]
     pub compression: Compression,
     #[command(flatten)]
+    pub missing: MissingArgs,
+    #[command(flatten)]
     pub batch: BatchArgs,
+}
+
+/// Nulls in the model's input columns (pandas writes a float NaN as an Arrow null).
+#[derive(Debug, Args)]
+pub struct MissingArgs {
+    /// What a null becomes where no fill value covers its column: auto (NaN in float inputs
+    /// of a model that defines missing values, a tree ensemble such as LightGBM's or
+    /// XGBoost's; refused for other models), nan (NaN in every float input), error (every
+    /// null refused). Integer, bool and string inputs have no NaN: a null there needs a fill.
+    #[arg(long, value_enum, default_value_t = Missing::Auto)]
+    pub missing: Missing,
+    /// Replace nulls in every input column with this number (NaN allowed for float inputs).
+    #[arg(long, allow_negative_numbers = true)]
+    pub fill_null: Option<f64>,
+    /// Replace nulls in one column: COLUMN=NUMBER (NaN allowed), repeatable; overrides
+    /// --fill-null for that column.
+    #[arg(long = "fill-null-column", value_name = "COLUMN=NUMBER", value_parser = parse_column_fill)]
+    pub fill_null_columns: Vec<(String, f64)>,
+}
+
+/// `ScoreCommand.missing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Missing {
+    Auto,
+    Nan,
+    Error,
+}
+
+fn parse_column_fill(s: &str) -> Result<(String, f64), String> {
+    let (column, value) = s.rsplit_once('=').ok_or_else(|| format!("'{s}' is not COLUMN=NUMBER"))?;
+    let value: f64 = value.trim().parse().map_err(|_| format!("'{value}' in '{s}' is not a number"))?;
+    if column.is_empty() {
+        return Err(format!("'{s}' names no column"));
+    }
+    Ok((column.to_string(), value))
+}
+
+/// A double as proto3 JSON writes it: `NaN` and the infinities are strings.
+fn proto_double(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else if v.is_nan() {
+        json!("NaN")
+    } else if v > 0.0 {
+        json!("Infinity")
+    } else {
+        json!("-Infinity")
+    }
+}
+
+impl ScoreArgs {
+    /// The command's fields that say which columns feed the model and how their nulls are
+    /// handled: the same for a stream and a batch job.
+    fn feed(&self, cmd: &mut Value) {
+        if !self.feature_columns.is_empty() {
+            cmd["feature_columns"] = json!(self.feature_columns);
+        }
+        let m = &self.missing;
+        cmd["missing"] = json!(match m.missing {
+            Missing::Auto => "auto",
+            Missing::Nan => "nan",
+            Missing::Error => "error",
+        });
+        if let Some(v) = m.fill_null {
+            cmd["fill_null"] = proto_double(v);
+        }
+        if !m.fill_null_columns.is_empty() {
+            cmd["fill_null_columns"] = m
+                .fill_null_columns
+                .iter()
+                .map(|(c, v)| (c.clone(), proto_double(*v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+    }
 }
 
 /// Batch jobs (a storage URL as --input): Azure ML batch endpoints' settings.
@@ -185,9 +262,7 @@ pub async fn run(args: ScoreArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.flight_url, args.token.as_deref()).await?;
     let remote_output = args.output.contains("://");
     let mut cmd = json!({"model": args.model, "result_compression": args.compression.name()});
-    if !args.feature_columns.is_empty() {
-        cmd["feature_columns"] = json!(args.feature_columns);
-    }
+    args.feed(&mut cmd);
     if remote_output {
         cmd["output"] = json!(args.output);
     }
@@ -318,9 +393,7 @@ async fn run_job(args: &ScoreArgs) -> anyhow::Result<()> {
             "output_action": if b.summary_only { "OUTPUT_ACTION_SUMMARY_ONLY" } else { "OUTPUT_ACTION_APPEND_ROW" },
         },
     });
-    if !args.feature_columns.is_empty() {
-        cmd["feature_columns"] = json!(args.feature_columns);
-    }
+    args.feed(&mut cmd);
     let workers =
         resolve_workers(if b.workers.is_empty() { std::slice::from_ref(&args.flight_url) } else { &b.workers }).await?;
     let started = Instant::now();

@@ -102,7 +102,9 @@ fuzz_target!(|data: &[u8]| {
     let mut input = FlightInput::new(futures::stream::iter(messages(data).into_iter().map(Ok)), 64 << 20);
     futures::executor::block_on(async move {
         let Ok(Some(schema)) = input.schema().await else { return };
-        let Ok(plan) = ScorePlan::new(&cmd, schema, &inputs, &outputs(), PlanOptions::default()) else { return };
+        // The high bit of the first byte: a model that defines missing values (nulls as NaN).
+        let options = PlanOptions { model_defines_missing: pick[0] >= 128, ..Default::default() };
+        let Ok(plan) = ScorePlan::new(&cmd, schema, &inputs, &outputs(), options) else { return };
         let mut batches = input.batches();
         while let Some(batch) = batches.next().await {
             let Ok(batch) = batch else { return };

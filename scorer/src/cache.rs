@@ -22,6 +22,9 @@ pub struct ModelHandle {
     pub model: Box<dyn LoadedModel>,
     /// Per-row output shapes (from a probe run at load time).
     pub outputs: Vec<ResolvedOutput>,
+    /// Whether the model defines what a missing value is
+    /// ([`crate::engine::defines_missing_values`]).
+    pub defines_missing: bool,
     /// How long fetching + loading took.
     pub load_time: Duration,
     /// Artifact size in bytes (the cache's cost of this entry).
@@ -34,6 +37,7 @@ impl std::fmt::Debug for ModelHandle {
             .field("sha256", &self.sha256)
             .field("engine", &self.engine)
             .field("outputs", &self.outputs)
+            .field("defines_missing", &self.defines_missing)
             .field("size", &self.size)
             .finish()
     }
@@ -107,6 +111,7 @@ impl ModelCache {
                 let size = bytes.len() as u64;
                 let what = version.pinned_reference();
                 let handle = tokio::task::spawn_blocking(move || -> Result<ModelHandle> {
+                    let defines_missing = crate::engine::defines_missing_values(&bytes);
                     let model = engine
                         .load(bytes)
                         .map_err(|e| e.context(format!("loading model {what} with engine {}", engine.name())))?;
@@ -116,6 +121,7 @@ impl ModelCache {
                         engine: model.engine(),
                         model,
                         outputs,
+                        defines_missing,
                         load_time: started.elapsed(),
                         size,
                     })

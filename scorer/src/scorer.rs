@@ -188,8 +188,8 @@ impl Scorer {
         metadata.insert("lakescore.model".to_string(), model.version.model.clone());
         metadata.insert("lakescore.version".to_string(), model.version.version.to_string());
         metadata.insert("lakescore.sha256".to_string(), model.version.sha256.clone());
-        let plan =
-            ScorePlan::new(cmd, schema, model.handle.model.inputs(), &model.handle.outputs, PlanOptions { metadata })?;
+        let options = PlanOptions { metadata, model_defines_missing: model.handle.defines_missing };
+        let plan = ScorePlan::new(cmd, schema, model.handle.model.inputs(), &model.handle.outputs, options)?;
         Ok(Arc::new(plan))
     }
 

@@ -449,3 +449,47 @@ fn zipmap_outputs_are_served_from_the_probability_tensor() {
         other => panic!("expected a seq(map), got {other:?}"),
     }
 }
+
+/// Nulls in the input columns, as pandas writes NaN: every engine gives onnxruntime's answer
+/// for the same rows with NaN at those places (tree ensembles route NaN by their own
+/// missing-value rule; `missing: nan` passes it to any model), and `missing: error` and
+/// models that define no missing value refuse them by column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nulls_reach_models_as_nan_and_score_like_onnxruntime_on_every_engine() {
+    let at: Vec<(usize, &str)> = (0..200).step_by(7).map(|r| (r, ["f0", "f1", "f3"][r % 3])).collect();
+    for backend in [lakescore_scorer::Backend::Ort, lakescore_scorer::Backend::Trees] {
+        let worker = Worker::start_with(|c| c.backend = backend).await;
+        let mut client = worker.client().await;
+        for model in ["rf", "gbr", "gbc3"] {
+            let (input, want) = rows_with_nulls(model, &at);
+            let got = exchange(&mut client, &command(model), split(&input, &[64, 3])).await.expect(model);
+            assert_matches_outputs(model, &concat(&got), &want, &input);
+            // Strict: refused, naming the column.
+            let mut strict = command(model);
+            strict["missing"] = json!("error");
+            let s = status(exchange(&mut client, &strict, vec![input.clone()]).await.unwrap_err());
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{backend:?} {model}");
+            assert!(s.message().contains("'f0'") && s.message().contains("null"), "{}", s.message());
+        }
+        worker.stop().await;
+    }
+
+    // A linear model defines no missing value: refused by default, NaN when asked for, and
+    // then onnxruntime's answer (NaN where a feature is).
+    let worker = Worker::start().await;
+    let mut client = worker.client().await;
+    let (input, want) = rows_with_nulls("linreg", &at);
+    let s = status(exchange(&mut client, &command("linreg"), vec![input.clone()]).await.unwrap_err());
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("does not define missing values"), "{}", s.message());
+    let mut cmd = command("linreg");
+    cmd["missing"] = json!("nan");
+    let got = exchange(&mut client, &cmd, vec![input.clone()]).await.expect("missing nan");
+    assert_matches_outputs("linreg", &concat(&got), &want, &input);
+    // A fill value per column wins over the mode; NaN is a fill value too.
+    let mut cmd = command("linreg");
+    cmd["fill_null_columns"] = json!({"f0": "NaN", "f1": "NaN", "f3": "NaN"});
+    let got = exchange(&mut client, &cmd, vec![input.clone()]).await.expect("fill NaN");
+    assert_matches_outputs("linreg", &concat(&got), &want, &input);
+    worker.stop().await;
+}

@@ -192,3 +192,19 @@ fn the_engine_refuses_ml_models_and_serves_linreg_from_several_threads() {
         model.run(vec![("X".into(), Tensor { shape: vec![3, features], data: TensorData::Float32(vec![0.0; 4]) })]);
     assert!(matches!(bad, Err(ScoreError::InvalidArgument(_))), "{bad:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tract_passes_nulls_as_nan_like_onnxruntime() {
+    let worker = Worker::start_with(|c| c.backend = Backend::Tract).await;
+    let mut client = worker.client().await;
+    let at: Vec<(usize, &str)> = (0..200).step_by(5).map(|r| (r, ["f0", "f2", "f4"][r % 3])).collect();
+    let (input, want) = rows_with_nulls("linreg", &at);
+    // linreg defines no missing value: refused unless asked for NaN.
+    let s = status(exchange(&mut client, &command("linreg"), vec![input.clone()]).await.unwrap_err());
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    let mut cmd = command("linreg");
+    cmd["missing"] = json!("nan");
+    let got = exchange(&mut client, &cmd, split(&input, &[33])).await.expect("missing nan on tract");
+    assert_matches_outputs("linreg", &concat(&got), &want, &input);
+    worker.stop().await;
+}

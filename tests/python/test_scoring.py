@@ -149,8 +149,9 @@ def test_typed_errors(server: Proc, rf: str, models: Path) -> None:
 
 
 def test_error_mid_stream_is_an_exception_not_an_abort(server: Proc, rf: str, models: Path, tmp_path: Path) -> None:
-    """Batches 0-2 are fine, batch 3 has a null feature: the worker fails the call mid-way.
-    In a child interpreter, so that an abort would show as a signal, not kill pytest."""
+    """Batches 0-2 are fine, batch 3 has a null feature, refused (missing="error"): the worker
+    fails the call mid-way. In a child interpreter, so that an abort would show as a signal,
+    not kill pytest."""
     script = tmp_path / "midstream.py"
     script.write_text(textwrap.dedent(f"""
         import numpy as np, pyarrow as pa, pyarrow.parquet as pq, lakescore
@@ -171,7 +172,8 @@ def test_error_mid_stream_is_an_exception_not_an_abort(server: Proc, rf: str, mo
         for attempt in range(20):      # again and again: no crash, ever
             seen = 0
             try:
-                for out in scorer.score_batches(stream(), {rf!r}, schema=schema, feature_columns=feats):
+                for out in scorer.score_batches(stream(), {rf!r}, schema=schema, feature_columns=feats,
+                                                missing="error"):
                     seen += out.num_rows
             except lakescore.InvalidArgument as e:
                 assert "f0" in e.detail, e.detail
@@ -181,7 +183,7 @@ def test_error_mid_stream_is_an_exception_not_an_abort(server: Proc, rf: str, mo
         # the DoPut path too
         try:
             scorer.score_to("file://{tmp_path}/put/", pa.RecordBatchReader.from_batches(schema, stream()), {rf!r},
-                            feature_columns=feats)
+                            feature_columns=feats, missing="error")
         except lakescore.InvalidArgument as e:
             print("put:", e.detail[:60])
         print("alive")
@@ -300,3 +302,73 @@ def test_the_pyarrow_example_runs_and_fails_cleanly(server: Proc, rf: str, model
                           unique("nope") + "@x", "--flight", server.flight], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1, (bad.returncode, bad.stderr)
     assert "does not exist" in bad.stderr
+
+
+def rf_rows_with_nan(models: Path) -> Any:
+    """rf's rows as a pandas DataFrame with NaN in three features on every seventh row, as
+    pandas holds missing values (pyarrow makes them nulls)."""
+    df = rf_rows(models).to_pandas()
+    for i in range(0, len(df), 7):
+        df.loc[i, ["f0", "f4", "f11"][i % 3]] = np.nan
+    return df
+
+
+def test_pandas_missing_values_reach_a_forest_as_nan(server: Proc, rf: str, models: Path) -> None:
+    """A tree ensemble defines what missing means: by default the nulls pandas' NaN become
+    reach it as NaN and score as onnxruntime scores NaN; missing="error" refuses them by
+    column; fill values (per column) replace them."""
+    import pandas as pd
+
+    df = rf_rows_with_nan(models)
+    assert pa.Table.from_pandas(df).column("f0").null_count > 0, "pandas NaN arrives as nulls"
+    scorer = Scorer(server.flight, token="")
+    scored = scorer.score(df, model=rf, feature_columns=RF_FEATURES)
+    assert isinstance(scored, pd.DataFrame)
+    x = df[RF_FEATURES].to_numpy(np.float32)
+    want = ort_predict(models / "rf.onnx", {"X": x})
+    np.testing.assert_array_equal(scored["label"].to_numpy(), want["output_label"])
+    probs = np.column_stack([scored[f"probability_{k}"].to_numpy() for k in range(3)])
+    np.testing.assert_allclose(probs, want["output_probability"], rtol=1e-6, atol=1e-7)
+
+    with pytest.raises(lakescore.InvalidArgument) as e:
+        scorer.score(df, model=rf, feature_columns=RF_FEATURES, missing="error")
+    assert "'f0'" in e.value.detail and "null" in e.value.detail, e.value.detail
+
+    fills = {"f0": 0.5, "f4": -1.0, "f11": float("nan")}
+    filled = scorer.score(df, model=rf, feature_columns=RF_FEATURES, missing="error", fill_null=fills)
+    want = ort_predict(models / "rf.onnx", {"X": df[RF_FEATURES].fillna({"f0": 0.5, "f4": -1.0}).to_numpy(np.float32)})
+    np.testing.assert_array_equal(filled["label"].to_numpy(), want["output_label"])
+    with pytest.raises(ValueError):
+        scorer.score(df, model=rf, feature_columns=RF_FEATURES, missing="sometimes")
+
+
+@pytest.mark.parametrize("name", ["lgbm_binary", "lgbm_multi", "xgb_binary", "xgb_reg", "hgb_binary"])
+def test_gbdt_models_score_pandas_missing_values_like_onnxruntime(
+    server: Proc, models: Path, manifest: dict[str, Any], name: str
+) -> None:
+    """LightGBM, XGBoost and HistGradientBoosting models (trained with missing values) on a
+    pandas table whose NaN arrive as nulls: every output equals onnxruntime's on the same rows
+    with NaN, by default; missing="error" refuses them."""
+    entry = manifest["models"][name]
+    feats = entry["feature_columns"]
+    ref = unique(name)
+    Registry(server.url, token="").register(ref, models / f"{name}.onnx", create_model=True, alias="champion")
+    df = pq.read_table(models / f"{name}.rows.parquet").to_pandas()
+    for i in range(0, len(df), 3):
+        df.loc[i, feats[i % len(feats)]] = np.nan
+    assert pa.Table.from_pandas(df).column(feats[0]).null_count > 0
+    names = [o["name"] for o in entry["outputs_expected"]]
+    outputs = [{"name": n, "column": f"out{i}", "layout": "list"} for i, n in enumerate(names)]
+    scorer = Scorer(server.flight, token="")
+    scored = scorer.score(df, model=f"{ref}@champion", feature_columns=feats, outputs=outputs)
+    want = ort_predict(models / f"{name}.onnx", {"X": df[feats].to_numpy(np.float32)})
+    for i, n in enumerate(names):
+        got = np.array([v if isinstance(v, list) else [v] for v in scored[f"out{i}"]]).reshape(len(df), -1)
+        expect = np.asarray(want[n]).reshape(len(df), -1)
+        if expect.dtype.kind in "iu":
+            np.testing.assert_array_equal(got, expect, err_msg=f"{name}: {n}")
+        else:
+            np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6, err_msg=f"{name}: {n}")
+    with pytest.raises(lakescore.InvalidArgument) as e:
+        scorer.score(df, model=f"{ref}@champion", feature_columns=feats, missing="error")
+    assert "null" in e.value.detail, e.value.detail

@@ -230,3 +230,29 @@ def test_refusals_come_at_the_driver_and_tokens_pass_through(
                 token=issuer.token_fn("reader-app"))
     got = collect_sorted(out)
     np.testing.assert_array_equal(got["label"].to_numpy(), rf_expected(models, data)["output_label"])
+
+
+def test_nulls_in_spark_columns_reach_a_forest_as_nan(spark: Any, server: Proc, models: Path) -> None:
+    """Spark nulls in a feature column: scored as onnxruntime scores NaN there by default;
+    refused with missing="error", naming the column."""
+    from pyspark.sql import functions as F
+
+    name = unique("spnan")
+    Registry(server.url, token="").register(name, models / "rf.onnx", create_model=True, alias="champion")
+    data = with_id(pq.read_table(models / "rf.rows.parquet"))
+    df = spark.createDataFrame(data.to_pandas())
+    df = df.withColumn("f3", F.when(F.col("id") % 5 == 0, F.lit(None).cast("float")).otherwise(F.col("f3")))
+    got = collect_sorted(score(df, f"{name}@champion", feature_columns=RF_FEATURES, workers=server.flight, token=""))
+    assert got["f3"].null_count == (data.num_rows + 4) // 5
+    x = np.column_stack([data[c].to_numpy() for c in RF_FEATURES]).astype(np.float32)
+    x[::5, 3] = np.nan
+    want = ort_predict(models / "rf.onnx", {"X": x})
+    np.testing.assert_array_equal(got["label"].to_numpy(), want["output_label"])
+    probs = np.column_stack([got[f"probability_{k}"].to_numpy() for k in range(3)])
+    np.testing.assert_allclose(probs, want["output_probability"], rtol=1e-6, atol=1e-7)
+
+    strict = score(df, f"{name}@champion", feature_columns=RF_FEATURES, workers=server.flight, token="",
+                   missing="error")
+    with pytest.raises(Exception) as e:
+        strict.collect()
+    assert "f3" in str(e.value) and "null" in str(e.value), str(e.value)[:2000]

@@ -27,6 +27,7 @@ import base64
 import collections
 import ipaddress
 import json
+import math
 import random
 import socket
 import threading
@@ -78,6 +79,17 @@ class Description:
         return [f for f in self.output_schema if f.name not in names]
 
 
+def _proto_double(value: float) -> float | str:
+    """A double as proto3 JSON writes it: NaN and the infinities are strings (``json``
+    would write bare ``NaN``, which is not JSON)."""
+    v = float(value)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    return v
+
+
 class ScoreCommand(dict):  # type: ignore[type-arg]
     """A score command (``proto/lakescore.proto``) in its JSON form."""
 
@@ -91,7 +103,8 @@ class ScoreCommand(dict):  # type: ignore[type-arg]
         outputs: Outputs = None,
         passthrough_columns: Sequence[str] | None = None,
         drop_input_columns: bool = False,
-        fill_null: float | None = None,
+        fill_null: float | Mapping[str, float] | None = None,
+        missing: str | None = None,
         batch_size: int | None = None,
         compression: str | None = None,
         job_id: str | None = None,
@@ -131,8 +144,14 @@ class ScoreCommand(dict):  # type: ignore[type-arg]
                 cmd["passthrough_columns"] = list(passthrough_columns)
         if drop_input_columns:
             cmd["drop_input_columns"] = True
-        if fill_null is not None:
-            cmd["fill_null"] = float(fill_null)
+        if isinstance(fill_null, Mapping):
+            cmd["fill_null_columns"] = {str(c): _proto_double(v) for c, v in fill_null.items()}
+        elif fill_null is not None:
+            cmd["fill_null"] = _proto_double(fill_null)
+        if missing is not None:
+            if missing not in ("auto", "nan", "error"):
+                raise ValueError(f"missing={missing!r}: expected 'auto', 'nan' or 'error'")
+            cmd["missing"] = missing
         if batch_size:
             cmd["batch_size"] = int(batch_size)
         if compression:
@@ -700,8 +719,13 @@ class Scorer:
             outputs: model outputs to append: names, ``{output: column}``, or dicts
                 ``{"name", "column", "layout": "list" | "columns"}`` (default: all).
             passthrough_columns: input columns to keep (default all; ``[]``: none).
-            options: ``columns`` (model input → column(s)), ``fill_null``,
-                ``compression`` (``lz4``/``zstd``, both ways), ``batch_size``.
+            options: ``columns`` (model input → column(s)); ``missing``: what a null
+                in a model input becomes, ``"auto"`` (default: ``NaN`` in float inputs of a
+                model that defines missing values, a tree ensemble such as LightGBM's or
+                XGBoost's, refused for others), ``"nan"`` (``NaN`` in every float input) or
+                ``"error"`` (every null refused); ``fill_null``: a number (``nan``
+                allowed) that replaces nulls in every column, or ``{column: number}`` per
+                column; ``compression`` (``lz4``/``zstd``, both ways), ``batch_size``.
         """
         opts = dict(options, feature_columns=feature_columns, outputs=outputs, passthrough_columns=passthrough_columns)
         kind, table_or_reader = _to_arrow(data)

@@ -132,7 +132,8 @@ def score(
         calls_per_partition: DoExchange calls each partition deals its batches to (each
             in lock step; see :class:`lakescore.Scorer`'s ``calls_per_stream``), so that a
             worker scores one batch while the next is on its way.
-        options: ``columns``, ``fill_null``, ``compression``, as for :meth:`Scorer.score`.
+        options: ``columns``, ``missing``, ``fill_null``, ``compression``, as for
+            :meth:`Scorer.score`.
 
     Raises (at the driver, before any task): ``Unauthenticated``, ``PermissionDenied``,
     ``NotFound``, ``InvalidArgument`` (columns that do not fit the model).

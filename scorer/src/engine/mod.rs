@@ -210,6 +210,22 @@ pub enum OutputValue {
     },
 }
 
+/// Whether a model defines what a missing value is: its graph has a tree ensemble
+/// (`TreeEnsembleClassifier`, `TreeEnsembleRegressor`, `TreeEnsemble`: each split says where
+/// `NaN` goes, as LightGBM and XGBoost learned it) or an `Imputer` (which replaces it). With
+/// `missing: auto`, nulls in such a model's float inputs reach it as `NaN`. Bytes that do not
+/// decode define nothing (the engine refuses them on its own).
+pub fn defines_missing_values(model: &[u8]) -> bool {
+    use prost::Message;
+    let Ok(model) = lakescore_proto::onnx::ModelProto::decode(model) else { return false };
+    let graph_nodes = model.graph.iter().flat_map(|g| g.node.iter());
+    let function_nodes = model.functions.iter().flat_map(|f| f.node.iter());
+    graph_nodes.chain(function_nodes).any(|n| {
+        n.domain() == "ai.onnx.ml"
+            && matches!(n.op_type(), "TreeEnsembleClassifier" | "TreeEnsembleRegressor" | "TreeEnsemble" | "Imputer")
+    })
+}
+
 /// An inference engine: turns ONNX bytes into a runnable model.
 pub trait Engine: Send + Sync + 'static {
     /// Short engine name (`ort`, `trees`, `tract`).

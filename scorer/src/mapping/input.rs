@@ -12,6 +12,7 @@ use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema};
 use lakescore_proto::ScoreCommand;
 
+use super::NullPolicy;
 use crate::engine::probe::supported_elem;
 use crate::engine::{ElemType, IoInfo, Tensor, TensorData, ValueType};
 use crate::error::{Result, ScoreError};
@@ -24,6 +25,10 @@ pub(super) struct InputFeed {
     /// The full tensor shape with the batch dim first (`None` dims resolved per batch).
     rank: usize,
     source: FeedSource,
+    /// What a null becomes in each source column (`None`: refused), in source order.
+    fills: Vec<Option<f64>>,
+    /// Said to a caller whose null was refused.
+    null_hint: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +97,27 @@ fn feed_err(column: &str, input: &str, elem: &ElemType, what: impl std::fmt::Dis
     ScoreError::InvalidArgument(format!("column '{column}' {what}; model input '{input}' expects {elem}"))
 }
 
+impl FeedSource {
+    /// The names of the columns it reads, in order.
+    fn columns(&self) -> Vec<&str> {
+        match self {
+            FeedSource::Columns(cols) => cols.iter().map(|(_, c)| c.as_str()).collect(),
+            FeedSource::List { column, .. } => vec![column.as_str()],
+        }
+    }
+}
+
 impl InputFeed {
+    fn new(name: &str, elem: &ElemType, rank: usize, source: FeedSource, nulls: &NullPolicy) -> Self {
+        let fills = source.columns().iter().map(|c| nulls.fill(c, elem)).collect();
+        Self { name: name.to_string(), elem: elem.clone(), rank, source, fills, null_hint: nulls.hint(elem) }
+    }
+
+    /// Each source column with what a null in it becomes.
+    pub(super) fn fills(&self) -> impl Iterator<Item = (&str, Option<f64>)> + '_ {
+        self.source.columns().into_iter().zip(self.fills.iter().copied())
+    }
+
     /// See [`super::ScorePlan::float_columns`].
     pub(super) fn float_columns<'a>(&self, batch: &'a RecordBatch) -> Option<Vec<&'a [f32]>> {
         let FeedSource::Columns(cols) = &self.source else { return None };
@@ -107,14 +132,16 @@ impl InputFeed {
             .collect()
     }
 
-    /// This input's tensor for a batch (nulls replaced by `fill_null` where allowed).
-    pub(super) fn tensor(&self, batch: &RecordBatch, fill_null: Option<f64>) -> Result<Tensor> {
+    /// This input's tensor for a batch (nulls replaced by their column's fill value, `NaN`
+    /// included, where there is one).
+    pub(super) fn tensor(&self, batch: &RecordBatch) -> Result<Tensor> {
+        let nulls = Nulls { fills: &self.fills, hint: self.null_hint };
         let rows = batch.num_rows();
         let tensor = match &self.source {
             FeedSource::Columns(cols) => {
                 let arrays: Vec<(&str, &ArrayRef)> =
                     cols.iter().map(|(i, name)| (name.as_str(), batch.column(*i))).collect();
-                let data = interleave(&arrays, &self.elem, &self.name, fill_null)?;
+                let data = interleave(&arrays, &self.elem, &self.name, &nulls)?;
                 let shape = if self.rank == 1 { vec![rows] } else { vec![rows, cols.len()] };
                 Tensor { shape, data }
             }
@@ -130,7 +157,7 @@ impl InputFeed {
                 }
                 let width: usize = dims.iter().product();
                 let values = list.values().slice(list.offset() * width, rows * width);
-                let data = interleave(&[(column.as_str(), &values)], &self.elem, &self.name, fill_null)?;
+                let data = interleave(&[(column.as_str(), &values)], &self.elem, &self.name, &nulls)?;
                 let mut shape = vec![rows];
                 shape.extend(dims);
                 Tensor { shape, data }
@@ -140,7 +167,12 @@ impl InputFeed {
     }
 }
 
-pub(super) fn plan_inputs(cmd: &ScoreCommand, schema: &Schema, inputs: &[IoInfo]) -> Result<Vec<InputFeed>> {
+pub(super) fn plan_inputs(
+    cmd: &ScoreCommand,
+    schema: &Schema,
+    inputs: &[IoInfo],
+    nulls: &NullPolicy,
+) -> Result<Vec<InputFeed>> {
     if !cmd.feature_columns.is_empty() && inputs.len() != 1 {
         return Err(ScoreError::InvalidArgument(format!(
             "feature_columns applies to models with a single 2-D input; this model has inputs {}: use columns",
@@ -234,12 +266,8 @@ pub(super) fn plan_inputs(cmd: &ScoreCommand, schema: &Schema, inputs: &[IoInfo]
                                 format!("holds {}", type_label(item.data_type())),
                             ));
                         }
-                        feeds.push(InputFeed {
-                            name: input.name.clone(),
-                            elem: elem.clone(),
-                            rank,
-                            source: FeedSource::List { index: i, column: name.clone(), dims },
-                        });
+                        let source = FeedSource::List { index: i, column: name.clone(), dims };
+                        feeds.push(InputFeed::new(&input.name, elem, rank, source, nulls));
                         continue;
                     }
                 }
@@ -309,7 +337,7 @@ pub(super) fn plan_inputs(cmd: &ScoreCommand, schema: &Schema, inputs: &[IoInfo]
             check_type(field, &input.name, elem)?;
             cols.push((i, name.clone()));
         }
-        feeds.push(InputFeed { name: input.name.clone(), elem: elem.clone(), rank, source: FeedSource::Columns(cols) });
+        feeds.push(InputFeed::new(&input.name, elem, rank, FeedSource::Columns(cols), nulls));
     }
     Ok(feeds)
 }
@@ -392,36 +420,67 @@ fn parsed(
     }
 }
 
-fn null_error(array: &dyn Array, column: &str, input: &str, elem: &ElemType, fill_possible: bool) -> ScoreError {
-    let row = (0..array.len()).find(|i| array.is_null(*i)).unwrap_or(0);
-    let hint = if fill_possible { "; set fill_null in the score command to replace nulls" } else { "" };
-    feed_err(column, input, elem, format!("has {} null value(s), the first at row {row}{hint}", array.null_count()))
+/// What nulls become in the columns of one input, in column order (`None`: refused), and
+/// what to tell a caller whose null was refused.
+struct Nulls<'a> {
+    fills: &'a [Option<f64>],
+    hint: &'static str,
+}
+
+impl Nulls<'_> {
+    /// The fill value of column `j` as `T`, or the error naming the column's first null.
+    fn fill<T>(
+        &self,
+        j: usize,
+        array: &dyn Array,
+        column: &str,
+        input: &str,
+        elem: &ElemType,
+        to: impl Fn(f64) -> T,
+    ) -> Result<T> {
+        match self.fills.get(j).copied().flatten() {
+            Some(v) => Ok(to(v)),
+            None => {
+                let row = (0..array.len()).find(|i| array.is_null(*i)).unwrap_or(0);
+                Err(feed_err(
+                    column,
+                    input,
+                    elem,
+                    format!("has {} null value(s), the first at row {row}{}", array.null_count(), self.hint),
+                ))
+            }
+        }
+    }
 }
 
 fn primitive_columns<T: ArrowPrimitiveType>(
     arrays: &[(&str, &ArrayRef)],
     elem: &ElemType,
     input: &str,
-    fill: Option<T::Native>,
+    nulls: &Nulls,
+    from_f64: impl Fn(f64) -> T::Native,
 ) -> Result<Vec<T::Native>> {
     let width = arrays.len();
     let rows = arrays.first().map(|(_, a)| a.len()).unwrap_or(0);
     // Every column cast and checked before any is written.
     let mut columns: Vec<PrimitiveArray<T>> = Vec::with_capacity(width);
-    for (name, array) in arrays {
+    let mut fills: Vec<T::Native> = Vec::with_capacity(width);
+    for (j, (name, array)) in arrays.iter().enumerate() {
         let casted = checked_cast(array, &T::DATA_TYPE, name, input, elem)?;
         let typed = casted
             .as_any()
             .downcast_ref::<PrimitiveArray<T>>()
             .ok_or_else(|| ScoreError::internal("cast produced another type"))?;
-        if array.null_count() > 0 && fill.is_none() {
-            return Err(null_error(array.as_ref(), name, input, elem, true));
-        }
+        fills.push(if array.null_count() > 0 {
+            nulls.fill(j, array.as_ref(), name, input, elem, &from_f64)?
+        } else {
+            T::Native::default()
+        });
         columns.push(typed.clone());
     }
-    let f = fill.unwrap_or_default();
     let len = rows * width;
     if let [column] = columns.as_slice() {
+        let f = fills[0];
         return Ok(match column.nulls() {
             None => column.values().to_vec(),
             Some(nulls) => {
@@ -449,6 +508,7 @@ fn primitive_columns<T: ArrowPrimitiveType>(
                     }
                 }
                 Some(nulls) => {
+                    let f = fills[j];
                     for (k, (row, v)) in rows_out.chunks_exact_mut(width).zip(values).enumerate() {
                         row[j].write(if nulls.is_valid(start + k) { *v } else { f });
                     }
@@ -473,7 +533,7 @@ fn decode_dictionary(array: &ArrayRef, column: &str, input: &str, elem: &ElemTyp
 }
 
 /// Columns (all of `rows` rows) → one row-major tensor payload of `elem`.
-fn interleave(arrays: &[(&str, &ArrayRef)], elem: &ElemType, input: &str, fill: Option<f64>) -> Result<TensorData> {
+fn interleave(arrays: &[(&str, &ArrayRef)], elem: &ElemType, input: &str, nulls: &Nulls) -> Result<TensorData> {
     let decoded: Vec<(&str, ArrayRef)> = arrays
         .iter()
         .map(|(name, array)| Ok((*name, decode_dictionary(array, name, input, elem)?)))
@@ -482,15 +542,11 @@ fn interleave(arrays: &[(&str, &ArrayRef)], elem: &ElemType, input: &str, fill: 
     let arrays = arrays.as_slice();
     Ok(match elem {
         ElemType::Float32 => {
-            TensorData::Float32(primitive_columns::<Float32Type>(arrays, elem, input, fill.map(|f| f as f32))?)
+            TensorData::Float32(primitive_columns::<Float32Type>(arrays, elem, input, nulls, |f| f as f32)?)
         }
-        ElemType::Float64 => TensorData::Float64(primitive_columns::<Float64Type>(arrays, elem, input, fill)?),
-        ElemType::Int32 => {
-            TensorData::Int32(primitive_columns::<Int32Type>(arrays, elem, input, fill.map(|f| f as i32))?)
-        }
-        ElemType::Int64 => {
-            TensorData::Int64(primitive_columns::<Int64Type>(arrays, elem, input, fill.map(|f| f as i64))?)
-        }
+        ElemType::Float64 => TensorData::Float64(primitive_columns::<Float64Type>(arrays, elem, input, nulls, |f| f)?),
+        ElemType::Int32 => TensorData::Int32(primitive_columns::<Int32Type>(arrays, elem, input, nulls, |f| f as i32)?),
+        ElemType::Int64 => TensorData::Int64(primitive_columns::<Int64Type>(arrays, elem, input, nulls, |f| f as i64)?),
         ElemType::Bool => {
             let width = arrays.len();
             let rows = arrays.first().map(|(_, a)| a.len()).unwrap_or(0);
@@ -501,10 +557,11 @@ fn interleave(arrays: &[(&str, &ArrayRef)], elem: &ElemType, input: &str, fill: 
                     .as_any()
                     .downcast_ref::<BooleanArray>()
                     .ok_or_else(|| ScoreError::internal("cast produced another type"))?;
-                if array.null_count() > 0 && fill.is_none() {
-                    return Err(null_error(array.as_ref(), name, input, elem, true));
-                }
-                let f = fill.is_some_and(|f| f != 0.0);
+                let f = if array.null_count() > 0 {
+                    nulls.fill(j, array.as_ref(), name, input, elem, |f| f != 0.0)?
+                } else {
+                    false
+                };
                 for i in 0..rows {
                     out[i * width + j] = if typed.is_valid(i) { typed.value(i) } else { f };
                 }
@@ -517,7 +574,8 @@ fn interleave(arrays: &[(&str, &ArrayRef)], elem: &ElemType, input: &str, fill: 
             let mut out = vec![String::new(); rows * width];
             for (j, (name, array)) in arrays.iter().enumerate() {
                 if array.null_count() > 0 {
-                    return Err(null_error(array.as_ref(), name, input, elem, false));
+                    // Strings take no fill value: the fills of a string input are all `None`.
+                    nulls.fill(j, array.as_ref(), name, input, elem, |_| ())?;
                 }
                 let casted = cast_with_options(array, &DataType::Utf8, &CastOptions::default())
                     .map_err(|e| feed_err(name, input, elem, format!("cannot be read as string: {e}")))?;
@@ -568,6 +626,94 @@ mod tests {
         let double_input = [tensor_io("X", ElemType::Float64, vec![None, Some(2)])];
         let plan = ScorePlan::new(&cmd, b.schema(), &double_input, &classifier_outputs(), Default::default()).unwrap();
         assert_eq!(plan.float_columns(&b), None);
+    }
+
+    /// The first feed's values as f32 bit patterns (NaN compares by bits).
+    fn float_bits(plan: &ScorePlan, b: &RecordBatch) -> Vec<u32> {
+        match &plan.feeds(b).unwrap()[0].1.data {
+            TensorData::Float32(v) => v.iter().map(|x| x.to_bits()).collect(),
+            other => panic!("not float32: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nulls_become_nan_for_models_that_define_missing_values_and_are_refused_otherwise() {
+        use crate::mapping::{Missing, PlanOptions};
+        let b = batch(vec![
+            ("a", Arc::new(Float64Array::from(vec![Some(1.0), None, Some(3.0)])) as ArrayRef),
+            ("b", Arc::new(Float32Array::from(vec![None, Some(2.0), Some(4.0)])) as ArrayRef),
+        ]);
+        let inputs = [tensor_io("X", ElemType::Float32, vec![None, Some(2)])];
+        let base = ScoreCommand { feature_columns: vec!["a".into(), "b".into()], ..Default::default() };
+        let plan_with = |cmd: &ScoreCommand, defines: bool| {
+            let options = PlanOptions { model_defines_missing: defines, ..Default::default() };
+            ScorePlan::new(cmd, b.schema(), &inputs, &classifier_outputs(), options)
+        };
+        let nan = f32::NAN.to_bits();
+        let bits = |v: [f32; 6]| v.map(f32::to_bits).to_vec();
+        // auto (the default): NaN for a tree ensemble, refused for a model that does not
+        // define missing values, with what to do about it.
+        let trees = plan_with(&base, true).unwrap();
+        assert_eq!(
+            float_bits(&trees, &b),
+            vec![1.0f32.to_bits(), nan, nan, 2.0f32.to_bits(), 3.0f32.to_bits(), 4.0f32.to_bits()]
+        );
+        let linear = plan_with(&base, false).unwrap();
+        let err = linear.feeds(&b).unwrap_err();
+        assert!(
+            matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'a'") && m.contains("1 null value(s), the first at row 1")
+                && m.contains("does not define missing values") && m.contains("fill_null") && m.contains("'nan'")),
+            "{err}"
+        );
+        // nan: whatever the model. error: refused, whatever the model.
+        let cmd = ScoreCommand { missing: "nan".into(), ..base.clone() };
+        assert_eq!(float_bits(&plan_with(&cmd, false).unwrap(), &b), float_bits(&trees, &b));
+        let cmd = ScoreCommand { missing: "error".into(), ..base.clone() };
+        let err = plan_with(&cmd, true).unwrap().feeds(&b).unwrap_err();
+        assert!(matches!(&err, ScoreError::InvalidArgument(m) if m.contains("'a'") && m.contains("null")), "{err}");
+        let cmd = ScoreCommand { missing: "maybe".into(), ..base.clone() };
+        assert!(matches!(plan_with(&cmd, true), Err(ScoreError::InvalidArgument(m)) if m.contains("auto")));
+        assert_eq!(Missing::parse("NaN").unwrap(), Missing::Nan);
+
+        // fill values: per column over the global one over the mode; NaN is a fill value.
+        let cmd = ScoreCommand {
+            missing: "error".into(),
+            fill_null: Some(-1.0),
+            fill_null_columns: [("b".to_string(), f64::NAN)].into(),
+            ..base.clone()
+        };
+        assert_eq!(
+            float_bits(&plan_with(&cmd, false).unwrap(), &b),
+            vec![1.0f32.to_bits(), nan, (-1.0f32).to_bits(), 2.0f32.to_bits(), 3.0f32.to_bits(), 4.0f32.to_bits()]
+        );
+        let cmd = ScoreCommand { fill_null: Some(f64::NAN), ..base.clone() };
+        assert_eq!(float_bits(&plan_with(&cmd, false).unwrap(), &b), float_bits(&trees, &b));
+        let cmd = ScoreCommand { fill_null_columns: [("a".to_string(), 7.0)].into(), ..base.clone() };
+        assert_eq!(float_bits(&plan_with(&cmd, true).unwrap(), &b), bits([1.0, f32::NAN, 7.0, 2.0, 3.0, 4.0]));
+        for bad in [
+            ScoreCommand { fill_null: Some(f64::INFINITY), ..base.clone() },
+            ScoreCommand { fill_null_columns: [("b".to_string(), f64::NEG_INFINITY)].into(), ..base.clone() },
+            ScoreCommand { fill_null_columns: [("c".to_string(), 0.0)].into(), ..base.clone() },
+        ] {
+            assert!(matches!(plan_with(&bad, true), Err(ScoreError::InvalidArgument(_))), "{bad:?}");
+        }
+
+        // Integer inputs have no NaN: a null needs an integer fill, whatever the mode.
+        let ints = [tensor_io("X", ElemType::Int64, vec![None, Some(2)])];
+        let plan_ints = |cmd: &ScoreCommand| {
+            let options = PlanOptions { model_defines_missing: true, ..Default::default() };
+            ScorePlan::new(cmd, b.schema(), &ints, &classifier_outputs(), options)
+        };
+        let cmd = ScoreCommand { missing: "nan".into(), ..base.clone() };
+        let err = plan_ints(&cmd).unwrap().feeds(&b).unwrap_err();
+        assert!(
+            matches!(&err, ScoreError::InvalidArgument(m) if m.contains("null") && m.contains("has no NaN")),
+            "{err}"
+        );
+        let cmd = ScoreCommand { fill_null_columns: [("a".to_string(), 2.5)].into(), ..base.clone() };
+        assert!(matches!(plan_ints(&cmd), Err(ScoreError::InvalidArgument(m)) if m.contains("not an integer")));
+        let cmd = ScoreCommand { fill_null: Some(9.0), ..base.clone() };
+        assert_eq!(plan_ints(&cmd).unwrap().feeds(&b).unwrap()[0].1.data, TensorData::Int64(vec![1, 9, 9, 2, 3, 4]));
     }
 
     #[test]

@@ -48,6 +48,113 @@ fn arrow_type(elem: &ElemType) -> Result<DataType> {
 pub struct PlanOptions {
     /// Schema-level metadata added to the output schema (model, version, sha256).
     pub metadata: HashMap<String, String>,
+    /// Whether the model defines what a missing value is ([`crate::engine::defines_missing_values`]):
+    /// with `missing: auto`, nulls in its float inputs reach it as `NaN`.
+    pub model_defines_missing: bool,
+}
+
+/// What a null in a model input becomes where no fill value covers its column
+/// (`ScoreCommand.missing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Missing {
+    /// `NaN` in float inputs of a model that defines missing values; refused otherwise.
+    #[default]
+    Auto,
+    /// `NaN` in every float input.
+    Nan,
+    /// Every null refused (strict).
+    Error,
+}
+
+impl Missing {
+    /// Its name in a command.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Nan => "nan",
+            Self::Error => "error",
+        }
+    }
+
+    /// The mode a command names: `""`/`auto`, `nan` or `error`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Self::Auto),
+            "nan" => Ok(Self::Nan),
+            "error" | "strict" => Ok(Self::Error),
+            other => Err(ScoreError::InvalidArgument(format!(
+                "missing '{other}' is not one of auto (the default), nan, error"
+            ))),
+        }
+    }
+}
+
+/// How nulls in the input columns are handled, from the command and the model.
+#[derive(Debug, Clone)]
+pub(super) struct NullPolicy {
+    fill: Option<f64>,
+    columns: HashMap<String, f64>,
+    missing: Missing,
+    model_defines_missing: bool,
+}
+
+impl NullPolicy {
+    fn new(cmd: &ScoreCommand, model_defines_missing: bool) -> Result<Self> {
+        let missing = Missing::parse(&cmd.missing)?;
+        let check = |what: String, v: f64| {
+            if v.is_infinite() {
+                return Err(ScoreError::InvalidArgument(format!("{what} must be a finite number or NaN, not {v}")));
+            }
+            Ok(())
+        };
+        if let Some(v) = cmd.fill_null {
+            check("fill_null".into(), v)?;
+        }
+        for (column, v) in &cmd.fill_null_columns {
+            check(format!("fill_null_columns['{column}']"), *v)?;
+        }
+        Ok(Self {
+            fill: cmd.fill_null,
+            columns: cmd.fill_null_columns.clone().into_iter().collect(),
+            missing,
+            model_defines_missing,
+        })
+    }
+
+    /// What a null in `column`, which feeds an input of `elem`, becomes: a value (`NaN`
+    /// included), or `None`: refused. A `NaN` fill applies to float inputs only.
+    pub(super) fn fill(&self, column: &str, elem: &ElemType) -> Option<f64> {
+        if !matches!(elem, ElemType::Float32 | ElemType::Float64 | ElemType::Int32 | ElemType::Int64 | ElemType::Bool) {
+            return None;
+        }
+        let float = matches!(elem, ElemType::Float32 | ElemType::Float64);
+        let given = self.columns.get(column).copied().or(self.fill).filter(|v| float || !v.is_nan());
+        given.or_else(|| {
+            let nan = match self.missing {
+                Missing::Auto => self.model_defines_missing,
+                Missing::Nan => true,
+                Missing::Error => false,
+            };
+            (float && nan).then_some(f64::NAN)
+        })
+    }
+
+    /// What to tell a caller whose null in a column feeding `elem` was refused.
+    pub(super) fn hint(&self, elem: &ElemType) -> &'static str {
+        match elem {
+            ElemType::Float32 | ElemType::Float64 => match self.missing {
+                Missing::Auto => {
+                    "; this model does not define missing values (it has no tree ensemble or Imputer): set \
+                     fill_null (fill_null_columns per column) to replace nulls, or missing 'nan' to pass them as NaN"
+                }
+                _ => "; set fill_null (fill_null_columns per column) to replace nulls, or missing 'nan' to pass them as NaN",
+            },
+            ElemType::Int32 | ElemType::Int64 | ElemType::Bool => {
+                "; this input has no NaN: set fill_null (fill_null_columns per column) to replace nulls"
+            }
+            _ => "",
+        }
+    }
 }
 
 /// Everything needed to score batches of one input schema with one model.
@@ -59,7 +166,6 @@ pub struct ScorePlan {
     outputs: Vec<OutputColumns>,
     expected: Vec<ResolvedOutput>,
     passthrough: Vec<usize>,
-    fill_null: Option<f64>,
     /// Fixed batch size of the model's inputs, if any.
     fixed_rows: Option<usize>,
 }
@@ -75,22 +181,33 @@ impl ScorePlan {
         outputs: &[ResolvedOutput],
         options: PlanOptions,
     ) -> Result<Self> {
-        let feeds = plan_inputs(cmd, &input_schema, inputs)?;
+        let nulls = NullPolicy::new(cmd, options.model_defines_missing)?;
+        let feeds = plan_inputs(cmd, &input_schema, inputs, &nulls)?;
         let fixed_rows = inputs.iter().find_map(|i| match &i.info {
             ValueType::Tensor { shape, .. } => shape.first().copied().flatten().filter(|d| *d > 0).map(|d| d as usize),
             _ => None,
         });
-        if let Some(fill) = cmd.fill_null {
-            if !fill.is_finite() {
-                return Err(ScoreError::invalid("fill_null must be a finite number"));
+        for f in &feeds {
+            if !matches!(f.elem, ElemType::Int32 | ElemType::Int64) {
+                continue;
             }
-            for f in &feeds {
-                if matches!(f.elem, ElemType::Int32 | ElemType::Int64) && fill.fract() != 0.0 {
+            for (column, fill) in f.fills() {
+                if fill.is_some_and(|v| v.fract() != 0.0) {
                     return Err(ScoreError::InvalidArgument(format!(
-                        "fill_null {fill} is not an integer, but model input '{}' expects {}",
-                        f.name, f.elem
+                        "the fill value {} for column '{column}' is not an integer, but model input '{}' expects {}",
+                        fill.unwrap_or_default(),
+                        f.name,
+                        f.elem
                     )));
                 }
+            }
+        }
+        for column in cmd.fill_null_columns.keys() {
+            if !feeds.iter().any(|f| f.elem != ElemType::String && f.fills().any(|(c, _)| c == column)) {
+                return Err(ScoreError::InvalidArgument(format!(
+                    "fill_null_columns names column '{column}', which feeds no numeric or bool model input \
+                     (string inputs take no fill value)"
+                )));
             }
         }
 
@@ -184,7 +301,6 @@ impl ScorePlan {
             outputs: out_cols,
             expected: outputs.to_vec(),
             passthrough,
-            fill_null: cmd.fill_null,
             fixed_rows,
         })
     }
@@ -215,7 +331,7 @@ impl ScorePlan {
 
     /// The model inputs for a batch.
     pub fn feeds(&self, batch: &RecordBatch) -> Result<Vec<(String, Tensor)>> {
-        self.feeds.iter().map(|feed| Ok((feed.name.clone(), feed.tensor(batch, self.fill_null)?))).collect()
+        self.feeds.iter().map(|feed| Ok((feed.name.clone(), feed.tensor(batch)?))).collect()
     }
 
     /// The batch's feature columns as they are, for a model that [takes

@@ -35,7 +35,7 @@ use futures::FutureExt;
 use lakescore_proto::ScoreCommand;
 
 use crate::error::ScoreError;
-use crate::mapping::ScorePlan;
+use crate::mapping::{Missing, ScorePlan};
 use crate::scorer::{score_chunk, ResolvedModel, Scorer};
 
 /// The SQL function's name.
@@ -65,6 +65,8 @@ pub fn model_references(sql: &str) -> Result<Vec<String>, ScoreError> {
 pub struct Predict {
     scorer: Arc<Scorer>,
     models: Arc<HashMap<String, ResolvedModel>>,
+    /// What a null in a model input becomes (the session's `lakescore.missing`).
+    missing: Missing,
     signature: Signature,
 }
 
@@ -83,9 +85,11 @@ impl Hash for Predict {
 }
 
 impl Predict {
-    /// The function over `models` (reference as written → resolved model).
-    pub fn udf(scorer: Arc<Scorer>, models: Arc<HashMap<String, ResolvedModel>>) -> ScalarUDF {
-        ScalarUDF::new_from_impl(Self { scorer, models, signature: Signature::variadic_any(Volatility::Immutable) })
+    /// The function over `models` (reference as written → resolved model), handling nulls
+    /// in model inputs as `missing` says.
+    pub fn udf(scorer: Arc<Scorer>, models: Arc<HashMap<String, ResolvedModel>>, missing: Missing) -> ScalarUDF {
+        let signature = Signature::variadic_any(Volatility::Immutable);
+        ScalarUDF::new_from_impl(Self { scorer, models, missing, signature })
     }
 
     fn model(&self, reference: Option<&ScalarValue>) -> Result<&ResolvedModel, ScoreError> {
@@ -94,7 +98,8 @@ impl Predict {
 
     /// The input schema and the score command that feed `model` from the arguments after
     /// the reference.
-    fn feed(model: &ResolvedModel, args: &[FieldRef]) -> Result<(SchemaRef, ScoreCommand, bool), ScoreError> {
+    fn feed(&self, model: &ResolvedModel, args: &[FieldRef]) -> Result<(SchemaRef, ScoreCommand, bool), ScoreError> {
+        let missing = self.missing.name().to_string();
         let inputs = model.handle.model.inputs();
         if args.is_empty() {
             return Err(ScoreError::InvalidArgument(format!(
@@ -113,6 +118,7 @@ impl Predict {
                     } else {
                         Vec::new()
                     },
+                    missing,
                     ..Default::default()
                 };
                 return Ok((Arc::new(Schema::new(fields.clone())), cmd, true));
@@ -128,12 +134,12 @@ impl Predict {
         // A model with one input takes the arguments in order, as its feature columns; a
         // model with several finds each input's column by name.
         let feature_columns = if inputs.len() == 1 { names } else { Vec::new() };
-        let cmd = ScoreCommand { drop_input_columns: true, feature_columns, ..Default::default() };
+        let cmd = ScoreCommand { drop_input_columns: true, feature_columns, missing, ..Default::default() };
         Ok((Arc::new(Schema::new(fields)), cmd, false))
     }
 
     fn plan(&self, model: &ResolvedModel, args: &[FieldRef]) -> Result<(Arc<ScorePlan>, bool), ScoreError> {
-        let (schema, cmd, structured) = Self::feed(model, args)?;
+        let (schema, cmd, structured) = self.feed(model, args)?;
         let plan =
             self.scorer.plan(model, &cmd, schema).map_err(|e| e.context(format!("predict('{}')", model.reference)))?;
         Ok((plan, structured))

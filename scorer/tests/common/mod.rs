@@ -205,9 +205,70 @@ fn strings(a: &dyn Array) -> Vec<String> {
     (0..x.len()).map(|i| x.value(i).to_string()).collect()
 }
 
-/// |a - b| <= 1e-5 relative (with a tiny absolute floor for values near zero).
+/// |a - b| <= 1e-5 relative (with a tiny absolute floor for values near zero); NaN only
+/// where the other is NaN.
 pub fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-7
+    (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-7
+}
+
+/// The test venv's Python.
+pub fn python() -> PathBuf {
+    std::env::var_os("LAKESCORE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/lakescore/venv/bin/python"))
+}
+
+/// `model`'s generated rows with the feature values at `(row, column)` replaced by nulls, and
+/// onnxruntime's outputs (Python, as tests/models/generate.py computes them) for the same
+/// rows with `NaN` there: (rows, expected).
+pub fn rows_with_nulls(model: &str, at: &[(usize, &str)]) -> (RecordBatch, RecordBatch) {
+    const SCRIPT: &str = r#"
+import json, sys, tempfile
+from pathlib import Path
+import numpy as np, pyarrow.parquet as pq
+repo, models, name, at = sys.argv[1], Path(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+sys.path.insert(0, f"{repo}/tests/models")
+import generate
+entry = json.loads((models / "manifest.json").read_text())["models"][name]
+rows = pq.read_table(models / f"{name}.rows.parquet")
+cols = {c: rows[c].to_numpy().astype(np.float32) for c in entry["feature_columns"]}
+for row, col in at:
+    cols[col][row] = np.nan
+x = np.column_stack([cols[c] for c in entry["feature_columns"]])
+out = Path(tempfile.mkdtemp())
+generate.run_and_write_expected(out, name, models / f"{name}.onnx", {list(entry["columns"])[0]: x})
+print(json.dumps(str(out / f"{name}.expected.parquet")))
+"#;
+    let at_json =
+        serde_json::to_string(&at.iter().map(|(r, c)| serde_json::json!([r, c])).collect::<Vec<_>>()).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(SCRIPT)
+        .args([repo.to_str().unwrap(), models_dir().to_str().unwrap(), model, &at_json])
+        .output()
+        .expect("run python (set LAKESCORE_TEST_PYTHON or run scripts/test)");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    let path: String = serde_json::from_slice(&out.stdout).expect("python printed the expected file");
+    let expected = read_parquet(Path::new(&path));
+    let _ = std::fs::remove_dir_all(Path::new(&path).parent().unwrap());
+
+    let base = rows(model);
+    let mut columns = base.columns().to_vec();
+    for (i, field) in base.schema().fields().iter().enumerate() {
+        let null_rows: Vec<usize> = at.iter().filter(|(_, c)| c == field.name()).map(|(r, _)| *r).collect();
+        if null_rows.is_empty() {
+            continue;
+        }
+        let values = base.column(i).as_any().downcast_ref::<Float32Array>().expect("float32 feature");
+        let with_nulls: Float32Array =
+            (0..values.len()).map(|r| (!null_rows.contains(&r)).then(|| values.value(r))).collect();
+        columns[i] = Arc::new(with_nulls);
+    }
+    let fields: Vec<arrow::datatypes::FieldRef> =
+        base.schema().fields().iter().map(|f| Arc::new(f.as_ref().clone().with_nullable(true))).collect();
+    let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).unwrap();
+    (batch, expected)
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
@@ -217,10 +278,14 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
 /// Compare lakescore's enriched result with onnxruntime's outputs for `model`, row by row:
 /// labels exactly, floats within 1e-5 relative; and the input columns passed through.
 pub fn assert_matches_expected(model: &str, got: &RecordBatch) {
+    assert_matches_outputs(model, got, &expected(model), &rows(model));
+}
+
+/// [`assert_matches_expected`] for other rows (`input`) and onnxruntime's outputs on them.
+pub fn assert_matches_outputs(model: &str, got: &RecordBatch, exp: &RecordBatch, input: &RecordBatch) {
     let m = manifest();
     let outputs = m["models"][model]["outputs_expected"].as_array().expect("outputs_expected").clone();
-    let exp = expected(model);
-    let input = rows(model);
+    let (exp, input) = (exp.clone(), input.clone());
     assert_eq!(got.num_rows(), input.num_rows(), "{model}: row count");
     for field in input.schema().fields() {
         assert_eq!(
