@@ -64,14 +64,40 @@ fn dataset(dir: &Path) -> Vec<i64> {
     expected.iter().enumerate().filter(|(i, _)| !bad(*i)).map(|(_, l)| *l).collect()
 }
 
+/// onnxruntime's labels for rf's 200 rows with `f0` set to NaN at `rows`.
+fn onnxruntime_labels_with_nan_f0(rows: &[usize]) -> Vec<i64> {
+    const SCRIPT: &str = r#"
+import json, sys
+import numpy as np, onnxruntime as ort, pyarrow.parquet as pq
+models, rows = sys.argv[1], json.loads(sys.argv[2])
+t = pq.read_table(f"{models}/rf.rows.parquet")
+x = np.column_stack([t[f"f{i}"].to_numpy() for i in range(20)]).astype(np.float32)
+x[rows, 0] = np.nan
+opts = ort.SessionOptions(); opts.intra_op_num_threads = 1
+s = ort.InferenceSession(f"{models}/rf.onnx", opts, providers=["CPUExecutionProvider"])
+print(json.dumps([int(v) for v in s.run(["output_label"], {s.get_inputs()[0].name: x})[0]]))
+"#;
+    let models = models_dir();
+    let rows = serde_json::to_string(rows).expect("json");
+    let got = common::python_json(SCRIPT, &[models.to_str().expect("utf-8"), &rows]);
+    serde_json::from_value(got).expect("labels")
+}
+
 fn features() -> String {
     (0..20).map(|i| format!("f{i}")).collect::<Vec<_>>().join(",")
 }
 
-/// `lakescore score` with a storage URL in and out; (success, stdout, stderr).
+/// `lakescore score` with a storage URL in and out, strict about missing values (so that the
+/// dataset's null rows are rows in error); (success, stdout, stderr).
 fn score_job(s: &ServeProcess, dir: &Path, out: &str, extra: &[&str]) -> (bool, Value, String) {
+    score_job_with(s, "rf@champion", dir, out, &[&["--missing", "error"], extra].concat())
+}
+
+/// `lakescore score` with a storage URL in and out, with the model reference and every
+/// argument given.
+fn score_job_with(s: &ServeProcess, model: &str, dir: &Path, out: &str, extra: &[&str]) -> (bool, Value, String) {
     let done = Command::new(BIN)
-        .args(["score", "--model", "rf@champion", "--feature-columns", &features()])
+        .args(["score", "--model", model, "--feature-columns", &features()])
         .args(["--flight-url", &format!("grpc://{}", s.flight)])
         .arg("--input")
         .arg(format!("file://{}/in/", dir.display()))
@@ -103,11 +129,11 @@ async fn bad_rows_and_bad_files_are_set_aside_and_thresholds_decide() {
     let s = tokio::task::block_in_place(|| spawn_serve_env(data.path(), &["--intra-op-threads", "1"], &[]));
     common::register_champion(&s.url, None, "rf", "rf.onnx").await;
 
-    // Tolerant: the corrupt file is a failed unit (1 allowed), the null rows and the
-    // unparseable one go to _errors.
-    let (ok, summary, err) = tokio::task::block_in_place(|| {
-        score_job(&s, data.path(), "out", &["--job-id", "j1", "--error-threshold-units", "1"])
-    });
+    // Tolerant: the corrupt file is a failed unit (1 allowed), the null rows (strict about
+    // missing values) and the unparseable one go to _errors.
+    let strict_args = ["--missing", "error", "--job-id", "j1", "--error-threshold-units", "1"];
+    let (ok, summary, err) =
+        tokio::task::block_in_place(|| score_job_with(&s, "rf@champion", data.path(), "out", &strict_args));
     assert!(ok, "{err}");
     assert_eq!(summary["rows"], want.len(), "{summary}");
     assert_eq!(summary["error_rows"], BAD_ROWS, "{summary}");
@@ -164,9 +190,54 @@ async fn bad_rows_and_bad_files_are_set_aside_and_thresholds_decide() {
     assert_eq!(get("lakescore.version").as_deref(), Some("1"));
     assert_eq!(get("lakescore.job_id").as_deref(), Some("j1"));
     assert!(get("lakescore.input").is_some_and(|i| i.ends_with("a.parquet")), "{meta:?}");
-    // Done is done: the same job again is refused, the output untouched.
-    let (ok, _, err) = tokio::task::block_in_place(|| score_job(&s, data.path(), "out", &["--job-id", "j1"]));
-    assert!(!ok && err.contains("is complete"), "{err}");
+    // Done is done: the same job again (as an orchestrator retries a task whose job had in
+    // fact finished) succeeds at once with the committed summary and writes nothing; so does
+    // the same model by another reference. Another job under the same id is refused, named.
+    let committed = std::fs::read(out.join("_lakescore.json")).expect("manifest");
+    let listing = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir).expect("ls").flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        names
+    };
+    let before = listing(&out);
+    for model in ["rf@champion", "rf:1"] {
+        let (ok, again, err) =
+            tokio::task::block_in_place(|| score_job_with(&s, model, data.path(), "out", &strict_args));
+        assert!(ok, "{model}: {err}");
+        for key in ["job_id", "rows", "error_rows", "units", "failed_units", "version", "sha256", "files", "bytes"] {
+            assert_eq!(again[key], summary[key], "{model}: {key}");
+        }
+        assert_eq!(std::fs::read(out.join("_lakescore.json")).expect("manifest"), committed, "manifest untouched");
+        assert_eq!(listing(&out), before, "nothing written");
+    }
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        score_job(&s, data.path(), "out", &["--job-id", "j1", "--error-threshold-units", "1", "--summary-only"])
+    });
+    assert!(!ok && err.contains("j1") && err.contains("another job") && err.contains("output action"), "{err}");
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/models/rf/versions", s.url))
+        .header("content-type", "application/octet-stream")
+        .body(common::model_bytes("gbc.onnx"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 201);
+    let (ok, _, err) = tokio::task::block_in_place(|| score_job_with(&s, "rf:2", data.path(), "out", &strict_args));
+    assert!(!ok && err.contains("another job") && err.contains("rf:1") && err.contains("rf:2"), "{err}");
+    assert_eq!(std::fs::read(out.join("_lakescore.json")).expect("manifest"), committed, "manifest untouched");
+
+    // Missing values as GBDT users expect them (the default): the null rows reach the forest
+    // as NaN and score as onnxruntime scores them fed NaN; only the unparseable row is left.
+    let (ok, summary, err) = tokio::task::block_in_place(|| {
+        score_job_with(&s, "rf@champion", data.path(), "nan", &["--job-id", "j5", "--error-threshold-units", "1"])
+    });
+    assert!(ok, "{err}");
+    assert_eq!(summary["rows"], want.len() + NULL_ROWS.len(), "{summary}");
+    assert_eq!(summary["error_rows"], 1, "{summary}");
+    let with_nan = onnxruntime_labels_with_nan_f0(&NULL_ROWS.map(|r| 80 + r));
+    let unparseable = 140 + UNPARSEABLE_ROW;
+    let want_nan: Vec<i64> = with_nan.iter().enumerate().filter(|(i, _)| *i != unparseable).map(|(_, l)| *l).collect();
+    assert_eq!(scored_labels(&data.path().join("nan")), want_nan);
 
     // Strict: three rows in error over a threshold of one fail the job; nothing of it stays
     // but the rows in error.
@@ -213,7 +284,7 @@ async fn a_killed_worker_s_job_is_refused_twice_then_resumed_with_the_same_versi
         "model": "rf@champion", "feature_columns": features().split(',').collect::<Vec<_>>(),
         "input": format!("file://{}/in/", data.path().display()),
         "output": format!("file://{}/out/", data.path().display()),
-        "job_id": "resumable", "batch": {"error_threshold_rows": -1},
+        "job_id": "resumable", "batch": {"error_threshold_rows": -1}, "missing": "error",
     });
     let action = |flight: String, cmd: Value| async move {
         let mut client = common::flight_client(&flight, None).await;
@@ -442,7 +513,7 @@ async fn batch_jobs_read_and_write_azure_blob_storage() {
     let first = action(serde_json::json!({
         "model": "rf@champion", "feature_columns": features,
         "input": format!("file://{}/in/", data.path().display()), "output": format!("{prefix}/scored/"),
-        "job_id": "to-azure", "batch": {"max_concurrency": 2},
+        "job_id": "to-azure", "batch": {"max_concurrency": 2}, "missing": "error",
     }))
     .await;
     assert_eq!(
@@ -457,7 +528,7 @@ async fn batch_jobs_read_and_write_azure_blob_storage() {
     let second = action(serde_json::json!({
         "model": "rf@champion", "feature_columns": features, "drop_input_columns": true,
         "input": format!("{prefix}/scored/"), "output": format!("file://{}/back/", data.path().display()),
-        "job_id": "from-azure", "batch": {},
+        "job_id": "from-azure", "batch": {}, "missing": "error",
     }))
     .await;
     assert_eq!(second["rows"], want.len(), "{second}");

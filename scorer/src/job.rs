@@ -35,6 +35,7 @@ use crate::mapping::ScorePlan;
 use crate::scorer::{score_chunk, ResolvedModel, Scorer};
 use crate::source::Credentials;
 use crate::storage::{JobWriter, Location, ManifestModel, WrittenFile, MANIFEST_NAME};
+use lakescore_core::reference::ModelRef;
 
 /// How long a job's lock lives without a heartbeat before another run may take it over.
 const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
@@ -129,6 +130,15 @@ pub struct JobSettings {
 }
 
 impl JobSettings {
+    /// The output action's name, as summaries and manifests give it.
+    fn output_action(&self) -> &'static str {
+        if self.summary_only {
+            "summary_only"
+        } else {
+            "append_row"
+        }
+    }
+
     /// The settings a command asks for, checked, with defaults for what it leaves out.
     pub fn from_proto(b: &BatchSettings) -> Result<Self> {
         let timeout = match b.timeout_secs {
@@ -207,6 +217,35 @@ struct JobRecord {
     sha256: String,
 }
 
+/// A committed batch job's manifest (`_lakescore.json`, format 2).
+#[derive(Debug, Serialize, Deserialize)]
+struct JobManifest {
+    format: u32,
+    job_id: String,
+    created_at: String,
+    model: ManifestModel,
+    /// The input the job scored (manifests before it have none).
+    #[serde(default)]
+    input: String,
+    output_action: String,
+    rows: u64,
+    error_rows: u64,
+    bytes: u64,
+    units: UnitCounts,
+    files: Vec<WrittenFile>,
+    /// Each input unit with its parts and row counts.
+    inputs: Vec<UnitRecord>,
+}
+
+/// A job's units, as its manifest counts them.
+#[derive(Debug, Serialize, Deserialize)]
+struct UnitCounts {
+    total: u64,
+    failed: u64,
+    retried: u64,
+    resumed: u64,
+}
+
 /// What a batch job answers and records in its manifest.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSummary {
@@ -272,7 +311,7 @@ impl JobSummary {
             resumed_units: totals.resumed_units,
             files: files.iter().map(|f| f.url.clone()).collect(),
             bytes: files.iter().map(|f| f.bytes).sum(),
-            output_action: if settings.summary_only { "summary_only" } else { "append_row" },
+            output_action: settings.output_action(),
         }
     }
 }
@@ -538,16 +577,79 @@ impl Scorer {
         let out = self.output_location(cmd)?;
         if let Some(done) = read_json::<serde_json::Value>(&out, MANIFEST_NAME).await? {
             if done["job_id"] == job_id.as_str() {
-                return Err(ScoreError::FailedPrecondition(format!(
-                    "job {job_id} is complete: its manifest {} is committed",
-                    out.url_of(&child(&out, MANIFEST_NAME))
-                )));
+                return self.completed_job(cmd, settings, creds, &out, &job_id, done).await;
             }
         }
         let lock = JobLock::acquire(&out, &job_id, settings.shard).await?;
         let result = self.run_job_locked(cmd, settings, creds, &out, &job_id, job).await;
         lock.release().await;
         result
+    }
+
+    /// A run of a job whose manifest is committed: the same job (model, input and output
+    /// action) answers its committed summary and writes nothing, so that an orchestrator
+    /// retrying a task whose job had in fact finished succeeds; another job under the same
+    /// id is refused, naming what differs.
+    async fn completed_job(
+        &self,
+        cmd: &ScoreCommand,
+        settings: &JobSettings,
+        creds: &Credentials,
+        out: &Location,
+        job_id: &str,
+        manifest: serde_json::Value,
+    ) -> Result<JobSummary> {
+        let url = out.url_of(&child(out, MANIFEST_NAME));
+        let other = |what: String| {
+            ScoreError::FailedPrecondition(format!(
+                "job {job_id} is complete at {url} as another job: {what}; give this job another job_id"
+            ))
+        };
+        let done: JobManifest = serde_json::from_value(manifest)
+            .map_err(|_| other("the manifest there was not written by a batch job".into()))?;
+        if !done.input.is_empty() && done.input != cmd.input {
+            return Err(other(format!("it scored input {}, not {}", done.input, cmd.input)));
+        }
+        let action = settings.output_action();
+        if done.output_action != action {
+            return Err(other(format!("its output action was {}, not {action}", done.output_action)));
+        }
+        // The caller must still be allowed to read the model the job scored with.
+        let pinned = format!("{}:{}", done.model.name, done.model.version);
+        let model = self.cache().source().resolve(&ModelRef::parse(&pinned)?, creds).await?;
+        if model.sha256 != done.model.sha256 {
+            return Err(other(format!(
+                "it scored with {pinned} (sha256 {}), which the registry now has as sha256 {}",
+                done.model.sha256, model.sha256
+            )));
+        }
+        if cmd.model != done.model.reference {
+            let asked = self.cache().source().resolve(&ModelRef::parse(&cmd.model)?, creds).await?;
+            if asked.sha256 != done.model.sha256 {
+                return Err(other(format!(
+                    "it scored with {pinned} (from '{}'), and '{}' is {}:{}",
+                    done.model.reference, cmd.model, asked.model, asked.version
+                )));
+            }
+        }
+        tracing::info!(job_id, manifest = %url, "job already complete: its committed summary answers");
+        let files = done.files.iter().map(|f| f.url.clone()).collect();
+        Ok(JobSummary {
+            job_id: job_id.to_string(),
+            manifest: url,
+            model: done.model.name,
+            version: done.model.version,
+            sha256: done.model.sha256,
+            rows: done.rows,
+            error_rows: done.error_rows,
+            units: done.units.total,
+            failed_units: done.units.failed,
+            retried_units: done.units.retried,
+            resumed_units: done.units.resumed,
+            files,
+            bytes: done.bytes,
+            output_action: action,
+        })
     }
 
     async fn run_job_locked(
@@ -698,20 +800,25 @@ impl Scorer {
         let all: Vec<&UnitRecord> = records.iter().collect();
         let totals = Totals { units: units.len() as u64, failed_units, resumed_units: resumed };
         let summary = JobSummary::of(job_id, &record, &all, totals, settings, out.url_of(&child(out, MANIFEST_NAME)));
-        let manifest = serde_json::json!({
-            "format": 2,
-            "job_id": job_id,
-            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "model": manifest_model,
-            "output_action": summary.output_action,
-            "rows": summary.rows,
-            "error_rows": summary.error_rows,
-            "bytes": summary.bytes,
-            "units": {"total": summary.units, "failed": summary.failed_units, "retried": summary.retried_units,
-                      "resumed": summary.resumed_units},
-            "files": files,
-            "inputs": records,
-        });
+        let manifest = JobManifest {
+            format: 2,
+            job_id: job_id.to_string(),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            model: manifest_model,
+            input: cmd.input.clone(),
+            output_action: summary.output_action.to_string(),
+            rows: summary.rows,
+            error_rows: summary.error_rows,
+            bytes: summary.bytes,
+            units: UnitCounts {
+                total: summary.units,
+                failed: summary.failed_units,
+                retried: summary.retried_units,
+                resumed: summary.resumed_units,
+            },
+            files: files.into_iter().cloned().collect(),
+            inputs: records.clone(),
+        };
         write_json(out, MANIFEST_NAME, &manifest, PutMode::Overwrite).await?;
         for r in &records {
             let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;

@@ -567,7 +567,7 @@ where
 }
 
 /// What the manifest records about the model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ManifestModel {
     /// The reference the command gave.
     pub reference: String,
