@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Result, ScoreError};
 use crate::flight_input::{flight_data_request, grpc_request, FlightDataStream, FlightInput};
-use crate::flight_output::{grpc_message, grpc_response, Results};
+use crate::flight_output::{flight_schema, grpc_message, grpc_response, Results};
 use crate::mapping::schema_from_model;
 use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::Credentials;
@@ -384,8 +384,10 @@ fn result_options(cmd: &ScoreCommand) -> Result<IpcWriteOptions> {
     Ok(IpcWriteOptions::default().try_with_compression(codec)?)
 }
 
+/// `schema` as announced to clients: as the results stream will send it
+/// ([`flight_schema`]), IPC-encoded.
 pub(crate) fn ipc_schema(schema: &Schema) -> Result<Bytes> {
-    let msg = IpcMessage::try_from(SchemaAsIpc::new(schema, &IpcWriteOptions::default()))?;
+    let msg = IpcMessage::try_from(SchemaAsIpc::new(&flight_schema(schema), &IpcWriteOptions::default()))?;
     Ok(msg.0)
 }
 
@@ -478,8 +480,10 @@ impl ScorerService {
         // Pin the version so that every endpoint scores with the same model even when an
         // alias moves meanwhile.
         let pinned = ScoreCommand { model: model.version.pinned_reference(), ..cmd.clone() };
-        let mut info =
-            FlightInfo::new().try_with_schema(plan.output_schema())?.with_descriptor(desc).with_ordered(true);
+        let mut info = FlightInfo::new()
+            .try_with_schema(&flight_schema(plan.output_schema()))?
+            .with_descriptor(desc)
+            .with_ordered(true);
         let mut total_bytes: i64 = 0;
         for meta in &files {
             let ticket =

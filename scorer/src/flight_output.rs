@@ -18,7 +18,9 @@ use std::task::{Context, Poll};
 
 use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
-use arrow::datatypes::{DataType, SchemaRef};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow::ipc::MessageHeader;
 use arrow_flight::encode::{FlightDataEncoderBuilder, GRPC_TARGET_MAX_FLIGHT_SIZE_BYTES};
@@ -117,6 +119,32 @@ impl Results {
             .boxed();
         run_ahead(messages, RESULT_MESSAGES_AHEAD)
     }
+}
+
+/// What `schema` is on the wire: dictionary-encoded fields as their values, as every result
+/// stream sends them (see the module docs). Every schema the worker announces (FlightInfo,
+/// GetSchema, `describe`, prepared statements) goes through it, so that what a client is told
+/// is what it receives.
+pub(crate) fn flight_schema(schema: &Schema) -> SchemaRef {
+    if !has_dictionaries(schema) {
+        return Arc::new(schema.clone());
+    }
+    fn hydrated_field(f: &Field) -> Field {
+        f.clone().with_data_type(hydrated(f.data_type()))
+    }
+    fn hydrated(t: &DataType) -> DataType {
+        match t {
+            DataType::Dictionary(_, values) => hydrated(values),
+            DataType::List(f) => DataType::List(Arc::new(hydrated_field(f))),
+            DataType::LargeList(f) => DataType::LargeList(Arc::new(hydrated_field(f))),
+            DataType::FixedSizeList(f, n) => DataType::FixedSizeList(Arc::new(hydrated_field(f)), *n),
+            DataType::Map(f, sorted) => DataType::Map(Arc::new(hydrated_field(f)), *sorted),
+            DataType::Struct(fields) => DataType::Struct(fields.iter().map(|f| hydrated_field(f)).collect()),
+            other => other.clone(),
+        }
+    }
+    let fields: Vec<Field> = schema.fields().iter().map(|f| hydrated_field(f)).collect();
+    Arc::new(Schema::new(fields).with_metadata(schema.metadata().clone()))
 }
 
 fn has_dictionaries(schema: &arrow::datatypes::Schema) -> bool {

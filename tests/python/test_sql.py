@@ -134,3 +134,125 @@ def test_a_reader_without_a_grant_is_refused(auth_server: Proc, issuer: Issuer, 
             cur.execute("SELECT 1")
             cur.fetch_arrow_table()
     assert "UNAUTHENTICATED" in str(e.value) or "Unauthenticated" in str(e.value)
+
+
+def test_every_announced_schema_is_the_streamed_schema(
+    auth_server: Proc, issuer: Issuer, lake: Path, logreg: str, models: Path
+) -> None:
+    """Whatever the query's shape, the schema GetFlightInfo announces is the schema of the
+    batches DoGet sends: ADBC refuses a stream that differs ("inconsistent schema"), and
+    pyarrow.flight's reader is compared with the announced schema too. The corpus covers
+    hive partition columns (a dictionary in DataFusion's plan), dictionary-encoded string
+    columns, fields of `predict`'s struct, the whole struct, and empty results."""
+    import pyarrow.flight as flight
+
+    rows = pq.read_table(models / "logreg.rows.parquet")
+    table_dir = lake / "hive"
+    segments = pa.array([["retail", "sme", "corporate"][i % 3] for i in range(rows.num_rows)]).dictionary_encode()
+    with_segment = rows.append_column("segment", segments)
+    for b, (start, length) in enumerate([(0, 70), (70, 70), (140, rows.num_rows - 140)], start=1):
+        part = table_dir / f"batch={b}"
+        part.mkdir(parents=True)
+        pq.write_table(with_segment.slice(start, length), part / "part-0.parquet")
+    cols = ", ".join(FEATURES)
+    p = f"predict('{logreg}', {cols})"
+    queries = [
+        "SELECT batch, count(*) AS n FROM t GROUP BY batch",
+        "SELECT * FROM t",
+        "SELECT batch FROM t WHERE batch = '2'",
+        "SELECT DISTINCT batch FROM t ORDER BY batch",
+        "SELECT segment, count(*) AS n FROM t GROUP BY segment",
+        "SELECT segment, batch, max(f0) AS m FROM t GROUP BY segment, batch ORDER BY segment, batch",
+        f"SELECT batch, {p}['label'] AS label, {p}['probability_1'] AS p1 FROM t",
+        f"SELECT {p} AS scored FROM t",
+        f"SELECT batch, segment, {p}['label'] AS label FROM t WHERE f0 > 1e30",
+        "SELECT * FROM t WHERE batch = 'no-such-batch'",
+        "SELECT batch, segment FROM t UNION ALL SELECT batch, segment FROM t WHERE batch = '1'",
+        f"SELECT label, count(*) AS n FROM (SELECT {p}['label'] AS label FROM t) GROUP BY label",
+    ]
+    token = issuer.token("writer-app")
+    with connect(auth_server, token) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"CREATE EXTERNAL TABLE t STORED AS PARQUET PARTITIONED BY (batch) LOCATION 'file://{table_dir}/'"
+        )
+        counts: dict[str, int] = {}
+        for q in queries:
+            cur.execute(q)
+            counts[q] = cur.fetch_arrow_table().num_rows
+    assert counts[queries[0]] == 3
+    assert counts[queries[1]] == rows.num_rows
+    assert counts[queries[2]] == 70
+    assert counts[queries[4]] == 3
+    assert counts[queries[8]] == 0 and counts[queries[9]] == 0
+    assert counts[queries[10]] == rows.num_rows + 70
+
+    # The same through pyarrow.flight: the announced schema, then the stream's.
+    client = flight.FlightClient(auth_server.flight)
+    options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
+    for q in queries:
+        cmd = _statement_query(f"SELECT * FROM ({q}) AS q")
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(cmd), options)
+        for endpoint in info.endpoints:
+            got = client.do_get(endpoint.ticket, options).read_all()
+            assert got.schema.remove_metadata() == info.schema.remove_metadata(), q
+
+
+def _statement_query(sql: str) -> bytes:
+    """A Flight SQL CommandStatementQuery packed in a protobuf Any, written by hand (two
+    length-delimited fields) so that the test needs no generated protobuf code."""
+
+    def field(number: int, payload: bytes) -> bytes:
+        out = bytes([number << 3 | 2])
+        n = len(payload)
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                return out + payload
+
+    query = field(1, sql.encode())
+    return field(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery") + field(2, query)
+
+
+def test_predict_passes_nulls_to_a_forest_as_nan_unless_the_session_is_strict(
+    auth_server: Proc, issuer: Issuer, lake: Path, models: Path
+) -> None:
+    """SQL `predict` handles nulls as every other interface does: by default a tree ensemble
+    gets NaN (onnxruntime's answer on NaN), `SET lakescore.missing = 'error'` makes the
+    session strict, and a fill value is SQL's own `coalesce`."""
+    name = unique("sqlrf")
+    Registry(auth_server.url, token=issuer.token_fn("writer-app")).register(
+        name, models / "rf.onnx", create_model=True, alias="champion"
+    )
+    feats = [f"f{i}" for i in range(20)]
+    rows = pq.read_table(models / "rf.rows.parquet")
+    f2 = rows["f2"].to_pylist()
+    for i in range(0, len(f2), 4):
+        f2[i] = None
+    rows = rows.set_column(rows.schema.get_field_index("f2"), "f2", pa.array(f2, pa.float32()))
+    rows = rows.append_column("id", pa.array(range(rows.num_rows), pa.int64()))
+    (lake / "nulls").mkdir()
+    pq.write_table(rows, lake / "nulls" / "part-0.parquet")
+    x = np.column_stack([np.array(rows[c].to_pylist(), dtype=np.float64) for c in feats]).astype(np.float32)
+    want = ort_predict(models / "rf.onnx", {"X": x})["output_label"]
+    x[np.isnan(x)] = 0.5
+    want_filled = ort_predict(models / "rf.onnx", {"X": x})["output_label"]
+    args = ", ".join(feats)
+    query = f"SELECT id, predict('{name}@champion', {args})['label'] AS label FROM 'file://{lake}/nulls/' ORDER BY id"
+    with connect(auth_server, issuer.token("writer-app")) as conn, conn.cursor() as cur:
+        cur.execute(query)
+        assert cur.fetch_arrow_table()["label"].to_pylist() == want.tolist()
+        cur.execute("SET lakescore.missing = 'error'")
+        with pytest.raises((ProgrammingError, DatabaseError)) as e:
+            cur.execute(query)
+            cur.fetch_arrow_table()
+        assert "'f2'" in str(e.value) and "null" in str(e.value), str(e.value)
+        filled = query.replace(", f2,", ", coalesce(f2, 0.5),")
+        cur.execute(filled)
+        assert cur.fetch_arrow_table()["label"].to_pylist() == want_filled.tolist()
+        with pytest.raises((ProgrammingError, DatabaseError)) as e:
+            cur.execute("SET lakescore.missing = 'sometimes'")
+        assert "auto" in str(e.value)
+        cur.execute("SET lakescore.missing = 'auto'")
+        cur.execute(query)
+        assert cur.fetch_arrow_table()["label"].to_pylist() == want.tolist()

@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SqlConfig;
 use crate::error::{Result, ScoreError};
+use crate::mapping::Missing;
 use crate::scorer::{BatchStream, ResolvedModel, Scorer};
 use crate::source::{registry_http_url, Credentials, HttpSourceOptions};
 use crate::storage::{JobWriter, Location, ManifestModel};
@@ -74,6 +75,8 @@ struct Session {
     ctx: SessionContext,
     prepared: Mutex<HashMap<String, Prepared>>,
     last_used: Mutex<Instant>,
+    /// What `predict` does with a null in a model input: `SET lakescore.missing = '…'`.
+    missing: Mutex<Missing>,
 }
 
 /// A prepared statement: its text, and the parameters bound last.
@@ -104,7 +107,7 @@ struct Pending {
 pub struct Planned {
     /// Handle to fetch the result with ([`SqlEngine::fetch`]).
     pub handle: String,
-    /// The result's schema.
+    /// The result's schema, as its stream sends it (dictionaries as their values).
     pub schema: SchemaRef,
 }
 
@@ -209,8 +212,12 @@ impl SqlEngine {
             }
         }
         let ctx = RootedUrlTables::enable(self.scorer.clone(), ctx);
-        let session =
-            Arc::new(Session { ctx, prepared: Mutex::new(HashMap::new()), last_used: Mutex::new(Instant::now()) });
+        let session = Arc::new(Session {
+            ctx,
+            prepared: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(Instant::now()),
+            missing: Mutex::new(Missing::default()),
+        });
         sessions.insert(key.clone(), session.clone());
         Ok((key, session))
     }
@@ -235,7 +242,8 @@ impl SqlEngine {
         let state =
             SessionStateBuilder::new_from_existing(session.ctx.state()).with_runtime_env(self.runtime()?).build();
         let ctx = SessionContext::new_with_state(state);
-        let udf = Arc::new(Predict::udf(self.scorer.clone(), models.clone()));
+        let missing = *lock(&session.missing)?;
+        let udf = Arc::new(Predict::udf(self.scorer.clone(), models.clone(), missing));
         ctx.register_udf(udf.as_ref().clone());
         ctx.register_udtf(predict::PREDICT, Arc::new(PredictTable::new(udf, models)));
         Ok(ctx)
@@ -254,6 +262,26 @@ impl SqlEngine {
             (None, _) => Err(ScoreError::invalid("SQL: no statement")),
             (Some(_), false) => Err(ScoreError::invalid("SQL: one statement per call")),
         }
+    }
+
+    /// The session setting a `SET` statement makes, if it is one lakescore has: only
+    /// `SET lakescore.missing = 'auto' | 'nan' | 'error'` (what `predict` does with a null in a
+    /// model input; fill values are SQL's own `coalesce(column, value)`).
+    fn session_setting(statement: &Statement) -> Option<Result<Missing>> {
+        use datafusion::sql::sqlparser::ast::{Expr, Set, Value};
+        let Statement::Statement(s) = statement else { return None };
+        let Sql::Set(Set::SingleAssignment { variable, values, .. }) = s.as_ref() else { return None };
+        if !variable.to_string().eq_ignore_ascii_case("lakescore.missing") {
+            return None;
+        }
+        Some(match values.as_slice() {
+            [Expr::Value(v)] => match &v.value {
+                Value::SingleQuotedString(mode) => Missing::parse(mode),
+                _ => Err(ScoreError::invalid("SET lakescore.missing takes a string: 'auto', 'nan' or 'error'")),
+            },
+            [Expr::Identifier(mode)] => Missing::parse(&mode.value),
+            _ => Err(ScoreError::invalid("SET lakescore.missing takes one value: 'auto', 'nan' or 'error'")),
+        })
     }
 
     /// What may run: queries, `EXPLAIN`, `SHOW`, `CREATE EXTERNAL TABLE` (inside the roots,
@@ -311,6 +339,11 @@ impl SqlEngine {
         let handle = uuid::Uuid::now_v7().simple().to_string();
         let (key, session) = self.session(creds)?;
         let statement = Self::parse(sql)?;
+        if let Some(setting) = Self::session_setting(&statement) {
+            *lock(&session.missing)? = setting?;
+            let done = Output::Done(RecordBatch::new_empty(Arc::new(Schema::empty())));
+            return self.park(handle, done, deadline, key);
+        }
         self.check_statement(&statement)?;
         let cancel = CancellationToken::new();
         let entry = Registered::new(self.running.clone(), &handle, &key, cancel.clone())?;
@@ -366,10 +399,12 @@ impl SqlEngine {
 
     /// Keep a planned statement for its fetch.
     fn park(&self, handle: String, output: Output, deadline: tokio::time::Instant, session: String) -> Result<Planned> {
-        let schema = match &output {
-            Output::Query(df) => Arc::new(df.schema().as_arrow().clone()),
-            Output::Done(batch) => batch.schema(),
-        };
+        // As the results stream will send it (dictionaries as their values): what fetch
+        // conforms every batch to.
+        let schema = crate::flight_output::flight_schema(match &output {
+            Output::Query(df) => df.schema().as_arrow(),
+            Output::Done(batch) => batch.schema_ref(),
+        });
         let mut pending = lock(&self.pending)?;
         let now = tokio::time::Instant::now();
         let expired: Vec<String> = pending.iter().filter(|(_, p)| p.deadline <= now).map(|(h, _)| h.clone()).collect();
@@ -436,6 +471,14 @@ impl SqlEngine {
                 .flatten()
                 .boxed(),
         };
+        // What GetFlightInfo announced is what goes out: DataFusion's logical schema and the
+        // batches its operators make can disagree on encodings (a hive partition column is
+        // `dictionary<uint16, utf8>` in the plan and plain `utf8` out of a GROUP BY), and Flight
+        // SQL clients (ADBC) refuse a stream whose schema is not the announced one. The
+        // announced schema has dictionaries as their values, so a dictionary column is decoded
+        // here, once, and the batches take the transport's zero-copy path.
+        let announced = schema.clone();
+        let batches = batches.map(move |b| b.and_then(|b| conform(b, &announced))).boxed();
         // A reader that panics on a malformed file ends this query, not the worker.
         let batches =
             AssertUnwindSafe(batches).catch_unwind().map(|item| item.unwrap_or_else(|p| Err(panicked(p)))).boxed();
@@ -509,6 +552,10 @@ impl SqlEngine {
         let deadline = tokio::time::Instant::now() + self.config.query_timeout;
         let (_, session) = self.session(creds)?;
         let statement = Self::parse(sql)?;
+        if let Some(setting) = Self::session_setting(&statement) {
+            setting?;
+            return Ok((Arc::new(Schema::empty()), None));
+        }
         self.check_statement(&statement)?;
         let insert = matches!(&statement, Statement::Statement(s) if matches!(**s, Sql::Insert(_)));
         match statement {
@@ -804,6 +851,43 @@ fn panicked(payload: Box<dyn std::any::Any + Send>) -> ScoreError {
 
 fn unknown_prepared(handle: &str) -> ScoreError {
     ScoreError::NotFound(format!("no prepared statement {handle} in this session (closed, or the session expired)"))
+}
+
+/// `batch` with the `announced` schema: as it is where its schema already is that one,
+/// else each column whose type differs cast to the announced type (a change of encoding,
+/// such as a dictionary decoded or built: the values stay).
+fn conform(batch: RecordBatch, announced: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema_ref() == announced {
+        return Ok(batch);
+    }
+    let got = batch.schema();
+    if got.fields().len() != announced.fields().len() {
+        return Err(ScoreError::Internal(format!(
+            "the query's batches have {} columns, its schema {}",
+            got.fields().len(),
+            announced.fields().len()
+        )));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(announced.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                return Ok(column.clone());
+            }
+            arrow::compute::cast(column, field.data_type()).map_err(|e| {
+                ScoreError::Internal(format!(
+                    "column '{}' comes out of the query as {}, not the announced {}: {e}",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(announced.clone(), columns, &options)?)
 }
 
 /// The parameter schema (`$1`, `$2`, … in order) when every parameter's type is known.
