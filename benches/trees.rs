@@ -1,12 +1,14 @@
 //! The native engine against ONNX Runtime, in one process on the same rows: the 100-tree
 //! depth-12 RandomForest (`big_rf`), the 300-tree depth-6 gradient-boosting classifier
-//! (`gb300`) and a 3-class LogisticRegression (`logreg20`, the linear engine), 1,000,000 rows
-//! × 20 float32 features in 65,536-row calls (the worker's inference batch), best of 3, with
-//! all cores and with one thread each. Both engines get the same row-major tensor; the
+//! (`gb300`), a 3-class LogisticRegression (`logreg20`, the linear engine) and a 300-tree,
+//! 31-leaf LightGBM binary classifier converted by onnxmltools (`lgbm300`: its graph's
+//! Identity, Cast and Mul by one around the ensemble included), 1,000,000 rows × 20 float32
+//! features in 65,536-row calls (the worker's inference batch), best of 3, with all cores
+//! and with one thread each. Both engines get the same row-major tensor; the
 //! `logreg20 (columns)` row is the linear engine as the worker runs it, on the batch's
 //! feature columns where they are (no tensor at all), against ONNX Runtime on the tensor.
 //!
-//!     tests/models/generate.py --bench          # big_rf, gb300 and logreg20, once
+//!     tests/models/generate.py --bench          # big_rf, gb300, logreg20 and lgbm300, once
 //!     cargo bench --bench trees
 //!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench trees
 //!     LAKESCORE_BENCH_MODELS=logreg20 cargo bench --bench trees   # a subset
@@ -54,7 +56,7 @@ fn main() {
     let n: usize = std::env::var("LAKESCORE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models/generated");
-    let models = std::env::var("LAKESCORE_BENCH_MODELS").unwrap_or_else(|_| "big_rf,gb300,logreg20".into());
+    let models = std::env::var("LAKESCORE_BENCH_MODELS").unwrap_or_else(|_| "big_rf,gb300,logreg20,lgbm300".into());
     // Roughly standard-normal features (the models were trained on such data).
     let x = normal_values(n * FEATURES, 0);
     println!("native engine: {n} rows x {FEATURES} features, {CALL_ROWS}-row calls, best of 3, {cores} cores");

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate the ONNX test models (scikit-learn + skl2onnx) and their reference data.
+"""Generate the ONNX test models (scikit-learn + skl2onnx; LightGBM and XGBoost +
+onnxmltools) and their reference data.
 
 Usage: generate.py [--out DIR] [--bench] [--force]
 
@@ -47,8 +48,18 @@ CORE_MODELS = [
     "mlp",
     "pipeline",
     "linreg",
+    # gradient boosting as people train it (LightGBM, XGBoost, scikit-learn's
+    # HistGradientBoosting), on data with missing values, with NaN in the reference rows
+    "lgbm_binary",
+    "lgbm_multi",
+    "lgbm_reg",
+    "xgb_binary",
+    "xgb_multi",
+    "xgb_reg",
+    "hgb_binary",
+    "hgb_reg",
 ]
-BENCH_MODELS = ["big_rf", "gb300", "logreg20"]
+BENCH_MODELS = ["big_rf", "gb300", "logreg20", "lgbm300"]
 BAD_ARTIFACTS = [
     "bad_not_onnx.bin",
     "bad_truncated.onnx",
@@ -437,6 +448,145 @@ def gen_linreg(out, name):
     )
 
 
+# --------------------------------------------------------------------------- GBDT
+# LightGBM and XGBoost models converted by onnxmltools, HistGradientBoosting by skl2onnx:
+# TreeEnsembleClassifier / TreeEnsembleRegressor (ai.onnx.ml opset 1; none of the three
+# converters writes opset 5's TreeEnsemble or the *_as_tensor attributes, which
+# scorer/tests/trees.rs builds itself), LightGBM's classifiers with an Identity, a Cast of
+# the label and a Mul of the probabilities by one around the ensemble.
+
+GBDT_FEATURES = 8
+# onnxmltools 1.16 converts up to ai.onnx opset 15 (and picks ai.onnx.ml's itself).
+ONNXMLTOOLS_OPSET = 15
+
+
+def gbdt_data(task, n_classes=2, n_samples=2000, n_features=GBDT_FEATURES, seed=71):
+    """Features with about 8% missing values (NaN), in training and in the reference rows."""
+    import numpy as np
+    from sklearn.datasets import make_classification, make_regression
+
+    if task == "classification":
+        X, y = make_classification(
+            n_samples=n_samples,
+            n_features=n_features,
+            n_informative=min(6, n_features),
+            n_redundant=0,
+            n_classes=n_classes,
+            random_state=seed,
+        )
+    else:
+        X, y = make_regression(n_samples=n_samples, n_features=n_features, n_informative=6, noise=5.0, random_state=seed)
+    X = X.astype(np.float32)
+    X[np.random.default_rng(seed).random(X.shape) < 0.08] = np.nan
+    return X, y
+
+
+def gbdt_model(out, name, est, X, y, *, task, converter, zipmap=True) -> dict:
+    """Like tabular_model, for the GBDT libraries: fit, convert with `converter`, write."""
+    import numpy as np
+
+    X_train, y_train, X_rows = split(X, y)
+    est.fit(X_train, y_train)
+    nf = X.shape[1]
+    if converter == "skl2onnx":
+        from skl2onnx.common.data_types import FloatTensorType
+
+        with skl2onnx_bool_lists():
+            onx = convert(est, [("X", FloatTensorType([None, nf]))], zipmap=zipmap or task != "classification")
+    else:
+        import onnxmltools
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        convert_fn = onnxmltools.convert_lightgbm if converter == "onnxmltools-lightgbm" else onnxmltools.convert_xgboost
+        kwargs = {"zipmap": zipmap} if task == "classification" and converter == "onnxmltools-lightgbm" else {}
+        onx = convert_fn(
+            est, initial_types=[("X", FloatTensorType([None, nf]))], target_opset=ONNXMLTOOLS_OPSET, **kwargs
+        )
+    if not any(n.op_type.startswith("TreeEnsemble") for n in onx.graph.node):
+        raise RuntimeError(f"{name}: {converter} wrote no tree ensemble")
+    path = write_model(out, name, onx)
+    feature_columns = [f"f{i}" for i in range(nf)]
+    write_rows(out, name, {c: X_rows[:, i].copy() for i, c in enumerate(feature_columns)})
+    if not np.isnan(X_rows).any():
+        raise RuntimeError(f"{name}: no missing value in the reference rows")
+    outputs = run_and_write_expected(out, name, path, {"X": X_rows})
+    entry = {
+        "task": task,
+        "estimator": type(est).__name__,
+        "converter": converter.split("-")[0],
+        "ops": sorted({n.op_type for n in onx.graph.node}),
+        "feature_columns": feature_columns,
+        "columns": {"X": feature_columns},
+        "zipmap": zipmap if task == "classification" else None,
+        "missing_values": True,
+        "outputs_expected": outputs,
+    }
+    if task == "classification":
+        entry["classes"] = [int(c) for c in est.classes_]
+    return entry
+
+
+class skl2onnx_bool_lists:
+    """skl2onnx 1.20 passes HistGradientBoosting's missing-value flags as Python bools,
+    which onnx 1.19's make_attribute refuses in an int list: convert them to ints (the
+    values are the same) while converting."""
+
+    def __enter__(self):
+        import skl2onnx.common._container as container
+
+        self.container, self.make_node = container, container.make_node
+
+        def make_node(*args, **kwargs):
+            for k, v in kwargs.items():
+                if isinstance(v, list) and any(isinstance(x, bool) for x in v):
+                    kwargs[k] = [int(x) for x in v]
+            return self.make_node(*args, **kwargs)
+
+        container.make_node = make_node
+
+    def __exit__(self, *exc):
+        self.container.make_node = self.make_node
+
+
+def gen_lgbm(out, name, n_classes=None, zipmap=True, n_estimators=30, num_leaves=15, n_samples=2000, n_features=GBDT_FEATURES):
+    import lightgbm
+
+    common = dict(n_estimators=n_estimators, num_leaves=num_leaves, random_state=0, n_jobs=1, deterministic=True, verbose=-1)
+    if n_classes is None:
+        X, y = gbdt_data("regression", n_samples=n_samples, n_features=n_features)
+        est, task = lightgbm.LGBMRegressor(**common), "regression"
+    else:
+        X, y = gbdt_data("classification", n_classes, n_samples=n_samples, n_features=n_features)
+        est, task = lightgbm.LGBMClassifier(**common), "classification"
+    return gbdt_model(out, name, est, X, y, task=task, converter="onnxmltools-lightgbm", zipmap=zipmap)
+
+
+def gen_xgb(out, name, n_classes=None):
+    import xgboost
+
+    common = dict(n_estimators=20, max_depth=4, random_state=0, n_jobs=1, tree_method="hist")
+    if n_classes is None:
+        X, y = gbdt_data("regression")
+        est, task = xgboost.XGBRegressor(**common), "regression"
+    else:
+        X, y = gbdt_data("classification", n_classes)
+        est, task = xgboost.XGBClassifier(**common), "classification"
+    return gbdt_model(out, name, est, X, y, task=task, converter="onnxmltools-xgboost")
+
+
+def gen_hgb(out, name, n_classes=None):
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    common = dict(max_iter=20, max_leaf_nodes=15, random_state=0)
+    if n_classes is None:
+        X, y = gbdt_data("regression")
+        est, task = HistGradientBoostingRegressor(**common), "regression"
+    else:
+        X, y = gbdt_data("classification", n_classes)
+        est, task = HistGradientBoostingClassifier(**common), "classification"
+    return gbdt_model(out, name, est, X, y, task=task, converter="skl2onnx", zipmap=False)
+
+
 PIPELINE_FLOATS = ["age", "income", "tenure"]
 PIPELINE_CITIES = ["amsterdam", "berlin", "lisbon", "oslo", "paris", "rome"]
 PIPELINE_UNKNOWN_CITY = "zurich"
@@ -527,6 +677,20 @@ GENERATORS = {
     "big_rf": gen_big_rf,
     "gb300": gen_gb300,
     "logreg20": gen_logreg20,
+    "lgbm_binary": lambda out, n: gen_lgbm(out, n, 2),
+    # 3 × 20 trees: under the 80 above which ONNX Runtime may sum trees in per-thread
+    # partials (flight.rs runs the classifiers on two intra-op threads)
+    "lgbm_multi": lambda out, n: gen_lgbm(out, n, 3, zipmap=False, n_estimators=20),
+    "lgbm_reg": gen_lgbm,
+    "xgb_binary": lambda out, n: gen_xgb(out, n, 2),
+    "xgb_multi": lambda out, n: gen_xgb(out, n, 3),
+    "xgb_reg": gen_xgb,
+    "hgb_binary": lambda out, n: gen_hgb(out, n, 2),
+    "hgb_reg": gen_hgb,
+    # LightGBM binary, 300 trees of 31 leaves on the benchmark's 20 features
+    "lgbm300": lambda out, n: gen_lgbm(
+        out, n, 2, zipmap=False, n_estimators=300, num_leaves=31, n_samples=10000, n_features=20
+    ),
 }
 
 
@@ -774,7 +938,9 @@ def generate_group(out: Path, group: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
-    ap.add_argument("--bench", action="store_true", help="also generate the benchmark models (big_rf, gb300, logreg20)")
+    ap.add_argument(
+        "--bench", action="store_true", help="also generate the benchmark models (big_rf, gb300, logreg20, lgbm300)"
+    )
     ap.add_argument("--force", action="store_true", help="regenerate even when up to date")
     args = ap.parse_args(argv)
 
@@ -806,7 +972,7 @@ def main(argv=None) -> int:
         except (OSError, ValueError):
             manifest, todo, stamp = None, wanted, {}
     if manifest is None:
-        import numpy, onnx, onnxruntime, pyarrow, skl2onnx, sklearn  # noqa: E401
+        import lightgbm, numpy, onnx, onnxmltools, onnxruntime, pyarrow, skl2onnx, sklearn, xgboost  # noqa: E401
 
         manifest = {
             "format": 1,
@@ -819,6 +985,9 @@ def main(argv=None) -> int:
                 "onnx": onnx.__version__,
                 "onnxruntime": onnxruntime.__version__,
                 "pyarrow": pyarrow.__version__,
+                "lightgbm": lightgbm.__version__,
+                "xgboost": xgboost.__version__,
+                "onnxmltools": onnxmltools.__version__,
             },
             "models": {},
             "bad": {},

@@ -1,33 +1,41 @@
 //! lakescore's native engine for the classical models most tabular scoring runs: tree
 //! ensembles and linear models.
 //!
-//! Most tabular models are tree ensembles (random forests, gradient boosting), exported to
-//! ONNX as one `ai.onnx.ml` `TreeEnsembleClassifier` or `TreeEnsembleRegressor` with a
-//! `Cast` on the label and a `ZipMap` on the scores around it; most of the rest are linear
-//! (`LinearClassifier` / `LinearRegressor`, often with a `Normalizer`). [`NativeModel::compile`]
-//! turns such a graph into a compact evaluator. Linear models are one float32 multiply-add
-//! pass over blocks of rows ([`linear`]); tree ensembles ([`eval`]) have nodes 16 bytes each in depth-first
-//! order, trees walked over blocks of rows so that a tree stays in cache, sixteen rows at a
-//! time in lock-step without data-dependent branches, all cores. Its outputs are ONNX
-//! Runtime's: the same comparisons, the same float accumulation in tree order, and the same
-//! finalisation rules (base values, binary cases, post-transforms).
+//! Most tabular models are tree ensembles (random forests, gradient boosting from
+//! scikit-learn, LightGBM or XGBoost), exported to ONNX as one `ai.onnx.ml`
+//! `TreeEnsembleClassifier` or `TreeEnsembleRegressor` (or opset 5's `TreeEnsemble`) with a
+//! `Cast` on the label, a `ZipMap` on the scores, `Identity` nodes and (onnxmltools'
+//! LightGBM classifiers) a multiplication of the probabilities by one around it; most of the
+//! rest are linear (`LinearClassifier` / `LinearRegressor`, often with a `Normalizer`).
+//! [`NativeModel::compile`] turns such a graph into a compact evaluator. Linear models are
+//! one float32 multiply-add pass over blocks of rows ([`linear`]); tree ensembles
+//! ([`ensemble`] compiles them, [`eval`] walks them) have nodes 16 bytes each in depth-first
+//! order (24 in double precision), trees walked over blocks of rows so that a tree stays in
+//! cache, sixteen rows at a time in lock-step without data-dependent branches, all cores.
+//! Its outputs are ONNX Runtime's: the same comparisons, the same accumulation in tree order
+//! in the same precision (double for double input, `*_as_tensor` or not), and the same
+//! finalisation rules (base values, binary cases, post-transforms, `PROBIT` included).
 //!
 //! A graph it does not fully cover (another operator, an attribute it does not know, a
 //! post-transform it does not implement) is [`Unsupported`], with the reason: the worker then
 //! runs it on ONNX Runtime. Nothing here panics on a hostile model; every index is checked
 //! when the graph is compiled.
 
+mod ensemble;
 mod eval;
 mod linear;
 
 use std::collections::HashMap;
 use std::fmt;
 
-use lakescore_proto::onnx::{attribute_proto, tensor_proto, type_proto, AttributeProto, ModelProto, NodeProto};
+use lakescore_proto::onnx::{
+    attribute_proto, tensor_proto, type_proto, AttributeProto, ModelProto, NodeProto, TensorProto,
+};
 use prost::Message;
 
+use ensemble::Forest;
 pub use eval::Predictions;
-use eval::{Aggregate, Ensemble, Kind, Node, PostTransform, Splits, Tree};
+use eval::{Kind, PostTransform};
 use linear::{Features, Linear, LinearKind};
 
 /// Why a model is not covered by the native engine.
@@ -42,7 +50,7 @@ impl fmt::Display for Unsupported {
 
 impl std::error::Error for Unsupported {}
 
-fn unsupported<T>(why: impl Into<String>) -> Result<T, Unsupported> {
+pub(crate) fn unsupported<T>(why: impl Into<String>) -> Result<T, Unsupported> {
     Err(Unsupported(why.into()))
 }
 
@@ -102,9 +110,6 @@ pub struct NativeModel {
     pub input_type: InputType,
     /// Features per row (the input's second dimension).
     pub n_features: usize,
-    /// Whether double input is rounded to float32 first: a `Cast` node, or a linear model,
-    /// which ONNX Runtime computes in float32.
-    cast_input: bool,
     /// The graph outputs, in graph order.
     pub outputs: Vec<GraphOutput>,
     estimator: Estimator,
@@ -115,14 +120,17 @@ pub struct NativeModel {
 /// The one model node of the graph.
 #[derive(Debug, Clone)]
 enum Estimator {
-    Trees(Ensemble),
+    Trees(Forest),
     Linear(Linear),
 }
 
 impl Estimator {
     fn class_labels(&self) -> Option<&ClassLabels> {
         match self {
-            Estimator::Trees(Ensemble { kind: Kind::Classifier { labels, .. }, .. }) => Some(labels),
+            Estimator::Trees(f) => match f.kind() {
+                Kind::Classifier { labels, .. } => Some(labels),
+                Kind::Regressor { .. } => None,
+            },
             Estimator::Linear(Linear { kind: LinearKind::Classifier { labels }, .. }) => Some(labels),
             _ => None,
         }
@@ -139,8 +147,8 @@ enum Norm {
 
 impl NativeModel {
     /// Compile an ONNX model whose graph is a single tree ensemble or linear model (with
-    /// `Cast`, `Identity`, `Normalizer` and `ZipMap` around it); anything else is
-    /// [`Unsupported`], saying why.
+    /// `Cast`, `Identity`, `Normalizer`, `ZipMap` and a `Mul` by one around it); anything
+    /// else is [`Unsupported`], saying why.
     pub fn compile(model: &[u8]) -> Result<Self, Unsupported> {
         let model = ModelProto::decode(model).map_err(|e| Unsupported(format!("not an ONNX model ({e})")))?;
         let Some(graph) = model.graph.as_ref() else { return unsupported("the model has no graph") };
@@ -174,13 +182,22 @@ impl NativeModel {
         for node in &graph.node {
             let ml = node.domain() == "ai.onnx.ml";
             match (node.op_type(), ml) {
-                ("TreeEnsembleClassifier" | "TreeEnsembleRegressor" | "LinearClassifier" | "LinearRegressor", true) => {
+                (
+                    "TreeEnsembleClassifier"
+                    | "TreeEnsembleRegressor"
+                    | "TreeEnsemble"
+                    | "LinearClassifier"
+                    | "LinearRegressor",
+                    true,
+                ) => {
                     if model_node.replace(node).is_some() {
                         return unsupported("the graph has more than one model node (tree ensemble or linear model)");
                     }
                 }
                 ("Normalizer", true) => {}
                 ("Cast" | "Identity" | "ZipMap", _) if node.domain().is_empty() || ml => {}
+                // Checked where it sits: only a multiplication of the scores by one.
+                ("Mul", false) if node.domain().is_empty() => {}
                 (op, _) => {
                     return unsupported(format!("the graph has a {op} node, which the native engine does not run"))
                 }
@@ -216,8 +233,12 @@ impl NativeModel {
         let estimator = if linear {
             Estimator::Linear(compile_linear(node, n_features)?)
         } else {
-            Estimator::Trees(compile_ensemble(node, n_features)?)
+            // ONNX Runtime computes a tree ensemble in its input's type: double input not
+            // cast to float is compared, summed and finished in double.
+            let double = input_type == InputType::Float64 && !cast_input;
+            Estimator::Trees(ensemble::compile(node, n_features, double)?)
         };
+        let initializer: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name(), t)).collect();
 
         // Each graph output: the label, the scores, or the scores zipped, through Cast,
         // Identity, Normalizer and ZipMap nodes.
@@ -233,6 +254,8 @@ impl NativeModel {
             let mut name = out.name();
             let mut zipmap = None;
             let mut normalizer = None;
+            // A Cast to int64 or a multiplication by one seen on the way back.
+            let (mut cast, mut scaled) = (false, false);
             // Each step goes one node back: more steps than nodes is a cycle.
             let mut steps = 0;
             let kind = loop {
@@ -241,12 +264,18 @@ impl NativeModel {
                     return unsupported(format!("graph output '{}' is computed in a cycle", out.name()));
                 }
                 if Some(name) == label_name.map(String::as_str) {
-                    if zipmap.is_some() || normalizer.is_some() {
-                        return unsupported("a ZipMap or Normalizer over the label");
+                    if zipmap.is_some() || normalizer.is_some() || scaled {
+                        return unsupported("a ZipMap, Normalizer or Mul over the label");
+                    }
+                    if cast && !matches!(estimator.class_labels(), Some(ClassLabels::Int64(_))) {
+                        return unsupported("a Cast of string labels");
                     }
                     break OutputKind::Label;
                 }
                 if Some(name) == scores_name.map(String::as_str) {
+                    if cast {
+                        return unsupported("a Cast of the scores");
+                    }
                     norms.push(normalizer);
                     break zipmap.map_or(OutputKind::Scores, OutputKind::ZipMap);
                 }
@@ -257,28 +286,42 @@ impl NativeModel {
                         node.op_type()
                     ));
                 };
+                if n.op_type() == "Mul" {
+                    // A multiplication by a constant one (onnxmltools' LightGBM classifiers
+                    // have one on their probabilities): x · 1 is x, NaN and signs included.
+                    let from = match n.input.as_slice() {
+                        [a, b] if n.attribute.is_empty() && is_one(&initializer, b) => a,
+                        [a, b] if n.attribute.is_empty() && is_one(&initializer, a) => b,
+                        _ => return unsupported(format!("a Mul around the {} other than by one", node.op_type())),
+                    };
+                    scaled = true;
+                    name = from;
+                    continue;
+                }
                 let [from] = n.input.as_slice() else {
                     return unsupported(format!("a node around the {} has several inputs", node.op_type()));
                 };
                 match n.op_type() {
                     "Identity" => {}
                     "Cast" => {
-                        // Only the int64 label cast to int64 (skl2onnx's `output_label`).
-                        let int_labels = matches!(estimator.class_labels(), Some(ClassLabels::Int64(_)));
-                        if !(int_labels
-                            && Some(from) == label_name
-                            && attr_int(n, "to") == Some(tensor_proto::DataType::Int64 as i64)
-                            && n.attribute.len() == 1)
+                        // Only the int64 label cast to int64 (skl2onnx's `output_label`,
+                        // onnxmltools' `label`), checked when the path reaches the label.
+                        if attr_int(n, "to") != Some(tensor_proto::DataType::Int64 as i64)
+                            || n.attribute.len() != 1
+                            || zipmap.is_some()
+                            || normalizer.is_some()
+                            || scaled
                         {
                             return unsupported("a Cast other than the int64 label to int64");
                         }
+                        cast = true;
                     }
                     "ZipMap" => {
                         let Some(labels) = estimator.class_labels() else {
                             return unsupported("a ZipMap over a regressor");
                         };
                         let keys = zipmap_labels(n)?;
-                        if &keys != labels || zipmap.is_some() || normalizer.is_some() {
+                        if &keys != labels || zipmap.is_some() || normalizer.is_some() || scaled || cast {
                             return unsupported("a ZipMap whose labels are not the classifier's");
                         }
                         zipmap = Some(keys);
@@ -308,7 +351,7 @@ impl NativeModel {
         if norms.iter().any(|n| *n != normalizer) {
             return unsupported("the scores reach some outputs through a Normalizer and others not");
         }
-        Ok(Self { input: input.name().to_string(), input_type, n_features, cast_input, outputs, estimator, normalizer })
+        Ok(Self { input: input.name().to_string(), input_type, n_features, outputs, estimator, normalizer })
     }
 
     /// The class labels, for a classifier.
@@ -319,7 +362,7 @@ impl NativeModel {
     /// Scores per row: classes for a classifier, targets for a regressor.
     pub fn width(&self) -> usize {
         match &self.estimator {
-            Estimator::Trees(e) => e.width,
+            Estimator::Trees(f) => f.width(),
             Estimator::Linear(l) => l.width(),
         }
     }
@@ -327,7 +370,7 @@ impl NativeModel {
     /// Number of trees (0 for a linear model).
     pub fn n_trees(&self) -> usize {
         match &self.estimator {
-            Estimator::Trees(e) => e.trees.len(),
+            Estimator::Trees(f) => f.n_trees(),
             Estimator::Linear(_) => 0,
         }
     }
@@ -344,7 +387,11 @@ impl NativeModel {
     pub fn predict_f32(&self, features: &[f32], rows: usize, threads: usize) -> Result<Predictions, Unsupported> {
         self.check_len(features.len(), rows)?;
         let predictions = match &self.estimator {
-            Estimator::Trees(e) => e.predict(features, self.n_features, rows, threads),
+            Estimator::Trees(Forest::F32(e)) => e.predict(features, self.n_features, rows, threads),
+            Estimator::Trees(Forest::F64(e)) => {
+                let widened: Vec<f64> = features.iter().map(|v| f64::from(*v)).collect();
+                e.predict(&widened, self.n_features, rows, threads)
+            }
             Estimator::Linear(l) => l.predict(Features::Rows(features), self.n_features, rows, threads),
         };
         Ok(self.normalized(predictions))
@@ -378,12 +425,12 @@ impl NativeModel {
         Ok(self.normalized(l.predict(Features::Columns(columns), self.n_features, rows, threads)))
     }
 
-    /// Score `rows` rows of row-major float64 features (compared in double precision, or
-    /// rounded to float32 first where the graph casts them or the model is linear).
+    /// Score `rows` rows of row-major float64 features (a tree ensemble in double precision,
+    /// or rounded to float32 first where the graph casts them or the model is linear).
     pub fn predict_f64(&self, features: &[f64], rows: usize, threads: usize) -> Result<Predictions, Unsupported> {
         self.check_len(features.len(), rows)?;
         match &self.estimator {
-            Estimator::Trees(e) if !self.cast_input => {
+            Estimator::Trees(Forest::F64(e)) => {
                 Ok(self.normalized(e.predict(features, self.n_features, rows, threads)))
             }
             _ => {
@@ -431,6 +478,16 @@ impl NativeModel {
     }
 }
 
+/// Whether `name` is a float initializer holding one 1.0 (a scalar, `[1]` or `[1, 1]`),
+/// so that multiplying the scores by it changes neither their values nor their shape.
+fn is_one(initializer: &HashMap<&str, &TensorProto>, name: &str) -> bool {
+    let Some(t) = initializer.get(name) else { return false };
+    matches!(
+        ensemble::tensor_values(t),
+        Ok((dims, ensemble::Values::F32(v))) if dims.len() <= 2 && dims.iter().all(|d| *d == 1) && v == [1.0]
+    )
+}
+
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     node.attribute.iter().find(|a| a.name() == name)
 }
@@ -456,28 +513,29 @@ fn zipmap_labels(node: &NodeProto) -> Result<ClassLabels, Unsupported> {
 
 /// The attributes of one ensemble node, checked: every attribute is one the engine knows.
 #[derive(Default)]
-struct Attributes {
+pub(crate) struct Attributes {
     ints: HashMap<String, Vec<i64>>,
     floats: HashMap<String, Vec<f32>>,
     strings: HashMap<String, Vec<String>>,
+    pub(crate) tensors: HashMap<String, ensemble::Values>,
 }
 
 impl Attributes {
-    fn ints(&self, name: &str) -> &[i64] {
+    pub(crate) fn ints(&self, name: &str) -> &[i64] {
         self.ints.get(name).map(Vec::as_slice).unwrap_or_default()
     }
-    fn floats(&self, name: &str) -> &[f32] {
+    pub(crate) fn floats(&self, name: &str) -> &[f32] {
         self.floats.get(name).map(Vec::as_slice).unwrap_or_default()
     }
-    fn strings(&self, name: &str) -> &[String] {
+    pub(crate) fn strings(&self, name: &str) -> &[String] {
         self.strings.get(name).map(Vec::as_slice).unwrap_or_default()
     }
-    fn string(&self, name: &str, default: &str) -> String {
+    pub(crate) fn string(&self, name: &str, default: &str) -> String {
         self.strings(name).first().cloned().unwrap_or_else(|| default.to_string())
     }
 }
 
-fn read_attributes(node: &NodeProto, known: &[&str]) -> Result<Attributes, Unsupported> {
+pub(crate) fn read_attributes(node: &NodeProto, known: &[&str]) -> Result<Attributes, Unsupported> {
     use attribute_proto::AttributeType as T;
     let mut out = Attributes::default();
     for a in &node.attribute {
@@ -491,6 +549,12 @@ fn read_attributes(node: &NodeProto, known: &[&str]) -> Result<Attributes, Unsup
             T::Floats => drop(out.floats.insert(name, a.floats.clone())),
             T::Float => drop(out.floats.insert(name, a.f.into_iter().collect())),
             T::Strings => drop(out.strings.insert(name, strings(a)?)),
+            T::Tensor => {
+                let Some(t) = a.t.as_ref() else { return unsupported(format!("attribute '{name}' has no tensor")) };
+                let (_, values) =
+                    ensemble::tensor_values(t).map_err(|e| Unsupported(format!("attribute '{name}': {e}")))?;
+                drop(out.tensors.insert(name, values))
+            }
             T::String => {
                 let s = a.s.as_ref().map(|s| String::from_utf8_lossy(s).into_owned()).unwrap_or_default();
                 drop(out.strings.insert(name, vec![s]))
@@ -502,244 +566,27 @@ fn read_attributes(node: &NodeProto, known: &[&str]) -> Result<Attributes, Unsup
 }
 
 /// The node's `post_transform`: `NONE`, or, where `transforms` allows them, `LOGISTIC`,
-/// `SOFTMAX` and `SOFTMAX_ZERO`; anything else (`PROBIT`) is left to ONNX Runtime.
-fn post_transform(a: &Attributes, transforms: bool) -> Result<PostTransform, Unsupported> {
+/// `SOFTMAX` and `SOFTMAX_ZERO`, and `PROBIT` where `probit` does (tree ensembles); anything
+/// else is left to ONNX Runtime.
+pub(crate) fn post_transform(a: &Attributes, transforms: bool, probit: bool) -> Result<PostTransform, Unsupported> {
     Ok(match a.string("post_transform", "NONE").as_str() {
         "NONE" => PostTransform::None,
         "LOGISTIC" if transforms => PostTransform::Logistic,
         "SOFTMAX" if transforms => PostTransform::Softmax,
         "SOFTMAX_ZERO" if transforms => PostTransform::SoftmaxZero,
+        "PROBIT" if transforms && probit => PostTransform::Probit,
         other => return unsupported(format!("post_transform {other} is not covered here")),
     })
 }
 
 /// A classifier's labels: the int64 list (named `ints`, as the operator names it) or the
 /// string list, exactly one of them.
-fn class_labels(a: &Attributes, ints: &str) -> Result<ClassLabels, Unsupported> {
+pub(crate) fn class_labels(a: &Attributes, ints: &str) -> Result<ClassLabels, Unsupported> {
     match (a.ints.get(ints), a.strings.get("classlabels_strings")) {
         (Some(l), None) => Ok(ClassLabels::Int64(l.clone())),
         (None, Some(l)) => Ok(ClassLabels::String(l.clone())),
         _ => unsupported("a classifier without one list of class labels"),
     }
-}
-
-const NODE_ATTRIBUTES: &[&str] = &[
-    "nodes_treeids",
-    "nodes_nodeids",
-    "nodes_featureids",
-    "nodes_values",
-    "nodes_hitrates",
-    "nodes_modes",
-    "nodes_truenodeids",
-    "nodes_falsenodeids",
-    "nodes_missing_value_tracks_true",
-    "post_transform",
-    "base_values",
-];
-
-fn compile_ensemble(node: &NodeProto, n_features: usize) -> Result<Ensemble, Unsupported> {
-    let classifier = node.op_type() == "TreeEnsembleClassifier";
-    let extra: &[&str] = if classifier {
-        &["class_treeids", "class_nodeids", "class_ids", "class_weights", "classlabels_int64s", "classlabels_strings"]
-    } else {
-        &["target_treeids", "target_nodeids", "target_ids", "target_weights", "n_targets", "aggregate_function"]
-    };
-    let known: Vec<&str> = NODE_ATTRIBUTES.iter().chain(extra).copied().collect();
-    let a = read_attributes(node, &known)?;
-
-    // Tree regressors: only NONE (what ONNX Runtime does with the others is not covered).
-    let post = post_transform(&a, classifier)?;
-    let (kind, width, weights) = if classifier {
-        let labels = class_labels(&a, "classlabels_int64s")?;
-        let classes = labels.len();
-        if !(2..=64).contains(&classes) {
-            return unsupported(format!("{classes} classes (the native engine covers 2 to 64)"));
-        }
-        let ids = a.ints("class_ids");
-        let class_weights = a.floats("class_weights");
-        let mut seen = std::collections::BTreeSet::new();
-        for id in ids {
-            seen.insert(*id);
-        }
-        let kind = Kind::Classifier {
-            labels,
-            binary_case: classes == 2 && seen.len() == 1,
-            weights_all_positive: class_weights.iter().all(|w| *w >= 0.0),
-        };
-        let weights = (a.ints("class_treeids"), a.ints("class_nodeids"), ids, class_weights);
-        (kind, classes, weights)
-    } else {
-        let targets = a.ints("n_targets").first().copied().unwrap_or(0);
-        if !(1..=64).contains(&targets) {
-            return unsupported(format!("n_targets {targets} (the native engine covers 1 to 64)"));
-        }
-        let aggregate = match a.string("aggregate_function", "SUM").as_str() {
-            "SUM" => Aggregate::Sum,
-            "AVERAGE" => Aggregate::Average,
-            "MIN" => Aggregate::Min,
-            "MAX" => Aggregate::Max,
-            other => return unsupported(format!("aggregate_function {other}")),
-        };
-        let weights =
-            (a.ints("target_treeids"), a.ints("target_nodeids"), a.ints("target_ids"), a.floats("target_weights"));
-        (Kind::Regressor { aggregate }, targets as usize, weights)
-    };
-    let base_values = a.floats("base_values").to_vec();
-    let base_ok = match &kind {
-        Kind::Classifier { .. } if width == 2 => base_values.len() <= 2,
-        _ => base_values.is_empty() || base_values.len() == width || (width == 1 && base_values.len() == 1),
-    };
-    if !base_ok {
-        return unsupported(format!("{} base_values for {width} scores", base_values.len()));
-    }
-
-    // Nodes, grouped by tree, laid out depth-first with the true branch next.
-    let tree_ids = a.ints("nodes_treeids");
-    let node_ids = a.ints("nodes_nodeids");
-    let features = a.ints("nodes_featureids");
-    let values = a.floats("nodes_values");
-    let modes = a.strings("nodes_modes");
-    let trues = a.ints("nodes_truenodeids");
-    let falses = a.ints("nodes_falsenodeids");
-    let missing = a.ints("nodes_missing_value_tracks_true");
-    let n = tree_ids.len();
-    if n == 0 {
-        return unsupported("the ensemble has no nodes");
-    }
-    for (name, len) in [
-        ("nodes_nodeids", node_ids.len()),
-        ("nodes_featureids", features.len()),
-        ("nodes_values", values.len()),
-        ("nodes_modes", modes.len()),
-        ("nodes_truenodeids", trues.len()),
-        ("nodes_falsenodeids", falses.len()),
-    ] {
-        if len != n {
-            return unsupported(format!("{name} has {len} entries, nodes_treeids {n}"));
-        }
-    }
-    if !missing.is_empty() && missing.len() != n {
-        return unsupported("nodes_missing_value_tracks_true does not have one entry per node");
-    }
-    let mut index: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
-    let mut tree_order: Vec<i64> = Vec::new();
-    for i in 0..n {
-        if index.insert((tree_ids[i], node_ids[i]), i).is_some() {
-            return unsupported(format!("node {} of tree {} appears twice", node_ids[i], tree_ids[i]));
-        }
-        if !tree_order.contains(&tree_ids[i]) {
-            tree_order.push(tree_ids[i]);
-        }
-    }
-    let mode_code = |m: &str| -> Result<u32, Unsupported> {
-        Ok(match m {
-            "BRANCH_LEQ" => 0,
-            "BRANCH_LT" => 1,
-            "BRANCH_GTE" => 2,
-            "BRANCH_GT" => 3,
-            "BRANCH_EQ" => 4,
-            "BRANCH_NEQ" => 5,
-            "LEAF" => eval::LEAF,
-            other => return unsupported(format!("node mode {other}")),
-        })
-    };
-
-    let mut nodes: Vec<Node> = Vec::with_capacity(n);
-    let mut leaf_of: Vec<u32> = Vec::with_capacity(n);
-    let mut leaves: HashMap<usize, u32> = HashMap::new(); // original index → leaf number
-    let mut trees = Vec::with_capacity(tree_order.len());
-    for tree in &tree_order {
-        let Some(&root) = index.get(&(*tree, 0)) else {
-            return unsupported(format!("tree {tree} has no node 0"));
-        };
-        let start = nodes.len() as u32;
-        let mut depth = 0u32;
-        // Depth-first: (original index, depth, the parent's successor slot to patch).
-        type Pending = (usize, u32, Option<(usize, usize)>);
-        let mut stack: Vec<Pending> = vec![(root, 0, None)];
-        while let Some((i, d, parent)) = stack.pop() {
-            if nodes.len() - start as usize >= n || d > 4096 {
-                return unsupported(format!("tree {tree} is not a tree (a cycle or shared nodes)"));
-            }
-            let here = nodes.len();
-            if let Some((p, side)) = parent {
-                nodes[p].next[side] = here as u32;
-            }
-            depth = depth.max(d);
-            let mode = mode_code(&modes[i])?;
-            if mode == eval::LEAF {
-                let leaf = leaves.len() as u32;
-                if leaves.insert(i, leaf).is_some() {
-                    return unsupported(format!("tree {tree} reaches a leaf twice"));
-                }
-                nodes.push(Node { feature: 0, threshold: 0.0, next: [here as u32; 2] });
-                leaf_of.push(leaf);
-                continue;
-            }
-            let feature = features[i];
-            if feature < 0 || feature as usize >= n_features {
-                return unsupported(format!("a node splits on feature {feature} of {n_features}"));
-            }
-            let tracks = missing.get(i).copied().unwrap_or(0) != 0;
-            nodes.push(Node {
-                feature: feature as u32 | (mode << 28) | (u32::from(tracks) << 31),
-                threshold: values[i],
-                next: [u32::MAX; 2],
-            });
-            leaf_of.push(u32::MAX);
-            let child = |id: i64| {
-                index
-                    .get(&(*tree, id))
-                    .copied()
-                    .ok_or_else(|| Unsupported(format!("tree {tree} points at a missing node {id}")))
-            };
-            // The false branch is pushed first so the true branch is laid out right after.
-            stack.push((child(falses[i])?, d + 1, Some((here, 1))));
-            stack.push((child(trues[i])?, d + 1, Some((here, 0))));
-        }
-        trees.push(Tree { root: start, depth });
-    }
-
-    // Leaf weights: dense per leaf, with the set of scores each leaf touches.
-    let (w_trees, w_nodes, w_ids, w_values) = weights;
-    let m = w_trees.len();
-    if w_nodes.len() != m || w_ids.len() != m || w_values.len() != m {
-        return unsupported("the leaf weight attributes differ in length");
-    }
-    let mut leaf_weights = vec![0f32; leaves.len() * width];
-    let mut leaf_mask = vec![0u64; leaves.len()];
-    for k in 0..m {
-        let Some(i) = index.get(&(w_trees[k], w_nodes[k])) else {
-            return unsupported(format!("a weight for missing node {} of tree {}", w_nodes[k], w_trees[k]));
-        };
-        let Some(&leaf) = leaves.get(i) else {
-            return unsupported("a weight on a node that is not a reachable leaf");
-        };
-        let id = w_ids[k];
-        if id < 0 || id as usize >= width {
-            return unsupported(format!("a weight for score {id} of {width}"));
-        }
-        let bit = 1u64 << id;
-        if leaf_mask[leaf as usize] & bit != 0 {
-            return unsupported("a leaf with two weights for one score");
-        }
-        leaf_mask[leaf as usize] |= bit;
-        leaf_weights[leaf as usize * width + id as usize] = w_values[k];
-    }
-    if let Kind::Regressor { .. } = kind {
-        if width == 1 && leaf_mask.contains(&0) {
-            return unsupported("a regression leaf without a weight");
-        }
-    }
-    let split_nodes = || nodes.iter().zip(&leaf_of).filter(|(_, l)| **l == u32::MAX).map(|(n, _)| n.feature);
-    let splits = if split_nodes().any(|f| (f >> 28) & 7 != 0) {
-        Splits::Any
-    } else if split_nodes().any(|f| f >> 31 != 0) {
-        Splits::LeqMissing
-    } else {
-        Splits::LeqOnly
-    };
-    Ok(Ensemble { nodes, trees, leaf_of, leaf_weights, leaf_mask, width, kind, post, base_values, splits })
 }
 
 /// The most classes or targets a linear model may have here: a batch's scores take
@@ -764,7 +611,7 @@ fn compile_linear(node: &NodeProto, n_features: usize) -> Result<Linear, Unsuppo
         ));
     }
     let a = read_attributes(node, known)?;
-    let post = post_transform(&a, true)?;
+    let post = post_transform(&a, true, false)?;
     let intercepts = a.floats("intercepts");
     let (sums, kind, intercepts) = if classifier {
         // multi_class is read and ignored, as ONNX Runtime ignores it: the post-transform
