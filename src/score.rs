@@ -553,3 +553,29 @@ async fn resolve_workers(urls: &[String]) -> anyhow::Result<Vec<String>> {
         _ => addrs.into_iter().map(|a| format!("grpc://{a}")).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_fills_parse_and_nan_is_written_as_proto3_json_does() {
+        assert_eq!(parse_column_fill("amount=0.5"), Ok(("amount".to_string(), 0.5)));
+        assert_eq!(parse_column_fill("a=b=-2"), Ok(("a=b".to_string(), -2.0)));
+        let (column, nan) = parse_column_fill("f0=NaN").expect("NaN is a fill value");
+        assert!(column == "f0" && nan.is_nan());
+        for bad in ["amount", "=1", "amount=x"] {
+            assert!(parse_column_fill(bad).is_err(), "{bad}");
+        }
+        assert_eq!(proto_double(1.5), json!(1.5));
+        assert_eq!(proto_double(f64::NAN), json!("NaN"));
+        assert_eq!(proto_double(f64::NEG_INFINITY), json!("-Infinity"));
+        // The command the CLI sends decodes as the worker reads it.
+        let cmd = json!({"model": "m", "missing": "nan", "fill_null": proto_double(f64::NAN),
+                         "fill_null_columns": {"f0": proto_double(f64::NAN), "f1": proto_double(2.0)}});
+        let decoded = lakescore_proto::ScoreCommand::from_bytes(cmd.to_string().as_bytes()).expect("decodes");
+        assert_eq!(decoded.missing, "nan");
+        assert!(decoded.fill_null.is_some_and(f64::is_nan) && decoded.fill_null_columns["f0"].is_nan());
+        assert_eq!(decoded.fill_null_columns["f1"], 2.0);
+    }
+}

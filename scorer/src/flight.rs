@@ -169,7 +169,7 @@ impl ScorerService {
             return Err(ScoreError::invalid("empty DoPut: no Flight descriptor was sent").into());
         };
         let cmd = match &incoming.call {
-            Call::Score(cmd) => cmd.clone(),
+            Call::Score(cmd) => cmd.as_ref().clone(),
             #[cfg(feature = "sql")]
             Call::Sql(sql) => {
                 let sql = sql.clone();
@@ -206,7 +206,7 @@ impl ScorerService {
             return Ok(None);
         };
         let cmd = match &incoming.call {
-            Call::Score(cmd) => cmd.clone(),
+            Call::Score(cmd) => cmd.as_ref().clone(),
             #[cfg(feature = "sql")]
             Call::Sql(_) => {
                 return Err(ScoreError::Unimplemented("Flight SQL commands are not taken by DoExchange".into()).into())
@@ -411,7 +411,7 @@ struct Incoming {
 
 /// What a DoPut / DoExchange asks for.
 enum Call {
-    Score(ScoreCommand),
+    Score(Box<ScoreCommand>),
     #[cfg(feature = "sql")]
     Sql(arrow_flight::sql::Command),
 }
@@ -423,7 +423,7 @@ impl Call {
         if let Some(sql) = desc.and_then(|d| flight_sql_command(&d.cmd)) {
             return Ok(Call::Sql(sql?));
         }
-        Ok(Call::Score(command_from_descriptor(desc)?))
+        Ok(Call::Score(Box::new(command_from_descriptor(desc)?)))
     }
 }
 
