@@ -1,4 +1,4 @@
-//! The worker's Parquet output (`JobWriter`: what DoPut, `score-dataset`, batch jobs and SQL
+//! The worker's Parquet output (`OutputSink`: what DoPut, `score-dataset`, batch jobs and SQL
 //! `INSERT INTO` write) against arrow-rs's `ArrowWriter` with its defaults writing the same
 //! batches into memory, in one process. The batches are what `logreg20` gives in the scoring
 //! benchmark: 20 float32 feature columns passed through, `label` (int64) and `probabilities`
@@ -15,6 +15,7 @@ use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, Recor
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use common::{best_of_3, normal_values};
 use lakescore_core::store::StoreOptions;
+use lakescore_scorer::sink::{Commit, OutputSink};
 use lakescore_scorer::storage::{JobWriter, ManifestModel, Storage};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
@@ -69,17 +70,17 @@ fn main() {
         let url = format!("file://{}/out{job}/", dir.path().display());
         let loc = storage.locate(&url, "output").expect("output location");
         runtime.block_on(async {
-            let mut writer = JobWriter::new(
+            let sink = OutputSink::new(
                 loc,
                 format!("bench{job}"),
                 schema.clone(),
                 defaults.max_rows_per_file,
                 defaults.row_group_rows,
+                model.clone(),
+                Commit::Manifest,
             );
-            for batch in &input {
-                writer.write(batch).await.expect("write");
-            }
-            writer.finish(&model).await.expect("finish").bytes
+            let batches = futures::stream::iter(input.iter().cloned().map(Ok));
+            sink.write_stream(batches).await.expect("write").summary.bytes
         })
     });
     let in_memory = |props: Option<WriterProperties>| {
@@ -117,7 +118,7 @@ fn main() {
         baseline / same_props
     );
     println!(
-        "| lakescore JobWriter, local files (columns on all cores, sha256, manifest) | {:.0} | {:.0} | {worker_bytes} | {:.2} |",
+        "| lakescore OutputSink, local files (columns on all cores, sha256, manifest) | {:.0} | {:.0} | {worker_bytes} | {:.2} |",
         rate(worker),
         worker_bytes as f64 / worker / 1e6,
         baseline / worker

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lakescore_registry::{Registry, RegistryConfig};
 
-#[path = "../tests/common/big_model.rs"]
+#[path = "../tests/it/common/big_model.rs"]
 mod big_model;
-#[path = "../tests/common/issuer.rs"]
+#[path = "../tests/it/common/issuer.rs"]
 #[allow(dead_code)]
 mod issuer;
 use big_model::model_of_10mb;

@@ -231,7 +231,8 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
             .map_err(|e| anyhow::anyhow!("cannot start the scoring worker: {e}"))?;
         let scorer = std::sync::Arc::new(scorer);
         worker = Some(scorer.clone());
-        let mut service = lakescore_scorer::ScorerService::new(scorer);
+        let mut service =
+            lakescore_scorer::service(scorer).map_err(|e| anyhow::anyhow!("cannot start the scoring worker: {e}"))?;
         let authenticator = match authenticator {
             // The registry warms its keys when it starts serving.
             Some(shared) => shared,
@@ -288,7 +289,7 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
                 cancelled = true;
                 tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period over: cancelling in-flight scoring jobs");
                 if let Some(scorer) = &worker {
-                    scorer.cancel_jobs();
+                    scorer.cancel_streams();
                 }
             }
             _ = tokio::time::sleep_until(abort_at), if cancelled && !aborted => {

@@ -12,11 +12,11 @@
 
 use arrow_flight::FlightData;
 use futures::StreamExt;
-use lakescore_scorer::engine::probe::{OutputShape, ResolvedOutput};
-use lakescore_scorer::engine::{ElemType, IoInfo, OutputValue, Tensor, TensorData, ValueType};
-use lakescore_scorer::flight_input::FlightInput;
-use lakescore_scorer::mapping::{PlanOptions, ScorePlan};
-use lakescore_scorer::proto::ScoreCommand;
+use lakescore_engine::engine::probe::{OutputShape, ResolvedOutput};
+use lakescore_engine::engine::{ElemType, IoInfo, OutputValue, Tensor, TensorData, ValueType};
+use lakescore_engine::mapping::{PlanOptions, ScorePlan};
+use lakescore_engine::proto::ScoreCommand;
+use lakescore_flight::input::FlightInput;
 use libfuzzer_sys::fuzz_target;
 
 fn tensor(name: &str, elem: ElemType, shape: &[Option<i64>]) -> IoInfo {

@@ -1,37 +1,62 @@
-//! lakescore scoring worker: an Arrow Flight service that scores record batches with
-//! registered ONNX models (tree ensembles and linear models natively, the rest on ONNX Runtime via `ort`, or tract-onnx as the pure-Rust fallback) and writes enriched Parquet back to
-//! object storage.
+//! lakescore's scoring worker, composed: the scoring core (`lakescore-engine`), lake I/O
+//! (`lakescore-lake`), the Arrow Flight transport (`lakescore-flight`) and, when the
+//! configuration turns it on, Flight SQL (`lakescore-sql`) on the same port.
 //!
-//! Entry points: [`serve`] (config + listener + shutdown), or [`Scorer`] +
-//! [`ScorerService`] to mount the Flight service yourself.
+//! Entry points: [`serve`] (config + listener + shutdown), or [`service`] to mount the
+//! Flight service yourself (e.g. with a token validator) and serve it with
+//! [`serve_service`]. The modules of the crates below are re-exported under their names.
 
 #![warn(missing_docs)]
 
-pub mod cache;
-pub mod config;
-pub mod engine;
-pub mod error;
-pub mod flight_input;
-mod flight_output;
-pub mod job;
-pub mod mapping;
+use std::future::Future;
+use std::sync::Arc;
 
-pub mod flight;
-pub mod scorer;
-pub mod server;
-pub mod source;
-#[cfg(feature = "sql")]
-pub mod sql;
-pub mod storage;
+use tokio::net::TcpListener;
 
-pub use config::{Backend, ScorerConfig};
-pub use engine::ort::{find_onnxruntime, GraphOptimization, OrtEngine, OrtOptions};
-pub use engine::tract::TractEngine;
-pub use engine::trees::TreesEngine;
-pub use error::ScoreError;
-pub use flight::{FlightServer, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET, ACTION_WARM};
-pub use lakescore_proto as proto;
-pub use scorer::{ResolvedModel, Scorer};
-pub use server::{serve, serve_scorer, serve_service};
-pub use source::{Credentials, DirModelSource, GrpcModelSource, HttpModelSource, ModelSource, ModelVersion};
-pub use storage::{OutputSummary, MANIFEST_NAME};
+pub use lakescore_engine::{cache, config, engine, error, mapping, scorer, source};
+pub use lakescore_flight::{input as flight_input, output as flight_output, router, service as flight};
+pub use lakescore_lake::{job, lake, sink, storage};
+
+pub use lakescore_engine::{
+    find_onnxruntime, proto, Backend, Credentials, DirModelSource, GraphOptimization, GrpcModelSource, HttpModelSource,
+    ModelSource, ModelVersion, OrtEngine, OrtOptions, ResolvedModel, ScoreError, Scorer, ScorerConfig, TractEngine,
+    TreesEngine,
+};
+pub use lakescore_flight::{
+    serve_service, FlightServer, FlightSqlFront, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET,
+    ACTION_WARM,
+};
+pub use lakescore_lake::{Lake, OutputSummary, MANIFEST_NAME};
+pub use lakescore_sql::SqlEngine;
+
+use error::Result;
+
+/// The Flight service over `scorer`: its lake (the configured storage roots), its batch
+/// jobs, and Flight SQL when `sql.enabled`.
+pub fn service(scorer: Arc<Scorer>) -> Result<ScorerService> {
+    let sql_enabled = scorer.config().sql.enabled;
+    let lake = Arc::new(Lake::new(scorer)?);
+    let service = ScorerService::new(lake.clone());
+    Ok(match sql_enabled {
+        true => service.with_sql(Arc::new(SqlEngine::new(lake))),
+        false => service,
+    })
+}
+
+/// Build the scorer from `config` (loading ONNX Runtime, connecting the model source) and
+/// serve Arrow Flight on `listener` until `shutdown` completes.
+pub async fn serve<F>(config: ScorerConfig, listener: TcpListener, shutdown: F) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let scorer = tokio::task::spawn_blocking(move || Scorer::from_config(config)).await??;
+    serve_scorer(Arc::new(scorer), listener, shutdown).await
+}
+
+/// Serve an already built scorer on `listener` until `shutdown` completes.
+pub async fn serve_scorer<F>(scorer: Arc<Scorer>, listener: TcpListener, shutdown: F) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_service(service(scorer)?, listener, shutdown).await
+}

@@ -1,0 +1,1068 @@
+//! Batch jobs: `score-dataset` with [`BatchSettings`], as Azure ML batch endpoints run them
+//! and a little past them.
+//!
+//! - The input is split into units (a file, or `mini_batch_size` row groups of one), scored
+//!   `max_concurrency` at a time; a unit that fails with a transient error is retried up to
+//!   `max_retries` times, each attempt bounded by `timeout_secs`.
+//! - A row the model cannot score (a null feature, a string that does not parse, an engine
+//!   error on that row) does not fail its batch: the batch is bisected until the bad rows
+//!   are alone, and they are written whole, with an error code and message, under
+//!   `<output>/_errors/`. `error_threshold_rows` / `error_threshold_units` decide when the job
+//!   as a whole fails. A clean batch costs nothing extra: isolation only starts on an error.
+//! - The model reference is resolved once, when the job first starts, and pinned in the
+//!   job's record: every unit, retries and resumed runs included, scores with that version.
+//! - Each finished unit commits a marker (`_lakescore_jobs/<job>/units/<n>.json`) after its
+//!   parts. A run with the same `job_id` skips committed units; the manifest is written once,
+//!   last, listing every part. A lock with a heartbeat refuses a second run of a job while one
+//!   is alive; a crashed run's lock goes stale and the next run takes over.
+//! - Lineage: every part carries the model, version, sha256, job id and input in its Parquet
+//!   footer; the manifest maps each input unit to its parts and row counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use futures::StreamExt;
+use lakescore_proto::{BatchSettings, OutputAction, ScoreCommand};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use lakescore_core::reference::ModelRef;
+use lakescore_engine::cache::ModelHandle;
+use lakescore_engine::error::{Result, ScoreError};
+use lakescore_engine::mapping::ScorePlan;
+use lakescore_engine::scorer::{score_chunk, ResolvedModel};
+use lakescore_engine::source::Credentials;
+
+use crate::lake::Lake;
+use crate::sink::{Commit, OutputSink};
+use crate::storage::{Location, ManifestModel, WrittenFile, MANIFEST_NAME};
+
+/// How long a job's lock lives without a heartbeat before another run may take it over.
+const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+
+/// How long a finished job's outcome stays available to `PollFlightInfo`.
+const FINISHED_KEPT: Duration = Duration::from_secs(600);
+
+/// A batch job running on this worker: its progress, a way to stop it, and, once it has
+/// finished, how it ended (kept for a while for pollers).
+#[derive(Debug, Default)]
+pub struct RunningJob {
+    cancel: tokio_util::sync::CancellationToken,
+    units_total: std::sync::atomic::AtomicU64,
+    units_done: std::sync::atomic::AtomicU64,
+    rows: std::sync::atomic::AtomicU64,
+    outcome: std::sync::Mutex<Option<(std::time::Instant, Result<JobSummary>)>>,
+    finished: tokio::sync::Notify,
+}
+
+impl RunningJob {
+    fn finish(&self, result: Result<JobSummary>) {
+        if let Ok(mut outcome) = self.outcome.lock() {
+            *outcome = Some((std::time::Instant::now(), result));
+        }
+        self.finished.notify_waiters();
+    }
+
+    /// Units finished (committed earlier included) over all units, once they are known.
+    pub fn progress(&self) -> Option<f64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.units_total.load(Relaxed);
+        (total > 0).then(|| self.units_done.load(Relaxed) as f64 / total as f64)
+    }
+
+    /// Rows scored so far by this run.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How the job ended; `None` while it runs.
+    pub fn outcome(&self) -> Option<Result<JobSummary>> {
+        self.outcome.lock().ok().and_then(|o| o.as_ref().map(|(_, r)| r.clone()))
+    }
+
+    /// Waits for the end of the job.
+    pub async fn wait(&self) -> Result<JobSummary> {
+        loop {
+            let notified = self.finished.notified();
+            if let Some(outcome) = self.outcome() {
+                return outcome;
+            }
+            notified.await;
+        }
+    }
+
+    /// Asks the job to stop: it removes what it wrote and ends with `CANCELLED`.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The batch jobs of a worker, by output and job id.
+#[derive(Debug, Default)]
+struct RunningJobs(std::sync::Mutex<std::collections::HashMap<String, Arc<RunningJob>>>);
+
+/// Runs batch jobs on this worker, and keeps the ones running (and finished a short while
+/// ago) for polling and cancelling. Owned by the service; the [`Lake`] it scores with does
+/// not know jobs exist.
+#[derive(Debug)]
+pub struct JobManager {
+    lake: Arc<Lake>,
+    running: RunningJobs,
+}
+
+/// A run of a job on this worker: its output, its id and, for a shard, which.
+fn job_key(cmd: &ScoreCommand) -> String {
+    let shard = cmd.batch.as_ref().filter(|b| b.shard_count > 0).map(|b| (b.shard_index, b.shard_count));
+    format!("{}#{}#{shard:?}", cmd.output, cmd.job_id)
+}
+
+/// [`BatchSettings`] with their defaults applied.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Row groups per unit; 0: a file per unit.
+    pub mini_batch_size: usize,
+    /// Attempts after the first for a unit failing with a transient error.
+    pub max_retries: u32,
+    /// Longest one attempt of a unit may take.
+    pub timeout: Duration,
+    /// Units scored at once.
+    pub max_concurrency: usize,
+    /// Rows in error tolerated; -1: any.
+    pub error_threshold_rows: i64,
+    /// Failed units tolerated; -1: any.
+    pub error_threshold_units: i64,
+    /// Write the manifest (counts) only, no scored rows.
+    pub summary_only: bool,
+    /// `(index, count)`: this run scores only its shard of the units and commits no manifest.
+    pub shard: Option<(usize, usize)>,
+}
+
+impl JobSettings {
+    /// The output action's name, as summaries and manifests give it.
+    fn output_action(&self) -> &'static str {
+        if self.summary_only {
+            "summary_only"
+        } else {
+            "append_row"
+        }
+    }
+
+    /// The settings a command asks for, checked, with defaults for what it leaves out.
+    pub fn from_proto(b: &BatchSettings) -> Result<Self> {
+        let timeout = match b.timeout_secs {
+            0.0 => 300.0,
+            t if t.is_finite() && t > 0.0 => t,
+            t => return Err(ScoreError::InvalidArgument(format!("batch.timeout_secs must be positive, not {t}"))),
+        };
+        for (name, v) in
+            [("error_threshold_rows", b.error_threshold_rows), ("error_threshold_units", b.error_threshold_units)]
+        {
+            if v.is_some_and(|v| v < -1) {
+                return Err(ScoreError::InvalidArgument(format!("batch.{name} must be -1 (any) or at least 0")));
+            }
+        }
+        Ok(Self {
+            mini_batch_size: b.mini_batch_size as usize,
+            max_retries: b.max_retries.unwrap_or(3),
+            timeout: Duration::from_secs_f64(timeout),
+            max_concurrency: (b.max_concurrency as usize).clamp(1, 64),
+            error_threshold_rows: b.error_threshold_rows.unwrap_or(-1),
+            error_threshold_units: b.error_threshold_units.unwrap_or(0),
+            summary_only: b.output_action() == OutputAction::SummaryOnly,
+            shard: match (b.shard_index, b.shard_count) {
+                (_, 0) => None,
+                (i, n) if i < n => Some((i as usize, n as usize)),
+                (i, n) => {
+                    return Err(ScoreError::InvalidArgument(format!(
+                        "batch.shard_index {i} is not below batch.shard_count {n}"
+                    )))
+                }
+            },
+        })
+    }
+}
+
+/// One unit of work: a file, or some of its row groups.
+#[derive(Debug, Clone)]
+struct Unit {
+    index: usize,
+    file: ObjectMeta,
+    row_groups: Option<Vec<usize>>,
+}
+
+/// What a finished unit committed (its marker), and what the manifest lists per input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitRecord {
+    /// The unit's number, in input order.
+    pub unit: usize,
+    /// URL of the input file.
+    pub input: String,
+    /// The row groups of the file it covers (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_groups: Option<Vec<usize>>,
+    /// Rows scored (written unless summary_only).
+    pub rows: u64,
+    /// Rows set aside under `_errors/`.
+    pub error_rows: u64,
+    /// The Parquet parts it wrote.
+    pub files: Vec<WrittenFile>,
+    /// URL of its rows in error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_file: Option<String>,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// Set when every attempt failed: the unit's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// The pinned model of a job (`_lakescore_jobs/<job>/job.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JobRecord {
+    reference: String,
+    name: String,
+    version: i64,
+    sha256: String,
+}
+
+/// A committed batch job's manifest (`_lakescore.json`, format 2).
+#[derive(Debug, Serialize, Deserialize)]
+struct JobManifest {
+    format: u32,
+    job_id: String,
+    created_at: String,
+    model: ManifestModel,
+    /// The input the job scored (manifests before it have none).
+    #[serde(default)]
+    input: String,
+    output_action: String,
+    rows: u64,
+    error_rows: u64,
+    bytes: u64,
+    units: UnitCounts,
+    files: Vec<WrittenFile>,
+    /// Each input unit with its parts and row counts.
+    inputs: Vec<UnitRecord>,
+}
+
+/// A job's units, as its manifest counts them.
+#[derive(Debug, Serialize, Deserialize)]
+struct UnitCounts {
+    total: u64,
+    failed: u64,
+    retried: u64,
+    resumed: u64,
+}
+
+/// What a batch job answers and records in its manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    /// The job id.
+    pub job_id: String,
+    /// URL of the manifest.
+    pub manifest: String,
+    /// Model name.
+    pub model: String,
+    /// The version every unit scored with.
+    pub version: i64,
+    /// Its artifact's sha256.
+    pub sha256: String,
+    /// Rows scored.
+    pub rows: u64,
+    /// Rows set aside under `_errors/`.
+    pub error_rows: u64,
+    /// Units of work.
+    pub units: u64,
+    /// Units that failed every attempt.
+    pub failed_units: u64,
+    /// Units that needed more than one attempt.
+    pub retried_units: u64,
+    /// Units found committed by an earlier run of the same job.
+    pub resumed_units: u64,
+    /// URLs of the data files.
+    pub files: Vec<String>,
+    /// Bytes of data files.
+    pub bytes: u64,
+    /// `append_row` or `summary_only`.
+    pub output_action: &'static str,
+}
+
+/// Unit counts of a run that its records alone do not give.
+struct Totals {
+    units: u64,
+    failed_units: u64,
+    resumed_units: u64,
+}
+
+impl JobSummary {
+    /// The summary of `records` (a shard's, or the whole job's).
+    fn of(
+        job_id: &str,
+        pinned: &JobRecord,
+        records: &[&UnitRecord],
+        totals: Totals,
+        settings: &JobSettings,
+        manifest: String,
+    ) -> Self {
+        let files: Vec<&WrittenFile> = records.iter().flat_map(|r| r.files.iter()).collect();
+        JobSummary {
+            job_id: job_id.to_string(),
+            manifest,
+            model: pinned.name.clone(),
+            version: pinned.version,
+            sha256: pinned.sha256.clone(),
+            rows: records.iter().map(|r| r.rows).sum(),
+            error_rows: records.iter().map(|r| r.error_rows).sum(),
+            units: totals.units,
+            failed_units: totals.failed_units,
+            retried_units: records.iter().filter(|r| r.attempts > 1).count() as u64,
+            resumed_units: totals.resumed_units,
+            files: files.iter().map(|f| f.url.clone()).collect(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            output_action: settings.output_action(),
+        }
+    }
+}
+
+fn child(loc: &Location, rel: &str) -> Path {
+    let mut parts: Vec<_> = loc.path.parts().collect();
+    parts.extend(rel.split('/').filter(|p| !p.is_empty()).map(object_store::path::PathPart::from));
+    Path::from_iter(parts)
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(loc: &Location, rel: &str) -> Result<Option<T>> {
+    match loc.store.get(&child(loc, rel)).await {
+        Ok(got) => {
+            let bytes = got.bytes().await.map_err(|e| ScoreError::from_store(e, format!("reading {rel}")))?;
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ScoreError::DataLoss(format!("{} is not valid: {e}", loc.url_of(&child(loc, rel)))))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(ScoreError::from_store(e, format!("reading {}", loc.url_of(&child(loc, rel))))),
+    }
+}
+
+async fn write_json<T: Serialize>(loc: &Location, rel: &str, value: &T, mode: PutMode) -> Result<()> {
+    let body = serde_json::to_vec_pretty(value).map_err(ScoreError::internal)?;
+    let path = child(loc, rel);
+    loc.store
+        .put_opts(&path, PutPayload::from(body), PutOptions { mode, ..Default::default() })
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            object_store::Error::AlreadyExists { .. } => {
+                ScoreError::FailedPrecondition(format!("{} exists already", loc.url_of(&path)))
+            }
+            e => ScoreError::from_store(e, format!("writing {}", loc.url_of(&path))),
+        })
+}
+
+/// The job's lock: created exclusively; refreshed while the run lives; taken over when stale.
+struct JobLock {
+    loc: Location,
+    rel: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl JobLock {
+    async fn acquire(loc: &Location, job_id: &str, shard: Option<(usize, usize)>) -> Result<Self> {
+        let rel = match shard {
+            Some((i, n)) => format!("_lakescore_jobs/{job_id}/lock-{i}-of-{n}"),
+            None => format!("_lakescore_jobs/{job_id}/lock"),
+        };
+        let path = child(loc, &rel);
+        let body = || {
+            serde_json::json!({"job_id": job_id, "host": host_name(), "pid": std::process::id(),
+                               "at": chrono::Utc::now().to_rfc3339()})
+        };
+        if let Err(e) = write_json(loc, &rel, &body(), PutMode::Create).await {
+            let ScoreError::FailedPrecondition(_) = e else { return Err(e) };
+            let head = loc.store.head(&path).await.map_err(|e| ScoreError::from_store(e, "job lock"))?;
+            let age = chrono::Utc::now().signed_duration_since(head.last_modified).to_std().unwrap_or_default();
+            // A holder on this host whose process is gone died with the lock held: no need
+            // to wait for the lock to go stale.
+            let holder: Option<serde_json::Value> = read_json(loc, &rel).await.ok().flatten();
+            let dead_here = holder.as_ref().is_some_and(|h| {
+                h["host"].as_str() == Some(host_name().as_str())
+                    && h["pid"].as_u64().is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            });
+            if age < LOCK_STALE_AFTER && !dead_here {
+                return Err(ScoreError::FailedPrecondition(format!(
+                    "job {job_id} is already running (its lock {} was refreshed {}s ago); a crashed run's lock \
+                     is taken over after {}s",
+                    loc.url_of(&path),
+                    age.as_secs(),
+                    LOCK_STALE_AFTER.as_secs()
+                )));
+            }
+            tracing::warn!(job_id, age_secs = age.as_secs(), "taking over the stale lock of a job that stopped");
+            write_json(loc, &rel, &body(), PutMode::Overwrite).await?;
+        }
+        let (hb_loc, hb_rel, id) = (loc.clone(), rel.clone(), job_id.to_string());
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                let body =
+                    serde_json::json!({"job_id": id, "pid": std::process::id(), "at": chrono::Utc::now().to_rfc3339()});
+                if let Err(e) = write_json(&hb_loc, &hb_rel, &body, PutMode::Overwrite).await {
+                    tracing::warn!(error = %e, "refreshing a job lock failed");
+                }
+            }
+        });
+        Ok(Self { loc: loc.clone(), rel, heartbeat })
+    }
+
+    async fn release(self) {
+        self.heartbeat.abort();
+        let _ = self.loc.store.delete(&child(&self.loc, &self.rel)).await;
+    }
+}
+
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// The job's failure when its rows or units in error are over the thresholds.
+fn over_threshold(
+    settings: &JobSettings,
+    job_id: &str,
+    out: &Location,
+    error_rows: u64,
+    failed_units: u64,
+) -> Option<ScoreError> {
+    let over_rows = settings.error_threshold_rows >= 0 && error_rows > settings.error_threshold_rows as u64;
+    let over_units = settings.error_threshold_units >= 0 && failed_units > settings.error_threshold_units as u64;
+    (over_rows || over_units).then(|| {
+        ScoreError::FailedPrecondition(format!(
+            "job {job_id} stopped: {error_rows} rows in error (error_threshold_rows {}) and {failed_units} failed \
+             units (error_threshold_units {}); the rows in error are under {}",
+            settings.error_threshold_rows,
+            settings.error_threshold_units,
+            out.url_of(&child(out, "_errors"))
+        ))
+    })
+}
+
+/// This machine's name, to tell a lock held by a dead process here from one held elsewhere.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// Whether a failed attempt is worth another: storage or registry trouble, a timeout, an
+/// engine failure; not input that will fail the same way again.
+fn transient(e: &ScoreError) -> bool {
+    matches!(e, ScoreError::Unavailable(_) | ScoreError::Internal(_) | ScoreError::Cancelled(_))
+}
+
+/// What every unit of one run of a job is scored with and written to.
+#[derive(Clone, Copy)]
+struct JobRun<'a> {
+    cmd: &'a ScoreCommand,
+    settings: &'a JobSettings,
+    model: &'a ResolvedModel,
+    manifest_model: &'a ManifestModel,
+    input: &'a Location,
+    out: &'a Location,
+    job_id: &'a str,
+}
+
+/// A batch's rows scored where they can be, and the rows that cannot, with their error.
+struct Isolated {
+    scored: Vec<RecordBatch>,
+    bad: Vec<(u32, ScoreError)>,
+}
+
+/// Scores `batch`; on an error that can be a row's own, splits it in halves until the
+/// failing rows are alone. Rows come out in their input order.
+fn score_isolating(model: &ModelHandle, plan: &ScorePlan, batch: &RecordBatch, offset: u32, out: &mut Isolated) {
+    match score_chunk(model, plan, batch) {
+        Ok(scored) => out.scored.push(scored),
+        Err(e) if !matches!(e, ScoreError::InvalidArgument(_) | ScoreError::Internal(_)) => {
+            // Not a row's fault (memory, cancellation): every row of the batch gets it.
+            for row in 0..batch.num_rows() as u32 {
+                out.bad.push((offset + row, e.clone()));
+            }
+        }
+        Err(e) if batch.num_rows() <= 1 => {
+            if batch.num_rows() == 1 {
+                out.bad.push((offset, e));
+            }
+        }
+        Err(_) => {
+            let half = batch.num_rows() / 2;
+            score_isolating(model, plan, &batch.slice(0, half), offset, out);
+            score_isolating(model, plan, &batch.slice(half, batch.num_rows() - half), offset + half as u32, out);
+        }
+    }
+}
+
+/// The error rows of a batch: the whole input row, its row number in the unit, the error's
+/// code and message.
+fn error_rows(batch: &RecordBatch, bad: &[(u32, ScoreError)], first_row: u64) -> Result<RecordBatch> {
+    let indices = UInt32Array::from_iter_values(bad.iter().map(|(i, _)| *i));
+    let mut columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c, &indices, None))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+    columns.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
+        bad.iter().map(|(i, _)| first_row + u64::from(*i)),
+    )));
+    fields.push(Arc::new(Field::new("_row", DataType::UInt64, false)));
+    columns.push(Arc::new(StringArray::from_iter_values(bad.iter().map(|(_, e)| format!("{:?}", e.code())))));
+    fields.push(Arc::new(Field::new("_error_code", DataType::Utf8, false)));
+    columns.push(Arc::new(StringArray::from_iter_values(bad.iter().map(|(_, e)| e.message().to_string()))));
+    fields.push(Arc::new(Field::new("_error_message", DataType::Utf8, false)));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+impl JobManager {
+    /// The job manager of a worker's lake.
+    pub fn new(lake: Arc<Lake>) -> Self {
+        Self { lake, running: RunningJobs::default() }
+    }
+
+    /// Starts the batch job `cmd` in the background: what `score-dataset`, `PollFlightInfo`
+    /// and `CancelFlightInfo` share. A run of the same job still going here is joined when
+    /// `join` (a poller), refused otherwise (a second submission); a finished one is run again
+    /// (which answers at once when the job is complete).
+    pub fn start_job(
+        self: &Arc<Self>,
+        cmd: ScoreCommand,
+        settings: JobSettings,
+        creds: Credentials,
+        join: bool,
+    ) -> Result<Arc<RunningJob>> {
+        let key = job_key(&cmd);
+        let mut jobs = self.running.0.lock().map_err(|_| ScoreError::internal("the job table lock is poisoned"))?;
+        jobs.retain(|_, j| {
+            j.outcome.lock().ok().is_none_or(|o| o.as_ref().is_none_or(|(at, _)| at.elapsed() < FINISHED_KEPT))
+        });
+        if let Some(job) = jobs.get(&key).filter(|j| j.outcome().is_none()) {
+            if join {
+                return Ok(job.clone());
+            }
+            return Err(ScoreError::FailedPrecondition(format!(
+                "job {} is already running on this worker: follow it with PollFlightInfo, or stop it with \
+                 CancelFlightInfo",
+                cmd.job_id
+            )));
+        }
+        let job = Arc::new(RunningJob::default());
+        jobs.insert(key, job.clone());
+        drop(jobs);
+        let (manager, running) = (self.clone(), job.clone());
+        tokio::spawn(async move {
+            let result = manager.run_job(&cmd, &settings, &creds, &running).await;
+            running.finish(result);
+        });
+        Ok(job)
+    }
+
+    /// Every run of the job `cmd` names (shards included) still going on this worker.
+    pub fn running_jobs(&self, cmd: &ScoreCommand) -> Vec<Arc<RunningJob>> {
+        let prefix = format!("{}#{}#", cmd.output, cmd.job_id);
+        let Ok(jobs) = self.running.0.lock() else { return Vec::new() };
+        jobs.iter().filter(|(k, j)| k.starts_with(&prefix) && j.outcome().is_none()).map(|(_, j)| j.clone()).collect()
+    }
+
+    /// The job `cmd` names, if it runs (or ran lately) on this worker.
+    pub fn find_job(&self, cmd: &ScoreCommand) -> Option<Arc<RunningJob>> {
+        self.running.0.lock().ok()?.get(&job_key(cmd)).cloned()
+    }
+
+    /// `score-dataset` with batch settings: see the module documentation.
+    pub async fn run_job(
+        &self,
+        cmd: &ScoreCommand,
+        settings: &JobSettings,
+        creds: &Credentials,
+        job: &RunningJob,
+    ) -> Result<JobSummary> {
+        if cmd.job_id.is_empty() {
+            return Err(ScoreError::invalid("a batch job needs a job_id (it names the job for resume and locking)"));
+        }
+        let job_id = crate::lake::job_id(cmd)?;
+        let out = self.lake.output_location(cmd)?;
+        if let Some(done) = read_json::<serde_json::Value>(&out, MANIFEST_NAME).await? {
+            if done["job_id"] == job_id.as_str() {
+                return self.completed_job(cmd, settings, creds, &out, &job_id, done).await;
+            }
+        }
+        let lock = JobLock::acquire(&out, &job_id, settings.shard).await?;
+        let result = self.run_job_locked(cmd, settings, creds, &out, &job_id, job).await;
+        lock.release().await;
+        result
+    }
+
+    /// A run of a job whose manifest is committed: the same job (model, input and output
+    /// action) answers its committed summary and writes nothing, so that an orchestrator
+    /// retrying a task whose job had in fact finished succeeds; another job under the same
+    /// id is refused, naming what differs.
+    async fn completed_job(
+        &self,
+        cmd: &ScoreCommand,
+        settings: &JobSettings,
+        creds: &Credentials,
+        out: &Location,
+        job_id: &str,
+        manifest: serde_json::Value,
+    ) -> Result<JobSummary> {
+        let url = out.url_of(&child(out, MANIFEST_NAME));
+        let other = |what: String| {
+            ScoreError::FailedPrecondition(format!(
+                "job {job_id} is complete at {url} as another job: {what}; give this job another job_id"
+            ))
+        };
+        let done: JobManifest = serde_json::from_value(manifest)
+            .map_err(|_| other("the manifest there was not written by a batch job".into()))?;
+        if !done.input.is_empty() && done.input != cmd.input {
+            return Err(other(format!("it scored input {}, not {}", done.input, cmd.input)));
+        }
+        let action = settings.output_action();
+        if done.output_action != action {
+            return Err(other(format!("its output action was {}, not {action}", done.output_action)));
+        }
+        // The caller must still be allowed to read the model the job scored with.
+        let pinned = format!("{}:{}", done.model.name, done.model.version);
+        let model = self.lake.scorer().cache().source().resolve(&ModelRef::parse(&pinned)?, creds).await?;
+        if model.sha256 != done.model.sha256 {
+            return Err(other(format!(
+                "it scored with {pinned} (sha256 {}), which the registry now has as sha256 {}",
+                done.model.sha256, model.sha256
+            )));
+        }
+        if cmd.model != done.model.reference {
+            let asked = self.lake.scorer().cache().source().resolve(&ModelRef::parse(&cmd.model)?, creds).await?;
+            if asked.sha256 != done.model.sha256 {
+                return Err(other(format!(
+                    "it scored with {pinned} (from '{}'), and '{}' is {}:{}",
+                    done.model.reference, cmd.model, asked.model, asked.version
+                )));
+            }
+        }
+        tracing::info!(job_id, manifest = %url, "job already complete: its committed summary answers");
+        let files = done.files.iter().map(|f| f.url.clone()).collect();
+        Ok(JobSummary {
+            job_id: job_id.to_string(),
+            manifest: url,
+            model: done.model.name,
+            version: done.model.version,
+            sha256: done.model.sha256,
+            rows: done.rows,
+            error_rows: done.error_rows,
+            units: done.units.total,
+            failed_units: done.units.failed,
+            retried_units: done.units.retried,
+            resumed_units: done.units.resumed,
+            files,
+            bytes: done.bytes,
+            output_action: action,
+        })
+    }
+
+    async fn run_job_locked(
+        &self,
+        cmd: &ScoreCommand,
+        settings: &JobSettings,
+        creds: &Credentials,
+        out: &Location,
+        job_id: &str,
+        job: &RunningJob,
+    ) -> Result<JobSummary> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let job_dir = format!("_lakescore_jobs/{job_id}");
+        // One model version for the whole job, resumed runs included.
+        let record = match read_json::<JobRecord>(out, &format!("{job_dir}/job.json")).await? {
+            Some(r) => r,
+            None => {
+                let model = self.lake.scorer().resolve_model(&cmd.model, creds).await?;
+                let r = JobRecord {
+                    reference: cmd.model.clone(),
+                    name: model.version.model.clone(),
+                    version: model.version.version,
+                    sha256: model.version.sha256.clone(),
+                };
+                // Shards starting at once agree on one version: the first record wins.
+                match write_json(out, &format!("{job_dir}/job.json"), &r, PutMode::Create).await {
+                    Ok(()) => r,
+                    Err(ScoreError::FailedPrecondition(_)) => {
+                        read_json::<JobRecord>(out, &format!("{job_dir}/job.json"))
+                            .await?
+                            .ok_or_else(|| ScoreError::internal("the job record vanished"))?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let model = self.lake.scorer().resolve_model(&format!("{}:{}", record.name, record.version), creds).await?;
+        if model.version.sha256 != record.sha256 {
+            return Err(ScoreError::FailedPrecondition(format!(
+                "job {job_id} scores with {}:{} (sha256 {}), but the registry now has {} for it",
+                record.name, record.version, record.sha256, model.version.sha256
+            )));
+        }
+        let (input, files) = self.lake.input_files(cmd).await?;
+        let units = self.units(&input, files, settings.mini_batch_size).await?;
+
+        let mut records: Vec<Option<UnitRecord>> = vec![None; units.len()];
+        let mut resumed = 0u64;
+        for u in &units {
+            if let Some(r) = read_json::<UnitRecord>(out, &format!("{job_dir}/units/{:05}.json", u.index)).await? {
+                if r.failed.is_none() {
+                    resumed += 1;
+                    records[u.index] = Some(r);
+                }
+            }
+        }
+        let manifest_model = ManifestModel {
+            reference: record.reference.clone(),
+            name: record.name.clone(),
+            version: record.version,
+            sha256: record.sha256.clone(),
+            engine: model.handle.engine.to_string(),
+        };
+        job.units_total.store(units.len() as u64, Relaxed);
+        job.units_done.store(resumed, Relaxed);
+        // Parts an earlier, crashed run left of units it never committed: found in one listing.
+        let leftovers = self.units_with_parts(out, job_id).await;
+        let mine = |u: &Unit| settings.shard.is_none_or(|(i, n)| u.index % n == i);
+        let pending: Vec<Unit> = units.iter().filter(|u| records[u.index].is_none() && mine(u)).cloned().collect();
+        let mut error_rows: u64 = records.iter().flatten().map(|r| r.error_rows).sum();
+        let mut failed_units = 0u64;
+        let mut outcome: Result<()> = Ok(());
+        let run = JobRun { cmd, settings, model: &model, manifest_model: &manifest_model, input: &input, out, job_id };
+        let mut running = futures::stream::iter(pending.into_iter().map(|unit| {
+            let run = &run;
+            let leftover = leftovers.contains(&unit.index);
+            async move {
+                if leftover {
+                    self.remove_unit_parts(out, job_id, unit.index).await;
+                }
+                let result = self.run_unit(run, &unit).await;
+                (unit, result)
+            }
+        }))
+        .buffer_unordered(settings.max_concurrency);
+        let mut cancelled = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = job.cancel.cancelled() => {
+                    cancelled = true;
+                    break;
+                }
+                next = running.next() => next,
+            };
+            let Some((unit, record)) = next else { break };
+            write_json(out, &format!("{job_dir}/units/{:05}.json", unit.index), &record, PutMode::Overwrite).await?;
+            job.units_done.fetch_add(1, Relaxed);
+            job.rows.fetch_add(record.rows, Relaxed);
+            lakescore_core::failpoint::hit("job.after_unit").await;
+            error_rows += record.error_rows;
+            if let Some(why) = &record.failed {
+                failed_units += 1;
+                tracing::warn!(job_id, unit = unit.index, input = %record.input, error = %why, "a unit failed every attempt");
+            }
+            records[unit.index] = Some(record);
+            // Shards only score; the run that commits judges the whole job.
+            if settings.shard.is_none() {
+                if let Some(e) = over_threshold(settings, job_id, out, error_rows, failed_units) {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(running);
+        if outcome.is_ok() && settings.shard.is_none() {
+            // Units committed by earlier runs or shards count too.
+            if let Some(e) = over_threshold(settings, job_id, out, error_rows, failed_units) {
+                outcome = Err(e);
+            }
+        }
+        let records: Vec<UnitRecord> = records.into_iter().flatten().collect();
+        if cancelled {
+            // Units still running were dropped with their writers: their parts go too.
+            let leftovers = self.units_with_parts(out, job_id).await;
+            for unit in leftovers {
+                self.remove_unit_parts(out, job_id, unit).await;
+            }
+            self.remove_job_output(out, &records, &job_dir).await;
+            return Err(ScoreError::Cancelled(format!("job {job_id} was cancelled; its partial output was removed")));
+        }
+        if let Some((index, count)) = settings.shard {
+            // A shard commits its units only; the run without shards writes the manifest.
+            outcome?;
+            let mine: Vec<&UnitRecord> = records.iter().filter(|r| r.unit % count == index).collect();
+            let totals = Totals { units: mine.len() as u64, failed_units, resumed_units: resumed };
+            return Ok(JobSummary::of(job_id, &record, &mine, totals, settings, String::new()));
+        }
+        if let Err(e) = outcome {
+            // Deterministic: a re-run would stop the same way. Nothing of the job's output
+            // stays (the error rows do, to be looked at).
+            self.remove_job_output(out, &records, &job_dir).await;
+            return Err(e);
+        }
+
+        // Every unit is accounted for: the manifest, last.
+        let files: Vec<&WrittenFile> = records.iter().flat_map(|r| r.files.iter()).collect();
+        let all: Vec<&UnitRecord> = records.iter().collect();
+        let totals = Totals { units: units.len() as u64, failed_units, resumed_units: resumed };
+        let summary = JobSummary::of(job_id, &record, &all, totals, settings, out.url_of(&child(out, MANIFEST_NAME)));
+        let manifest = JobManifest {
+            format: 2,
+            job_id: job_id.to_string(),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            model: manifest_model,
+            input: cmd.input.clone(),
+            output_action: summary.output_action.to_string(),
+            rows: summary.rows,
+            error_rows: summary.error_rows,
+            bytes: summary.bytes,
+            units: UnitCounts {
+                total: summary.units,
+                failed: summary.failed_units,
+                retried: summary.retried_units,
+                resumed: summary.resumed_units,
+            },
+            files: files.into_iter().cloned().collect(),
+            inputs: records.clone(),
+        };
+        write_json(out, MANIFEST_NAME, &manifest, PutMode::Overwrite).await?;
+        for r in &records {
+            let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
+        }
+        let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+        tracing::info!(
+            job_id,
+            rows = summary.rows,
+            error_rows,
+            units = summary.units,
+            failed_units,
+            "batch job committed"
+        );
+        Ok(summary)
+    }
+
+    /// The units of `files`: each file, or runs of `mini_batch_size` row groups.
+    async fn units(&self, input: &Location, files: Vec<ObjectMeta>, mini_batch_size: usize) -> Result<Vec<Unit>> {
+        let mut units = Vec::new();
+        for file in files {
+            if mini_batch_size == 0 {
+                units.push(Unit { index: units.len(), file, row_groups: None });
+                continue;
+            }
+            let groups = match self.row_group_count(input, &file).await {
+                Ok(n) => n,
+                // A file whose footer does not read is one unit, which fails on its own.
+                Err(_) => {
+                    units.push(Unit { index: units.len(), file, row_groups: None });
+                    continue;
+                }
+            };
+            for start in (0..groups.max(1)).step_by(mini_batch_size) {
+                let rg: Vec<usize> = (start..(start + mini_batch_size).min(groups)).collect();
+                units.push(Unit { index: units.len(), file: file.clone(), row_groups: Some(rg) });
+            }
+        }
+        Ok(units)
+    }
+
+    async fn row_group_count(&self, input: &Location, file: &ObjectMeta) -> Result<usize> {
+        use parquet::arrow::async_reader::AsyncFileReader;
+        let mut reader = crate::storage::ObjectReader::new(input.store.clone(), file);
+        let meta = reader.get_metadata(None).await?;
+        Ok(meta.num_row_groups())
+    }
+
+    /// One unit, with its retries: never an `Err` (a unit that fails every attempt is a
+    /// failed unit of the job, recorded as such).
+    async fn run_unit(&self, run: &JobRun<'_>, unit: &Unit) -> UnitRecord {
+        let JobRun { settings, input, out, job_id, .. } = *run;
+        let url = input.url_of(&unit.file.location);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            lakescore_core::failpoint::hit("job.before_unit").await;
+            let attempt = self.score_unit(run, unit);
+            let result = match tokio::time::timeout(settings.timeout, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(ScoreError::Unavailable(format!(
+                    "unit {} ({url}) took longer than {}s",
+                    unit.index,
+                    settings.timeout.as_secs_f64()
+                ))),
+            };
+            match result {
+                Ok(mut record) => {
+                    record.attempts = attempts;
+                    return record;
+                }
+                Err(e) if transient(&e) && attempts <= settings.max_retries => {
+                    tracing::warn!(job_id, unit = unit.index, attempt = attempts, error = %e, "unit failed; retrying");
+                    // Leftovers of the failed attempt (a timeout drops its writer mid-file).
+                    self.remove_unit_parts(out, job_id, unit.index).await;
+                }
+                Err(e) => {
+                    self.remove_unit_parts(out, job_id, unit.index).await;
+                    return UnitRecord {
+                        unit: unit.index,
+                        input: url,
+                        row_groups: unit.row_groups.clone(),
+                        rows: 0,
+                        error_rows: 0,
+                        files: Vec::new(),
+                        error_file: None,
+                        attempts,
+                        failed: Some(e.to_string()),
+                    };
+                }
+            }
+        }
+    }
+
+    fn unit_prefix(job_id: &str, unit: usize) -> String {
+        format!("{job_id}-u{unit:05}")
+    }
+
+    /// The units of `job_id` that have parts (data or error rows) under `out`.
+    async fn units_with_parts(&self, out: &Location, job_id: &str) -> std::collections::HashSet<usize> {
+        let prefix = format!("part-{job_id}-u");
+        let mut units = std::collections::HashSet::new();
+        for dir in [out.path.clone(), child(out, "_errors")] {
+            let listed = out.store.list_with_delimiter(Some(&dir)).await.map(|l| l.objects).unwrap_or_default();
+            for meta in &listed {
+                let unit =
+                    meta.location.filename().and_then(|n| n.strip_prefix(&prefix)).and_then(|rest| rest.get(..5));
+                if let Some(n) = unit.and_then(|u| u.parse().ok()) {
+                    units.insert(n);
+                }
+            }
+        }
+        units
+    }
+
+    /// Removes what an unfinished attempt of `unit` left (data parts and error rows).
+    async fn remove_unit_parts(&self, out: &Location, job_id: &str, unit: usize) {
+        let prefix = format!("part-{}-", Self::unit_prefix(job_id, unit));
+        for dir in [out.path.clone(), child(out, "_errors")] {
+            let listed = out.store.list_with_delimiter(Some(&dir)).await.map(|l| l.objects).unwrap_or_default();
+            for meta in listed.iter().filter(|m| m.location.filename().is_some_and(|n| n.starts_with(&prefix))) {
+                let _ = out.store.delete(&meta.location).await;
+            }
+        }
+    }
+
+    async fn remove_job_output(&self, out: &Location, records: &[UnitRecord], job_dir: &str) {
+        for r in records {
+            for f in &r.files {
+                let _ = out.store.delete(&child(out, &f.path)).await;
+            }
+            let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
+        }
+        let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+    }
+
+    async fn score_unit(&self, run: &JobRun<'_>, unit: &Unit) -> Result<UnitRecord> {
+        let JobRun { cmd, settings, model, manifest_model, input, out, job_id } = *run;
+        let url = input.url_of(&unit.file.location);
+        let (schema, batches) = self.lake.read_parquet(input, &unit.file, unit.row_groups.clone()).await?;
+        let plan = self.lake.scorer().plan(model, cmd, schema).map_err(|e| e.context(format!("input file {url}")))?;
+        let lineage = vec![
+            ("lakescore.model".to_string(), manifest_model.name.clone()),
+            ("lakescore.version".to_string(), manifest_model.version.to_string()),
+            ("lakescore.sha256".to_string(), manifest_model.sha256.clone()),
+            ("lakescore.job_id".to_string(), job_id.to_string()),
+            ("lakescore.input".to_string(), url.clone()),
+            (
+                "lakescore.row_groups".to_string(),
+                unit.row_groups.as_ref().map(|g| format!("{g:?}")).unwrap_or_else(|| "all".into()),
+            ),
+            ("lakescore.scored_at".to_string(), chrono::Utc::now().to_rfc3339()),
+        ];
+        let unit_id = Self::unit_prefix(job_id, unit.index);
+        // Both sinks commit their parts only: the job's manifest lists them once every unit
+        // is done. An error drops them, which removes what they wrote.
+        let mut sink = (!settings.summary_only).then(|| {
+            self.lake
+                .sink(out.clone(), unit_id.clone(), plan.output_schema().clone(), manifest_model.clone(), Commit::Parts)
+                .with_metadata(lineage.clone())
+        });
+        let errors_loc = Location { path: child(out, "_errors"), ..out.clone() };
+        let mut errors: Option<OutputSink> = None;
+        let (mut rows, mut bad_rows, mut seen) = (0u64, 0u64, 0u64);
+        // Decoding, inference and writing overlap, as in the other scoring paths: the next
+        // batch is read and scored while this one is written.
+        let (handle, plan_s) = (model.handle.clone(), plan.clone());
+        let mut scored_batches = batches
+            .map(move |batch| {
+                let (handle, plan) = (handle.clone(), plan_s.clone());
+                async move {
+                    let batch = batch?;
+                    plan.check_batch(&batch)?;
+                    let scoring = batch.clone();
+                    let isolated = tokio::task::spawn_blocking(move || {
+                        let mut out = Isolated { scored: Vec::new(), bad: Vec::new() };
+                        score_isolating(&handle, &plan, &scoring, 0, &mut out);
+                        out
+                    })
+                    .await?;
+                    Ok::<_, ScoreError>((batch, isolated))
+                }
+            })
+            .buffered(2);
+        while let Some(item) = scored_batches.next().await {
+            let (batch, isolated) = item?;
+            for scored in &isolated.scored {
+                rows += scored.num_rows() as u64;
+                if let Some(sink) = sink.as_mut() {
+                    sink.write(scored).await?;
+                }
+            }
+            if !isolated.bad.is_empty() {
+                let rejected = error_rows(&batch, &isolated.bad, seen)?;
+                bad_rows += rejected.num_rows() as u64;
+                let sink = errors.get_or_insert_with(|| {
+                    self.lake
+                        .sink(
+                            errors_loc.clone(),
+                            unit_id.clone(),
+                            rejected.schema(),
+                            manifest_model.clone(),
+                            Commit::Parts,
+                        )
+                        .with_metadata(lineage.clone())
+                });
+                sink.write(&rejected).await?;
+            }
+            seen += batch.num_rows() as u64;
+        }
+        let files = match sink {
+            Some(sink) => sink.commit().await?.files,
+            None => Vec::new(),
+        };
+        let error_file = match errors {
+            Some(sink) => sink.commit().await?.files.into_iter().next().map(|f| f.url),
+            None => None,
+        };
+        Ok(UnitRecord {
+            unit: unit.index,
+            input: url,
+            row_groups: unit.row_groups.clone(),
+            rows,
+            error_rows: bad_rows,
+            files,
+            error_file,
+            attempts: 1,
+            failed: None,
+        })
+    }
+}

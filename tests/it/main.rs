@@ -1,0 +1,26 @@
+//! lakescore's integration tests, as one test binary (one link instead of one per file,
+//! on 2 cores). `common` is the harness of the tests that run the `lakescore` binary
+//! (registry, workers, CLI, identity providers, the database, object stores); `worker` the
+//! harness of those that run a scoring worker in process (`worker_*`).
+//!
+//! Run one group with `scripts/test -- sql::` (a module path filter), or one test by name.
+
+#[macro_use]
+mod common;
+mod worker;
+
+mod auth;
+mod batch_jobs;
+mod cli;
+mod faults;
+mod identity_provider;
+mod image;
+mod load;
+mod registry_api;
+mod registry_azure;
+mod scoring_e2e;
+mod sql;
+mod worker_flight;
+mod worker_hostile_input;
+mod worker_tract;
+mod worker_trees;
