@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use lakescore_core::retry::RetryPolicy;
 use lakescore_core::wire::{AliasRecord, Model, ModelList, ModelVersion, Problem, VersionList};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
@@ -334,7 +335,7 @@ impl RequestFailed {
 }
 
 /// Uploads a version, retrying a failed attempt (the registry unreachable, 503) up to
-/// twice with the same `Idempotency-Key`: if the first attempt was registered but its
+/// twice ([`RetryPolicy::UPLOAD`]) with the same `Idempotency-Key`: if the first attempt was registered but its
 /// answer lost, the retry gets that version back instead of registering a second one.
 async fn upload(
     c: &Client,
@@ -344,19 +345,12 @@ async fn upload(
     reuse_existing: bool,
     out: OutputFormat,
 ) -> anyhow::Result<ModelVersion> {
-    const ATTEMPTS: u32 = 3;
     let key = uuid::Uuid::new_v4().to_string();
-    let mut attempt = 1;
-    loop {
-        match upload_once(c, name, file, metadata, &key, reuse_existing, out).await {
-            Err(e) if attempt < ATTEMPTS && RequestFailed::is_transient(&e) => {
-                eprintln!("upload failed ({e}); retrying with the same Idempotency-Key");
-                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
+    RetryPolicy::UPLOAD
+        .retry("upload failed; sending it again with the same Idempotency-Key", RequestFailed::is_transient, || {
+            upload_once(c, name, file, metadata, &key, reuse_existing, out)
+        })
+        .await
 }
 
 async fn upload_once(

@@ -13,6 +13,8 @@ use arrow_flight::{FlightClient, FlightDescriptor};
 use clap::Args;
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use lakescore_core::retry::RetryPolicy;
+use lakescore_core::ErrorCode;
 use serde_json::{json, Value};
 
 #[derive(Debug, Args)]
@@ -470,7 +472,7 @@ async fn run_job_on(
                             });
                             last = Some(e);
                         }
-                        Err(JobError::Failed(e)) => return Err(e),
+                        Err(JobError::Failed(e) | JobError::Locked(e)) => return Err(e),
                     }
                 }
                 Err(last.unwrap_or_else(|| anyhow::anyhow!("no worker left")))
@@ -488,50 +490,60 @@ async fn run_job_on(
                 break;
             }
             Err(JobError::Unavailable(e)) => pb.suspend(|| eprintln!("job {job_id}: {worker} went away ({e})")),
-            Err(JobError::Failed(e)) => return Err(e),
+            Err(JobError::Failed(e) | JobError::Locked(e)) => return Err(e),
         }
     }
     pb.finish_and_clear();
     summary.ok_or_else(|| anyhow::anyhow!("no worker could commit job {job_id}; run it again with --job-id {job_id}"))
 }
 
-/// How a job call failed: the worker went away (try another), or the job did.
+/// How a job call failed: the worker went away (try another), the job's lock is held by
+/// another run (wait), or the job failed.
 enum JobError {
     Unavailable(anyhow::Error),
+    Locked(anyhow::Error),
     Failed(anyhow::Error),
 }
 
-/// One `score-dataset` call; a job still held by a run that just died is waited for.
-async fn job_action(worker: &str, token: Option<&str>, cmd: &Value) -> Result<Value, JobError> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut client = connect(worker, token).await.map_err(JobError::Unavailable)?;
-        let action = arrow_flight::Action::new("score-dataset", cmd.to_string());
-        let result = async { client.do_action(action).await?.try_collect::<Vec<_>>().await }.await;
-        match result {
-            Ok(result) => {
-                return result
-                    .first()
-                    .map(|r| serde_json::from_slice(r))
-                    .transpose()
-                    .map(|v| v.unwrap_or(Value::Null))
-                    .map_err(|e| JobError::Failed(e.into()))
-            }
-            Err(arrow_flight::error::FlightError::Tonic(s))
-                if s.code() == tonic::Code::FailedPrecondition
-                    && s.message().contains("already running")
-                    && Instant::now() < deadline =>
-            {
-                // The lock of a run that died elsewhere goes stale within a minute.
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            Err(arrow_flight::error::FlightError::Tonic(s))
-                if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown) =>
-            {
-                return Err(JobError::Unavailable(flight_error(arrow_flight::error::FlightError::Tonic(s))))
-            }
-            Err(e) => return Err(JobError::Failed(flight_error(e))),
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobError::Unavailable(e) | JobError::Locked(e) | JobError::Failed(e) => write!(f, "{e:#}"),
         }
+    }
+}
+
+/// One `score-dataset` call. A job whose lock is still held by a run that just died (the
+/// worker answers the reason `locked`) is waited for: the lock goes stale within a minute.
+async fn job_action(worker: &str, token: Option<&str>, cmd: &Value) -> Result<Value, JobError> {
+    let locked = |e: &JobError| matches!(e, JobError::Locked(_));
+    let waited = RetryPolicy::STALE_LOCK
+        .retry("the job's lock is held by another run", locked, || job_action_once(worker, token, cmd))
+        .await;
+    // Still locked when the wait is over: the other run is alive, and the answer is that.
+    waited
+}
+
+async fn job_action_once(worker: &str, token: Option<&str>, cmd: &Value) -> Result<Value, JobError> {
+    let mut client = connect(worker, token).await.map_err(JobError::Unavailable)?;
+    let action = arrow_flight::Action::new("score-dataset", cmd.to_string());
+    let result = async { client.do_action(action).await?.try_collect::<Vec<_>>().await }.await;
+    match result {
+        Ok(result) => result
+            .first()
+            .map(|r| serde_json::from_slice(r))
+            .transpose()
+            .map(|v| v.unwrap_or(Value::Null))
+            .map_err(|e| JobError::Failed(e.into())),
+        Err(arrow_flight::error::FlightError::Tonic(s)) => match ErrorCode::from_grpc(&s) {
+            ErrorCode::Locked => Err(JobError::Locked(flight_error(arrow_flight::error::FlightError::Tonic(s)))),
+            // The worker went away mid-call (killed, restarted): another may take the job.
+            _ if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown) => {
+                Err(JobError::Unavailable(flight_error(arrow_flight::error::FlightError::Tonic(s))))
+            }
+            _ => Err(JobError::Failed(flight_error(arrow_flight::error::FlightError::Tonic(s)))),
+        },
+        Err(e) => Err(JobError::Failed(flight_error(e))),
     }
 }
 

@@ -46,7 +46,13 @@ pub enum ErrorCode {
     DataLoss,
     /// A bug or an unexpected failure: 500, `INTERNAL`.
     Internal,
+    /// A lock another run holds (a batch job running on another worker, or a crashed run's
+    /// lock that is not stale yet): 409, `FAILED_PRECONDITION`. The same call succeeds once
+    /// the lock is released or goes stale.
+    Locked,
 }
+
+use prost::Message;
 
 impl ErrorCode {
     /// The HTTP status code.
@@ -56,7 +62,7 @@ impl ErrorCode {
             Self::Unauthenticated => 401,
             Self::PermissionDenied => 403,
             Self::NotFound => 404,
-            Self::Conflict | Self::FailedPrecondition => 409,
+            Self::Conflict | Self::FailedPrecondition | Self::Locked => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RangeNotSatisfiable => 416,
@@ -82,7 +88,7 @@ impl ErrorCode {
             Self::PermissionDenied => Code::PermissionDenied,
             Self::NotFound => Code::NotFound,
             Self::Conflict => Code::AlreadyExists,
-            Self::FailedPrecondition => Code::FailedPrecondition,
+            Self::FailedPrecondition | Self::Locked => Code::FailedPrecondition,
             Self::PayloadTooLarge | Self::HeadersTooLarge | Self::ResourceExhausted => Code::ResourceExhausted,
             Self::RangeNotSatisfiable => Code::OutOfRange,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
@@ -116,14 +122,59 @@ impl ErrorCode {
             Self::Unavailable => "https://lakescore.dev/problems/dependency-unavailable",
             Self::DataLoss => "https://lakescore.dev/problems/data-loss",
             Self::Internal => "https://lakescore.dev/problems/internal",
+            Self::Locked => "https://lakescore.dev/problems/locked",
         }
     }
 
+    /// The stable reason this code travels as between processes: the last segment of its
+    /// problem type (`not-found`, `locked`, …), in problem+json's `type` over HTTP and in
+    /// a `google.rpc.ErrorInfo` of the status details over gRPC ([`ErrorCode::status`]).
+    /// Clients branch on it, never on a message's wording.
+    pub fn reason(self) -> &'static str {
+        let ty = self.problem_type();
+        ty.rsplit('/').next().unwrap_or(ty)
+    }
+
+    /// The code of a [`reason`](Self::reason), if it is one.
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        ALL_CODES.iter().copied().find(|c| c.reason() == reason)
+    }
+
+    /// A gRPC status of this code carrying `message`, with the code's reason in its details
+    /// (`grpc-status-details-bin`: a `google.rpc.Status` holding a `google.rpc.ErrorInfo`
+    /// of domain `lakescore.dev`, as gRPC's richer error model has it).
+    pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        let message = message.into();
+        let info = ErrorInfo { reason: self.reason().to_string(), domain: ERROR_DOMAIN.to_string() };
+        let details = RpcStatus {
+            code: self.grpc_code() as i32,
+            message: message.clone(),
+            details: vec![ProtoAny { type_url: ERROR_INFO_TYPE.to_string(), value: info.encode_to_vec() }],
+        };
+        tonic::Status::with_details(self.grpc_code(), message, details.encode_to_vec().into())
+    }
+
+    /// The reason in a status's details, when a lakescore server sent it.
+    fn from_status_details(status: &tonic::Status) -> Option<Self> {
+        let details = RpcStatus::decode(status.details()).ok()?;
+        details
+            .details
+            .iter()
+            .filter(|any| any.type_url == ERROR_INFO_TYPE)
+            .filter_map(|any| ErrorInfo::decode(any.value.as_slice()).ok())
+            .find(|info| info.domain == ERROR_DOMAIN)
+            .and_then(|info| Self::from_reason(&info.reason))
+    }
+
     /// Decodes a gRPC status received from another party (the registry, a client's
-    /// stream). Codes that have no counterpart of their own (`UNKNOWN`, `ABORTED`) are
+    /// stream): by the reason in its details when a lakescore server sent one, else by its
+    /// gRPC code. Codes that have no counterpart of their own (`UNKNOWN`, `ABORTED`) are
     /// `Internal`; `OK` should never arrive as an error and is `Internal` too.
     pub fn from_grpc(status: &tonic::Status) -> Self {
         use tonic::Code;
+        if let Some(code) = Self::from_status_details(status).filter(|c| c.grpc_code() == status.code()) {
+            return code;
+        }
         match status.code() {
             // tonic's decoder answers OUT_OF_RANGE for a message over the configured
             // decoding limit; gRPC's own code for that is RESOURCE_EXHAUSTED.
@@ -177,6 +228,63 @@ impl ErrorCode {
     }
 }
 
+/// Every code, for decoding reasons.
+const ALL_CODES: &[ErrorCode] = &[
+    ErrorCode::InvalidArgument,
+    ErrorCode::Unauthenticated,
+    ErrorCode::PermissionDenied,
+    ErrorCode::NotFound,
+    ErrorCode::Conflict,
+    ErrorCode::FailedPrecondition,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::HeadersTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::RangeNotSatisfiable,
+    ErrorCode::InvalidModel,
+    ErrorCode::IdempotencyKeyReused,
+    ErrorCode::ResourceExhausted,
+    ErrorCode::DeadlineExceeded,
+    ErrorCode::Cancelled,
+    ErrorCode::Unimplemented,
+    ErrorCode::Unavailable,
+    ErrorCode::DataLoss,
+    ErrorCode::Internal,
+    ErrorCode::Locked,
+];
+
+/// The `ErrorInfo.domain` of lakescore's reasons.
+pub const ERROR_DOMAIN: &str = "lakescore.dev";
+const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+
+/// `google.rpc.Status`, what `grpc-status-details-bin` holds.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `google.rpc.ErrorInfo` (its `metadata`, field 3, is not used).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ErrorInfo {
+    #[prost(string, tag = "1")]
+    reason: String,
+    #[prost(string, tag = "2")]
+    domain: String,
+}
+
 /// The size of a request's header list as HTTP/2 counts it (RFC 7541: name + value + 32 per
 /// field): what the registry and the worker compare with their header limits, so that a call
 /// over them is answered on its own (431 / `RESOURCE_EXHAUSTED`) rather than by the transport
@@ -189,27 +297,24 @@ pub fn header_list_bytes(headers: &tonic::codegen::http::HeaderMap) -> usize {
 mod tests {
     use super::*;
 
-    const ALL: &[ErrorCode] = &[
-        ErrorCode::InvalidArgument,
-        ErrorCode::Unauthenticated,
-        ErrorCode::PermissionDenied,
-        ErrorCode::NotFound,
-        ErrorCode::Conflict,
-        ErrorCode::FailedPrecondition,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::HeadersTooLarge,
-        ErrorCode::UnsupportedMediaType,
-        ErrorCode::RangeNotSatisfiable,
-        ErrorCode::InvalidModel,
-        ErrorCode::IdempotencyKeyReused,
-        ErrorCode::ResourceExhausted,
-        ErrorCode::DeadlineExceeded,
-        ErrorCode::Cancelled,
-        ErrorCode::Unimplemented,
-        ErrorCode::Unavailable,
-        ErrorCode::DataLoss,
-        ErrorCode::Internal,
-    ];
+    const ALL: &[ErrorCode] = ALL_CODES;
+
+    /// Sent with its reason, every code decodes as itself, not only as its gRPC code;
+    /// a status from elsewhere (no details, or details of another domain) by its gRPC code.
+    #[test]
+    fn reasons_in_status_details_keep_the_exact_code() {
+        for &code in ALL {
+            let status = code.status("x");
+            assert_eq!(ErrorCode::from_grpc(&status), code, "{code:?}");
+            assert_eq!(ErrorCode::from_reason(code.reason()), Some(code));
+        }
+        assert_eq!(ErrorCode::Locked.reason(), "locked");
+        assert_eq!(ErrorCode::from_reason("no-such-reason"), None);
+        let plain = tonic::Status::failed_precondition("x");
+        assert_eq!(ErrorCode::from_grpc(&plain), ErrorCode::FailedPrecondition);
+        let garbage = tonic::Status::with_details(tonic::Code::NotFound, "x", bytes::Bytes::from_static(b"\xff\x01"));
+        assert_eq!(ErrorCode::from_grpc(&garbage), ErrorCode::NotFound);
+    }
 
     /// A code sent over gRPC and decoded on the other side keeps its meaning: the same
     /// gRPC code again, and the same HTTP class where the code is its own.
@@ -238,7 +343,7 @@ mod tests {
             let back = ErrorCode::from_http(code.http_status());
             match code {
                 // 409, 422 and 500 are shared: the first of each pair is what decodes.
-                ErrorCode::FailedPrecondition => assert_eq!(back, ErrorCode::Conflict),
+                ErrorCode::FailedPrecondition | ErrorCode::Locked => assert_eq!(back, ErrorCode::Conflict),
                 ErrorCode::IdempotencyKeyReused => assert_eq!(back, ErrorCode::InvalidModel),
                 ErrorCode::DataLoss => assert_eq!(back, ErrorCode::Internal),
                 _ => assert_eq!(back, code, "{code:?}"),

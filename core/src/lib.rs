@@ -6,11 +6,13 @@
 //!   versions with their [`wire::VersionStatus`], signatures, grants, audit entries, pages);
 //! - [`store`]: [`store::open_store`], the one way a storage URL becomes an object store;
 //! - [`error`]: [`error::ErrorCode`], from which each crate's errors get both their HTTP
-//!   status and their gRPC code, and through which incoming gRPC statuses are decoded.
+//!   status and their gRPC code, and through which incoming gRPC statuses are decoded;
+//! - [`retry`]: [`retry::RetryPolicy`], the one way a call is tried again.
 
 pub mod error;
 pub mod failpoint;
 pub mod reference;
+pub mod retry;
 pub mod store;
 pub mod wire;
 

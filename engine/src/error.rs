@@ -1,5 +1,5 @@
 //! The scorer's one error type, mapped once to an [`ErrorCode`] and through it to a gRPC
-//! status.
+//! status carrying the code's reason ([`ErrorCode::status`]).
 
 use std::fmt;
 
@@ -48,6 +48,10 @@ pub enum ScoreError {
     /// A bug or an unexpected failure inside the worker or the engine: `INTERNAL`.
     #[error("{0}")]
     Internal(String),
+    /// A lock another run holds (a batch job running elsewhere): `FAILED_PRECONDITION`,
+    /// with the reason `locked`, on which clients wait and call again.
+    #[error("{0}")]
+    Locked(String),
 }
 
 /// Result alias used across the crate.
@@ -79,6 +83,7 @@ impl ScoreError {
             ScoreError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             ScoreError::DataLoss(_) => ErrorCode::DataLoss,
             ScoreError::Internal(_) => ErrorCode::Internal,
+            ScoreError::Locked(_) => ErrorCode::Locked,
         }
     }
 
@@ -104,6 +109,7 @@ impl ScoreError {
             ErrorCode::Unimplemented => ScoreError::Unimplemented(msg),
             ErrorCode::DataLoss => ScoreError::DataLoss(msg),
             ErrorCode::Internal => ScoreError::Internal(msg),
+            ErrorCode::Locked => ScoreError::Locked(msg),
         }
     }
 
@@ -121,7 +127,8 @@ impl ScoreError {
             | ScoreError::Cancelled(m)
             | ScoreError::DeadlineExceeded(m)
             | ScoreError::DataLoss(m)
-            | ScoreError::Internal(m) => m,
+            | ScoreError::Internal(m)
+            | ScoreError::Locked(m) => m,
         }
     }
 
@@ -145,6 +152,7 @@ impl ScoreError {
             ScoreError::DeadlineExceeded(_) => ScoreError::DeadlineExceeded(msg),
             ScoreError::DataLoss(_) => ScoreError::DataLoss(msg),
             ScoreError::Internal(_) => ScoreError::Internal(msg),
+            ScoreError::Locked(_) => ScoreError::Locked(msg),
         }
     }
 
@@ -184,7 +192,7 @@ impl From<ScoreError> for tonic::Status {
         if code == ErrorCode::Internal {
             tracing::error!(error = %err, "internal error");
         }
-        tonic::Status::new(code.grpc_code(), err.message().to_string())
+        code.status(err.message())
     }
 }
 

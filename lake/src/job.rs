@@ -30,11 +30,13 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 use serde::{Deserialize, Serialize};
 
 use lakescore_core::reference::ModelRef;
+use lakescore_core::retry::RetryPolicy;
 use lakescore_engine::cache::ModelHandle;
 use lakescore_engine::error::{Result, ScoreError};
 use lakescore_engine::mapping::ScorePlan;
 use lakescore_engine::scorer::{score_chunk, ResolvedModel};
 use lakescore_engine::source::Credentials;
+use tracing::Instrument;
 
 use crate::lake::Lake;
 use crate::sink::{Commit, OutputSink};
@@ -392,7 +394,7 @@ impl JobLock {
                     && h["pid"].as_u64().is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
             });
             if age < LOCK_STALE_AFTER && !dead_here {
-                return Err(ScoreError::FailedPrecondition(format!(
+                return Err(ScoreError::Locked(format!(
                     "job {job_id} is already running (its lock {} was refreshed {}s ago); a crashed run's lock \
                      is taken over after {}s",
                     loc.url_of(&path),
@@ -550,7 +552,7 @@ impl JobManager {
             if join {
                 return Ok(job.clone());
             }
-            return Err(ScoreError::FailedPrecondition(format!(
+            return Err(ScoreError::Locked(format!(
                 "job {} is already running on this worker: follow it with PollFlightInfo, or stop it with \
                  CancelFlightInfo",
                 cmd.job_id
@@ -883,50 +885,61 @@ impl JobManager {
         Ok(meta.num_row_groups())
     }
 
-    /// One unit, with its retries: never an `Err` (a unit that fails every attempt is a
-    /// failed unit of the job, recorded as such).
+    /// One unit, with its retries ([`RetryPolicy::units`]): never an `Err` (a unit that fails
+    /// every attempt is a failed unit of the job, recorded as such).
     async fn run_unit(&self, run: &JobRun<'_>, unit: &Unit) -> UnitRecord {
         let JobRun { settings, input, out, job_id, .. } = *run;
         let url = input.url_of(&unit.file.location);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            lakescore_core::failpoint::hit("job.before_unit").await;
-            let attempt = self.score_unit(run, unit);
-            let result = match tokio::time::timeout(settings.timeout, attempt).await {
-                Ok(r) => r,
-                Err(_) => Err(ScoreError::Unavailable(format!(
-                    "unit {} ({url}) took longer than {}s",
-                    unit.index,
-                    settings.timeout.as_secs_f64()
-                ))),
-            };
-            match result {
-                Ok(mut record) => {
-                    record.attempts = attempts;
-                    return record;
-                }
-                Err(e) if transient(&e) && attempts <= settings.max_retries => {
-                    tracing::warn!(job_id, unit = unit.index, attempt = attempts, error = %e, "unit failed; retrying");
-                    // Leftovers of the failed attempt (a timeout drops its writer mid-file).
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let attempt = || {
+            let (attempts, url) = (&attempts, &url);
+            async move {
+                let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if attempt > 1 {
+                    // Leftovers of the failed attempt (a timeout drops its sinks mid-file; each
+                    // attempt names its parts apart, so a late removal never meets this one's).
                     self.remove_unit_parts(out, job_id, unit.index).await;
                 }
-                Err(e) => {
-                    self.remove_unit_parts(out, job_id, unit.index).await;
-                    return UnitRecord {
-                        unit: unit.index,
-                        input: url,
-                        row_groups: unit.row_groups.clone(),
-                        rows: 0,
-                        error_rows: 0,
-                        files: Vec::new(),
-                        error_file: None,
-                        attempts,
-                        failed: Some(e.to_string()),
-                    };
+                lakescore_core::failpoint::hit("job.before_unit").await;
+                match tokio::time::timeout(settings.timeout, self.score_unit(run, unit, attempt)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ScoreError::Unavailable(format!(
+                        "unit {} ({url}) took longer than {}s",
+                        unit.index,
+                        settings.timeout.as_secs_f64()
+                    ))),
+                }
+            }
+        };
+        let span = tracing::warn_span!("unit", job_id, unit = unit.index);
+        let policy = RetryPolicy::units(settings.max_retries as usize);
+        let result = policy.retry("unit failed", transient, attempt).instrument(span).await;
+        let attempts = attempts.load(std::sync::atomic::Ordering::SeqCst);
+        match result {
+            Ok(mut record) => {
+                record.attempts = attempts;
+                record
+            }
+            Err(e) => {
+                self.remove_unit_parts(out, job_id, unit.index).await;
+                UnitRecord {
+                    unit: unit.index,
+                    input: url,
+                    row_groups: unit.row_groups.clone(),
+                    rows: 0,
+                    error_rows: 0,
+                    files: Vec::new(),
+                    error_file: None,
+                    attempts,
+                    failed: Some(e.to_string()),
                 }
             }
         }
+    }
+
+    /// The name prefix of one attempt's parts: `<job>-u<unit>-a<attempt>`.
+    fn attempt_prefix(job_id: &str, unit: usize, attempt: u32) -> String {
+        format!("{}-a{attempt}", Self::unit_prefix(job_id, unit))
     }
 
     fn unit_prefix(job_id: &str, unit: usize) -> String {
@@ -971,7 +984,7 @@ impl JobManager {
         let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
     }
 
-    async fn score_unit(&self, run: &JobRun<'_>, unit: &Unit) -> Result<UnitRecord> {
+    async fn score_unit(&self, run: &JobRun<'_>, unit: &Unit, attempt: u32) -> Result<UnitRecord> {
         let JobRun { cmd, settings, model, manifest_model, input, out, job_id } = *run;
         let url = input.url_of(&unit.file.location);
         let (schema, batches) = self.lake.read_parquet(input, &unit.file, unit.row_groups.clone()).await?;
@@ -988,7 +1001,7 @@ impl JobManager {
             ),
             ("lakescore.scored_at".to_string(), chrono::Utc::now().to_rfc3339()),
         ];
-        let unit_id = Self::unit_prefix(job_id, unit.index);
+        let unit_id = Self::attempt_prefix(job_id, unit.index, attempt);
         // Both sinks commit their parts only: the job's manifest lists them once every unit
         // is done. An error drops them, which removes what they wrote.
         let mut sink = (!settings.summary_only).then(|| {

@@ -179,7 +179,7 @@ async fn limit_headers(req: Request, next: Next) -> Response {
     ));
     let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
-        return tonic::Status::new(error.code().grpc_code(), error.to_string()).into_http();
+        return error.code().status(error.to_string()).into_http();
     }
     error.into_response()
 }

@@ -25,6 +25,10 @@ pub enum RegistryError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A lock another request holds (an `Idempotency-Key` still being processed): 409 with
+    /// the problem type `locked`, on which clients wait and send the request again.
+    #[error("{0}")]
+    Locked(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -56,6 +60,7 @@ impl RegistryError {
             Self::Forbidden(_) => ErrorCode::PermissionDenied,
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Locked(_) => ErrorCode::Locked,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::HeadersTooLarge(_) => ErrorCode::HeadersTooLarge,
             Self::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
@@ -98,7 +103,7 @@ impl IntoResponse for RegistryError {
 
 impl From<RegistryError> for tonic::Status {
     fn from(e: RegistryError) -> Self {
-        tonic::Status::new(e.code().grpc_code(), e.to_string())
+        e.code().status(e.to_string())
     }
 }
 

@@ -343,7 +343,7 @@ impl Registry {
                 "Idempotency-Key '{key}' was used for a different request ({first}) in the last 24 hours; \
                  send a new key for a new request"
             ))),
-            Reservation::InProgress => Err(RegistryError::Conflict(format!(
+            Reservation::InProgress => Err(RegistryError::Locked(format!(
                 "a request with Idempotency-Key '{key}' is still being processed; retry when it has finished"
             ))),
         }

@@ -296,8 +296,12 @@ async fn a_killed_worker_s_job_is_refused_twice_then_resumed_with_the_same_versi
         assert!(std::time::Instant::now() < deadline, "the job never committed a unit");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    // A second run of the job while the first holds it: refused.
+    // A second run of the job while the first holds it: refused, with the reason clients
+    // wait on (`locked`, in the status details) rather than wording.
     let err = action(first.flight.clone(), cmd.clone()).await.expect_err("a second run at once");
+    let arrow_flight::error::FlightError::Tonic(status) = &err else { panic!("not a status: {err}") };
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert_eq!(lakescore_core::ErrorCode::from_grpc(status), lakescore_core::ErrorCode::Locked, "{err}");
     assert!(err.to_string().contains("already running"), "{err}");
     // The alias moves on: the resumed job must still score with version 1.
     let http = reqwest::Client::new();

@@ -64,3 +64,38 @@ def test_import_needs_no_extra() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_errors_by_reason_not_wording() -> None:
+    """A status whose details carry lakescore's reason is classified by it, whatever its
+    message says; details from elsewhere (or none) fall back to the gRPC code."""
+    import pyarrow.flight as flight
+
+    from lakescore import errors
+
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def field(number: int, value: bytes | int) -> bytes:
+        if isinstance(value, int):
+            return varint(number << 3) + varint(value)
+        return varint(number << 3 | 2) + varint(len(value)) + value
+
+    def details(reason: str, code: int, message: str, domain: str = "lakescore.dev") -> bytes:
+        info = field(1, reason.encode()) + field(2, domain.encode())
+        any_ = field(1, b"type.googleapis.com/google.rpc.ErrorInfo") + field(2, info)
+        return field(1, code) + field(2, message.encode()) + field(3, any_)
+
+    locked = flight.FlightServerError("whatever the words", extra_info=details("locked", 9, "job j is held"))
+    err = errors.from_flight(locked)
+    assert isinstance(err, lakescore.Locked) and isinstance(err, lakescore.FailedPrecondition)
+    assert (err.reason, err.code, err.status, err.detail) == ("locked", "FAILED_PRECONDITION", 409, "job j is held")
+    assert errors.status_details(b"\xff\xff") is None
+    other = flight.FlightServerError("x", extra_info=details("locked", 9, "m", domain="example.com"))
+    assert errors.status_details(other.extra_info) is None
+    assert not isinstance(errors.from_flight(other), lakescore.Locked)

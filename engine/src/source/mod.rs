@@ -100,9 +100,9 @@ pub fn model_source_from_url(url: &str, http: HttpSourceOptions) -> Result<Arc<d
     match parsed.scheme() {
         // Registry calls are idempotent reads: retried while the registry is unavailable.
         "http" | "https" => {
-            Ok(Arc::new(RetryingSource::new(HttpModelSource::new(parsed, http)?, RetryPolicy::default())))
+            Ok(Arc::new(RetryingSource::new(HttpModelSource::new(parsed, http)?, RetryPolicy::REGISTRY)))
         }
-        "grpc" => Ok(Arc::new(RetryingSource::new(GrpcModelSource::new(url, http)?, RetryPolicy::default()))),
+        "grpc" => Ok(Arc::new(RetryingSource::new(GrpcModelSource::new(url, http)?, RetryPolicy::REGISTRY))),
         "file" => {
             let path = parsed.to_file_path().map_err(|_| ScoreError::invalid(format!("invalid file URL {url:?}")))?;
             Ok(Arc::new(DirModelSource::new(path)?))

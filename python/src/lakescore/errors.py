@@ -9,14 +9,16 @@ server's own message (``detail`` for REST, the status message for Flight), so::
         print(e.detail)            # "model 'fraud' already exists"
 
 The classes follow the server's error table (``core/src/error.rs``): one per kind of
-failure, whatever the transport.
+failure, whatever the transport. The class is chosen by the server's stable reason code
+(problem+json's ``type`` over REST; a ``google.rpc.ErrorInfo`` in the gRPC status details
+over Flight), never by a message's wording; ``reason`` keeps it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = [
     "LakescoreError",
@@ -27,6 +29,7 @@ __all__ = [
     "NotFound",
     "Conflict",
     "FailedPrecondition",
+    "Locked",
     "PayloadTooLarge",
     "UnsupportedMediaType",
     "RangeNotSatisfiable",
@@ -51,6 +54,8 @@ class LakescoreError(Exception):
         detail: the server's message (problem+json ``detail`` / gRPC status message).
         status: HTTP status (REST; for Flight the HTTP equivalent of the gRPC code).
         code: gRPC status name (``NOT_FOUND``, ``PERMISSION_DENIED``, …).
+        reason: the server's stable reason code (``not-found``, ``locked``, …), when it
+            sent one.
         title, type: the problem+json ``title`` and ``type`` (REST only).
         problem: the whole problem+json body (REST only).
     """
@@ -67,8 +72,10 @@ class LakescoreError(Exception):
         title: str | None = None,
         type: str | None = None,
         problem: dict[str, Any] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(detail)
+        self.reason = reason
         self.detail = detail
         if status is not None:
             self.status = status
@@ -127,6 +134,12 @@ class FailedPrecondition(Conflict):
     """409 / ``FAILED_PRECONDITION``: valid, but not in a state to serve (an archived version)."""
 
     code = "FAILED_PRECONDITION"
+
+
+class Locked(FailedPrecondition):
+    """409 / ``FAILED_PRECONDITION``, reason ``locked``: a lock another run holds (a batch
+    job running on another worker, or a crashed run's lock not yet stale); the same call
+    succeeds once it is released."""
 
 
 class PayloadTooLarge(LakescoreError):
@@ -241,6 +254,7 @@ _BY_PROBLEM = {
     "dependency-unavailable": Unavailable,
     "data-loss": DataLoss,
     "internal": InternalError,
+    "locked": Locked,
 }
 
 _BY_STATUS = {
@@ -275,12 +289,13 @@ def from_http(status: int, body: bytes | str | None, reason: str = "") -> Lakesc
         except ValueError:
             pass
     cls: type[LakescoreError] | None = None
-    title = type_ = None
+    title = type_ = code_reason = None
     if problem is not None:
         type_ = problem.get("type") if isinstance(problem.get("type"), str) else None
         title = problem.get("title") if isinstance(problem.get("title"), str) else None
         if type_:
-            cls = _BY_PROBLEM.get(type_.rstrip("/").rsplit("/", 1)[-1])
+            code_reason = type_.rstrip("/").rsplit("/", 1)[-1]
+            cls = _BY_PROBLEM.get(code_reason)
         detail = problem.get("detail") or title or reason
     else:
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
@@ -289,10 +304,96 @@ def from_http(status: int, body: bytes | str | None, reason: str = "") -> Lakesc
         cls = _BY_STATUS.get(status) or (Unavailable if status >= 500 else InvalidArgument)
     if not detail:
         detail = f"HTTP {status}"
-    return cls(str(detail), status=status, title=title, type=type_, problem=problem)
+    return cls(str(detail), status=status, title=title, type=type_, problem=problem, reason=code_reason)
 
 
-# pyarrow's Flight client words each gRPC code in its message (arrow/flight/transport/grpc).
+# gRPC status codes by number (google.rpc.Code).
+_GRPC_CODE_NAMES = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+
+_ERROR_DOMAIN = "lakescore.dev"
+_ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+def _proto_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """The (field number, value) pairs of a protobuf message: varints as ints,
+    length-delimited fields as bytes (fixed-width ones are skipped)."""
+
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            if i >= len(buf) or shift > 63:
+                raise ValueError("truncated varint")
+            byte = buf[i]
+            value |= (byte & 0x7F) << shift
+            i += 1
+            if not byte & 0x80:
+                return value, i
+            shift += 7
+
+    i = 0
+    while i < len(buf):
+        key, i = varint(i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = varint(i)
+            yield number, value
+        elif wire == 2:
+            size, i = varint(i)
+            if i + size > len(buf):
+                raise ValueError("truncated field")
+            yield number, buf[i : i + size]
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def status_details(details: bytes) -> tuple[str, str, str] | None:
+    """``(reason, gRPC code name, message)`` from a gRPC status's details
+    (``grpc-status-details-bin``: a ``google.rpc.Status`` with a ``google.rpc.ErrorInfo``),
+    when a lakescore server sent them; None otherwise."""
+    try:
+        code, message, reason = 0, "", None
+        for number, value in _proto_fields(details):
+            if number == 1 and isinstance(value, int):
+                code = value
+            elif number == 2 and isinstance(value, bytes):
+                message = value.decode("utf-8", "replace")
+            elif number == 3 and isinstance(value, bytes):
+                any_fields = dict(_proto_fields(value))
+                if any_fields.get(1) != _ERROR_INFO_TYPE.encode():
+                    continue
+                payload = any_fields.get(2)
+                info = dict(_proto_fields(payload)) if isinstance(payload, bytes) else {}
+                if info.get(2) == _ERROR_DOMAIN.encode() and isinstance(info.get(1), bytes):
+                    reason = info[1].decode("ascii", "replace")  # type: ignore[union-attr]
+    except ValueError:
+        return None
+    if reason is None:
+        return None
+    return reason, _GRPC_CODE_NAMES.get(code, "UNKNOWN"), message
+
+
+# pyarrow's Flight client words each gRPC code in its message (arrow/flight/transport/grpc):
+# what classifies a status from a server that sent no reason (not lakescore's).
 _FLIGHT_PHRASES: list[tuple[str, type[LakescoreError], str]] = [
     ("returned invalid argument error", InvalidArgument, "INVALID_ARGUMENT"),
     ("returned not found error", NotFound, "NOT_FOUND"),
@@ -352,6 +453,15 @@ def from_flight(exc: BaseException) -> LakescoreError | None:
     a gRPC status (a local Arrow error)."""
     if isinstance(exc, LakescoreError):
         return exc
+    extra = getattr(exc, "extra_info", None)
+    details = status_details(extra) if isinstance(extra, bytes) and extra else None
+    if details is not None:
+        reason, code, message = details
+        cls = _BY_PROBLEM.get(reason)
+        if cls is not None:
+            err = cls(message, status=_HTTP_OF_CODE.get(code, cls.status), code=code, reason=reason)
+            err.__cause__ = exc
+            return err
     text = str(exc)
     lowered = text.lower()
     for phrase, cls, code in _FLIGHT_PHRASES:

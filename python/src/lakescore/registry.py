@@ -250,7 +250,7 @@ class Registry:
                 resp.status_code == 409
                 and headers is not None
                 and "Idempotency-Key" in headers
-                and "still being processed" in resp.text
+                and _problem_reason(resp) == "locked"
             )
             attempt += 1
             if retry and retryable and attempt < attempts:
@@ -532,3 +532,13 @@ class Registry:
         """The audit log (admins), newest first, page by page."""
         for e in self._pages("/audit", "entries", {"model": model, "page_size": page_size}):
             yield AuditEntry.from_json(e)
+
+
+def _problem_reason(resp: Any) -> str | None:
+    """The reason code of a problem+json answer (the last segment of its ``type``)."""
+    try:
+        problem = resp.json()
+    except ValueError:
+        return None
+    type_ = problem.get("type") if isinstance(problem, dict) else None
+    return type_.rstrip("/").rsplit("/", 1)[-1] if isinstance(type_, str) else None
