@@ -1,4 +1,6 @@
-//! `lakescore`: the model registry, the scoring worker and their command-line client.
+//! `lakescore`: the model registry, the scoring worker and their command-line client: the
+//! binary composes `lakescore-registry` and `lakescore-scorer` (itself the engine, lake,
+//! Flight and SQL crates) and adds the CLI; no logic of theirs lives here.
 
 mod client;
 mod config;

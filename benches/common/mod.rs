@@ -1,5 +1,5 @@
-//! What the Rust benchmarks share (`mod common;` in each): reproducible input values and the
-//! best-of-3 timer.
+//! What the Rust benchmarks share (`mod common;` in each, by path from `engine/benches` and
+//! `lake/benches`): reproducible input values and the best-of-3 timer.
 
 use std::time::Instant;
 

@@ -8,6 +8,9 @@
 //! - [`error`]: [`error::ErrorCode`], from which each crate's errors get both their HTTP
 //!   status and their gRPC code, and through which incoming gRPC statuses are decoded;
 //! - [`retry`]: [`retry::RetryPolicy`], the one way a call is tried again.
+//!
+//! It depends on `lakescore-proto` alone of lakescore's crates, and on no engine, storage
+//! layout or transport of its own: every other crate depends on it.
 
 pub mod error;
 pub mod failpoint;

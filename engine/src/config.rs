@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::ort::GraphOptimization;
-
 /// Configuration of a scoring worker. `Default` gives the embedded `lakescore serve`
 /// settings except for `model_source`, which must be set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,7 +20,7 @@ pub struct ScorerConfig {
     /// Runtime when its library loads, else tract), `ort`, `trees` or `tract`.
     pub backend: Backend,
     /// The ONNX Runtime shared library (`--onnxruntime-lib`); `None`: searched, see
-    /// [`crate::engine::ort::find_onnxruntime`].
+    /// `find_onnxruntime` (the `ort` feature's engine).
     pub onnxruntime_lib: Option<PathBuf>,
     /// Threads one inference call uses; 0: one per core.
     pub intra_op_threads: usize,
@@ -222,5 +220,33 @@ impl ScorerConfig {
     /// A default configuration reading models from `model_source`.
     pub fn new(model_source: impl Into<String>) -> Self {
         Self { model_source: model_source.into(), ..Self::default() }
+    }
+}
+
+/// Graph optimization level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphOptimization {
+    /// No graph optimizations.
+    Disable,
+    /// Basic (level 1).
+    Basic,
+    /// Extended (level 2).
+    Extended,
+    /// Everything (the ONNX Runtime default).
+    #[default]
+    All,
+}
+
+impl std::str::FromStr for GraphOptimization {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "disable" | "none" | "0" => Ok(Self::Disable),
+            "basic" | "1" => Ok(Self::Basic),
+            "extended" | "2" => Ok(Self::Extended),
+            "all" | "3" | "99" => Ok(Self::All),
+            other => Err(format!("unknown graph optimization level {other:?} (disable, basic, extended, all)")),
+        }
     }
 }

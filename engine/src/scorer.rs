@@ -16,8 +16,6 @@ use tracing::Instrument;
 
 use crate::cache::{ModelCache, ModelHandle};
 use crate::config::{Backend, ScorerConfig};
-use crate::engine::ort::{OrtEngine, OrtOptions};
-use crate::engine::tract::TractEngine;
 use crate::engine::trees::TreesEngine;
 use crate::engine::Engine;
 use crate::error::{Result, ScoreError};
@@ -42,32 +40,24 @@ pub struct ResolvedModel {
 /// engine alone; `tract`: tract; `auto`: the native engine for the graphs it fully
 /// covers, ONNX Runtime for the rest when its library loads, else tract with a loud warning
 /// (models with other `ai.onnx.ml` operators are then refused with `FAILED_PRECONDITION`
-/// naming why ONNX Runtime is missing).
+/// naming why ONNX Runtime is missing). A build without the `ort` or `tract` feature answers
+/// for that engine as for a missing library.
 pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
-    let ort = || {
-        OrtEngine::new(OrtOptions {
-            library: config.onnxruntime_lib.clone(),
-            intra_op_threads: config.intra_op_threads,
-            optimization: config.graph_optimization,
-            max_inference_bytes: config.max_inference_bytes,
-            intra_op_spinning: config.intra_op_spinning,
-        })
-    };
     let trees = |fallback: Arc<dyn Engine>| -> Arc<dyn Engine> {
         Arc::new(TreesEngine::new(Some(fallback), config.intra_op_threads))
     };
     match config.backend {
-        Backend::Ort => Ok(Arc::new(ort()?)),
+        Backend::Ort => ort_engine(config),
         Backend::Trees => {
             tracing::info!("backend trees: tree ensembles and linear models run natively; other models are refused");
             Ok(Arc::new(TreesEngine::new(None, config.intra_op_threads)))
         }
         Backend::Tract => {
             tracing::info!("backend tract: models run on tract-onnx; models with ai.onnx.ml operators are refused");
-            Ok(Arc::new(TractEngine::new()))
+            tract_engine(None)
         }
-        Backend::Auto => match ort() {
-            Ok(engine) => Ok(trees(Arc::new(engine))),
+        Backend::Auto => match ort_engine(config) {
+            Ok(engine) => Ok(trees(engine)),
             Err(e) => {
                 tracing::warn!(
                     error = %e,
@@ -76,10 +66,46 @@ pub fn engine_for(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
                      ai.onnx.ml operators (scalers, encoders, SVMs) are refused with FAILED_PRECONDITION. Install onnxruntime 1.31 or set \
                      --onnxruntime-lib to serve them"
                 );
-                Ok(trees(Arc::new(TractEngine::fallback(e.message()))))
+                match tract_engine(Some(e.message())) {
+                    Ok(tract) => Ok(trees(tract)),
+                    Err(_) => Ok(Arc::new(TreesEngine::new(None, config.intra_op_threads))),
+                }
             }
         },
     }
+}
+
+#[cfg(feature = "ort")]
+fn ort_engine(config: &ScorerConfig) -> Result<Arc<dyn Engine>> {
+    use crate::engine::ort::{OrtEngine, OrtOptions};
+    let engine = OrtEngine::new(OrtOptions {
+        library: config.onnxruntime_lib.clone(),
+        intra_op_threads: config.intra_op_threads,
+        optimization: config.graph_optimization,
+        max_inference_bytes: config.max_inference_bytes,
+        intra_op_spinning: config.intra_op_spinning,
+    })?;
+    Ok(Arc::new(engine))
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_engine(_: &ScorerConfig) -> Result<Arc<dyn Engine>> {
+    Err(ScoreError::FailedPrecondition("this build of the worker has no ONNX Runtime engine (feature `ort`)".into()))
+}
+
+/// tract; as the fallback for ONNX Runtime when `missing_ort` says why that is missing.
+#[cfg(feature = "tract")]
+fn tract_engine(missing_ort: Option<&str>) -> Result<Arc<dyn Engine>> {
+    use crate::engine::tract::TractEngine;
+    Ok(match missing_ort {
+        Some(why) => Arc::new(TractEngine::fallback(why)),
+        None => Arc::new(TractEngine::new()),
+    })
+}
+
+#[cfg(not(feature = "tract"))]
+fn tract_engine(_: Option<&str>) -> Result<Arc<dyn Engine>> {
+    Err(ScoreError::FailedPrecondition("this build of the worker has no tract engine (feature `tract`)".into()))
 }
 
 /// The scoring worker's core. Cheap to share (`Arc<Scorer>`).

@@ -39,8 +39,9 @@ use lakescore_engine::source::Credentials;
 use tracing::Instrument;
 
 use crate::lake::Lake;
+use crate::manifest::{Manifest, ManifestModel, UnitCounts, UnitRecord, WrittenFile, FORMAT_JOB, MANIFEST_NAME};
 use crate::sink::{Commit, OutputSink};
-use crate::storage::{Location, ManifestModel, WrittenFile, MANIFEST_NAME};
+use crate::storage::Location;
 
 /// How long a job's lock lives without a heartbeat before another run may take it over.
 const LOCK_STALE_AFTER: Duration = Duration::from_secs(60);
@@ -196,32 +197,6 @@ struct Unit {
     row_groups: Option<Vec<usize>>,
 }
 
-/// What a finished unit committed (its marker), and what the manifest lists per input.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UnitRecord {
-    /// The unit's number, in input order.
-    pub unit: usize,
-    /// URL of the input file.
-    pub input: String,
-    /// The row groups of the file it covers (all when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub row_groups: Option<Vec<usize>>,
-    /// Rows scored (written unless summary_only).
-    pub rows: u64,
-    /// Rows set aside under `_errors/`.
-    pub error_rows: u64,
-    /// The Parquet parts it wrote.
-    pub files: Vec<WrittenFile>,
-    /// URL of its rows in error, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_file: Option<String>,
-    /// Attempts it took.
-    pub attempts: u32,
-    /// Set when every attempt failed: the unit's error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed: Option<String>,
-}
-
 /// The pinned model of a job (`_lakescore_jobs/<job>/job.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct JobRecord {
@@ -229,35 +204,6 @@ struct JobRecord {
     name: String,
     version: i64,
     sha256: String,
-}
-
-/// A committed batch job's manifest (`_lakescore.json`, format 2).
-#[derive(Debug, Serialize, Deserialize)]
-struct JobManifest {
-    format: u32,
-    job_id: String,
-    created_at: String,
-    model: ManifestModel,
-    /// The input the job scored (manifests before it have none).
-    #[serde(default)]
-    input: String,
-    output_action: String,
-    rows: u64,
-    error_rows: u64,
-    bytes: u64,
-    units: UnitCounts,
-    files: Vec<WrittenFile>,
-    /// Each input unit with its parts and row counts.
-    inputs: Vec<UnitRecord>,
-}
-
-/// A job's units, as its manifest counts them.
-#[derive(Debug, Serialize, Deserialize)]
-struct UnitCounts {
-    total: u64,
-    failed: u64,
-    retried: u64,
-    resumed: u64,
 }
 
 /// What a batch job answers and records in its manifest.
@@ -594,8 +540,8 @@ impl JobManager {
         }
         let job_id = crate::lake::job_id(cmd)?;
         let out = self.lake.output_location(cmd)?;
-        if let Some(done) = read_json::<serde_json::Value>(&out, MANIFEST_NAME).await? {
-            if done["job_id"] == job_id.as_str() {
+        if let Some(done) = read_json::<Manifest>(&out, MANIFEST_NAME).await? {
+            if done.job_id == job_id {
                 return self.completed_job(cmd, settings, creds, &out, &job_id, done).await;
             }
         }
@@ -616,7 +562,7 @@ impl JobManager {
         creds: &Credentials,
         out: &Location,
         job_id: &str,
-        manifest: serde_json::Value,
+        done: Manifest,
     ) -> Result<JobSummary> {
         let url = out.url_of(&child(out, MANIFEST_NAME));
         let other = |what: String| {
@@ -624,14 +570,15 @@ impl JobManager {
                 "job {job_id} is complete at {url} as another job: {what}; give this job another job_id"
             ))
         };
-        let done: JobManifest = serde_json::from_value(manifest)
-            .map_err(|_| other("the manifest there was not written by a batch job".into()))?;
+        let (Some(done_action), Some(counts)) = (done.output_action.as_deref(), done.units.as_ref()) else {
+            return Err(other("the manifest there was not written by a batch job".into()));
+        };
         if !done.input.is_empty() && done.input != cmd.input {
             return Err(other(format!("it scored input {}, not {}", done.input, cmd.input)));
         }
         let action = settings.output_action();
-        if done.output_action != action {
-            return Err(other(format!("its output action was {}, not {action}", done.output_action)));
+        if done_action != action {
+            return Err(other(format!("its output action was {done_action}, not {action}")));
         }
         // The caller must still be allowed to read the model the job scored with.
         let pinned = format!("{}:{}", done.model.name, done.model.version);
@@ -660,11 +607,11 @@ impl JobManager {
             version: done.model.version,
             sha256: done.model.sha256,
             rows: done.rows,
-            error_rows: done.error_rows,
-            units: done.units.total,
-            failed_units: done.units.failed,
-            retried_units: done.units.retried,
-            resumed_units: done.units.resumed,
+            error_rows: done.error_rows.unwrap_or(0),
+            units: counts.total,
+            failed_units: counts.failed,
+            retried_units: counts.retried,
+            resumed_units: counts.resumed,
             files,
             bytes: done.bytes,
             output_action: action,
@@ -819,25 +766,20 @@ impl JobManager {
         let all: Vec<&UnitRecord> = records.iter().collect();
         let totals = Totals { units: units.len() as u64, failed_units, resumed_units: resumed };
         let summary = JobSummary::of(job_id, &record, &all, totals, settings, out.url_of(&child(out, MANIFEST_NAME)));
-        let manifest = JobManifest {
-            format: 2,
-            job_id: job_id.to_string(),
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            model: manifest_model,
-            input: cmd.input.clone(),
-            output_action: summary.output_action.to_string(),
-            rows: summary.rows,
-            error_rows: summary.error_rows,
-            bytes: summary.bytes,
-            units: UnitCounts {
-                total: summary.units,
-                failed: summary.failed_units,
-                retried: summary.retried_units,
-                resumed: summary.resumed_units,
-            },
-            files: files.into_iter().cloned().collect(),
-            inputs: records.clone(),
-        };
+        let mut manifest = Manifest::new(FORMAT_JOB, job_id, &manifest_model, files.into_iter().cloned().collect());
+        // A summary-only job scored rows it wrote no file for: the counts are the summary's.
+        manifest.rows = summary.rows;
+        manifest.bytes = summary.bytes;
+        manifest.input = cmd.input.clone();
+        manifest.output_action = Some(summary.output_action.to_string());
+        manifest.error_rows = Some(summary.error_rows);
+        manifest.units = Some(UnitCounts {
+            total: summary.units,
+            failed: summary.failed_units,
+            retried: summary.retried_units,
+            resumed: summary.resumed_units,
+        });
+        manifest.inputs = records.clone();
         write_json(out, MANIFEST_NAME, &manifest, PutMode::Overwrite).await?;
         for r in &records {
             let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
@@ -1079,3 +1021,6 @@ impl JobManager {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,8 +16,10 @@ use lakescore_proto::ScoreCommand;
 use object_store::ObjectMeta;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
+use crate::manifest::ManifestModel;
 use crate::sink::{Commit, OutputSink};
-use crate::storage::{valid_job_id, Location, ManifestModel, ObjectReader, OutputSummary, Storage};
+use crate::storage::{valid_job_id, Location, ObjectReader, Storage};
+use crate::writer::OutputSummary;
 
 /// The scorer with the storage roots it may read and write. Cheap to share (`Arc<Lake>`).
 #[derive(Debug)]

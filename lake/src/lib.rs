@@ -1,8 +1,8 @@
 //! lakescore's lake I/O: scoring where the data lives.
 //!
-//! Owns the storage roots and URL policy ([`storage::Storage`]), the Parquet reader adapter
-//! and the parallel Parquet writer, the [`sink::OutputSink`] every write path goes through
-//! (and the commit protocol behind it: data files, then the manifest), [`lake::Lake`]
+//! Owns the storage roots and URL policy and the Parquet reader adapter ([`storage`]), the
+//! parallel Parquet writer ([`writer`]), the [`sink::OutputSink`] every write path goes through
+//! (and the commit protocol behind it: data files, then the [`manifest`]), [`lake::Lake`]
 //! (`score-dataset` and the reads behind DoGet), and batch jobs ([`job::JobManager`]).
 //!
 //! It depends on `lakescore-engine` for scoring, and may not depend on the transports
@@ -12,10 +12,14 @@
 
 pub mod job;
 pub mod lake;
+pub mod manifest;
 pub mod sink;
 pub mod storage;
+pub mod writer;
 
 pub use job::JobManager;
 pub use lake::{job_id, Lake};
+pub use manifest::{Manifest, ManifestModel, MANIFEST_NAME};
 pub use sink::{Commit, Committed, OutputSink};
-pub use storage::{Location, ManifestModel, OutputSummary, Storage, MANIFEST_NAME};
+pub use storage::{Location, Storage};
+pub use writer::OutputSummary;

@@ -14,7 +14,9 @@ use arrow::datatypes::SchemaRef;
 use futures::{Stream, StreamExt};
 use lakescore_engine::error::{Result, ScoreError};
 
-use crate::storage::{JobWriter, Location, ManifestModel, OutputSummary, WrittenFile};
+use crate::manifest::{ManifestModel, WrittenFile};
+use crate::storage::Location;
+use crate::writer::{JobWriter, OutputSummary};
 
 /// How a sink's rows become visible once all of them are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,5 +162,131 @@ impl Drop for OutputSink {
             }
             Err(_) => tracing::warn!(?writer, "an output sink was dropped outside the runtime; its files stay"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use lakescore_core::store::StoreOptions;
+
+    use super::*;
+    use crate::storage::Storage;
+
+    fn test_model(engine: &str) -> ManifestModel {
+        ManifestModel { reference: "m".into(), name: "m".into(), version: 1, sha256: "x".into(), engine: engine.into() }
+    }
+
+    #[tokio::test]
+    async fn writes_files_then_manifest_and_aborts_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(&[], StoreOptions::default()).unwrap();
+        let out = format!("{}/out/", dir.path().display());
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..25))]).unwrap();
+        let model = test_model("ort");
+
+        let loc = storage.locate(&out, "output").unwrap();
+        let mut w = OutputSink::new(loc, "job1".into(), schema.clone(), 10, 4, model.clone(), Commit::Manifest);
+        w.write(&batch).await.unwrap();
+        let summary = w.commit().await.unwrap().summary;
+        assert_eq!(summary.rows, 25);
+        assert_eq!(summary.files.len(), 3);
+        assert!(dir.path().join("out/_lakescore.json").is_file());
+        assert!(dir.path().join("out/part-job1-00002.parquet").is_file());
+        // Each file's sha256, hashed a row group at a time while the next is encoded, is
+        // that of its bytes.
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("out/_lakescore.json")).unwrap()).unwrap();
+        let listed = manifest["files"].as_array().unwrap();
+        assert_eq!(listed.len(), 3, "{manifest}");
+        for file in listed {
+            let bytes = std::fs::read(dir.path().join("out").join(file["path"].as_str().unwrap())).unwrap();
+            assert_eq!(file["sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), "{file}");
+        }
+
+        // Reusing a job id does not clobber.
+        let loc = storage.locate(&out, "output").unwrap();
+        let mut w = OutputSink::new(loc, "job1".into(), schema.clone(), 10, 4, model.clone(), Commit::Manifest);
+        assert!(matches!(w.write(&batch).await, Err(ScoreError::FailedPrecondition(_))));
+
+        // An aborted sink, a sink whose input broke and a sink dropped mid-write leave
+        // neither files nor a manifest.
+        let left = |name: &str| -> Vec<_> {
+            std::fs::read_dir(dir.path().join(name))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default()
+        };
+        let sink = |name: &str| {
+            let loc = storage.locate(&format!("{}/{name}/", dir.path().display()), "output").unwrap();
+            OutputSink::new(loc, name.into(), schema.clone(), 10, 4, model.clone(), Commit::Manifest)
+        };
+        let mut w = sink("aborted");
+        w.write(&batch).await.unwrap();
+        w.abort().await;
+        assert!(left("aborted").is_empty(), "{:?}", left("aborted"));
+        let broken = futures::stream::iter([Ok(batch.clone()), Err(ScoreError::Cancelled("reset".into()))]);
+        let err = sink("broken").write_stream(broken).await.unwrap_err();
+        assert!(matches!(err, ScoreError::Cancelled(_)), "{err}");
+        assert!(left("broken").is_empty(), "{:?}", left("broken"));
+        let mut w = sink("dropped");
+        w.write(&batch).await.unwrap();
+        assert!(!left("dropped").is_empty());
+        drop(w);
+        for _ in 0..100 {
+            if left("dropped").is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(left("dropped").is_empty(), "{:?}", left("dropped"));
+
+        let files = storage.list_parquet(&storage.locate(&out, "input").unwrap()).await.unwrap();
+        assert_eq!(files.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn appends_extend_the_manifest_and_a_refused_one_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new(&[], StoreOptions::default()).unwrap();
+        let out = format!("{}/table/", dir.path().display());
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..15))]).unwrap();
+        let model = test_model("sql");
+        let manifest = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.path().join("table/_lakescore.json")).unwrap()).unwrap()
+        };
+        let paths = |m: &serde_json::Value| -> Vec<String> {
+            m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect()
+        };
+
+        // The first append creates the manifest, the second extends it.
+        for (job, files, rows) in [("a1", 2, 15), ("a2", 4, 30)] {
+            let loc = storage.locate(&out, "output").unwrap();
+            let mut w = OutputSink::new(loc, job.into(), schema.clone(), 10, 4, model.clone(), Commit::Append);
+            w.write(&batch).await.unwrap();
+            let summary = w.commit().await.unwrap().summary;
+            assert_eq!((summary.rows, summary.files.len()), (15, 2), "{job} counts its own rows");
+            let m = manifest();
+            assert_eq!((paths(&m).len(), m["rows"].as_u64().unwrap()), (files, rows), "{m}");
+            assert_eq!(m["job_id"], job);
+        }
+        let committed = manifest();
+        assert_eq!(paths(&committed)[..2], ["part-a1-00000.parquet", "part-a1-00001.parquet"]);
+
+        // Other columns than the table's: refused, its parts removed, the manifest unchanged.
+        let other = Arc::new(Schema::new(vec![Field::new("b", DataType::Utf8, false)]));
+        let strings =
+            RecordBatch::try_new(other.clone(), vec![Arc::new(arrow::array::StringArray::from(vec!["x"]))]).unwrap();
+        let loc = storage.locate(&out, "output").unwrap();
+        let mut w = OutputSink::new(loc, "a3".into(), other, 10, 4, model.clone(), Commit::Append);
+        w.write(&strings).await.unwrap();
+        let err = w.commit().await.unwrap_err();
+        assert!(matches!(&err, ScoreError::FailedPrecondition(m) if m.contains("b Utf8")), "{err}");
+        assert_eq!(manifest(), committed);
+        assert!(!dir.path().join("table/part-a3-00000.parquet").exists());
     }
 }

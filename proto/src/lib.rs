@@ -1,6 +1,6 @@
 //! lakescore protobuf messages, generated at build time with prost (and pbjson for the
 //! canonical proto3 JSON mapping) from `lakescore.proto`, compiled by `protox` so that no
-//! `protoc` binary is needed.
+//! `protoc` binary is needed. It depends on no other lakescore crate.
 
 /// `lakescore.v1`: Flight command messages.
 pub mod v1 {

@@ -1,5 +1,10 @@
 //! lakescore's model registry: versioned ONNX models over HTTP, metadata in SQLite or
 //! PostgreSQL, artifacts in object storage.
+//!
+//! It owns the registry's service, its REST and gRPC transports, the database, the artifact
+//! store, ONNX inspection and OIDC auth. Of the worker's crates it may use only
+//! `lakescore-engine`'s compatibility probe (without ONNX Runtime): never the lake, the
+//! Flight transport or SQL.
 
 pub mod api;
 pub mod artifacts;

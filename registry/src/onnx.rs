@@ -77,62 +77,6 @@ pub fn inspect(bytes: &[u8], allowed_domains: &[String], max_tensor_bytes: u64) 
     })
 }
 
-/// Whether tract (the pure-Rust fallback engine) can run this model, as recorded in the
-/// version's `backends`: `ok`, or `unsupported: <reason>`. Classic ML operators
-/// (`ai.onnx.ml`: trees, linear classifiers, ZipMap, Scaler) are refused outright: tract
-/// loads some of them but computes wrong results, and wrong predictions are worse than none.
-pub fn tract_compatibility(bytes: &[u8], signature: &Signature) -> String {
-    if signature.uses_ai_onnx_ml {
-        return "unsupported: uses ai.onnx.ml operators, which tract does not run correctly".to_string();
-    }
-    // tract is not hardened against hostile graphs the way the inspector is: a panic in it
-    // marks the model as not runnable on tract instead of failing the upload.
-    match std::panic::catch_unwind(|| tract_load(bytes, signature)) {
-        Ok(Ok(())) => "ok".to_string(),
-        Ok(Err(e)) => format!("unsupported: {}", e.root_cause()),
-        Err(_) => "unsupported: tract failed while loading the model".to_string(),
-    }
-}
-
-/// Whether the native engine (tree ensembles, linear models) runs this model, as recorded in the version's
-/// `backends`: `ok` (workers on `auto` run it there), or `unsupported: <reason>`.
-pub fn trees_compatibility(bytes: &[u8]) -> String {
-    match lakescore_trees::NativeModel::compile(bytes) {
-        Ok(_) => "ok".to_string(),
-        Err(why) => format!("unsupported: {why}"),
-    }
-}
-
-/// Loads and optimizes the model with tract, with the input types and shapes of the
-/// signature (unnamed or symbolic dimensions become the batch symbol `N`).
-fn tract_load(bytes: &[u8], signature: &Signature) -> tract_onnx::prelude::TractResult<()> {
-    use tract_onnx::prelude::*;
-    let mut model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes))?;
-    let batch = model.sym("N");
-    for (i, input) in signature.inputs.iter().enumerate() {
-        let (Some(elem), Some(shape)) = (&input.elem_type, &input.shape) else { continue };
-        let dt = match elem.as_str() {
-            "float" => DatumType::F32,
-            "double" => DatumType::F64,
-            "int64" => DatumType::I64,
-            "int32" => DatumType::I32,
-            "bool" => DatumType::Bool,
-            "string" => DatumType::String,
-            _ => continue,
-        };
-        let dims: TVec<TDim> = shape
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => n.to_dim(),
-                _ => batch.to_dim(),
-            })
-            .collect();
-        model.set_input_fact(i, InferenceFact::dt_shape(dt, dims))?;
-    }
-    model.into_optimized()?;
-    Ok(())
-}
-
 fn invalid(msg: impl Into<String>) -> RegistryError {
     RegistryError::InvalidModel(msg.into())
 }
@@ -557,9 +501,10 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tract_tests {
-    /// Against the generated models (when present): linear regression is tract's, tree
-    /// ensembles and ZipMap classifiers are not.
+mod backends_tests {
+    /// Against the generated models (when present), as registration records it: linear
+    /// regression is tract's, tree ensembles and ZipMap classifiers are not (tract), and
+    /// the forest is the native engine's.
     #[test]
     fn tract_compatibility_of_generated_models() {
         let dir = std::env::var_os("LAKESCORE_TEST_MODELS")
@@ -570,11 +515,13 @@ mod tract_tests {
             return;
         }
         let allowed: Vec<String> = super::DEFAULT_ALLOWED_OP_DOMAINS.iter().map(|s| s.to_string()).collect();
-        let check = |name: &str| {
+        let backends = |name: &str| {
             let bytes = std::fs::read(dir.join(name)).expect("model");
             let sig = super::inspect(&bytes, &allowed, u64::MAX).expect("valid");
-            super::tract_compatibility(&bytes, &sig)
+            lakescore_engine::compatibility::backends(&bytes, &sig)
         };
+        let check = |name: &str| backends(name)["tract"].clone();
+        assert_eq!(backends("rf.onnx")["trees"], "ok");
         assert_eq!(check("linreg.onnx"), "ok");
         for name in ["rf.onnx", "logreg.onnx", "gbr.onnx"] {
             assert!(check(name).starts_with("unsupported: uses ai.onnx.ml"), "{name}: {}", check(name));

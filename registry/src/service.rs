@@ -365,10 +365,7 @@ impl Registry {
         let (signature, backends) = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path)?;
             let signature = onnx::inspect(&bytes, &allowed, max_tensor_bytes)?;
-            let backends = std::collections::BTreeMap::from([
-                ("tract".to_string(), onnx::tract_compatibility(&bytes, &signature)),
-                ("trees".to_string(), onnx::trees_compatibility(&bytes)),
-            ]);
+            let backends = lakescore_engine::compatibility::backends(&bytes, &signature);
             Ok::<_, RegistryError>((signature, backends))
         })
         .await

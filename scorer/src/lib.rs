@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 pub use lakescore_engine::{cache, config, engine, error, mapping, scorer, source};
 pub use lakescore_flight::{input as flight_input, output as flight_output, router, service as flight};
-pub use lakescore_lake::{job, lake, sink, storage};
+pub use lakescore_lake::{job, lake, manifest, sink, storage, writer};
 
 pub use lakescore_engine::{
     find_onnxruntime, proto, Backend, Credentials, DirModelSource, GraphOptimization, GrpcModelSource, HttpModelSource,

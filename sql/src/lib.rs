@@ -59,8 +59,9 @@ use lakescore_engine::error::{Result, ScoreError};
 use lakescore_engine::mapping::Missing;
 use lakescore_engine::scorer::{BatchStream, ResolvedModel};
 use lakescore_engine::source::{registry_http_url, Credentials, HttpSourceOptions};
+use lakescore_lake::manifest::ManifestModel;
 use lakescore_lake::sink::Commit;
-use lakescore_lake::storage::{Location, ManifestModel};
+use lakescore_lake::storage::Location;
 use lakescore_lake::Lake;
 use predict::{model_references, Predict, PredictTable};
 use stores::{RootedStores, RootedUrlTables};
@@ -905,3 +906,6 @@ fn parameter_schema(types: HashMap<String, Option<DataType>>) -> Option<SchemaRe
     known.sort_by_key(|(p, _, _)| *p);
     Some(Arc::new(Schema::new(known.into_iter().map(|(_, n, t)| Field::new(n, t, true)).collect::<Vec<_>>())))
 }
+
+#[cfg(test)]
+mod tests;

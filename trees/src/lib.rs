@@ -20,6 +20,9 @@
 //! post-transform it does not implement) is [`Unsupported`], with the reason: the worker then
 //! runs it on ONNX Runtime. Nothing here panics on a hostile model; every index is checked
 //! when the graph is compiled.
+//!
+//! It depends on no other lakescore crate (only the ONNX protobuf types): the worker's
+//! `lakescore-engine` adapts it to its `Engine` trait.
 
 mod ensemble;
 mod eval;

@@ -1,8 +1,10 @@
 //! Inference engines behind one trait, and the engine-neutral tensor types that the
 //! Arrow mapping layer ([`crate::mapping`]) produces and consumes.
 
+#[cfg(feature = "ort")]
 pub mod ort;
 pub mod probe;
+#[cfg(feature = "tract")]
 pub mod tract;
 pub mod trees;
 pub mod zipmap;

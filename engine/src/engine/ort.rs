@@ -6,42 +6,14 @@ use std::sync::{Mutex, OnceLock};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynMapValueType, DynValue, TensorElementType, ValueType as OrtValueType};
-use serde::{Deserialize, Serialize};
 
 use super::zipmap::{strip_zipmaps, StrippedZipMap};
 use super::{ElemType, Engine, IoInfo, LoadedModel, MapKeys, OutputValue, Tensor, TensorData, ValueType};
+pub use crate::config::GraphOptimization;
 use crate::error::{Result, ScoreError};
 
 /// The ONNX Runtime release line the worker is built against (ort rc.15, API 31).
 pub const REQUIRED_ORT_VERSION: &str = "1.31";
-
-/// Graph optimization level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GraphOptimization {
-    /// No graph optimizations.
-    Disable,
-    /// Basic (level 1).
-    Basic,
-    /// Extended (level 2).
-    Extended,
-    /// Everything (the ONNX Runtime default).
-    #[default]
-    All,
-}
-
-impl std::str::FromStr for GraphOptimization {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "disable" | "none" | "0" => Ok(Self::Disable),
-            "basic" | "1" => Ok(Self::Basic),
-            "extended" | "2" => Ok(Self::Extended),
-            "all" | "3" | "99" => Ok(Self::All),
-            other => Err(format!("unknown graph optimization level {other:?} (disable, basic, extended, all)")),
-        }
-    }
-}
 
 /// Options of the ONNX Runtime engine.
 #[derive(Debug, Clone, Default)]

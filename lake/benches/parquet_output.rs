@@ -4,9 +4,10 @@
 //! benchmark: 20 float32 feature columns passed through, `label` (int64) and `probabilities`
 //! (fixed-size list of 3 float32), 1,000,000 rows in 65,536-row batches, best of 3.
 //!
-//!     cargo bench --bench parquet_output
-//!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench parquet_output
+//!     cargo bench -p lakescore-lake --bench parquet_output
+//!     LAKESCORE_BENCH_ROWS=200000 cargo bench -p lakescore-lake --bench parquet_output
 
+#[path = "../../benches/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
@@ -15,8 +16,10 @@ use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, Recor
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use common::{best_of_3, normal_values};
 use lakescore_core::store::StoreOptions;
-use lakescore_scorer::sink::{Commit, OutputSink};
-use lakescore_scorer::storage::{JobWriter, ManifestModel, Storage};
+use lakescore_lake::manifest::ManifestModel;
+use lakescore_lake::sink::{Commit, OutputSink};
+use lakescore_lake::storage::Storage;
+use lakescore_lake::writer::JobWriter;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
@@ -64,7 +67,7 @@ fn main() {
     };
 
     let mut job = 0;
-    let defaults = lakescore_scorer::ScorerConfig::default();
+    let defaults = lakescore_engine::ScorerConfig::default();
     let (worker, worker_bytes) = best_of_3(|| {
         job += 1;
         let url = format!("file://{}/out{job}/", dir.path().display());

@@ -9,18 +9,19 @@
 //! feature columns where they are (no tensor at all), against ONNX Runtime on the tensor.
 //!
 //!     tests/models/generate.py --bench          # big_rf, gb300, logreg20 and lgbm300, once
-//!     cargo bench --bench trees
-//!     LAKESCORE_BENCH_ROWS=200000 cargo bench --bench trees
-//!     LAKESCORE_BENCH_MODELS=logreg20 cargo bench --bench trees   # a subset
+//!     cargo bench -p lakescore-engine --bench trees
+//!     LAKESCORE_BENCH_ROWS=200000 cargo bench -p lakescore-engine --bench trees
+//!     LAKESCORE_BENCH_MODELS=logreg20 cargo bench -p lakescore-engine --bench trees   # a subset
 
+#[path = "../../benches/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{best_of_3, normal_values};
-use lakescore_scorer::engine::{Engine, LoadedModel, Tensor, TensorData};
-use lakescore_scorer::{OrtEngine, OrtOptions, TreesEngine};
+use lakescore_engine::engine::{Engine, LoadedModel, Tensor, TensorData};
+use lakescore_engine::{OrtEngine, OrtOptions, TreesEngine};
 
 const FEATURES: usize = 20;
 const CALL_ROWS: usize = 65_536;
