@@ -3,7 +3,9 @@
 //! (registry, workers, CLI, identity providers, the database, object stores); `worker` the
 //! harness of those that run a scoring worker in process (`worker_*`).
 //!
-//! Run one group with `scripts/test -- sql::` (a module path filter), or one test by name.
+//! Run one group with `scripts/test --test it -- sql::` (a module path filter), or one test
+//! by name. `tests/tract.rs` is a binary of its own: it needs a process in which ONNX
+//! Runtime was never loaded.
 
 #[macro_use]
 mod common;
@@ -22,5 +24,4 @@ mod scoring_e2e;
 mod sql;
 mod worker_flight;
 mod worker_hostile_input;
-mod worker_tract;
 mod worker_trees;

@@ -383,8 +383,9 @@ def status_details(details: bytes) -> tuple[str, str, str] | None:
                     continue
                 payload = any_fields.get(2)
                 info = dict(_proto_fields(payload)) if isinstance(payload, bytes) else {}
-                if info.get(2) == _ERROR_DOMAIN.encode() and isinstance(info.get(1), bytes):
-                    reason = info[1].decode("ascii", "replace")  # type: ignore[union-attr]
+                named = info.get(1)
+                if info.get(2) == _ERROR_DOMAIN.encode() and isinstance(named, bytes):
+                    reason = named.decode("ascii", "replace")
     except ValueError:
         return None
     if reason is None:

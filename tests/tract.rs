@@ -2,10 +2,12 @@
 //! scored exactly like onnxruntime (Python) scored it, or refused with
 //! `FAILED_PRECONDITION`; never scored wrongly.
 //!
-//! This test binary never loads ONNX Runtime (ONNX Runtime is loaded once per process, so
-//! one ort worker here would hide the `auto` fallback that these tests exercise).
+//! A test binary of its own, beside `tests/it`: it never loads ONNX Runtime (ONNX Runtime
+//! is loaded once per process, so one ort worker in the process would hide the `auto`
+//! fallback that these tests exercise).
 
-use crate::worker as common;
+#[path = "it/worker/mod.rs"]
+mod common;
 
 use bytes::Bytes;
 use common::*;
