@@ -139,13 +139,9 @@ def test_typed_errors(server: Proc, rf: str, models: Path) -> None:
     with pytest.raises(lakescore.NotFound) as nf:
         scorer.score(rows, model=unique("nope"), feature_columns=RF_FEATURES)
     assert "does not exist" in nf.value.detail and nf.value.code == "NOT_FOUND"
-    # Classified by the worker's reason code (a google.rpc.ErrorInfo in the status details,
-    # which pyarrow hands over as extra_info), with the message as the worker wrote it.
-    assert nf.value.reason == "not-found"
     with pytest.raises(lakescore.InvalidArgument) as ia:
         scorer.score(rows.drop_columns(["f3"]), model=rf, feature_columns=RF_FEATURES)
     assert "f3" in ia.value.detail and "gRPC" not in ia.value.detail
-    assert ia.value.reason == "bad-request"
     with pytest.raises(lakescore.InvalidArgument):
         scorer.describe(rf, feature_columns=["f0"])
     with pytest.raises(TypeError):

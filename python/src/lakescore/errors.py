@@ -9,9 +9,11 @@ server's own message (``detail`` for REST, the status message for Flight), so::
         print(e.detail)            # "model 'fraud' already exists"
 
 The classes follow the server's error table (``core/src/error.rs``): one per kind of
-failure, whatever the transport. The class is chosen by the server's stable reason code
-(problem+json's ``type`` over REST; a ``google.rpc.ErrorInfo`` in the gRPC status details
-over Flight), never by a message's wording; ``reason`` keeps it.
+failure, whatever the transport. Over REST the class is chosen by the server's stable
+reason code (the last segment of problem+json's ``type``; ``reason`` keeps it). Over
+Flight, by the reason in the status details (a ``google.rpc.ErrorInfo``) where pyarrow
+hands them over (``FlightError.extra_info``: the codes it raises as ``FlightError``
+subclasses), else by the gRPC code, as pyarrow names it; never by the server's wording.
 """
 
 from __future__ import annotations
