@@ -48,11 +48,16 @@ struct AnyType {
 }
 
 /// The type URL prefix of Flight SQL's commands.
-const FLIGHT_SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
+pub const FLIGHT_SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
 
 /// The Flight SQL actions the worker takes (prepared statements); Flight SQL's others are
 /// unknown actions here, as they are to the SQL front.
-const FLIGHT_SQL_ACTIONS: &[&str] = &["CreatePreparedStatement", "ClosePreparedStatement"];
+const FLIGHT_SQL_ACTIONS: &[&str] = &[ACTION_CREATE_PREPARED_STATEMENT, ACTION_CLOSE_PREPARED_STATEMENT];
+
+/// Flight SQL's action names (arrow-flight keeps its own private).
+pub const ACTION_CREATE_PREPARED_STATEMENT: &str = "CreatePreparedStatement";
+/// See [`ACTION_CREATE_PREPARED_STATEMENT`].
+pub const ACTION_CLOSE_PREPARED_STATEMENT: &str = "ClosePreparedStatement";
 
 /// Whether `bytes` (a descriptor's command, a ticket) is a Flight SQL command. A score
 /// command (protobuf or JSON) never decodes as an `Any` with Flight SQL's type URL.

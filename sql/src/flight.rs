@@ -26,23 +26,18 @@ use lakescore_engine::error::{Result, ScoreError};
 use lakescore_engine::scorer::BatchStream;
 use lakescore_engine::source::Credentials;
 use lakescore_flight::input::FlightInput;
-use lakescore_flight::router::FlightSqlFront;
+use lakescore_flight::router::{
+    FlightSqlFront, ACTION_CLOSE_PREPARED_STATEMENT, ACTION_CREATE_PREPARED_STATEMENT, FLIGHT_SQL_TYPE_PREFIX,
+};
 use lakescore_flight::service::ipc_schema;
 
 use crate::{Planned, SqlEngine};
-
-const TYPE_URL_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
-
-/// Flight SQL's action names (arrow-flight keeps its own private).
-pub const ACTION_CREATE_PREPARED_STATEMENT: &str = "CreatePreparedStatement";
-/// See [`ACTION_CREATE_PREPARED_STATEMENT`].
-pub const ACTION_CLOSE_PREPARED_STATEMENT: &str = "ClosePreparedStatement";
 
 /// The Flight SQL command in `bytes` (a descriptor's `cmd`, a ticket), or `None` when they
 /// are not a Flight SQL message (a lakescore score command, protobuf or JSON).
 fn flight_sql_command(bytes: &[u8]) -> Option<Result<Command>> {
     let any = Any::decode(bytes).ok()?;
-    if !any.type_url.starts_with(TYPE_URL_PREFIX) {
+    if !any.type_url.starts_with(FLIGHT_SQL_TYPE_PREFIX) {
         return None;
     }
     Some(Command::try_from(any).map_err(|e| ScoreError::InvalidArgument(format!("invalid Flight SQL command: {e}"))))
@@ -57,7 +52,7 @@ fn unsupported(cmd: &Command) -> ScoreError {
     ScoreError::Unimplemented(format!(
         "Flight SQL {} is not supported here (statements, prepared statements with parameters, catalogs, \
          schemas, tables, table types and SQL info are)",
-        cmd.type_url().trim_start_matches(TYPE_URL_PREFIX)
+        cmd.type_url().trim_start_matches(FLIGHT_SQL_TYPE_PREFIX)
     ))
 }
 
