@@ -27,10 +27,28 @@ pub struct ScoreArgs {
     /// reads itself as a batch job (then --output must be a storage URL too).
     #[arg(long)]
     pub input: PathBuf,
-    /// Output: a local .parquet file (scored here, streamed back), or a storage URL prefix
-    /// the worker writes Parquet and a `_lakescore.json` manifest under (file:///…, s3://…, az://…).
+    /// Output: a local .parquet file (scored here, streamed back), or a storage URL the
+    /// worker writes to (file:///…, s3://…, az://…): a Delta table there (created on the
+    /// first write, appended to after), or with --format parquet Parquet parts and a
+    /// `_lakescore.json` manifest.
     #[arg(long)]
     pub output: String,
+    /// What a storage URL --output becomes: delta (a Delta Lake table, read by Spark,
+    /// Synapse, Polars, DuckDB) or parquet (plain parts and a manifest). Default: what is
+    /// there already, else delta.
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+    /// A Delta table --input read as of this version (time travel).
+    #[arg(long, conflicts_with = "input_timestamp")]
+    pub input_version: Option<i64>,
+    /// A Delta table --input read as of this time (RFC 3339, e.g. 2026-11-01T00:00:00Z): the
+    /// last version committed then.
+    #[arg(long)]
+    pub input_timestamp: Option<String>,
+    /// Only these partitions of a partitioned Delta table --input: COLUMN=VALUE, repeatable
+    /// (all must match).
+    #[arg(long = "input-partition", value_name = "COLUMN=VALUE")]
+    pub input_partitions: Vec<String>,
     /// Columns feeding a single 2-D model input [N, F], in order (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub feature_columns: Vec<String>,
@@ -71,6 +89,13 @@ pub struct MissingArgs {
     pub fill_null_columns: Vec<(String, f64)>,
 }
 
+/// `ScoreCommand.output_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Delta,
+    Parquet,
+}
+
 /// `ScoreCommand.missing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Missing {
@@ -105,6 +130,21 @@ impl ScoreArgs {
     /// The command's fields that say which columns feed the model and how their nulls are
     /// handled: the same for a stream and a batch job.
     fn feed(&self, cmd: &mut Value) {
+        if let Some(format) = self.format {
+            cmd["output_format"] = json!(match format {
+                OutputFormat::Delta => "delta",
+                OutputFormat::Parquet => "parquet",
+            });
+        }
+        if let Some(v) = self.input_version {
+            cmd["input_version"] = json!(v);
+        }
+        if let Some(t) = &self.input_timestamp {
+            cmd["input_timestamp"] = json!(t);
+        }
+        if !self.input_partitions.is_empty() {
+            cmd["input_partitions"] = json!(self.input_partitions);
+        }
         if !self.feature_columns.is_empty() {
             cmd["feature_columns"] = json!(self.feature_columns);
         }

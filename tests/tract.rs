@@ -83,6 +83,7 @@ async fn tract_scores_like_onnxruntime_or_refuses_every_model() {
     let mut client = worker.client().await;
     let mut cmd = command("linreg");
     cmd["output"] = json!(worker.url("out/linreg/"));
+    cmd["output_format"] = json!("parquet");
     let summary = put(&mut client, &cmd, split(&rows("linreg"), &[64])).await.expect("DoPut");
     assert_eq!(summary["rows"], 200, "{summary}");
     let manifest: Value =

@@ -1,7 +1,44 @@
 //! What the Rust benchmarks share (`mod common;` in each, by path from `engine/benches` and
-//! `lake/benches`): reproducible input values and the best-of-3 timer.
+//! `lake/benches`): reproducible input values, scored rows, and the best-of-3 timer.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+/// Feature columns of [`scored_schema`].
+#[allow(dead_code)]
+pub const SCORED_FEATURES: usize = 20;
+/// Rows per batch of [`scored_batch`], as the worker's inference batches.
+#[allow(dead_code)]
+pub const SCORED_BATCH_ROWS: usize = 65_536;
+
+/// What `logreg20` gives in the scoring benchmark: 20 float32 feature columns passed
+/// through, `label` (int64) and `probabilities` (fixed-size list of 3 float32).
+#[allow(dead_code)]
+pub fn scored_schema() -> SchemaRef {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut fields: Vec<Field> =
+        (0..SCORED_FEATURES).map(|i| Field::new(format!("f{i}"), DataType::Float32, true)).collect();
+    fields.push(Field::new("label", DataType::Int64, false));
+    fields.push(Field::new("probabilities", DataType::FixedSizeList(item, 3), false));
+    Arc::new(Schema::new(fields))
+}
+
+/// `n` rows of [`scored_schema`], the rows from `done` on: the same for the same arguments.
+#[allow(dead_code)]
+pub fn scored_batch(schema: &SchemaRef, done: usize, n: usize) -> RecordBatch {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut columns: Vec<ArrayRef> = (0..SCORED_FEATURES)
+        .map(|i| Arc::new(Float32Array::from(normal_values(n, (done + i) as u64))) as ArrayRef)
+        .collect();
+    columns.push(Arc::new(Int64Array::from_iter_values((0..n).map(|r| ((r * 7 + done) % 3) as i64))));
+    let probabilities =
+        Float32Array::from(normal_values(n * 3, done as u64 ^ 0xff).iter().map(|v| v.abs() / 8.0).collect::<Vec<_>>());
+    columns.push(Arc::new(FixedSizeListArray::try_new(item, 3, Arc::new(probabilities), None).expect("probabilities")));
+    RecordBatch::try_new(schema.clone(), columns).expect("batch")
+}
 
 /// `n` roughly standard-normal float32 values (the sum of four uniforms, scaled), the same
 /// for the same `seed`: random floats, which Snappy cannot shrink and models were trained on.

@@ -60,6 +60,12 @@ pub struct ScorerConfig {
     /// Timeout of one registry request.
     #[serde(with = "secs")]
     pub registry_timeout: Duration,
+    /// How long a batch job's finished units wait before they are committed to a Delta
+    /// output together (also at 256 units, and at the job's end): a Delta log takes a few
+    /// commits a second, so many workers must not commit per unit. A crash re-scores at most
+    /// the units of the group not yet committed.
+    #[serde(with = "secs")]
+    pub job_commit_interval: Duration,
     /// Largest model artifact the worker downloads.
     pub max_artifact_bytes: u64,
     /// Bytes ONNX Runtime may hold for inference at once (the tensors runs create), over all
@@ -208,6 +214,7 @@ impl Default for ScorerConfig {
             storage_options: BTreeMap::new(),
             advertise_location: None,
             registry_timeout: Duration::from_secs(120),
+            job_commit_interval: Duration::from_secs(10),
             max_artifact_bytes: 2 << 30,
             max_inference_bytes: 4 << 30,
             intra_op_spinning: false,

@@ -165,6 +165,12 @@ impl ScoreError {
                 ScoreError::PermissionDenied(format!("{what}: {err}"))
             }
             object_store::Error::InvalidPath { .. } => ScoreError::InvalidArgument(format!("{what}: {err}")),
+            // A store without conditional writes: what needs them (job locks, Delta commits,
+            // manifests never written over) cannot be made safe there.
+            object_store::Error::NotImplemented { .. } => ScoreError::FailedPrecondition(format!(
+                "{what}: this store does not do the conditional writes that job locks and commits need ({err}); \
+                 for S3, use a store or endpoint that supports If-None-Match"
+            )),
             other => ScoreError::Unavailable(format!("{what}: {other}")),
         }
     }

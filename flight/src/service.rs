@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::ipc::CompressionType;
 use arrow_flight::error::FlightError;
@@ -149,6 +149,7 @@ impl ScorerService {
         }
         let ticket =
             ScoreTicket::decode(ticket).map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: {e}")))?;
+        let (fields, values) = ticket_partition(&ticket)?;
         let cmd = ticket.command.ok_or_else(|| ScoreError::invalid("invalid ticket: no score command"))?;
         let options = result_options(&cmd)?;
         let model = self.scorer().resolve_model(&cmd.model, &creds).await?;
@@ -157,8 +158,7 @@ impl ScorerService {
             loc.store.head(&loc.path).await.map_err(|e| ScoreError::from_store(e, format!("input {}", loc.url)))?;
         let row_groups =
             (!ticket.row_groups.is_empty()).then(|| ticket.row_groups.iter().map(|g| *g as usize).collect());
-        let (schema, batches) = self.lake.read_parquet(&loc, &meta, row_groups).await?;
-        let plan = self.scorer().plan(&model, &cmd, schema)?;
+        let (plan, batches) = self.lake.open_scored(&model, &cmd, &loc, &meta, row_groups, (fields, values)).await?;
         let batches = self.scorer().score_stream(&model, plan.clone(), &cmd, batches);
         Ok(Results { schema: plan.output_schema().clone(), options, batches })
     }
@@ -193,7 +193,7 @@ impl ScorerService {
         let plan = self.scorer().plan(&model, &cmd, schema)?;
         // A client going away mid-stream ends the input with an error: the sink removes its
         // parts and commits nothing (and would, too, if this call were dropped).
-        let summary = self.lake.write_output(&model, plan, &cmd, incoming.batches()).await?;
+        let summary = self.lake.write_output(&model, plan, &cmd, &creds, incoming.batches()).await?;
         Ok(PutResult { app_metadata: Bytes::from(serde_json::to_vec(&summary).map_err(ScoreError::internal)?) })
     }
 
@@ -387,6 +387,20 @@ fn result_options(cmd: &ScoreCommand) -> Result<IpcWriteOptions> {
     Ok(IpcWriteOptions::default().try_with_compression(codec)?)
 }
 
+/// A ticket's Delta partition columns and their values (none for a plain Parquet file).
+#[allow(clippy::type_complexity)]
+fn ticket_partition(ticket: &ScoreTicket) -> Result<(Arc<[FieldRef]>, Arc<[Option<String>]>)> {
+    if ticket.partition_schema.is_empty() {
+        return Ok((Arc::from([]), Arc::from([])));
+    }
+    let schema = std::panic::catch_unwind(|| arrow::ipc::convert::try_schema_from_ipc_buffer(&ticket.partition_schema))
+        .map_err(|_| ScoreError::invalid("invalid ticket: its partition schema is malformed"))?
+        .map_err(|e| ScoreError::InvalidArgument(format!("invalid ticket: its partition schema: {e}")))?;
+    let values: Vec<Option<String>> =
+        schema.fields().iter().map(|f| ticket.partition_values.get(f.name()).cloned()).collect();
+    Ok((schema.fields().iter().cloned().collect(), values.into()))
+}
+
 /// `schema` as announced to clients: as the results stream will send it
 /// ([`flight_schema`]), IPC-encoded.
 pub fn ipc_schema(schema: &Schema) -> Result<Bytes> {
@@ -480,22 +494,47 @@ impl ScorerService {
         }
         let cmd = command_from_descriptor(Some(&desc))?;
         let model = self.scorer().resolve_model(&cmd.model, creds).await?;
-        let (loc, files) = self.lake.input_files(&cmd).await?;
-        let first =
-            files.first().ok_or_else(|| ScoreError::NotFound(format!("input {}: no Parquet files", cmd.input)))?;
-        let (schema, _) = self.lake.read_parquet(&loc, first, None).await?;
-        let plan = self.scorer().plan(&model, &cmd, schema)?;
-        // Pin the version so that every endpoint scores with the same model even when an
-        // alias moves meanwhile.
-        let pinned = ScoreCommand { model: model.version.pinned_reference(), ..cmd.clone() };
+        let input = self.lake.input(&cmd).await?;
+        let first = input
+            .files
+            .first()
+            .ok_or_else(|| ScoreError::NotFound(format!("input {}: no Parquet files", cmd.input)))?;
+        let (plan, _) =
+            self.lake.open_scored(&model, &cmd, &input.loc, &first.meta, None, input.partition(first)).await?;
+        // Pin the model's version (and a Delta input's) so that every endpoint scores with
+        // the same model, and reads the same table version, even when an alias moves or the
+        // table is written meanwhile.
+        let pinned = ScoreCommand {
+            model: model.version.pinned_reference(),
+            input_version: input.table_version.or(cmd.input_version),
+            input_timestamp: if input.table_version.is_some() { String::new() } else { cmd.input_timestamp.clone() },
+            ..cmd.clone()
+        };
+        let partition_schema = if input.partition_fields.is_empty() {
+            Vec::new()
+        } else {
+            ipc_schema(&arrow::datatypes::Schema::new(input.partition_fields.to_vec()))?.to_vec()
+        };
         let mut info = FlightInfo::new()
             .try_with_schema(&flight_schema(plan.output_schema()))?
             .with_descriptor(desc)
             .with_ordered(true);
         let mut total_bytes: i64 = 0;
-        for meta in &files {
-            let ticket =
-                ScoreTicket { command: Some(pinned.clone()), file: loc.url_of(&meta.location), row_groups: Vec::new() };
+        for file in &input.files {
+            let partition_values = input
+                .partition_fields
+                .iter()
+                .zip(file.partition.iter())
+                .filter_map(|(f, v)| v.clone().map(|v| (f.name().clone(), v)))
+                .collect();
+            let ticket = ScoreTicket {
+                command: Some(pinned.clone()),
+                file: input.loc.url_of(&file.meta.location),
+                row_groups: Vec::new(),
+                partition_schema: partition_schema.clone(),
+                partition_values,
+            };
+            let meta = &file.meta;
             let mut endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket.encode_to_vec()));
             if let Some(location) = &self.scorer().config().advertise_location {
                 endpoint = endpoint.with_location(location.clone());

@@ -1,25 +1,9 @@
-//! The registry's ONNX inspector on arbitrary bytes: it must answer every upload with a
-//! signature or an `InvalidModel` reason, never panic, and agree with itself.
+//! The registry's ONNX inspector on arbitrary bytes: see `fuzz/checks/onnx_inspect.rs` (the check, which the
+//! tests also replay over the seeds and regressions).
 
 #![no_main]
 
-use lakescore_registry::onnx::{inspect, DEFAULT_ALLOWED_OP_DOMAINS};
-use lakescore_registry::RegistryError;
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/onnx_inspect.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let allowed: Vec<String> = DEFAULT_ALLOWED_OP_DOMAINS.iter().map(|d| d.to_string()).collect();
-    match inspect(data, &allowed, 4 << 30) {
-        Ok(signature) => {
-            assert!(signature.ir_version > 0, "accepted without an ir_version");
-            assert!(!signature.opset_imports.is_empty(), "accepted without opset imports");
-            assert!(!signature.outputs.is_empty(), "accepted without outputs");
-            // Deterministic: the same bytes give the same signature.
-            assert_eq!(inspect(data, &allowed, 4 << 30).ok(), Some(signature.clone()));
-            // What the registry stores must serialize.
-            serde_json::to_vec(&signature).expect("signature serializes");
-        }
-        Err(RegistryError::InvalidModel(reason)) => assert!(!reason.is_empty()),
-        Err(other) => panic!("inspect returned {other:?}, not InvalidModel"),
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

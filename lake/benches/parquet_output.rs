@@ -10,11 +10,9 @@
 #[path = "../../benches/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use common::{best_of_3, normal_values};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use common::best_of_3;
 use lakescore_core::store::StoreOptions;
 use lakescore_lake::manifest::ManifestModel;
 use lakescore_lake::sink::{Commit, OutputSink};
@@ -23,32 +21,15 @@ use lakescore_lake::writer::JobWriter;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
-const FEATURES: usize = 20;
-const BATCH_ROWS: usize = 65_536;
+const FEATURES: usize = common::SCORED_FEATURES;
+const BATCH_ROWS: usize = common::SCORED_BATCH_ROWS;
 
 fn batches(rows: usize) -> (SchemaRef, Vec<RecordBatch>) {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let mut fields: Vec<Field> = (0..FEATURES).map(|i| Field::new(format!("f{i}"), DataType::Float32, true)).collect();
-    fields.push(Field::new("label", DataType::Int64, false));
-    fields.push(Field::new("probabilities", DataType::FixedSizeList(item.clone(), 3), false));
-    let schema = Arc::new(Schema::new(fields));
-    let mut out = Vec::new();
-    let mut done = 0;
-    while done < rows {
-        let n = BATCH_ROWS.min(rows - done);
-        let mut columns: Vec<ArrayRef> = (0..FEATURES)
-            .map(|i| Arc::new(Float32Array::from(normal_values(n, (done + i) as u64))) as ArrayRef)
-            .collect();
-        columns.push(Arc::new(Int64Array::from_iter_values((0..n).map(|r| ((r * 7 + done) % 3) as i64))));
-        let probabilities = Float32Array::from(
-            normal_values(n * 3, done as u64 ^ 0xff).iter().map(|v| v.abs() / 8.0).collect::<Vec<_>>(),
-        );
-        columns.push(Arc::new(
-            FixedSizeListArray::try_new(item.clone(), 3, Arc::new(probabilities), None).expect("probabilities"),
-        ));
-        out.push(RecordBatch::try_new(schema.clone(), columns).expect("batch"));
-        done += n;
-    }
+    let schema = common::scored_schema();
+    let out = (0..rows)
+        .step_by(BATCH_ROWS)
+        .map(|done| common::scored_batch(&schema, done, BATCH_ROWS.min(rows - done)))
+        .collect();
     (schema, out)
 }
 

@@ -38,7 +38,7 @@ use lakescore_engine::scorer::{score_chunk, ResolvedModel};
 use lakescore_engine::source::Credentials;
 use tracing::Instrument;
 
-use crate::lake::Lake;
+use crate::lake::{Input, InputFile, Lake, OutputFormat};
 use crate::manifest::{Manifest, ManifestModel, UnitCounts, UnitRecord, WrittenFile, FORMAT_JOB, MANIFEST_NAME};
 use crate::sink::{Commit, OutputSink};
 use crate::storage::Location;
@@ -193,7 +193,7 @@ impl JobSettings {
 #[derive(Debug, Clone)]
 struct Unit {
     index: usize,
-    file: ObjectMeta,
+    file: InputFile,
     row_groups: Option<Vec<usize>>,
 }
 
@@ -204,6 +204,20 @@ struct JobRecord {
     name: String,
     version: i64,
     sha256: String,
+    /// A Delta input's version, read by every run and shard of the job: units are indexes
+    /// into its files, which another version would number otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input_version: Option<i64>,
+}
+
+/// `cmd` reading the input version `record` pinned, unless the command picks one itself.
+fn pinned_input(cmd: &ScoreCommand, record: &JobRecord) -> Option<ScoreCommand> {
+    match record.input_version {
+        Some(v) if cmd.input_version.is_none() && cmd.input_timestamp.is_empty() => {
+            Some(ScoreCommand { input_version: Some(v), ..cmd.clone() })
+        }
+        _ => None,
+    }
 }
 
 /// What a batch job answers and records in its manifest.
@@ -211,8 +225,14 @@ struct JobRecord {
 pub struct JobSummary {
     /// The job id.
     pub job_id: String,
-    /// URL of the manifest.
+    /// URL of the manifest (empty for a Delta table).
     pub manifest: String,
+    /// A Delta table output: its URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The table version that ended the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_version: Option<i64>,
     /// Model name.
     pub model: String,
     /// The version every unit scored with.
@@ -260,6 +280,8 @@ impl JobSummary {
         JobSummary {
             job_id: job_id.to_string(),
             manifest,
+            table: None,
+            table_version: None,
             model: pinned.name.clone(),
             version: pinned.version,
             sha256: pinned.sha256.clone(),
@@ -310,64 +332,191 @@ async fn write_json<T: Serialize>(loc: &Location, rel: &str, value: &T, mode: Pu
         })
 }
 
-/// The job's lock: created exclusively; refreshed while the run lives; taken over when stale.
+/// The job's lock, a lease made only of objects created exclusively (`PutMode::Create`,
+/// which local files, S3, Azure and GCS all do; a store without it refuses the job):
+///
+/// - `lease/<epoch>`: taken by the run that creates it (the holder's host and pid inside);
+///   two runs taking a free or stale lock over at once cannot both create the same epoch.
+/// - `lease/<epoch>.<beat>`: the holder's heartbeats, each created anew.
+/// - `lease/<epoch>.released`: given back.
+///
+/// A lock is stale when its last heartbeat is older than [`LOCK_STALE_AFTER`] by the store's
+/// own clock (a probe object's modification time): no two machines' clocks are compared.
+/// Every commit of a Delta output carries the epoch, so a run whose lock was taken over
+/// cannot commit once the new holder has; a Parquet output's manifest is written only
+/// after the holder checks that no later epoch exists.
 struct JobLock {
     loc: Location,
-    rel: String,
+    dir: String,
+    epoch: i64,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
+/// What the `lease/` directory of a job holds.
+#[derive(Debug, Default)]
+struct Lease {
+    /// The highest epoch, its latest heartbeat (or the epoch object itself) and whether it
+    /// was given back.
+    top: Option<(i64, ObjectMeta, bool)>,
+}
+
 impl JobLock {
-    async fn acquire(loc: &Location, job_id: &str, shard: Option<(usize, usize)>) -> Result<Self> {
-        let rel = match shard {
-            Some((i, n)) => format!("_lakescore_jobs/{job_id}/lock-{i}-of-{n}"),
-            None => format!("_lakescore_jobs/{job_id}/lock"),
-        };
-        let path = child(loc, &rel);
-        let body = || {
-            serde_json::json!({"job_id": job_id, "host": host_name(), "pid": std::process::id(),
-                               "at": chrono::Utc::now().to_rfc3339()})
-        };
-        if let Err(e) = write_json(loc, &rel, &body(), PutMode::Create).await {
-            let ScoreError::FailedPrecondition(_) = e else { return Err(e) };
-            let head = loc.store.head(&path).await.map_err(|e| ScoreError::from_store(e, "job lock"))?;
-            let age = chrono::Utc::now().signed_duration_since(head.last_modified).to_std().unwrap_or_default();
-            // A holder on this host whose process is gone died with the lock held: no need
-            // to wait for the lock to go stale.
-            let holder: Option<serde_json::Value> = read_json(loc, &rel).await.ok().flatten();
-            let dead_here = holder.as_ref().is_some_and(|h| {
-                h["host"].as_str() == Some(host_name().as_str())
-                    && h["pid"].as_u64().is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-            });
-            if age < LOCK_STALE_AFTER && !dead_here {
-                return Err(ScoreError::Locked(format!(
-                    "job {job_id} is already running (its lock {} was refreshed {}s ago); a crashed run's lock \
-                     is taken over after {}s",
-                    loc.url_of(&path),
-                    age.as_secs(),
-                    LOCK_STALE_AFTER.as_secs()
-                )));
-            }
-            tracing::warn!(job_id, age_secs = age.as_secs(), "taking over the stale lock of a job that stopped");
-            write_json(loc, &rel, &body(), PutMode::Overwrite).await?;
+    fn dir(job_id: &str, shard: Option<(usize, usize)>) -> String {
+        match shard {
+            Some((i, n)) => format!("_lakescore_jobs/{job_id}/lease-{i}-of-{n}"),
+            None => format!("_lakescore_jobs/{job_id}/lease"),
         }
-        let (hb_loc, hb_rel, id) = (loc.clone(), rel.clone(), job_id.to_string());
+    }
+
+    async fn read(loc: &Location, dir: &str) -> Result<Lease> {
+        let listed =
+            loc.store.list_with_delimiter(Some(&child(loc, dir))).await.map(|l| l.objects).or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(Vec::new()),
+                e => Err(ScoreError::from_store(e, format!("reading the job lock under {}", loc.url))),
+            })?;
+        let mut lease = Lease::default();
+        for meta in listed {
+            let Some(name) = meta.location.filename().map(str::to_string) else { continue };
+            let (epoch, rest) = name.split_once('.').map_or((name.as_str(), None), |(e, r)| (e, Some(r)));
+            let Ok(epoch) = epoch.parse::<i64>() else { continue };
+            let released = rest == Some("released");
+            let newer = match &lease.top {
+                None => true,
+                Some((top, seen, _)) => epoch > *top || (epoch == *top && meta.last_modified >= seen.last_modified),
+            };
+            let was_released = lease.top.as_ref().is_some_and(|(top, _, r)| *top == epoch && *r);
+            if newer {
+                lease.top = Some((epoch, meta, released || was_released));
+            } else if released {
+                if let Some(top) = lease.top.as_mut().filter(|t| t.0 == epoch) {
+                    top.2 = true;
+                }
+            }
+        }
+        Ok(lease)
+    }
+
+    /// The store's time now: the modification time of an object created for the purpose.
+    async fn store_now(loc: &Location, dir: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+        let probe = child(loc, &format!("{dir}/probe-{}", uuid::Uuid::new_v4().simple()));
+        loc.store
+            .put(&probe, PutPayload::from_static(b"{}"))
+            .await
+            .map_err(|e| ScoreError::from_store(e, format!("reading the store's clock under {}", loc.url)))?;
+        let head = loc.store.head(&probe).await.map_err(|e| ScoreError::from_store(e, "the clock probe"));
+        let _ = loc.store.delete(&probe).await;
+        Ok(head?.last_modified)
+    }
+
+    async fn acquire(loc: &Location, job_id: &str, shard: Option<(usize, usize)>) -> Result<Self> {
+        let dir = Self::dir(job_id, shard);
+        let lease = Self::read(loc, &dir).await?;
+        let epoch = match &lease.top {
+            None => 1,
+            Some((top, _, true)) => top + 1,
+            Some((top, latest, false)) => {
+                let age = Self::store_now(loc, &dir).await?.signed_duration_since(latest.last_modified);
+                let age = age.to_std().unwrap_or_default();
+                // A holder on this host whose process is gone died with the lock held: no
+                // need to wait for the lock to go stale.
+                let holder: Option<serde_json::Value> =
+                    read_json(loc, &format!("{dir}/{top:010}")).await.ok().flatten();
+                let dead_here = holder.as_ref().is_some_and(|h| {
+                    h["host"].as_str() == Some(host_name().as_str())
+                        && h["pid"].as_u64().is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+                });
+                if age < LOCK_STALE_AFTER && !dead_here {
+                    return Err(ScoreError::Locked(format!(
+                        "job {job_id} is already running (its lock {} was renewed {}s ago); a crashed run's lock \
+                         is taken over after {}s",
+                        loc.url_of(&child(loc, &dir)),
+                        age.as_secs(),
+                        LOCK_STALE_AFTER.as_secs()
+                    )));
+                }
+                tracing::warn!(
+                    job_id,
+                    epoch = top,
+                    age_secs = age.as_secs(),
+                    "taking over the lock of a run that stopped"
+                );
+                top + 1
+            }
+        };
+        let body = serde_json::json!({"job_id": job_id, "epoch": epoch, "host": host_name(),
+                                      "pid": std::process::id(), "at": chrono::Utc::now().to_rfc3339()});
+        match write_json(loc, &format!("{dir}/{epoch:010}"), &body, PutMode::Create).await {
+            Ok(()) => {}
+            Err(ScoreError::FailedPrecondition(_)) => {
+                return Err(ScoreError::Locked(format!(
+                    "job {job_id}: another run took its lock (epoch {epoch}) at the same moment"
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+        let (hb_loc, hb_dir, id) = (loc.clone(), dir.clone(), job_id.to_string());
         let heartbeat = tokio::spawn(async move {
+            let mut beat: u64 = 0;
             loop {
                 tokio::time::sleep(HEARTBEAT_EVERY).await;
-                let body =
-                    serde_json::json!({"job_id": id, "pid": std::process::id(), "at": chrono::Utc::now().to_rfc3339()});
-                if let Err(e) = write_json(&hb_loc, &hb_rel, &body, PutMode::Overwrite).await {
-                    tracing::warn!(error = %e, "refreshing a job lock failed");
+                beat += 1;
+                let path = format!("{hb_dir}/{epoch:010}.{beat:010}");
+                if let Err(e) = write_json(&hb_loc, &path, &serde_json::json!({"beat": beat}), PutMode::Create).await {
+                    tracing::warn!(job_id = %id, error = %e, "renewing a job lock failed");
+                    continue;
+                }
+                if beat > 1 {
+                    let _ =
+                        hb_loc.store.delete(&child(&hb_loc, &format!("{hb_dir}/{epoch:010}.{:010}", beat - 1))).await;
+                }
+                if let Ok(Lease { top: Some((top, _, _)) }) = Self::read(&hb_loc, &hb_dir).await {
+                    if top > epoch {
+                        tracing::error!(job_id = %id, epoch, taken_by = top, "this run's job lock was taken over");
+                        return;
+                    }
                 }
             }
         });
-        Ok(Self { loc: loc.clone(), rel, heartbeat })
+        Ok(Self { loc: loc.clone(), dir, epoch, heartbeat })
+    }
+
+    /// Refuses when a later run took the lock over (before a commit no epoch fences).
+    async fn check(&self, job_id: &str) -> Result<()> {
+        match Self::read(&self.loc, &self.dir).await?.top {
+            Some((top, _, _)) if top > self.epoch => Err(ScoreError::Locked(format!(
+                "job {job_id}: this run's lock (epoch {}) was taken over by a later run (epoch {top}); it commits nothing",
+                self.epoch
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Give the lock back for good: the job is complete, and a complete job is answered
+    /// from its record (manifest or table) without locking, so its lease goes.
+    async fn retire(self) {
+        self.heartbeat.abort();
+        if let Ok(listed) = self.loc.store.list_with_delimiter(Some(&child(&self.loc, &self.dir))).await {
+            for meta in listed.objects {
+                let _ = self.loc.store.delete(&meta.location).await;
+            }
+        }
     }
 
     async fn release(self) {
         self.heartbeat.abort();
-        let _ = self.loc.store.delete(&child(&self.loc, &self.rel)).await;
+        let released = format!("{}/{:010}.released", self.dir, self.epoch);
+        let _ = write_json(&self.loc, &released, &serde_json::json!({}), PutMode::Create).await;
+        if let Ok(listed) = self.loc.store.list_with_delimiter(Some(&child(&self.loc, &self.dir))).await {
+            let mine = format!("{:010}.", self.epoch);
+            for meta in listed.objects {
+                let name = meta.location.filename().unwrap_or_default();
+                let beat = name.strip_prefix(&mine).is_some_and(|rest| rest != "released");
+                let older = name.split('.').next().and_then(|e| e.parse::<i64>().ok()).is_some_and(|e| e < self.epoch);
+                if beat || older {
+                    let _ = self.loc.store.delete(&meta.location).await;
+                }
+            }
+        }
     }
 }
 
@@ -416,9 +565,26 @@ struct JobRun<'a> {
     settings: &'a JobSettings,
     model: &'a ResolvedModel,
     manifest_model: &'a ManifestModel,
-    input: &'a Location,
+    input: &'a Input,
     out: &'a Location,
     job_id: &'a str,
+    /// The run's lock epoch: in its parts' names, so that runs never write or remove each
+    /// other's files.
+    epoch: i64,
+    /// A Delta output: what each unit's commit records.
+    table: Option<TableRun<'a>>,
+}
+
+/// What the units of a job writing a Delta table commit with.
+#[derive(Clone, Copy)]
+struct TableRun<'a> {
+    generation: i64,
+    epoch: i64,
+    /// The app id of the run's lock (one per shard).
+    lock: &'a str,
+    lineage: &'a serde_json::Map<String, serde_json::Value>,
+    /// The table's columns, as the job writes them.
+    schema: Option<&'a arrow::datatypes::SchemaRef>,
 }
 
 /// A batch's rows scored where they can be, and the rows that cannot, with their error.
@@ -539,15 +705,46 @@ impl JobManager {
             return Err(ScoreError::invalid("a batch job needs a job_id (it names the job for resume and locking)"));
         }
         let job_id = crate::lake::job_id(cmd)?;
-        let out = self.lake.output_location(cmd)?;
-        if let Some(done) = read_json::<Manifest>(&out, MANIFEST_NAME).await? {
-            if done.job_id == job_id {
-                return self.completed_job(cmd, settings, creds, &out, &job_id, done).await;
+        // A summary-only job writes no rows: its record is a manifest, wherever it goes.
+        let (out, format) = if settings.summary_only {
+            let out = self.lake.output_location(cmd)?;
+            if crate::delta::is_table(&out).await? {
+                return Err(ScoreError::FailedPrecondition(format!(
+                    "a summary-only job records its summary as a _lakescore.json manifest, and {} is a Delta \
+                     table: give the job an output of its own",
+                    out.url
+                )));
+            }
+            (out, OutputFormat::Parquet)
+        } else {
+            self.lake.output_target(cmd).await?
+        };
+        match format {
+            OutputFormat::Parquet => {
+                if let Some(done) = read_json::<Manifest>(&out, MANIFEST_NAME).await? {
+                    if done.job_id != job_id {
+                        return Err(ScoreError::FailedPrecondition(format!(
+                            "output {} holds another output already (its manifest names job {}): a job never \
+                             writes over a manifest it did not write; give this job another output",
+                            out.url, done.job_id
+                        )));
+                    }
+                    return self.completed_job(cmd, settings, creds, &out, &job_id, done).await;
+                }
+            }
+            OutputFormat::Delta => {
+                if let Some(done) = table::read(&out, &job_id).await?.done {
+                    return self.completed_job(cmd, settings, creds, &out, &job_id, done).await;
+                }
             }
         }
         let lock = JobLock::acquire(&out, &job_id, settings.shard).await?;
-        let result = self.run_job_locked(cmd, settings, creds, &out, &job_id, job).await;
-        lock.release().await;
+        let result = self.run_job_locked(cmd, settings, creds, &out, &job_id, job, format, &lock).await;
+        if result.is_ok() && settings.shard.is_none() {
+            lock.retire().await;
+        } else {
+            lock.release().await;
+        }
         result
     }
 
@@ -600,9 +797,12 @@ impl JobManager {
         }
         tracing::info!(job_id, manifest = %url, "job already complete: its committed summary answers");
         let files = done.files.iter().map(|f| f.url.clone()).collect();
+        let table = done.table.clone();
         Ok(JobSummary {
             job_id: job_id.to_string(),
-            manifest: url,
+            manifest: if table.is_some() { String::new() } else { url },
+            table,
+            table_version: done.table_version,
             model: done.model.name,
             version: done.model.version,
             sha256: done.model.sha256,
@@ -618,6 +818,7 @@ impl JobManager {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_job_locked(
         &self,
         cmd: &ScoreCommand,
@@ -626,27 +827,40 @@ impl JobManager {
         out: &Location,
         job_id: &str,
         job: &RunningJob,
+        format: OutputFormat,
+        lock: &JobLock,
     ) -> Result<JobSummary> {
+        let epoch = lock.epoch;
         use std::sync::atomic::Ordering::Relaxed;
         let job_dir = format!("_lakescore_jobs/{job_id}");
-        // One model version for the whole job, resumed runs included.
-        let record = match read_json::<JobRecord>(out, &format!("{job_dir}/job.json")).await? {
-            Some(r) => r,
+        // One model version and one input version for the whole job, resumed runs included.
+        let (record, input) = match read_json::<JobRecord>(out, &format!("{job_dir}/job.json")).await? {
+            Some(r) => {
+                let input = self.lake.input(pinned_input(cmd, &r).as_ref().unwrap_or(cmd)).await?;
+                (r, input)
+            }
             None => {
                 let model = self.lake.scorer().resolve_model(&cmd.model, creds).await?;
+                let input = self.lake.input(cmd).await?;
                 let r = JobRecord {
                     reference: cmd.model.clone(),
                     name: model.version.model.clone(),
                     version: model.version.version,
                     sha256: model.version.sha256.clone(),
+                    input_version: input.table_version,
                 };
                 // Shards starting at once agree on one version: the first record wins.
                 match write_json(out, &format!("{job_dir}/job.json"), &r, PutMode::Create).await {
-                    Ok(()) => r,
+                    Ok(()) => (r, input),
                     Err(ScoreError::FailedPrecondition(_)) => {
-                        read_json::<JobRecord>(out, &format!("{job_dir}/job.json"))
+                        let r = read_json::<JobRecord>(out, &format!("{job_dir}/job.json"))
                             .await?
-                            .ok_or_else(|| ScoreError::internal("the job record vanished"))?
+                            .ok_or_else(|| ScoreError::internal("the job record vanished"))?;
+                        let input = match pinned_input(cmd, &r) {
+                            Some(pinned) if r.input_version != input.table_version => self.lake.input(&pinned).await?,
+                            _ => input,
+                        };
+                        (r, input)
                     }
                     Err(e) => return Err(e),
                 }
@@ -659,25 +873,65 @@ impl JobManager {
                 record.name, record.version, record.sha256, model.version.sha256
             )));
         }
-        let (input, files) = self.lake.input_files(cmd).await?;
-        let units = self.units(&input, files, settings.mini_batch_size).await?;
+        let units = self.units(&input, settings.mini_batch_size).await?;
 
         let mut records: Vec<Option<UnitRecord>> = vec![None; units.len()];
         let mut resumed = 0u64;
-        for u in &units {
-            if let Some(r) = read_json::<UnitRecord>(out, &format!("{job_dir}/units/{:05}.json", u.index)).await? {
-                if r.failed.is_none() {
-                    resumed += 1;
-                    records[u.index] = Some(r);
-                }
-            }
-        }
+        // A Delta output's log records the units committed; a Parquet output's markers do.
+        let mut committed: std::collections::HashSet<usize> = Default::default();
         let manifest_model = ManifestModel {
             reference: record.reference.clone(),
             name: record.name.clone(),
             version: record.version,
             sha256: record.sha256.clone(),
             engine: model.handle.engine.to_string(),
+        };
+        let lineage = crate::lake::lineage(&manifest_model, cmd, input.table_version, job_id, creds);
+        let lock_app = table::lock_app(job_id, settings.shard);
+        let mut run = JobRun {
+            cmd,
+            settings,
+            model: &model,
+            manifest_model: &manifest_model,
+            input: &input,
+            out,
+            job_id,
+            epoch,
+            table: None,
+        };
+        // A Delta output has one set of columns: the first unit that plans gives them, and a
+        // unit whose rows would have others fails as a unit (it cannot be committed).
+        let mut schema: Option<arrow::datatypes::SchemaRef> = None;
+        let (generation, mut watch) = match format {
+            OutputFormat::Delta => {
+                schema = self.output_schema(&run, &units).await.ok().map(|s| crate::delta::table_schema(&s));
+                // The run's epoch in the table before anything is read or removed: from here
+                // on a run this one took over from can commit nothing, so what the table
+                // says is committed stays all there is.
+                if let Some(schema) = &schema {
+                    table::fence(out, schema, &lineage, job_id, &lock_app, epoch).await?;
+                }
+                let found = table::read(out, job_id).await?;
+                for r in found.units.into_iter().filter(|r| r.unit < units.len() && r.failed.is_none()) {
+                    resumed += 1;
+                    committed.insert(r.unit);
+                    let unit = r.unit;
+                    records[unit] = Some(r);
+                }
+                (found.generation, found.watch)
+            }
+            OutputFormat::Parquet => {
+                for u in &units {
+                    let marker = format!("{job_dir}/units/{:05}.json", u.index);
+                    if let Some(r) = read_json::<UnitRecord>(out, &marker).await? {
+                        if r.failed.is_none() {
+                            resumed += 1;
+                            records[u.index] = Some(r);
+                        }
+                    }
+                }
+                (0, crate::delta::TxnWatch::default())
+            }
         };
         job.units_total.store(units.len() as u64, Relaxed);
         job.units_done.store(resumed, Relaxed);
@@ -688,13 +942,17 @@ impl JobManager {
         let mut error_rows: u64 = records.iter().flatten().map(|r| r.error_rows).sum();
         let mut failed_units = 0u64;
         let mut outcome: Result<()> = Ok(());
-        let run = JobRun { cmd, settings, model: &model, manifest_model: &manifest_model, input: &input, out, job_id };
+        if format == OutputFormat::Delta {
+            run.table =
+                Some(TableRun { generation, epoch, lock: &lock_app, lineage: &lineage, schema: schema.as_ref() });
+        }
+        let run = run;
         let mut running = futures::stream::iter(pending.into_iter().map(|unit| {
             let run = &run;
             let leftover = leftovers.contains(&unit.index);
             async move {
                 if leftover {
-                    self.remove_unit_parts(out, job_id, unit.index).await;
+                    self.remove_unit_parts(out, job_id, unit.index, None).await;
                 }
                 let result = self.run_unit(run, &unit).await;
                 (unit, result)
@@ -702,6 +960,10 @@ impl JobManager {
         }))
         .buffer_unordered(settings.max_concurrency);
         let mut cancelled = false;
+        // A Delta output's finished units, waiting for their group's commit.
+        let mut to_commit: Vec<UnitRecord> = Vec::new();
+        let mut last_commit = std::time::Instant::now();
+        let mut schema = schema.clone();
         loop {
             let next = tokio::select! {
                 biased;
@@ -712,7 +974,28 @@ impl JobManager {
                 next = running.next() => next,
             };
             let Some((unit, record)) = next else { break };
-            write_json(out, &format!("{job_dir}/units/{:05}.json", unit.index), &record, PutMode::Overwrite).await?;
+            match format {
+                OutputFormat::Parquet => {
+                    write_json(out, &format!("{job_dir}/units/{:05}.json", unit.index), &record, PutMode::Overwrite)
+                        .await?
+                }
+                OutputFormat::Delta if record.failed.is_none() => {
+                    to_commit.push(record.clone());
+                    let interval = self.lake.scorer().config().job_commit_interval;
+                    if to_commit.len() >= table::COMMIT_UNITS || last_commit.elapsed() >= interval {
+                        let group = std::mem::take(&mut to_commit);
+                        if let Err(e) =
+                            self.commit_group(&run, &units, &mut schema, group, &mut watch, &mut committed).await
+                        {
+                            drop(running);
+                            self.remove_uncommitted(out, job_id, settings.shard, epoch, &committed).await;
+                            return Err(e);
+                        }
+                        last_commit = std::time::Instant::now();
+                    }
+                }
+                OutputFormat::Delta => {}
+            }
             job.units_done.fetch_add(1, Relaxed);
             job.rows.fetch_add(record.rows, Relaxed);
             lakescore_core::failpoint::hit("job.after_unit").await;
@@ -731,6 +1014,13 @@ impl JobManager {
             }
         }
         drop(running);
+        if outcome.is_ok() && !cancelled && !to_commit.is_empty() {
+            let group = std::mem::take(&mut to_commit);
+            if let Err(e) = self.commit_group(&run, &units, &mut schema, group, &mut watch, &mut committed).await {
+                self.remove_uncommitted(out, job_id, settings.shard, epoch, &committed).await;
+                return Err(e);
+            }
+        }
         if outcome.is_ok() && settings.shard.is_none() {
             // Units committed by earlier runs or shards count too.
             if let Some(e) = over_threshold(settings, job_id, out, error_rows, failed_units) {
@@ -739,12 +1029,19 @@ impl JobManager {
         }
         let records: Vec<UnitRecord> = records.into_iter().flatten().collect();
         if cancelled {
-            // Units still running were dropped with their writers: their parts go too.
+            // Units still running were dropped with their writers: their parts go too, as do
+            // those of units waiting for a commit.
+            if format == OutputFormat::Delta {
+                self.remove_uncommitted(out, job_id, settings.shard, epoch, &committed).await;
+                let done: Vec<UnitRecord> = records.iter().filter(|r| committed.contains(&r.unit)).cloned().collect();
+                self.remove_job_output(out, &done, &job_dir, &run).await?;
+                return Err(ScoreError::Cancelled(format!("job {job_id} was cancelled; its rows were taken out")));
+            }
             let leftovers = self.units_with_parts(out, job_id).await;
             for unit in leftovers {
-                self.remove_unit_parts(out, job_id, unit).await;
+                self.remove_unit_parts(out, job_id, unit, None).await;
             }
-            self.remove_job_output(out, &records, &job_dir).await;
+            self.remove_job_output(out, &records, &job_dir, &run).await?;
             return Err(ScoreError::Cancelled(format!("job {job_id} was cancelled; its partial output was removed")));
         }
         if let Some((index, count)) = settings.shard {
@@ -757,7 +1054,13 @@ impl JobManager {
         if let Err(e) = outcome {
             // Deterministic: a re-run would stop the same way. Nothing of the job's output
             // stays (the error rows do, to be looked at).
-            self.remove_job_output(out, &records, &job_dir).await;
+            if format == OutputFormat::Delta {
+                self.remove_uncommitted(out, job_id, settings.shard, epoch, &committed).await;
+                let done: Vec<UnitRecord> = records.iter().filter(|r| committed.contains(&r.unit)).cloned().collect();
+                self.remove_job_output(out, &done, &job_dir, &run).await?;
+                return Err(e);
+            }
+            self.remove_job_output(out, &records, &job_dir, &run).await?;
             return Err(e);
         }
 
@@ -765,7 +1068,11 @@ impl JobManager {
         let files: Vec<&WrittenFile> = records.iter().flat_map(|r| r.files.iter()).collect();
         let all: Vec<&UnitRecord> = records.iter().collect();
         let totals = Totals { units: units.len() as u64, failed_units, resumed_units: resumed };
-        let summary = JobSummary::of(job_id, &record, &all, totals, settings, out.url_of(&child(out, MANIFEST_NAME)));
+        let manifest_url = match format {
+            OutputFormat::Parquet => out.url_of(&child(out, MANIFEST_NAME)),
+            OutputFormat::Delta => String::new(),
+        };
+        let mut summary = JobSummary::of(job_id, &record, &all, totals, settings, manifest_url);
         let mut manifest = Manifest::new(FORMAT_JOB, job_id, &manifest_model, files.into_iter().cloned().collect());
         // A summary-only job scored rows it wrote no file for: the counts are the summary's.
         manifest.rows = summary.rows;
@@ -780,9 +1087,34 @@ impl JobManager {
             resumed: summary.resumed_units,
         });
         manifest.inputs = records.clone();
-        write_json(out, MANIFEST_NAME, &manifest, PutMode::Overwrite).await?;
-        for r in &records {
-            let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
+        match format {
+            OutputFormat::Parquet => {
+                lock.check(job_id).await?;
+                // Created, never written over: what a job finds at its output is not its own
+                // (checked when it started) unless this very run wrote it.
+                write_json(out, MANIFEST_NAME, &manifest, PutMode::Create).await?;
+                for r in &records {
+                    let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
+                }
+            }
+            OutputFormat::Delta => {
+                let schema = match schema {
+                    Some(s) => s,
+                    None => self.output_schema(&run, &units).await?,
+                };
+                manifest.table = Some(out.url.to_string());
+                let committer = table::Committer {
+                    out,
+                    schema: &schema,
+                    lineage: &lineage,
+                    job_id,
+                    generation,
+                    lock: &lock_app,
+                    epoch,
+                };
+                summary.table = Some(out.url.to_string());
+                summary.table_version = committer.commit_end(&manifest, &mut watch).await?;
+            }
         }
         let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
         tracing::info!(
@@ -797,14 +1129,14 @@ impl JobManager {
     }
 
     /// The units of `files`: each file, or runs of `mini_batch_size` row groups.
-    async fn units(&self, input: &Location, files: Vec<ObjectMeta>, mini_batch_size: usize) -> Result<Vec<Unit>> {
+    async fn units(&self, input: &Input, mini_batch_size: usize) -> Result<Vec<Unit>> {
         let mut units = Vec::new();
-        for file in files {
+        for file in input.files.iter().cloned() {
             if mini_batch_size == 0 {
                 units.push(Unit { index: units.len(), file, row_groups: None });
                 continue;
             }
-            let groups = match self.row_group_count(input, &file).await {
+            let groups = match self.row_group_count(&input.loc, &file.meta).await {
                 Ok(n) => n,
                 // A file whose footer does not read is one unit, which fails on its own.
                 Err(_) => {
@@ -831,7 +1163,7 @@ impl JobManager {
     /// every attempt is a failed unit of the job, recorded as such).
     async fn run_unit(&self, run: &JobRun<'_>, unit: &Unit) -> UnitRecord {
         let JobRun { settings, input, out, job_id, .. } = *run;
-        let url = input.url_of(&unit.file.location);
+        let url = input.loc.url_of(&unit.file.meta.location);
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let attempt = || {
             let (attempts, url) = (&attempts, &url);
@@ -840,7 +1172,7 @@ impl JobManager {
                 if attempt > 1 {
                     // Leftovers of the failed attempt (a timeout drops its sinks mid-file; each
                     // attempt names its parts apart, so a late removal never meets this one's).
-                    self.remove_unit_parts(out, job_id, unit.index).await;
+                    self.remove_unit_parts(out, job_id, unit.index, Some(run.epoch)).await;
                 }
                 lakescore_core::failpoint::hit("job.before_unit").await;
                 match tokio::time::timeout(settings.timeout, self.score_unit(run, unit, attempt)).await {
@@ -863,7 +1195,7 @@ impl JobManager {
                 record
             }
             Err(e) => {
-                self.remove_unit_parts(out, job_id, unit.index).await;
+                self.remove_unit_parts(out, job_id, unit.index, Some(run.epoch)).await;
                 UnitRecord {
                     unit: unit.index,
                     input: url,
@@ -879,9 +1211,9 @@ impl JobManager {
         }
     }
 
-    /// The name prefix of one attempt's parts: `<job>-u<unit>-a<attempt>`.
-    fn attempt_prefix(job_id: &str, unit: usize, attempt: u32) -> String {
-        format!("{}-a{attempt}", Self::unit_prefix(job_id, unit))
+    /// The name prefix of one attempt's parts: `<job>-u<unit>-e<epoch>-a<attempt>`.
+    fn attempt_prefix(job_id: &str, unit: usize, epoch: i64, attempt: u32) -> String {
+        format!("{}-e{epoch}-a{attempt}", Self::unit_prefix(job_id, unit))
     }
 
     fn unit_prefix(job_id: &str, unit: usize) -> String {
@@ -905,9 +1237,11 @@ impl JobManager {
         units
     }
 
-    /// Removes what an unfinished attempt of `unit` left (data parts and error rows).
-    async fn remove_unit_parts(&self, out: &Location, job_id: &str, unit: usize) {
-        let prefix = format!("part-{}-", Self::unit_prefix(job_id, unit));
+    /// Removes what unfinished attempts of `unit` left (data parts and error rows): those of
+    /// the run of lock `epoch`, or of every run.
+    async fn remove_unit_parts(&self, out: &Location, job_id: &str, unit: usize, epoch: Option<i64>) {
+        let run = epoch.map(|e| format!("e{e}-")).unwrap_or_default();
+        let prefix = format!("part-{}-{run}", Self::unit_prefix(job_id, unit));
         for dir in [out.path.clone(), child(out, "_errors")] {
             let listed = out.store.list_with_delimiter(Some(&dir)).await.map(|l| l.objects).unwrap_or_default();
             for meta in listed.iter().filter(|m| m.location.filename().is_some_and(|n| n.starts_with(&prefix))) {
@@ -916,7 +1250,95 @@ impl JobManager {
         }
     }
 
-    async fn remove_job_output(&self, out: &Location, records: &[UnitRecord], job_dir: &str) {
+    /// Commit a group of a Delta output's finished units (see [`table`]).
+    async fn commit_group(
+        &self,
+        run: &JobRun<'_>,
+        units: &[Unit],
+        schema: &mut Option<arrow::datatypes::SchemaRef>,
+        group: Vec<UnitRecord>,
+        watch: &mut crate::delta::TxnWatch,
+        committed: &mut std::collections::HashSet<usize>,
+    ) -> Result<()> {
+        let Some(t) = run.table else { return Ok(()) };
+        let schema = match schema {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.output_schema(run, units).await?;
+                *schema = Some(s.clone());
+                s
+            }
+        };
+        let committer = table::Committer {
+            out: run.out,
+            schema: &schema,
+            lineage: t.lineage,
+            job_id: run.job_id,
+            generation: t.generation,
+            lock: t.lock,
+            epoch: t.epoch,
+        };
+        // Units found committed by another run count as committed: their rows are in once.
+        let units: Vec<usize> = group.iter().map(|r| r.unit).collect();
+        committer.commit_units(group, watch).await?;
+        committed.extend(units);
+        Ok(())
+    }
+
+    /// Removes the parts this run wrote of a Delta output's units that it did not commit (a
+    /// dropped attempt's, or a group's that will not be), unless the table has them (a
+    /// commit whose answer was lost). Other runs' and shards' parts are theirs.
+    async fn remove_uncommitted(
+        &self,
+        out: &Location,
+        job_id: &str,
+        shard: Option<(usize, usize)>,
+        epoch: i64,
+        committed: &std::collections::HashSet<usize>,
+    ) {
+        let Ok(found) = table::read(out, job_id).await else {
+            return; // the table cannot say what it has: parts left over harm no reader
+        };
+        let in_table: std::collections::HashSet<usize> = found.units.iter().map(|r| r.unit).collect();
+        for unit in self.units_with_parts(out, job_id).await {
+            let mine = shard.is_none_or(|(i, n)| unit % n == i);
+            if !committed.contains(&unit) && !in_table.contains(&unit) && mine {
+                self.remove_unit_parts(out, job_id, unit, Some(epoch)).await;
+            }
+        }
+    }
+
+    /// Removes what the job committed: a Parquet output's parts and markers, or a Delta
+    /// output's units, in one commit that also moves the job to its next generation.
+    async fn remove_job_output(
+        &self,
+        out: &Location,
+        records: &[UnitRecord],
+        job_dir: &str,
+        run: &JobRun<'_>,
+    ) -> Result<()> {
+        if let Some(t) = &run.table {
+            // What the table has of the job at this generation (every run's and shard's
+            // units, as committed), not this run's records: a unit another run committed
+            // has that run's files.
+            let found = table::read(out, run.job_id).await?;
+            let files: Vec<WrittenFile> = found.units.iter().flat_map(|r| r.files.iter().cloned()).collect();
+            let _ = records;
+            // The schema only matters to a table that does not exist, which has nothing to remove.
+            let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
+            let committer = table::Committer {
+                out,
+                schema: &schema,
+                lineage: t.lineage,
+                job_id: run.job_id,
+                generation: t.generation,
+                lock: t.lock,
+                epoch: t.epoch,
+            };
+            committer.remove(&files).await?;
+            let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+            return Ok(());
+        }
         for r in records {
             for f in &r.files {
                 let _ = out.store.delete(&child(out, &f.path)).await;
@@ -924,13 +1346,40 @@ impl JobManager {
             let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
         }
         let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+        Ok(())
+    }
+
+    /// The job's output columns (what the table is created with): the plan of the first
+    /// unit's file that plans (a corrupt file is a failed unit, not the job's schema).
+    async fn output_schema(&self, run: &JobRun<'_>, units: &[Unit]) -> Result<arrow::datatypes::SchemaRef> {
+        let mut last = ScoreError::NotFound(format!("job {}: its input has no file", run.job_id));
+        for unit in units {
+            let planned = async {
+                let partition = run.input.partition(&unit.file);
+                let row_groups = unit.row_groups.clone();
+                let scored =
+                    self.lake.open_scored(run.model, run.cmd, &run.input.loc, &unit.file.meta, row_groups, partition);
+                let (plan, _) = scored.await?;
+                Ok::<_, ScoreError>(plan.output_schema().clone())
+            };
+            match planned.await {
+                Ok(schema) => return Ok(schema),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     async fn score_unit(&self, run: &JobRun<'_>, unit: &Unit, attempt: u32) -> Result<UnitRecord> {
-        let JobRun { cmd, settings, model, manifest_model, input, out, job_id } = *run;
-        let url = input.url_of(&unit.file.location);
-        let (schema, batches) = self.lake.read_parquet(input, &unit.file, unit.row_groups.clone()).await?;
-        let plan = self.lake.scorer().plan(model, cmd, schema).map_err(|e| e.context(format!("input file {url}")))?;
+        let JobRun { cmd, settings, model, manifest_model, input, out, job_id, .. } = *run;
+        let url = input.loc.url_of(&unit.file.meta.location);
+        let partition = input.partition(&unit.file);
+        let (plan, batches) =
+            self.lake.open_scored(model, cmd, &input.loc, &unit.file.meta, unit.row_groups.clone(), partition).await?;
+        if let Some(expected) = run.table.and_then(|t| t.schema) {
+            crate::delta::check_schema(expected, plan.output_schema(), &out.url)
+                .map_err(|e| e.context(format!("input file {url}")))?;
+        }
         let lineage = vec![
             ("lakescore.model".to_string(), manifest_model.name.clone()),
             ("lakescore.version".to_string(), manifest_model.version.to_string()),
@@ -943,7 +1392,7 @@ impl JobManager {
             ),
             ("lakescore.scored_at".to_string(), chrono::Utc::now().to_rfc3339()),
         ];
-        let unit_id = Self::attempt_prefix(job_id, unit.index, attempt);
+        let unit_id = Self::attempt_prefix(job_id, unit.index, run.epoch, attempt);
         // Both sinks commit their parts only: the job's manifest lists them once every unit
         // is done. An error drops them, which removes what they wrote.
         let mut sink = (!settings.summary_only).then(|| {
@@ -1000,27 +1449,29 @@ impl JobManager {
             }
             seen += batch.num_rows() as u64;
         }
-        let files = match sink {
-            Some(sink) => sink.commit().await?.files,
-            None => Vec::new(),
-        };
         let error_file = match errors {
             Some(sink) => sink.commit().await?.files.into_iter().next().map(|f| f.url),
             None => None,
         };
-        Ok(UnitRecord {
+        let mut record = UnitRecord {
             unit: unit.index,
             input: url,
             row_groups: unit.row_groups.clone(),
             rows,
             error_rows: bad_rows,
-            files,
+            files: Vec::new(),
             error_file,
-            attempts: 1,
+            attempts: attempt,
             failed: None,
-        })
+        };
+        if let Some(sink) = sink {
+            record.files = sink.commit().await?.files;
+        }
+        Ok(record)
     }
 }
+
+mod table;
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,8 @@
 //!
 //! Owns the storage roots and URL policy and the Parquet reader adapter ([`storage`]), the
 //! parallel Parquet writer ([`writer`]), the [`sink::OutputSink`] every write path goes through
-//! (and the commit protocol behind it: data files, then the [`manifest`]), [`lake::Lake`]
+//! (and the commits behind it: data files, then a Delta table's commit ([`delta`]) or the
+//! [`manifest`]), [`lake::Lake`]
 //! (`score-dataset` and the reads behind DoGet), and batch jobs ([`job::JobManager`]).
 //!
 //! It depends on `lakescore-engine` for scoring, and may not depend on the transports
@@ -10,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod delta;
 pub mod job;
 pub mod lake;
 pub mod manifest;
@@ -18,7 +20,7 @@ pub mod storage;
 pub mod writer;
 
 pub use job::JobManager;
-pub use lake::{job_id, Lake};
+pub use lake::{job_id, Input, InputFile, Lake, OutputFormat};
 pub use manifest::{Manifest, ManifestModel, MANIFEST_NAME};
 pub use sink::{Commit, Committed, OutputSink};
 pub use storage::{Location, Storage};

@@ -50,6 +50,13 @@ pub struct Manifest {
     /// A batch job's input units, each with its parts and row counts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<UnitRecord>,
+    /// A batch job that wrote a Delta table: the table (its log lists the files; this summary
+    /// is in the commit that ended the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The table version that ended the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_version: Option<i64>,
 }
 
 impl Manifest {
@@ -69,6 +76,8 @@ impl Manifest {
             error_rows: None,
             units: None,
             inputs: Vec::new(),
+            table: None,
+            table_version: None,
         }
     }
 }
@@ -126,6 +135,10 @@ pub struct WrittenFile {
     /// sha256 of the file's bytes, as written (manifests before it have none).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// Delta's statistics of the file (see [`crate::delta::file_stats`]): kept in a Delta
+    /// table's log, not in manifests.
+    #[serde(skip)]
+    pub stats: Option<String>,
 }
 
 /// `name type, …` for an error message.
@@ -149,6 +162,7 @@ pub struct UnitRecord {
     /// Rows set aside under `_errors/`.
     pub error_rows: u64,
     /// The Parquet parts it wrote.
+    #[serde(default)]
     pub files: Vec<WrittenFile>,
     /// URL of its rows in error, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

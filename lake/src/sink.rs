@@ -13,14 +13,19 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use futures::{Stream, StreamExt};
 use lakescore_engine::error::{Result, ScoreError};
+use object_store::ObjectStoreExt;
 
+use crate::delta::{self, Outcome, TableCommit};
 use crate::manifest::{ManifestModel, WrittenFile};
 use crate::storage::Location;
 use crate::writer::{JobWriter, OutputSummary};
 
 /// How a sink's rows become visible once all of them are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Commit {
+    /// Added to the Delta table at the prefix in one commit (the table is created by it
+    /// when there is none), with the lineage and application transactions given.
+    Table(Box<TableCommit>),
     /// A new output prefix: the manifest, written last, lists the files (DoPut,
     /// `score-dataset`, `COPY … TO`).
     Manifest,
@@ -29,6 +34,9 @@ pub enum Commit {
     /// Data files only, committed by the caller (a batch job's unit: the job's manifest lists
     /// them).
     Parts,
+    /// Data files only, that the caller commits to a Delta table (a batch job's unit):
+    /// written with the table's types, as [`Commit::Table`] writes them.
+    TableParts,
 }
 
 /// What a committed sink wrote.
@@ -38,12 +46,18 @@ pub struct Committed {
     pub summary: OutputSummary,
     /// The data files, with their row counts and sha256.
     pub files: Vec<WrittenFile>,
+    /// For [`Commit::Table`]: the table's version, or that its application transactions
+    /// were committed before (then nothing was, and the files are gone).
+    pub table: Option<Outcome>,
 }
 
 /// Writes a stream of scored batches and commits them as one output; see the module docs.
 pub struct OutputSink {
     /// `None` once committed or aborted.
     writer: Option<JobWriter>,
+    /// The types a Delta table's files hold, when the rows have others (nanosecond
+    /// timestamps, unsigned integers, …): each batch is cast to it.
+    cast: Option<SchemaRef>,
     model: ManifestModel,
     commit: Commit,
 }
@@ -66,8 +80,11 @@ impl OutputSink {
         model: ManifestModel,
         commit: Commit,
     ) -> Self {
+        let for_table = matches!(commit, Commit::Table(_) | Commit::TableParts);
+        let cast = for_table.then(|| delta::delta_types(&schema)).filter(|s| s.fields() != schema.fields());
+        let schema = cast.clone().unwrap_or(schema);
         let writer = JobWriter::new(out, job_id, schema, max_rows_per_file, row_group_rows);
-        Self { writer: Some(writer), model, commit }
+        Self { writer: Some(writer), cast, model, commit }
     }
 
     /// Key-value metadata written into every data file's footer (lineage).
@@ -82,7 +99,14 @@ impl OutputSink {
         let Some(writer) = self.writer.as_mut() else {
             return Err(ScoreError::internal("the output sink was already committed or aborted"));
         };
-        if let Err(e) = writer.write(batch).await {
+        let written = match &self.cast {
+            Some(schema) => match delta::cast_to(batch, schema) {
+                Ok(cast) => writer.write(&cast).await,
+                Err(e) => Err(e),
+            },
+            None => writer.write(batch).await,
+        };
+        if let Err(e) = written {
             self.abort().await;
             return Err(e);
         }
@@ -125,22 +149,61 @@ impl OutputSink {
             return Err(ScoreError::internal("the output sink was already committed or aborted"));
         };
         let job_id = writer.job_id().to_string();
-        let (files, manifest) = match self.commit {
-            Commit::Manifest => writer.finish(&self.model).await?,
-            Commit::Append => writer.append(&self.model).await?,
-            Commit::Parts => (writer.close().await?, String::new()),
+        let (loc, schema) = (writer.location().clone(), writer.schema().clone());
+        let (mut files, manifest, table) = match &self.commit {
+            Commit::Manifest => {
+                let (files, manifest) = writer.finish(&self.model).await?;
+                (files, manifest, None)
+            }
+            Commit::Append => {
+                let (files, manifest) = writer.append(&self.model).await?;
+                (files, manifest, None)
+            }
+            Commit::Parts | Commit::TableParts => (writer.close().await?, String::new(), None),
+            Commit::Table(spec) => {
+                // Like the manifest, an empty output still gets a file: the table's columns.
+                let files = writer.finish_files().await?;
+                // The files with their sha256 in the commit's lineage: the log's Add actions
+                // carry no checksum.
+                let mut spec = spec.as_ref().clone();
+                let listed = serde_json::to_value(&files).map_err(ScoreError::internal)?;
+                spec.lineage.insert("files".into(), listed);
+                match delta::commit_files(&loc, &schema, &files, &spec, None).await {
+                    Ok(outcome) => {
+                        if matches!(outcome, Outcome::AlreadyCommitted(_)) {
+                            remove_files(&loc, &files).await;
+                        }
+                        (files, String::new(), Some(outcome))
+                    }
+                    Err(e) => {
+                        // Unless the commit landed after all (its answer lost on the way).
+                        if !delta::references_any(&loc, &files).await {
+                            remove_files(&loc, &files).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
         };
+        if matches!(table, Some(Outcome::AlreadyCommitted(_))) {
+            files.clear();
+        }
         let summary = OutputSummary {
             rows: files.iter().map(|f| f.rows).sum(),
             files: files.iter().map(|f| f.url.clone()).collect(),
             bytes: files.iter().map(|f| f.bytes).sum(),
             job_id,
             manifest,
+            table: table.is_some().then(|| loc.url.to_string()),
+            table_version: match &table {
+                Some(Outcome::Version(v)) => Some(*v),
+                _ => None,
+            },
             model: self.model.name.clone(),
             version: self.model.version,
             sha256: self.model.sha256.clone(),
         };
-        Ok(Committed { summary, files })
+        Ok(Committed { summary, files, table })
     }
 
     /// Give up: remove what was written. Nothing is committed.
@@ -148,6 +211,14 @@ impl OutputSink {
         if let Some(mut writer) = self.writer.take() {
             writer.abort().await;
         }
+    }
+}
+
+/// Remove written files that will not be committed.
+async fn remove_files(loc: &Location, files: &[WrittenFile]) {
+    for f in files {
+        let path = object_store::path::Path::from_iter(loc.path.parts().chain(std::iter::once(f.path.as_str().into())));
+        let _ = loc.store.delete(&path).await;
     }
 }
 

@@ -20,6 +20,8 @@ use url::Url;
 
 use lakescore_engine::error::{Result, ScoreError};
 
+use crate::manifest::{Manifest, MANIFEST_NAME};
+
 /// A resolved storage location.
 #[derive(Debug, Clone)]
 pub struct Location {
@@ -222,6 +224,31 @@ impl Storage {
             return Err(ScoreError::NotFound(format!("input {what}: no Parquet files found")));
         }
         files.sort_by(|a, b| a.location.cmp(&b.location));
+        // A prefix lakescore committed: the files its manifest lists, and no others (a
+        // running or crashed writer's parts are not committed rows).
+        let manifest_path = Path::from_iter(loc.path.parts().chain(std::iter::once(MANIFEST_NAME.into())));
+        match loc.store.get(&manifest_path).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(|e| ScoreError::from_store(e, format!("input {what}")))?;
+                let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                    ScoreError::DataLoss(format!("input {what}: its manifest {MANIFEST_NAME} is not valid: {e}"))
+                })?;
+                let listed: std::collections::HashSet<Path> = manifest
+                    .files
+                    .iter()
+                    .map(|f| Path::from_iter(loc.path.parts().chain(f.path.split('/').map(Into::into))))
+                    .collect();
+                if let Some(missing) = listed.iter().find(|p| !files.iter().any(|f| &f.location == *p)) {
+                    return Err(ScoreError::DataLoss(format!(
+                        "input {what}: its manifest lists {}, which is not there",
+                        loc.url_of(missing)
+                    )));
+                }
+                files.retain(|f| listed.contains(&f.location));
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(ScoreError::from_store(e, format!("input {what}"))),
+        }
         // A listed file may itself be a link that leads out of the roots.
         for file in &files {
             if let Ok(url) = Url::parse(&loc.url_of(&file.location)) {

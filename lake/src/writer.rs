@@ -13,12 +13,12 @@ use lakescore_core::retry::RetryPolicy;
 use lakescore_engine::error::{Result, ScoreError};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutPayload, UpdateVersion};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
@@ -222,11 +222,12 @@ impl ParquetFile {
     }
 
     /// Close the last row group, write the footer and complete the upload.
-    async fn finish(&mut self) -> Result<()> {
+    async fn finish(&mut self) -> Result<ParquetMetaData> {
         self.close_row_group().await?;
-        self.file.finish()?;
+        let metadata = self.file.finish()?;
         self.send(false).await?;
-        Ok(self.upload.complete().await?)
+        self.upload.complete().await?;
+        Ok(metadata)
     }
 }
 
@@ -271,8 +272,14 @@ pub struct OutputSummary {
     pub bytes: u64,
     /// The job id.
     pub job_id: String,
-    /// URL of the manifest.
+    /// URL of the manifest (empty for a Delta table).
     pub manifest: String,
+    /// A Delta table's URL (absent for plain Parquet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The table version this output committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_version: Option<i64>,
     /// Model name.
     pub model: String,
     /// Model version.
@@ -465,6 +472,11 @@ impl JobWriter {
         &self.schema
     }
 
+    /// Where the files go.
+    pub fn location(&self) -> &Location {
+        &self.loc
+    }
+
     /// The job id.
     pub fn job_id(&self) -> &str {
         &self.job_id
@@ -500,14 +512,18 @@ impl JobWriter {
 
     async fn close_current(&mut self) -> Result<()> {
         if let Some((mut w, path, rows)) = self.current.take() {
-            if let Err(e) = w.finish().await {
-                let _ = w.upload.abort().await;
-                return Err(e);
-            }
+            let metadata = match w.finish().await {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = w.upload.abort().await;
+                    return Err(e);
+                }
+            };
             let bytes = w.bytes_written() as u64;
+            let stats = Some(crate::delta::file_stats(&self.schema, &metadata, rows as u64));
             let sha256 = w.upload.sha256();
             let name = path.filename().unwrap_or_default().to_string();
-            self.done.push(WrittenFile { url: self.loc.url_of(&path), path: name, rows, bytes, sha256 });
+            self.done.push(WrittenFile { url: self.loc.url_of(&path), path: name, rows, bytes, sha256, stats });
         }
         Ok(())
     }
@@ -548,6 +564,19 @@ impl JobWriter {
         self.commit(model, true).await
     }
 
+    /// Close the data files for a commit made by the caller (a Delta table's): like
+    /// [`Self::close`], but an output with no rows still gets one (empty) file, so that the
+    /// commit records the columns.
+    pub async fn finish_files(mut self) -> Result<Vec<WrittenFile>> {
+        if self.done.is_empty() && self.current.is_none() {
+            if let Err(e) = self.open().await {
+                self.abort().await;
+                return Err(e);
+            }
+        }
+        self.close().await
+    }
+
     async fn commit(mut self, model: &ManifestModel, append: bool) -> Result<(Vec<WrittenFile>, String)> {
         let result = self.finish_inner(model, append).await;
         if result.is_err() {
@@ -565,12 +594,17 @@ impl JobWriter {
         if append {
             self.put_appended_manifest(model, &path).await?;
         } else {
+            // Never over another output's manifest: its files would be forgotten.
             let body = self.draft().body(model, &[])?;
-            self.loc
-                .store
-                .put(&path, PutPayload::from(body))
-                .await
-                .map_err(|e| ScoreError::from_store(e, format!("writing the manifest under {}", self.loc.url)))?;
+            let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+            self.loc.store.put_opts(&path, PutPayload::from(body), create).await.map_err(|e| match e {
+                object_store::Error::AlreadyExists { .. } => ScoreError::FailedPrecondition(format!(
+                    "{} holds an output already (its manifest {}); write to another prefix, or append with INSERT",
+                    self.loc.url,
+                    self.loc.url_of(&path)
+                )),
+                e => ScoreError::from_store(e, format!("writing the manifest under {}", self.loc.url)),
+            })?;
         }
         Ok((std::mem::take(&mut self.done), self.loc.url_of(&path)))
     }

@@ -23,6 +23,7 @@
 //! the Flight crates, and none of them depends on it.
 
 mod catalog;
+mod delta;
 pub mod flight;
 pub mod predict;
 mod stores;
@@ -59,10 +60,12 @@ use lakescore_engine::error::{Result, ScoreError};
 use lakescore_engine::mapping::Missing;
 use lakescore_engine::scorer::{BatchStream, ResolvedModel};
 use lakescore_engine::source::{registry_http_url, Credentials, HttpSourceOptions};
+use lakescore_lake::delta::TableCommit;
 use lakescore_lake::manifest::ManifestModel;
 use lakescore_lake::sink::Commit;
 use lakescore_lake::storage::Location;
 use lakescore_lake::Lake;
+use lakescore_lake::OutputFormat;
 use predict::{model_references, Predict, PredictTable};
 use stores::{RootedStores, RootedUrlTables};
 
@@ -201,12 +204,16 @@ impl SqlEngine {
             .with_batch_size(self.config.batch_rows.max(1))
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(true);
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime()?)
             .with_default_features()
             .build();
+        state
+            .table_factories_mut()
+            .insert("DELTATABLE".into(), Arc::new(delta::DeltaTables { lake: self.lake.clone() }));
         let ctx = SessionContext::new_with_state(state);
+        ctx.register_udtf("delta_history", Arc::new(delta::DeltaHistory { lake: self.lake.clone() }));
         if let Some(registry) = registry_http_url(&self.lake.scorer().config().model_source) {
             let options = HttpSourceOptions {
                 timeout: self.lake.scorer().config().registry_timeout,
@@ -379,6 +386,7 @@ impl SqlEngine {
                     deadline,
                     cancel: cancel.clone(),
                     timeout: self.deadline_error(),
+                    creds: creds.clone(),
                 }));
                 let out = task.await??;
                 guard.disarm();
@@ -635,7 +643,7 @@ impl SqlEngine {
 /// table's extended for `INSERT`), recording the statement's model; on any error, cancel
 /// or timeout the parts are removed and the manifest is left as it was.
 async fn write_parts(job: WriteJob) -> Result<RecordBatch> {
-    let WriteJob { lake, ctx, write, sql, params, models, deadline, cancel, timeout } = job;
+    let WriteJob { lake, ctx, write, sql, params, models, deadline, cancel, timeout, creds } = job;
     let verb = write.verb();
     let cancelled = move || ScoreError::Cancelled(format!("the {verb} was cancelled; its partial output was removed"));
     let target = tokio::time::timeout_at(deadline, write.target(&lake, &ctx, &sql, params))
@@ -660,11 +668,20 @@ async fn write_parts(job: WriteJob) -> Result<RecordBatch> {
             engine: "sql".into(),
         },
     };
-    let commit = match write {
-        Write::Copy(_) => Commit::Manifest,
-        Write::Insert => Commit::Append,
-    };
     let job_id = uuid::Uuid::now_v7().simple().to_string();
+    let commit = match (&write, target.format) {
+        (_, OutputFormat::Delta) => {
+            let cmd = lakescore_proto::ScoreCommand { job_id: job_id.clone(), ..Default::default() };
+            let mut lineage = lakescore_lake::lake::lineage(&model, &cmd, None, &job_id, &creds);
+            lineage.insert("sql".into(), target.source.clone().into());
+            let models: serde_json::Map<String, serde_json::Value> =
+                used.iter().map(|m| (m.reference.clone(), m.version.pinned_reference().into())).collect();
+            lineage.insert("models".into(), models.into());
+            Commit::Table(Box::new(TableCommit { lineage, ..Default::default() }))
+        }
+        (Write::Copy(_), OutputFormat::Parquet) => Commit::Manifest,
+        (Write::Insert, OutputFormat::Parquet) => Commit::Append,
+    };
     let sink = lake.sink(target.out, job_id, schema, model, commit).with_metadata(lineage);
     let rows = target.rows.execute_stream().await?.map(|b| b.map_err(ScoreError::from));
     // The statement's rows until they end, it is cancelled or its time is up; nothing
@@ -693,15 +710,21 @@ async fn write_parts(job: WriteJob) -> Result<RecordBatch> {
     let summary = sink.write_stream(rows).await?.summary;
     Ok(RecordBatch::try_new(
         write_result_schema(),
-        vec![Arc::new(UInt64Array::from(vec![summary.rows])), Arc::new(StringArray::from(vec![summary.manifest]))],
+        vec![
+            Arc::new(UInt64Array::from(vec![summary.rows])),
+            Arc::new(StringArray::from(vec![summary.table.clone().unwrap_or(summary.manifest)])),
+            Arc::new(arrow::array::Int64Array::from(vec![summary.table_version])),
+        ],
     )?)
 }
 
-/// What `COPY` and `INSERT` return: the rows written and the manifest's URL.
+/// What `COPY` and `INSERT` return: the rows written, the manifest's URL (a Delta table's
+/// own URL), and the Delta table's version the statement committed.
 fn write_result_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("count", DataType::UInt64, false),
         Field::new("manifest", DataType::Utf8, false),
+        Field::new("table_version", DataType::Int64, true),
     ]))
 }
 
@@ -715,6 +738,7 @@ enum Write {
 /// Where a write goes and the rows it writes.
 struct WriteTarget {
     out: Location,
+    format: OutputFormat,
     rows: DataFrame,
     /// The query the rows come from, for the parts' lineage.
     source: String,
@@ -738,11 +762,18 @@ impl Write {
     ) -> Result<WriteTarget> {
         match self {
             Write::Copy(copy) => {
-                if let Some(format) = copy.stored_as.as_deref().filter(|f| !f.eq_ignore_ascii_case("parquet")) {
-                    return Err(ScoreError::Unimplemented(format!(
-                        "COPY writes Parquet through lakescore's commit protocol: STORED AS {format} is not supported"
-                    )));
-                }
+                let output_format = match copy.stored_as.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                    None => "",
+                    Some("deltatable" | "delta") => "delta",
+                    Some("parquet") => "parquet",
+                    Some(other) => {
+                        return Err(ScoreError::Unimplemented(format!(
+                            "COPY writes a Delta table (the default, or STORED AS DELTATABLE) or Parquet parts with a \
+                             manifest (STORED AS PARQUET) through lakescore's commit protocol: STORED AS {other} is \
+                             not supported"
+                        )))
+                    }
+                };
                 if !copy.partitioned_by.is_empty() || !copy.options.is_empty() {
                     return Err(ScoreError::Unimplemented(
                         "COPY … TO takes no PARTITIONED BY or OPTIONS here: parts are sized by the worker's \
@@ -750,13 +781,19 @@ impl Write {
                             .into(),
                     ));
                 }
-                let out = lake.storage().locate(&copy.target, "COPY target")?;
+                lake.storage().locate(&copy.target, "COPY target")?;
+                let cmd = lakescore_proto::ScoreCommand {
+                    output: copy.target.clone(),
+                    output_format: output_format.into(),
+                    ..Default::default()
+                };
+                let (out, format) = lake.output_target(&cmd).await?;
                 let source = match &copy.source {
                     CopyToSource::Relation(name) => format!("SELECT * FROM {name}"),
                     CopyToSource::Query(query) => query.to_string(),
                 };
                 let rows = SqlEngine::frame(ctx, &source, params).await?;
-                Ok(WriteTarget { out, rows, source })
+                Ok(WriteTarget { out, format, rows, source })
             }
             Write::Insert => {
                 let plan = ctx.state().create_logical_plan(sql).await?;
@@ -771,6 +808,16 @@ impl Write {
                 }
                 let table = dml.table_name.to_string();
                 let provider = source_as_provider(&dml.target)?;
+                let rows = DataFrame::new(ctx.state(), dml.input.as_ref().clone());
+                let rows = match params.clone() {
+                    Some(p) => rows.with_param_values(p)?,
+                    None => rows,
+                };
+                if let Some(delta) = (provider.as_ref() as &dyn Any).downcast_ref::<delta::DeltaSqlTable>() {
+                    // One commit to the table, through the same sink as every other write.
+                    let out = delta.loc.clone();
+                    return Ok(WriteTarget { out, format: OutputFormat::Delta, rows, source: sql.to_string() });
+                }
                 let listing = (provider.as_ref() as &dyn Any).downcast_ref::<ListingTable>().filter(|t| {
                     (t.options().format.as_ref() as &dyn Any).is::<ParquetFormat>()
                         && t.options().table_partition_cols.is_empty()
@@ -786,12 +833,7 @@ impl Write {
                     }
                 };
                 let out = lake.storage().locate(&location, "INSERT target")?;
-                let rows = DataFrame::new(ctx.state(), dml.input.as_ref().clone());
-                let rows = match params {
-                    Some(p) => rows.with_param_values(p)?,
-                    None => rows,
-                };
-                Ok(WriteTarget { out, rows, source: sql.to_string() })
+                Ok(WriteTarget { out, format: OutputFormat::Parquet, rows, source: sql.to_string() })
             }
         }
     }
@@ -810,6 +852,8 @@ struct WriteJob {
     cancel: CancellationToken,
     /// The error to end with at the deadline.
     timeout: ScoreError,
+    /// The caller (a Delta commit's lineage names them).
+    creds: Credentials,
 }
 
 /// The engine's running statements: handle → (session, cancel token).

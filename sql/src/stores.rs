@@ -252,15 +252,30 @@ impl datafusion::catalog::UrlTableFactory for RootedUrlTables {
         if !(name.contains("://") || name.starts_with('/')) {
             return Ok(None);
         }
-        self.lake
+        let (url, at) = crate::delta::split_version(name)?;
+        let loc = self
+            .lake
             .storage()
-            .locate(name, "table")
+            .locate(url, "table")
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         let state = self
             .state
             .get()
             .and_then(|get| get())
             .ok_or_else(|| datafusion::error::DataFusionError::Internal("the SQL session is gone".into()))?;
+        // A Delta table is read as its log says (its live files only), not as the files of
+        // a prefix.
+        let is_table = lakescore_lake::delta::is_table(&loc)
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        if is_table {
+            return Ok(Some(Arc::new(crate::delta::DeltaSqlTable::open(&self.lake, url, at, &state).await?)));
+        }
+        if at != lakescore_lake::delta::TableVersion::Latest {
+            return Err(datafusion::error::DataFusionError::Plan(format!(
+                "{url} is not a Delta table: ?version= and ?timestamp= are for Delta tables"
+            )));
+        }
         let url = ListingTableUrl::parse(name)?;
         let config = ListingTableConfig::new(url)
             .infer_options(&state)

@@ -274,7 +274,7 @@ fn score_command_scores_parquet_and_csv_files() {
     let summary: Value =
         serde_json::from_str(&score(&models.join("rf.rows.parquet"), &prefix, "lz4")).expect("summary json");
     assert_eq!(summary["rows"], expected.len());
-    assert!(data.path().join("lake/scores/_lakescore.json").exists(), "manifest written");
+    assert!(data.path().join("lake/scores/_delta_log/00000000000000000000.json").exists(), "a Delta table committed");
 
     // Errors name the problem, with a non-zero exit.
     let out = Command::new(BIN)

@@ -15,6 +15,7 @@ mod auth;
 mod batch_jobs;
 mod cli;
 mod faults;
+mod fuzz_replay;
 mod identity_provider;
 mod image;
 mod load;

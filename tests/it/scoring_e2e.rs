@@ -326,7 +326,7 @@ async fn sigterm_drains_streams_and_cancels_the_ones_that_overrun() {
     let results = finishing_call.await.expect("task").expect("the in-flight DoPut completes during the drain");
     let summary: Value = serde_json::from_slice(&results[0].app_metadata).expect("summary");
     assert_eq!(summary["rows"], total, "{summary}");
-    assert!(out.join("finishing/_lakescore.json").is_file(), "committed with its manifest");
+    assert!(out.join("finishing/_delta_log/00000000000000000000.json").is_file(), "committed to its table");
 
     // The stalled one is cancelled when the grace period is over: UNAVAILABLE, and nothing
     // of it stays in storage.

@@ -82,6 +82,7 @@ async fn do_put_writes_parquet_then_manifest() {
     let mut client = worker.client().await;
     let mut cmd = command("rf");
     cmd["output"] = json!(worker.url("out/rf/"));
+    cmd["output_format"] = json!("parquet");
     let summary = put(&mut client, &cmd, split(&rows("rf"), &[50])).await.unwrap();
     assert_eq!(summary["rows"], 200);
     assert_eq!(summary["files"].as_array().unwrap().len(), 3, "{summary}");
@@ -94,9 +95,12 @@ async fn do_put_writes_parquet_then_manifest() {
     assert_eq!(manifest["files"].as_array().unwrap().len(), 3);
     assert_matches_expected("rf", &read_output_dir(&worker.path("out/rf")));
 
-    // A rerun to the same prefix never clobbers the first job's files.
-    let summary2 = put(&mut client, &cmd, vec![rows("rf")]).await.unwrap();
-    assert_ne!(summary2["job_id"], summary["job_id"]);
+    // A rerun to the same prefix never clobbers the first output: refused, its files and
+    // manifest as they were.
+    let before = std::fs::read(worker.path("out/rf/_lakescore.json")).unwrap();
+    let err = put(&mut client, &cmd, vec![rows("rf")]).await.unwrap_err();
+    assert!(err.to_string().contains("holds an output already"), "{err}");
+    assert_eq!(std::fs::read(worker.path("out/rf/_lakescore.json")).unwrap(), before);
     for f in summary["files"].as_array().unwrap() {
         let path = f.as_str().unwrap().strip_prefix("file://").unwrap();
         assert!(std::path::Path::new(path).is_file(), "{path} gone after a rerun");
@@ -143,8 +147,55 @@ async fn flight_info_do_get_and_score_dataset_read_from_storage() {
         .unwrap();
     let summary: Value = serde_json::from_slice(&result[0]).unwrap();
     assert_eq!(summary["rows"], 200, "{summary}");
-    assert!(worker.path("lake/out/_lakescore.json").is_file());
+    assert_eq!(summary["table_version"], 0, "a Delta table by default: {summary}");
+    assert!(worker.path("lake/out/_delta_log/00000000000000000000.json").is_file());
     assert_matches_expected("pipeline", &read_output_dir(&worker.path("lake/out")));
+
+    // The table just written, as an input: one endpoint per live file, each ticket pinned
+    // to the version read; the rows come back as written.
+    std::fs::write(worker.path("lake/out/part-not-committed.parquet"), b"PAR1 a crashed writer's").unwrap();
+    let mut cmd = command("pipeline");
+    cmd["input"] = json!(worker.url("lake/out/"));
+    // Only the columns the model reads and `city` are decoded (the scored columns are not).
+    cmd["passthrough_columns"] = json!(["city"]);
+    let info = client.get_flight_info(descriptor(&cmd)).await.unwrap();
+    assert_eq!(info.endpoint.len(), summary["files"].as_array().unwrap().len(), "live files only");
+    let mut got = 0;
+    for ep in &info.endpoint {
+        let ticket = ep.ticket.clone().unwrap();
+        let decoded = <lakescore_proto::ScoreTicket as prost::Message>::decode(ticket.ticket.clone()).unwrap();
+        assert_eq!(decoded.command.unwrap().input_version, Some(0));
+        let batches: Vec<RecordBatch> = client.do_get(ticket).await.unwrap().try_collect().await.unwrap();
+        got += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+    }
+    assert_eq!(got, 200);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn do_put_commits_a_delta_table_with_its_lineage() {
+    let worker = Worker::start_with(|c| c.max_rows_per_file = 80).await;
+    let mut client = worker.client().await;
+    let mut cmd = command("rf");
+    cmd["output"] = json!(worker.url("out/rf/"));
+    let first = put(&mut client, &cmd, split(&rows("rf"), &[50])).await.unwrap();
+    let second = put(&mut client, &cmd, vec![rows("rf")]).await.unwrap();
+    assert_eq!((first["table_version"].clone(), second["table_version"].clone()), (json!(0), json!(1)));
+    assert!(!worker.path("out/rf/_lakescore.json").exists());
+    // The first commit: the table's columns, the three files, and the lineage.
+    let log = std::fs::read_to_string(worker.path("out/rf/_delta_log/00000000000000000000.json")).unwrap();
+    let actions: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let adds: Vec<&Value> = actions.iter().filter_map(|a| a.get("add")).collect();
+    assert_eq!(adds.len(), 3, "{log}");
+    assert!(adds.iter().all(|a| a["stats"].as_str().is_some_and(|s| s.contains("numRecords"))), "{log}");
+    let info = actions.iter().find_map(|a| a.get("commitInfo")).expect("commitInfo");
+    assert_eq!(info["lakescore"]["model"], "rf", "{info}");
+    assert_eq!(info["lakescore"]["version"], 1, "{info}");
+    assert_eq!(info["lakescore"]["job_id"], first["job_id"], "{info}");
+    assert_eq!(info["lakescore"]["files"].as_array().unwrap().len(), 3, "{info}");
+    assert!(actions.iter().any(|a| a.get("metaData").is_some()) && actions.iter().any(|a| a.get("protocol").is_some()));
+    // Both commits' files are in the table's directory, and only theirs.
+    assert_eq!(read_output_dir(&worker.path("out/rf")).num_rows(), 400);
     worker.stop().await;
 }
 
@@ -328,6 +379,7 @@ async fn empty_streams_give_valid_empty_results() {
     // DoPut with a schema and no rows: one empty file and a manifest.
     let mut cmd = command("logreg");
     cmd["output"] = json!(worker.url("empty/"));
+    cmd["output_format"] = json!("parquet");
     let input = FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(descriptor(&cmd)))
         .with_schema(schema)
@@ -372,7 +424,7 @@ async fn a_broken_client_stream_leaves_no_manifest() {
             break;
         }
     }
-    assert!(!worker.path("broken/_lakescore.json").exists());
+    assert!(!worker.path("broken/_delta_log").exists(), "nothing committed");
     assert!(left.iter().all(|f| !f.ends_with(".parquet")), "partial files left: {left:?}");
     worker.stop().await;
 }

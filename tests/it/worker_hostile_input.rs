@@ -84,7 +84,7 @@ async fn a_message_over_the_decode_limit_is_resource_exhausted() {
     cmd["output"] = json!(worker.url("big/"));
     let err = put(&mut client, &cmd, vec![big]).await.expect_err("over the limit");
     assert_eq!(status(err).code(), tonic::Code::ResourceExhausted);
-    assert!(!worker.path("big/_lakescore.json").exists(), "no manifest for a refused stream");
+    assert!(!worker.path("big/_delta_log").exists(), "no commit for a refused stream");
     still_serves(&mut client).await;
     worker.stop().await;
 }
@@ -396,7 +396,7 @@ async fn malformed_parquet_in_storage_is_invalid_argument() {
         let s = status(err);
         assert_eq!(s.code(), tonic::Code::InvalidArgument, "{name}: {}", s.message());
         assert!(s.message().contains(&format!("{name}.parquet")), "{name}: names the file: {}", s.message());
-        assert!(!worker.path(&format!("lake/out-{name}/_lakescore.json")).exists(), "{name}: no manifest");
+        assert!(!worker.path(&format!("lake/out-{name}/_delta_log")).exists(), "{name}: no commit");
         still_serves(&mut client).await;
     }
     worker.stop().await;

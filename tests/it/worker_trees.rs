@@ -109,6 +109,7 @@ async fn every_tree_model_scores_like_onnxruntime_and_the_rest_is_left_to_it() {
     assert!(s.message().contains("MatMul"), "{s:?}");
     let mut cmd = command("rf");
     cmd["output"] = Value::String(worker.url("out/rf/"));
+    cmd["output_format"] = Value::String("parquet".into());
     put(&mut client, &cmd, split(&rows("rf"), &[64])).await.expect("DoPut");
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(worker.path("out/rf/_lakescore.json")).expect("manifest")).unwrap();

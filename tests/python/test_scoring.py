@@ -197,7 +197,8 @@ def test_score_to_and_score_dataset(server: Proc, rf: str, models: Path, tmp_pat
     scorer = Scorer(server.flight, token="")
     rows = rf_rows(models)
     out = tmp_path / "put"
-    summary = scorer.score_to(f"file://{out}/", rows, model=rf, feature_columns=RF_FEATURES)
+    # Plain Parquet and its manifest here (Delta tables, the default: test_delta.py).
+    summary = scorer.score_to(f"file://{out}/", rows, model=rf, feature_columns=RF_FEATURES, output_format="parquet")
     assert summary["rows"] == 200 and summary["version"] == 1
     assert (out / "_lakescore.json").is_file()
     written = pa.concat_tables([pq.read_table(f.removeprefix("file://")) for f in summary["files"]])
@@ -206,7 +207,8 @@ def test_score_to_and_score_dataset(server: Proc, rf: str, models: Path, tmp_pat
     src = tmp_path / "in"
     src.mkdir()
     pq.write_table(rows, src / "part-0.parquet")
-    ds = scorer.score_dataset(f"file://{src}/", f"file://{tmp_path}/ds/", model=rf, feature_columns=RF_FEATURES)
+    ds = scorer.score_dataset(f"file://{src}/", f"file://{tmp_path}/ds/", model=rf, feature_columns=RF_FEATURES,
+                              output_format="parquet")
     assert ds["rows"] == 200
     manifest = json.loads((tmp_path / "ds" / "_lakescore.json").read_text())
     assert manifest  # written last, by the worker
@@ -215,7 +217,8 @@ def test_score_to_and_score_dataset(server: Proc, rf: str, models: Path, tmp_pat
 
     # As a batch job (units, retries, error thresholds), named so that it can be resumed.
     job = scorer.score_dataset(f"file://{src}/", f"file://{tmp_path}/job/", model=rf, feature_columns=RF_FEATURES,
-                               batch={"max_retries": 1, "error_threshold_rows": 0}, job_id="pyjob-1")
+                               batch={"max_retries": 1, "error_threshold_rows": 0}, job_id="pyjob-1",
+                               output_format="parquet")
     assert job["rows"] == 200 and (tmp_path / "job" / "_lakescore.json").is_file()
 
 

@@ -315,6 +315,19 @@ impl ScorePlan {
         &self.output_schema
     }
 
+    /// The input columns the plan reads (the model's features and the kept columns), by
+    /// name in input-schema order: a reader may leave every other column unread.
+    pub fn read_columns(&self) -> Vec<&str> {
+        let fed: Vec<&str> = self.feeds.iter().flat_map(|f| f.fills().map(|(c, _)| c)).collect();
+        self.input_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| self.passthrough.contains(i) || fed.contains(&f.name().as_str()))
+            .map(|(_, f)| f.name().as_str())
+            .collect()
+    }
+
     /// The model's fixed batch size, if its inputs have one.
     pub fn fixed_rows(&self) -> Option<usize> {
         self.fixed_rows
@@ -524,5 +537,7 @@ mod tests {
         let plan = ScorePlan::new(&cmd, schema, &inputs, &classifier_outputs(), Default::default()).unwrap();
         let names: Vec<_> = plan.output_schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, vec!["x", "p"]);
+        // `label` is neither fed nor kept: a reader can leave it out.
+        assert_eq!(plan.read_columns(), vec!["x"]);
     }
 }

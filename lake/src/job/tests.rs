@@ -67,6 +67,8 @@ fn command(prefix: &str, job_id: &str) -> (ScoreCommand, JobSettings) {
         output: format!("memory:///{prefix}/out/"),
         job_id: job_id.into(),
         batch: Some(batch),
+        // The manifest's job record (Delta jobs: tests/it/batch_jobs.rs, tests/python).
+        output_format: "parquet".into(),
         ..Default::default()
     };
     (cmd, settings)
@@ -170,12 +172,27 @@ async fn a_held_lock_is_locked_until_released_and_a_dead_holder_here_is_taken_ov
     let again = JobLock::acquire(&loc, "j2", None).await.expect("free once released");
 
     // A lock whose holder was a process on this host that is gone: taken over at once.
+    let again_epoch = again.epoch;
     drop(again);
     let dead = serde_json::json!({"job_id": "j2", "host": host_name(), "pid": u32::MAX, "at": "then"});
-    write_json(&loc, "_lakescore_jobs/j2/lock", &dead, PutMode::Overwrite).await.expect("a dead holder's lock");
+    let dead_epoch = again_epoch + 1;
+    write_json(&loc, &format!("_lakescore_jobs/j2/lease/{dead_epoch:010}"), &dead, PutMode::Create)
+        .await
+        .expect("a dead holder's lock");
     let taken = JobLock::acquire(&loc, "j2", None).await.expect("a dead holder's lock is taken over");
-    let holder: serde_json::Value = read_json(&loc, "_lakescore_jobs/j2/lock").await.expect("read").expect("lock");
+    assert_eq!(taken.epoch, dead_epoch + 1, "each holder has its own epoch");
+    let holder: serde_json::Value =
+        read_json(&loc, &format!("_lakescore_jobs/j2/lease/{:010}", taken.epoch)).await.expect("read").expect("lock");
     assert_eq!(holder["pid"], std::process::id());
+    // The run it took over from learns it lost the lock before it commits.
+    let stale = JobLock {
+        loc: loc.clone(),
+        dir: JobLock::dir("j2", None),
+        epoch: dead_epoch,
+        heartbeat: tokio::spawn(async {}),
+    };
+    let err = stale.check("j2").await.unwrap_err();
+    assert!(matches!(&err, ScoreError::Locked(m) if m.contains("taken over")), "{err}");
     taken.release().await;
 }
 

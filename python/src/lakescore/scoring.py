@@ -111,6 +111,10 @@ class ScoreCommand(dict):  # type: ignore[type-arg]
         output: str | None = None,
         input: str | None = None,
         batch: Mapping[str, Any] | None = None,
+        output_format: str | None = None,
+        input_version: int | None = None,
+        input_timestamp: str | None = None,
+        input_partitions: Mapping[str, str] | Sequence[str] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> ScoreCommand:
         if not model:
@@ -164,6 +168,21 @@ class ScoreCommand(dict):  # type: ignore[type-arg]
             cmd["input"] = input
         if batch:
             cmd["batch"] = dict(batch)
+        if output_format is not None:
+            if output_format not in ("delta", "parquet"):
+                raise ValueError(f"output_format={output_format!r}: expected 'delta' or 'parquet'")
+            cmd["output_format"] = output_format
+        if input_version is not None and input_timestamp is not None:
+            raise ValueError("input_version and input_timestamp are exclusive: give one")
+        if input_version is not None:
+            cmd["input_version"] = int(input_version)
+        if input_timestamp is not None:
+            cmd["input_timestamp"] = input_timestamp
+        if input_partitions:
+            if isinstance(input_partitions, Mapping):
+                cmd["input_partitions"] = [f"{c}={v}" for c, v in input_partitions.items()]
+            else:
+                cmd["input_partitions"] = list(input_partitions)
         if extra:
             cmd.update(extra)  # fields of newer workers, in their proto3 JSON form
         return cmd
@@ -561,11 +580,15 @@ class Scorer:
         batch: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        """Score the Parquet files at ``input`` (a storage URL, file or prefix) and write
-        enriched Parquet plus the ``_lakescore.json`` manifest under ``output``, all on the
-        worker (the ``score-dataset`` action); returns the summary. ``batch``: batch-job
-        settings (``mini_batch_size``, ``max_retries``, ``error_threshold_rows``, … as the
-        README's *Batch jobs* lists them), with ``job_id=`` to resume a job."""
+        """Score ``input`` (a Delta table, or Parquet files: a storage URL, file or prefix)
+        and write the enriched rows to ``output``, all on the worker (the ``score-dataset``
+        action); returns the summary. ``output`` becomes a Delta table (created, or appended
+        to), or with ``output_format="parquet"`` Parquet parts and a ``_lakescore.json``
+        manifest. A Delta ``input`` is read at its latest version, or ``input_version=`` /
+        ``input_timestamp=`` (time travel), only the partitions ``input_partitions=`` picks
+        (``{"day": "2026-11-01"}``). ``batch``: batch-job settings (``mini_batch_size``,
+        ``max_retries``, ``error_threshold_rows``, … as the README's *Batch jobs* lists
+        them), with ``job_id=`` to resume a job."""
         cmd = ScoreCommand.build(model, input=input, output=output, batch=batch, **options)
         summary: dict[str, Any] = self._action("score-dataset", cmd.encode())
         return summary
@@ -764,10 +787,12 @@ class Scorer:
         passthrough_columns: Sequence[str] | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        """Stream ``data`` to a worker that writes the enriched rows as Parquet under
-        ``output`` (a storage URL prefix: ``file:///…/``, ``s3://…``, ``az://…``) and the
-        ``_lakescore.json`` manifest last (DoPut); returns the worker's summary
-        (``rows``, ``files``, ``bytes``, ``manifest``, …). A worker that is unavailable
+        """Stream ``data`` to a worker that writes the enriched rows to ``output`` (a
+        storage URL: ``file:///…/``, ``s3://…``, ``az://…``) in one commit (DoPut): a Delta
+        table there (created, or appended to), or with ``output_format="parquet"`` Parquet
+        parts and the ``_lakescore.json`` manifest last; returns the worker's summary
+        (``rows``, ``files``, ``bytes``, ``table`` and ``table_version`` or ``manifest``,
+        …). A worker that is unavailable
         before it answers costs a retry on the next one when ``data`` can be read again
         (not a ``RecordBatchReader``)."""
         opts = dict(options, feature_columns=feature_columns, outputs=outputs, passthrough_columns=passthrough_columns)
