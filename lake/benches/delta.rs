@@ -7,13 +7,16 @@
 //! - reading: a score command's input as a Delta table (its snapshot's live files, through
 //!   `Lake::input` and `Lake::read_parquet`) against the same files as a plain prefix.
 //!
-//!     cargo bench -p lakescore-lake --bench delta
-//!     LAKESCORE_BENCH_ROWS=1000000 cargo bench -p lakescore-lake --bench delta
+//! ```text
+//! cargo bench -p lakescore-lake --bench delta
+//! LAKESCORE_BENCH_ROWS=1000000 cargo bench -p lakescore-lake --bench delta
+//! ```
 //!
 //! The batches are generated as they are written (not held: 10M rows are ~1 GB of Arrow),
 //! the same way for both arms.
 
 #[path = "../../benches/common/mod.rs"]
+#[allow(dead_code)] // shared by the benches; each uses part of it
 mod common;
 
 use std::sync::Arc;

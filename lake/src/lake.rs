@@ -115,10 +115,12 @@ impl Lake {
             "" if has_manifest => OutputFormat::Parquet,
             "" | "delta" => OutputFormat::Delta,
             "parquet" => OutputFormat::Parquet,
-            other => return Err(ScoreError::InvalidArgument(format!(
+            other => {
+                return Err(ScoreError::InvalidArgument(format!(
                 "output_format '{other}': give 'delta' (a Delta table, the default) or 'parquet' (Parquet parts and \
                      a _lakescore.json manifest)"
-            ))),
+            )))
+            }
         };
         match format {
             OutputFormat::Delta if has_manifest && !is_table => Err(ScoreError::FailedPrecondition(format!(

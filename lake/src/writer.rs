@@ -520,7 +520,7 @@ impl JobWriter {
                 }
             };
             let bytes = w.bytes_written() as u64;
-            let stats = Some(crate::delta::file_stats(&self.schema, &metadata, rows as u64));
+            let stats = Some(crate::delta::file_stats(&self.schema, &metadata, rows));
             let sha256 = w.upload.sha256();
             let name = path.filename().unwrap_or_default().to_string();
             self.done.push(WrittenFile { url: self.loc.url_of(&path), path: name, rows, bytes, sha256, stats });

@@ -61,7 +61,7 @@ impl DeltaSqlTable {
             .downcast_ref::<datafusion::execution::SessionState>()
             .cloned()
             .ok_or_else(|| DataFusionError::Internal("not a DataFusion session".into()))?;
-        Ok(table.table_provider().with_session(Arc::new(session)).await?)
+        table.table_provider().with_session(Arc::new(session)).await
     }
 }
 
