@@ -536,6 +536,8 @@ pub fn delta_type(dt: &DataType) -> DataType {
         DataType::Float16 => DataType::Float32,
         DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
         DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => DataType::Binary,
+        // The table says array, which readers take as a variable list: polars refuses a
+        // file whose Arrow schema says fixed-size list against it.
         DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => DataType::List(field(f)),
         DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect()),
         DataType::Dictionary(_, values) => delta_type(values),

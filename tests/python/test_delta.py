@@ -118,6 +118,22 @@ def test_do_put_creates_then_appends_a_delta_table_that_deltalake_and_polars_rea
         scorer.score_to(url, retyped, model=rf, feature_columns=RF_FEATURES)
     assert deltalake.DeltaTable(str(tmp_path / "scored")).version() == 1
 
+    # Probabilities as one list column (written as Arrow's fixed-size list): an array column
+    # of the table, read as lists by delta-rs and polars.
+    listed = f"file://{tmp_path}/listed/"
+    scorer.score_to(listed, rows, model=rf, feature_columns=RF_FEATURES, drop_input_columns=True,
+                    outputs=[{"name": "output_label", "column": "label"},
+                             {"name": "output_probability", "column": "p", "layout": "list"}])
+    scorer.score_to(listed, rows, model=rf, feature_columns=RF_FEATURES, drop_input_columns=True,
+                    outputs=[{"name": "output_label", "column": "label"},
+                             {"name": "output_probability", "column": "p", "layout": "list"}])
+    lists = deltalake.DeltaTable(str(tmp_path / "listed")).to_pyarrow_table()
+    assert lists.num_rows == 2 * rows.num_rows
+    want = rf_expected(models, rows)["output_probability"]
+    got = sorted(map(tuple, lists["p"].to_pylist()))
+    np.testing.assert_allclose(np.array(got), np.array(sorted(map(tuple, want.tolist() * 2))), rtol=1e-6, atol=1e-7)
+    assert polars.read_delta(str(tmp_path / "listed"))["p"].list.len().to_list() == [3] * (2 * rows.num_rows)
+
     # Plain Parquet when asked for, with its manifest.
     plain = scorer.score_to(f"file://{tmp_path}/plain/", rows, model=rf, feature_columns=RF_FEATURES,
                             output_format="parquet")
