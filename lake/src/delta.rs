@@ -125,7 +125,7 @@ pub fn log_store(loc: &Location) -> Result<LogStoreRef> {
 
 /// Whether `loc` holds a Delta table (a `_delta_log/` with a commit or a checkpoint).
 pub async fn is_table(loc: &Location) -> Result<bool> {
-    let log = child(loc, LOG_DIR);
+    let log = loc.child(LOG_DIR);
     let listed = loc.store.list_with_delimiter(Some(&log)).await;
     match listed {
         Ok(l) => Ok(l
@@ -137,12 +137,6 @@ pub async fn is_table(loc: &Location) -> Result<bool> {
         Err(_) if loc.store.head(&loc.path).await.is_ok() => Ok(false),
         Err(e) => Err(ScoreError::from_store(e, format!("looking for a Delta table at {}", loc.url))),
     }
-}
-
-fn child(loc: &Location, rel: &str) -> Path {
-    let mut parts: Vec<_> = loc.path.parts().collect();
-    parts.extend(rel.split('/').filter(|p| !p.is_empty()).map(object_store::path::PathPart::from));
-    Path::from_iter(parts)
 }
 
 /// The table at `loc` as of `at`; `None` when there is none yet.
@@ -195,7 +189,7 @@ pub async fn open(loc: &Location, at: &TableVersion) -> Result<Option<DeltaTable
 /// When version `v`'s commit file was written (what delta-rs's time travel goes by);
 /// `None` when it is gone (a checkpointed, cleaned-up log).
 async fn commit_time(loc: &Location, v: i64) -> Option<chrono::DateTime<chrono::Utc>> {
-    let path = child(loc, &format!("{LOG_DIR}/{v:020}.json"));
+    let path = loc.child(&format!("{LOG_DIR}/{v:020}.json"));
     loc.store.head(&path).await.ok().map(|m| m.last_modified)
 }
 

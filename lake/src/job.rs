@@ -25,7 +25,6 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use futures::StreamExt;
 use lakescore_proto::{BatchSettings, OutputAction, ScoreCommand};
-use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
@@ -298,28 +297,22 @@ impl JobSummary {
     }
 }
 
-fn child(loc: &Location, rel: &str) -> Path {
-    let mut parts: Vec<_> = loc.path.parts().collect();
-    parts.extend(rel.split('/').filter(|p| !p.is_empty()).map(object_store::path::PathPart::from));
-    Path::from_iter(parts)
-}
-
 async fn read_json<T: for<'de> Deserialize<'de>>(loc: &Location, rel: &str) -> Result<Option<T>> {
-    match loc.store.get(&child(loc, rel)).await {
+    match loc.store.get(&loc.child(rel)).await {
         Ok(got) => {
             let bytes = got.bytes().await.map_err(|e| ScoreError::from_store(e, format!("reading {rel}")))?;
             serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| ScoreError::DataLoss(format!("{} is not valid: {e}", loc.url_of(&child(loc, rel)))))
+                .map_err(|e| ScoreError::DataLoss(format!("{} is not valid: {e}", loc.url_of(&loc.child(rel)))))
         }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(ScoreError::from_store(e, format!("reading {}", loc.url_of(&child(loc, rel))))),
+        Err(e) => Err(ScoreError::from_store(e, format!("reading {}", loc.url_of(&loc.child(rel))))),
     }
 }
 
 async fn write_json<T: Serialize>(loc: &Location, rel: &str, value: &T, mode: PutMode) -> Result<()> {
     let body = serde_json::to_vec_pretty(value).map_err(ScoreError::internal)?;
-    let path = child(loc, rel);
+    let path = loc.child(rel);
     loc.store
         .put_opts(&path, PutPayload::from(body), PutOptions { mode, ..Default::default() })
         .await
@@ -370,7 +363,7 @@ impl JobLock {
 
     async fn read(loc: &Location, dir: &str) -> Result<Lease> {
         let listed =
-            loc.store.list_with_delimiter(Some(&child(loc, dir))).await.map(|l| l.objects).or_else(|e| match e {
+            loc.store.list_with_delimiter(Some(&loc.child(dir))).await.map(|l| l.objects).or_else(|e| match e {
                 object_store::Error::NotFound { .. } => Ok(Vec::new()),
                 e => Err(ScoreError::from_store(e, format!("reading the job lock under {}", loc.url))),
             })?;
@@ -398,7 +391,7 @@ impl JobLock {
 
     /// The store's time now: the modification time of an object created for the purpose.
     async fn store_now(loc: &Location, dir: &str) -> Result<chrono::DateTime<chrono::Utc>> {
-        let probe = child(loc, &format!("{dir}/probe-{}", uuid::Uuid::new_v4().simple()));
+        let probe = loc.child(&format!("{dir}/probe-{}", uuid::Uuid::new_v4().simple()));
         loc.store
             .put(&probe, PutPayload::from_static(b"{}"))
             .await
@@ -429,7 +422,7 @@ impl JobLock {
                     return Err(ScoreError::Locked(format!(
                         "job {job_id} is already running (its lock {} was renewed {}s ago); a crashed run's lock \
                          is taken over after {}s",
-                        loc.url_of(&child(loc, &dir)),
+                        loc.url_of(&loc.child(&dir)),
                         age.as_secs(),
                         LOCK_STALE_AFTER.as_secs()
                     )));
@@ -466,8 +459,7 @@ impl JobLock {
                     continue;
                 }
                 if beat > 1 {
-                    let _ =
-                        hb_loc.store.delete(&child(&hb_loc, &format!("{hb_dir}/{epoch:010}.{:010}", beat - 1))).await;
+                    let _ = hb_loc.store.delete(&hb_loc.child(&format!("{hb_dir}/{epoch:010}.{:010}", beat - 1))).await;
                 }
                 if let Ok(Lease { top: Some((top, _, _)) }) = Self::read(&hb_loc, &hb_dir).await {
                     if top > epoch {
@@ -495,7 +487,7 @@ impl JobLock {
     /// from its record (manifest or table) without locking, so its lease goes.
     async fn retire(self) {
         self.heartbeat.abort();
-        if let Ok(listed) = self.loc.store.list_with_delimiter(Some(&child(&self.loc, &self.dir))).await {
+        if let Ok(listed) = self.loc.store.list_with_delimiter(Some(&self.loc.child(&self.dir))).await {
             for meta in listed.objects {
                 let _ = self.loc.store.delete(&meta.location).await;
             }
@@ -506,7 +498,7 @@ impl JobLock {
         self.heartbeat.abort();
         let released = format!("{}/{:010}.released", self.dir, self.epoch);
         let _ = write_json(&self.loc, &released, &serde_json::json!({}), PutMode::Create).await;
-        if let Ok(listed) = self.loc.store.list_with_delimiter(Some(&child(&self.loc, &self.dir))).await {
+        if let Ok(listed) = self.loc.store.list_with_delimiter(Some(&self.loc.child(&self.dir))).await {
             let mine = format!("{:010}.", self.epoch);
             for meta in listed.objects {
                 let name = meta.location.filename().unwrap_or_default();
@@ -542,7 +534,7 @@ fn over_threshold(
              units (error_threshold_units {}); the rows in error are under {}",
             settings.error_threshold_rows,
             settings.error_threshold_units,
-            out.url_of(&child(out, "_errors"))
+            out.url_of(&out.child("_errors"))
         ))
     })
 }
@@ -761,7 +753,7 @@ impl JobManager {
         job_id: &str,
         done: Manifest,
     ) -> Result<JobSummary> {
-        let url = out.url_of(&child(out, MANIFEST_NAME));
+        let url = out.url_of(&out.child(MANIFEST_NAME));
         let other = |what: String| {
             ScoreError::FailedPrecondition(format!(
                 "job {job_id} is complete at {url} as another job: {what}; give this job another job_id"
@@ -1069,7 +1061,7 @@ impl JobManager {
         let all: Vec<&UnitRecord> = records.iter().collect();
         let totals = Totals { units: units.len() as u64, failed_units, resumed_units: resumed };
         let manifest_url = match format {
-            OutputFormat::Parquet => out.url_of(&child(out, MANIFEST_NAME)),
+            OutputFormat::Parquet => out.url_of(&out.child(MANIFEST_NAME)),
             OutputFormat::Delta => String::new(),
         };
         let mut summary = JobSummary::of(job_id, &record, &all, totals, settings, manifest_url);
@@ -1094,7 +1086,7 @@ impl JobManager {
                 // (checked when it started) unless this very run wrote it.
                 write_json(out, MANIFEST_NAME, &manifest, PutMode::Create).await?;
                 for r in &records {
-                    let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
+                    let _ = out.store.delete(&out.child(&format!("{job_dir}/units/{:05}.json", r.unit))).await;
                 }
             }
             OutputFormat::Delta => {
@@ -1116,7 +1108,7 @@ impl JobManager {
                 summary.table_version = committer.commit_end(&manifest, &mut watch).await?;
             }
         }
-        let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+        let _ = out.store.delete(&out.child(&format!("{job_dir}/job.json"))).await;
         tracing::info!(
             job_id,
             rows = summary.rows,
@@ -1224,7 +1216,7 @@ impl JobManager {
     async fn units_with_parts(&self, out: &Location, job_id: &str) -> std::collections::HashSet<usize> {
         let prefix = format!("part-{job_id}-u");
         let mut units = std::collections::HashSet::new();
-        for dir in [out.path.clone(), child(out, "_errors")] {
+        for dir in [out.path.clone(), out.child("_errors")] {
             let listed = out.store.list_with_delimiter(Some(&dir)).await.map(|l| l.objects).unwrap_or_default();
             for meta in &listed {
                 let unit =
@@ -1242,7 +1234,7 @@ impl JobManager {
     async fn remove_unit_parts(&self, out: &Location, job_id: &str, unit: usize, epoch: Option<i64>) {
         let run = epoch.map(|e| format!("e{e}-")).unwrap_or_default();
         let prefix = format!("part-{}-{run}", Self::unit_prefix(job_id, unit));
-        for dir in [out.path.clone(), child(out, "_errors")] {
+        for dir in [out.path.clone(), out.child("_errors")] {
             let listed = out.store.list_with_delimiter(Some(&dir)).await.map(|l| l.objects).unwrap_or_default();
             for meta in listed.iter().filter(|m| m.location.filename().is_some_and(|n| n.starts_with(&prefix))) {
                 let _ = out.store.delete(&meta.location).await;
@@ -1323,7 +1315,6 @@ impl JobManager {
             // has that run's files.
             let found = table::read(out, run.job_id).await?;
             let files: Vec<WrittenFile> = found.units.iter().flat_map(|r| r.files.iter().cloned()).collect();
-            let _ = records;
             // The schema only matters to a table that does not exist, which has nothing to remove.
             let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
             let committer = table::Committer {
@@ -1336,16 +1327,16 @@ impl JobManager {
                 epoch: t.epoch,
             };
             committer.remove(&files).await?;
-            let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+            let _ = out.store.delete(&out.child(&format!("{job_dir}/job.json"))).await;
             return Ok(());
         }
         for r in records {
             for f in &r.files {
-                let _ = out.store.delete(&child(out, &f.path)).await;
+                let _ = out.store.delete(&out.child(&f.path)).await;
             }
-            let _ = out.store.delete(&child(out, &format!("{job_dir}/units/{:05}.json", r.unit))).await;
+            let _ = out.store.delete(&out.child(&format!("{job_dir}/units/{:05}.json", r.unit))).await;
         }
-        let _ = out.store.delete(&child(out, &format!("{job_dir}/job.json"))).await;
+        let _ = out.store.delete(&out.child(&format!("{job_dir}/job.json"))).await;
         Ok(())
     }
 
@@ -1395,12 +1386,13 @@ impl JobManager {
         let unit_id = Self::attempt_prefix(job_id, unit.index, run.epoch, attempt);
         // Both sinks commit their parts only: the job's manifest lists them once every unit
         // is done. An error drops them, which removes what they wrote.
+        let parts = if run.table.is_some() { Commit::TableParts } else { Commit::Parts };
         let mut sink = (!settings.summary_only).then(|| {
             self.lake
-                .sink(out.clone(), unit_id.clone(), plan.output_schema().clone(), manifest_model.clone(), Commit::Parts)
+                .sink(out.clone(), unit_id.clone(), plan.output_schema().clone(), manifest_model.clone(), parts)
                 .with_metadata(lineage.clone())
         });
-        let errors_loc = Location { path: child(out, "_errors"), ..out.clone() };
+        let errors_loc = Location { path: out.child("_errors"), ..out.clone() };
         let mut errors: Option<OutputSink> = None;
         let (mut rows, mut bad_rows, mut seen) = (0u64, 0u64, 0u64);
         // Decoding, inference and writing overlap, as in the other scoring paths: the next

@@ -106,7 +106,7 @@ impl Lake {
     pub async fn output_target(&self, cmd: &ScoreCommand) -> Result<(Location, OutputFormat)> {
         let out = self.output_location(cmd)?;
         let is_table = delta::is_table(&out).await?;
-        let has_manifest = match out.store.head(&child(&out, MANIFEST_NAME)).await {
+        let has_manifest = match out.store.head(&out.child(MANIFEST_NAME)).await {
             Ok(_) => true,
             Err(object_store::Error::NotFound { .. }) => false,
             Err(e) => return Err(ScoreError::from_store(e, format!("output {}", out.url))),
@@ -370,8 +370,7 @@ pub fn with_partitions(
     if fields.is_empty() {
         return Ok((schema, batches));
     }
-    let empty = RecordBatch::new_empty(schema);
-    let schema = delta::with_partition_values(empty, &fields, &values)?.schema();
+    let schema = partitioned_schema(&schema, &fields, &values)?;
     let batches = batches.map(move |b| delta::with_partition_values(b?, &fields, &values)).boxed();
     Ok((schema, batches))
 }
@@ -415,10 +414,6 @@ fn principal(creds: &Credentials) -> Option<String> {
     ["upn", "preferred_username", "oid", "sub"]
         .iter()
         .find_map(|c| claims.get(*c).and_then(|v| v.as_str()).map(str::to_string))
-}
-
-fn child(loc: &Location, name: &str) -> object_store::path::Path {
-    object_store::path::Path::from_iter(loc.path.parts().chain(std::iter::once(name.into())))
 }
 
 /// The job id the command gives (checked), or a new one.

@@ -214,11 +214,10 @@ impl OutputSink {
     }
 }
 
-/// Remove written files that will not be committed.
-async fn remove_files(loc: &Location, files: &[WrittenFile]) {
+/// Remove written files that will not be (or are no longer) committed.
+pub(crate) async fn remove_files(loc: &Location, files: &[WrittenFile]) {
     for f in files {
-        let path = object_store::path::Path::from_iter(loc.path.parts().chain(std::iter::once(f.path.as_str().into())));
-        let _ = loc.store.delete(&path).await;
+        let _ = loc.store.delete(&loc.child(&f.path)).await;
     }
 }
 

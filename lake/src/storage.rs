@@ -34,6 +34,12 @@ pub struct Location {
 }
 
 impl Location {
+    /// The path of `rel` (`a/b`, each part as it is, not URL-decoded) under this location.
+    pub fn child(&self, rel: &str) -> Path {
+        let parts = rel.split('/').filter(|p| !p.is_empty()).map(object_store::path::PathPart::from);
+        Path::from_iter(self.path.parts().chain(parts))
+    }
+
     /// URL of an object of this store.
     pub fn url_of(&self, path: &Path) -> String {
         let mut url = self.url.clone();

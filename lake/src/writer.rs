@@ -483,9 +483,7 @@ impl JobWriter {
     }
 
     fn child(&self, name: &str) -> Path {
-        let mut parts: Vec<_> = self.loc.path.parts().collect();
-        parts.push(name.into());
-        Path::from_iter(parts)
+        self.loc.child(name)
     }
 
     async fn open(&mut self) -> Result<()> {

@@ -28,13 +28,13 @@ use std::collections::HashSet;
 
 use deltalake_core::kernel::Transaction;
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use serde_json::Value;
 
 use lakescore_engine::error::{Result, ScoreError};
 
 use crate::delta::{self, Outcome, TableCommit, TableVersion, TxnWatch};
 use crate::manifest::{Manifest, UnitRecord, WrittenFile};
+use crate::sink::remove_files;
 use crate::storage::Location;
 
 /// Units committed together at most.
@@ -281,13 +281,5 @@ impl Committer<'_> {
     /// The job's generation, which a commit checks the table has not moved past.
     fn generation_guard(&self) -> Transaction {
         Transaction::new(generation_app(self.job_id), self.generation)
-    }
-}
-
-/// Delete data files that will not be (or are no longer) committed.
-pub(super) async fn remove_files(out: &Location, files: &[WrittenFile]) {
-    for f in files {
-        let path = object_store::path::Path::from_iter(out.path.parts().chain(std::iter::once(f.path.as_str().into())));
-        let _ = out.store.delete(&path).await;
     }
 }
