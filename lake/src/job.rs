@@ -579,6 +579,29 @@ struct TableRun<'a> {
     schema: Option<&'a arrow::datatypes::SchemaRef>,
 }
 
+impl<'a> TableRun<'a> {
+    /// What commits the run's units to the table at `out`, with columns `schema`.
+    fn committer<'b>(
+        &self,
+        out: &'b Location,
+        job_id: &'b str,
+        schema: &'b arrow::datatypes::SchemaRef,
+    ) -> table::Committer<'b>
+    where
+        'a: 'b,
+    {
+        table::Committer {
+            out,
+            schema,
+            lineage: self.lineage,
+            job_id,
+            generation: self.generation,
+            lock: self.lock,
+            epoch: self.epoch,
+        }
+    }
+}
+
 /// A batch's rows scored where they can be, and the rows that cannot, with their error.
 struct Isolated {
     scored: Vec<RecordBatch>,
@@ -1261,15 +1284,7 @@ impl JobManager {
                 s
             }
         };
-        let committer = table::Committer {
-            out: run.out,
-            schema: &schema,
-            lineage: t.lineage,
-            job_id: run.job_id,
-            generation: t.generation,
-            lock: t.lock,
-            epoch: t.epoch,
-        };
+        let committer = t.committer(run.out, run.job_id, &schema);
         // Units found committed by another run count as committed: their rows are in once.
         let units: Vec<usize> = group.iter().map(|r| r.unit).collect();
         committer.commit_units(group, watch).await?;
@@ -1317,16 +1332,7 @@ impl JobManager {
             let files: Vec<WrittenFile> = found.units.iter().flat_map(|r| r.files.iter().cloned()).collect();
             // The schema only matters to a table that does not exist, which has nothing to remove.
             let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
-            let committer = table::Committer {
-                out,
-                schema: &schema,
-                lineage: t.lineage,
-                job_id: run.job_id,
-                generation: t.generation,
-                lock: t.lock,
-                epoch: t.epoch,
-            };
-            committer.remove(&files).await?;
+            t.committer(out, run.job_id, &schema).remove(&files).await?;
             let _ = out.store.delete(&out.child(&format!("{job_dir}/job.json"))).await;
             return Ok(());
         }

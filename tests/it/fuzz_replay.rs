@@ -21,6 +21,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
 use crate::common::models_dir;
+use crate::worker_trees::Rng;
 
 /// Mutations of each seed (bit flips, overwrites, truncations, repeated spans).
 const MUTATIONS: usize = 300;
@@ -28,21 +29,6 @@ const MUTATIONS: usize = 300;
 const MUTATE_BELOW: usize = 256 << 10;
 /// Corpus files replayed per target at most.
 const CORPUS_FILES: usize = 5000;
-
-/// xorshift64*: deterministic, so a failing mutation is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// A mutation of `seed` that keeps its first `keep` bytes (the part that picks what the
 /// rest means, so the mutations reach past it).
