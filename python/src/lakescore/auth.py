@@ -25,8 +25,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ._fs import atomic_file
 
@@ -63,7 +64,7 @@ class TokenProvider(Protocol):
         ...
 
 
-TokenLike = Union[str, TokenProvider, Callable[[], Any], None, Any]
+TokenLike = str | TokenProvider | Callable[[], Any] | None | Any
 
 
 def jwt_expiry(token: str) -> float | None:

@@ -17,8 +17,9 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Union
+from typing import Any, BinaryIO, Union
 from urllib.parse import quote
 
 import requests

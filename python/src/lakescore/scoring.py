@@ -32,8 +32,9 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -49,7 +50,7 @@ DEFAULT_BATCH_ROWS = 65_536
 
 #: Model outputs to append: names, ``{output: column}``, or OutputSpec dicts
 #: (``{"name", "column", "layout": "list" | "columns"}``).
-Outputs = Union[Sequence[Union[str, Mapping[str, Any]]], Mapping[str, str], None]
+Outputs = Sequence[str | Mapping[str, Any]] | Mapping[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -565,7 +566,7 @@ class Scorer:
     def warm(self, model: str) -> dict[str, Any]:
         """Have the worker(s) load ``model`` ahead of use; returns the first one's answer."""
         result: dict[str, Any] = {}
-        for i, loc in enumerate(self.locations()):
+        for i, _ in enumerate(self.locations()):
             answer = self._action("warm", ScoreCommand.build(model).encode(), start=i)
             if i == 0:
                 result = answer
@@ -906,7 +907,9 @@ def _from_arrow(kind: str, table: pa.Table, original: Any) -> Any:
     if kind == "table":
         return table
     if kind == "batch":
-        return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], table.schema)
+        if not table.num_rows:
+            return pa.RecordBatch.from_pylist([], table.schema)
+        return table.combine_chunks().to_batches()[0]
     if kind == "pandas":
         df = table.to_pandas()
         if len(df) == len(original):
