@@ -154,6 +154,7 @@ pub fn router(registry: Registry) -> Router {
     Router::new()
         .route_service(&grpc_path, tower::ServiceExt::map_request(grpc, |req: Request| req.map(tonic::body::Body::new)))
         .nest("/api/v1", api)
+        .nest("/api/2.0", crate::mlflow::router(registry.clone()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
@@ -449,6 +450,12 @@ async fn get_artifact(
     headers: HeaderMap,
 ) -> Result<Response> {
     let artifact = reg.artifact(&caller, &name, parse_version(&version)?).await?;
+    artifact_response(&artifact, &headers).await
+}
+
+/// An artifact as an HTTP response: `ETag` (its sha256), `If-None-Match`, and `Range`
+/// (with `If-Range`).
+pub(crate) async fn artifact_response(artifact: &crate::service::Artifact, headers: &HeaderMap) -> Result<Response> {
     let v = &artifact.version;
     let etag = format!("\"{}\"", v.sha256);
     let not_modified = headers

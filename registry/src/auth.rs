@@ -477,14 +477,19 @@ impl Authenticator {
     }
 }
 
-pub async fn middleware(State(auth): State<Authenticator>, mut req: Request, next: Next) -> Response {
+/// Authenticates an HTTP request arriving over `transport`: the [`Caller`] goes into the
+/// request's extensions, where handlers take it from.
+pub async fn authenticate_request(auth: &Authenticator, transport: &'static str, req: &mut Request) -> Result<()> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    match auth.authenticate_call("rest", peer, header).await {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
+    let caller = auth.authenticate_call(transport, peer, header).await?;
+    req.extensions_mut().insert(caller);
+    Ok(())
+}
+
+pub async fn middleware(State(auth): State<Authenticator>, mut req: Request, next: Next) -> Response {
+    match authenticate_request(&auth, "rest", &mut req).await {
+        Ok(()) => next.run(req).await,
         Err(e) => {
             let unauthorized = matches!(e, RegistryError::Unauthorized(_));
             let mut resp = e.into_response();

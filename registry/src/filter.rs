@@ -60,7 +60,8 @@ fn bad(msg: impl Into<String>) -> RegistryError {
 }
 
 fn parse_field(word: &str) -> Result<Field> {
-    match word {
+    // MLflow's filters may spell attributes `attribute.name`.
+    match word.strip_prefix("attribute.").unwrap_or(word) {
         "name" => Ok(Field::Name),
         "description" => Ok(Field::Description),
         w => match w.strip_prefix("tags.").or_else(|| w.strip_prefix("tag.")) {
@@ -123,6 +124,16 @@ fn tokenize(input: &str) -> Result<Vec<Token>> {
                     if ch.is_alphanumeric() || matches!(ch, '.' | '_' | '-') {
                         w.push(ch);
                         chars.next();
+                    } else if ch == '`' {
+                        // A quoted name, as MLflow writes tag keys: tags.`my key`.
+                        chars.next();
+                        loop {
+                            match chars.next() {
+                                Some('`') => break,
+                                Some(q) => w.push(q),
+                                None => return Err(bad("unterminated `name`")),
+                            }
+                        }
                     } else {
                         break;
                     }
@@ -149,6 +160,19 @@ mod tests {
         assert_eq!(c[1].field, Field::Tag("team".into()));
         assert_eq!(c[2], Clause { field: Field::Description, op: Op::Ne, value: "it's".into() });
         assert!(parse("  ").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn reads_mlflow_spellings() {
+        // What MLflow's client appends to every model search.
+        let c = parse("attribute.name ILIKE 'Fr%' AND tag.`mlflow.prompt.is_prompt` != 'true'").expect("parses");
+        assert_eq!(c[0], Clause { field: Field::Name, op: Op::Like, value: "Fr%".into() });
+        assert_eq!(
+            c[1],
+            Clause { field: Field::Tag("mlflow.prompt.is_prompt".into()), op: Op::Ne, value: "true".into() }
+        );
+        assert_eq!(parse("tags.`a key` = 'v'").expect("parses")[0].field, Field::Tag("a key".into()));
+        assert!(parse("tags.`open = 'v'").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod error;
 pub mod filter;
 pub mod grpc;
 pub mod metrics;
+pub mod mlflow;
 pub mod oidc;
 pub mod onnx;
 pub mod resolve_cache;

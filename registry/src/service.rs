@@ -177,9 +177,8 @@ impl Registry {
     ) -> Result<Page<Model>> {
         let clauses = filter::parse(filter)?;
         let after = page_token.map(decode_page_token).transpose()?;
-        let principals = caller.principals();
-        let everything = self.global_role_suffices(caller, Need::Read);
-        let visible_to = (!everything).then_some((caller.subject.as_str(), principals.as_slice()));
+        let principals = self.readable_through_grants(caller);
+        let visible_to = principals.as_ref().map(|p| (caller.subject.as_str(), p.as_slice()));
         let page =
             self.store.list_models(&clauses, visible_to, checked_page_size(page_size)?, after.as_deref()).await?;
         Ok(encode_next_page(page))
@@ -201,6 +200,31 @@ impl Registry {
         )
         .await;
         Ok(model)
+    }
+
+    /// Sets (`Some`) or removes (`None`) one tag of a model, or of one of its versions.
+    pub async fn set_tag(
+        &self,
+        caller: &Caller,
+        model: &str,
+        version: Option<i64>,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
+        validate_tag_key(key)?;
+        self.authorize(caller, model, Need::Write).await?;
+        let action = match version {
+            Some(v) => {
+                self.store.set_version_tag(model, v, key, value).await?;
+                "version.update"
+            }
+            None => {
+                self.store.set_model_tag(model, key, value).await?;
+                "model.update"
+            }
+        };
+        self.audit(caller, action, Some(model), serde_json::json!({"version": version, "tag": {key: value}})).await;
+        Ok(())
     }
 
     /// Deletes a model; refused while it has versions unless `force`, which removes them
@@ -417,6 +441,32 @@ impl Registry {
         Ok(encode_next_page(page))
     }
 
+    /// Versions of all the models the caller may read that match `filter` (`name`,
+    /// `description`: the model's; `tags.<key>`: the version's), by model name, newest
+    /// version first.
+    pub async fn search_versions(
+        &self,
+        caller: &Caller,
+        filter: &str,
+        page_size: Option<i64>,
+        page_token: Option<&str>,
+    ) -> Result<Page<ModelVersion>> {
+        let clauses = filter::parse(filter)?;
+        let after = page_token
+            .map(|t| {
+                let raw = decode_page_token(t)?;
+                let (name, version) =
+                    raw.rsplit_once(':').ok_or_else(|| RegistryError::BadRequest("invalid page_token".into()))?;
+                Ok::<_, RegistryError>((name.to_string(), parse_version(version)?))
+            })
+            .transpose()?;
+        let principals = self.readable_through_grants(caller);
+        let visible_to = principals.as_ref().map(|p| (caller.subject.as_str(), p.as_slice()));
+        let after = after.as_ref().map(|(n, v)| (n.as_str(), *v));
+        let page = self.store.search_versions(&clauses, visible_to, checked_page_size(page_size)?, after).await?;
+        Ok(encode_next_page(page))
+    }
+
     pub async fn get_version(&self, caller: &Caller, model: &str, version: i64) -> Result<ModelVersion> {
         self.authorize(caller, model, Need::Read).await?;
         self.store.get_version(model, version).await
@@ -604,6 +654,12 @@ impl Registry {
         }
     }
 
+    /// For a listing: `None` when the caller's global role reads every model, else the
+    /// principals whose grants (besides the models it owns) make a model visible to it.
+    fn readable_through_grants(&self, caller: &Caller) -> Option<Vec<String>> {
+        (!self.global_role_suffices(caller, Need::Read)).then(|| caller.principals())
+    }
+
     /// Whether the caller's global role alone allows `need` on any model. With
     /// `default_permission = "granted"` only admins reach models they neither own nor
     /// were granted.
@@ -667,6 +723,14 @@ fn decode_page_token(token: &str) -> Result<String> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| RegistryError::BadRequest("invalid page_token".into()))
+}
+
+/// Tag keys as MLflow bounds them: 1 to 250 characters.
+fn validate_tag_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.chars().count() > 250 {
+        return Err(RegistryError::BadRequest(format!("invalid tag key '{key}': 1 to 250 characters")));
+    }
+    Ok(())
 }
 
 fn validate_principal(p: &str) -> Result<()> {

@@ -109,55 +109,30 @@ impl Store {
              (SELECT MAX(version) FROM model_versions v WHERE v.model_id = m.id AND v.status = 'ready') \
              FROM models m WHERE 1 = 1",
         );
-        let mut params: Vec<String> = Vec::new();
-        let param = |v: &str, params: &mut Vec<String>| {
-            params.push(v.to_string());
-            format!("${}", params.len())
-        };
+        let mut params = SqlParams::default();
         for c in filter {
-            let cmp = |col: &str, value: String| match c.op {
-                Op::Eq => format!("{col} = {value}"),
-                Op::Ne => format!("{col} <> {value}"),
-                Op::Like => format!("LOWER({col}) LIKE LOWER({value})"),
-            };
-            let cond = match &c.field {
-                Field::Name => cmp("m.name", param(&c.value, &mut params)),
-                Field::Description => cmp("m.description", param(&c.value, &mut params)),
-                Field::Tag(key) => {
-                    let k = param(key, &mut params);
-                    let v = param(&c.value, &mut params);
-                    match c.op {
-                        // "tag is not X" also matches models without the tag.
-                        Op::Ne => format!(
-                            "NOT EXISTS (SELECT 1 FROM model_tags t WHERE t.model_id = m.id AND t.key = {k} AND t.value = {v})"
-                        ),
-                        _ => format!(
-                            "EXISTS (SELECT 1 FROM model_tags t WHERE t.model_id = m.id AND t.key = {k} AND {})",
-                            cmp("t.value", v)
-                        ),
-                    }
+            let cond = clause_sql(c, &mut params, |key, op, value| {
+                // Model tags are rows of model_tags.
+                let cmp = compare(op, "t.value", value);
+                match op {
+                    // "tag is not X" also matches models without the tag.
+                    Op::Ne => format!(
+                        "NOT EXISTS (SELECT 1 FROM model_tags t WHERE t.model_id = m.id AND t.key = {key} AND t.value = {value})"
+                    ),
+                    _ => format!("EXISTS (SELECT 1 FROM model_tags t WHERE t.model_id = m.id AND t.key = {key} AND {cmp})"),
                 }
-            };
+            });
             sql.push_str(" AND ");
             sql.push_str(&cond);
         }
         if let Some((subject, principals)) = visible_to {
-            let owner = param(subject, &mut params);
-            let list: Vec<String> = principals.iter().map(|p| param(p, &mut params)).collect();
-            sql.push_str(&format!(
-                " AND (m.created_by = {owner} OR EXISTS (SELECT 1 FROM model_grants g WHERE g.model_id = m.id AND g.principal IN ({})))",
-                list.join(", ")
-            ));
+            sql.push_str(&visibility_sql(subject, principals, &mut params));
         }
         if let Some(after) = after {
-            sql.push_str(&format!(" AND m.name > {}", param(after, &mut params)));
+            sql.push_str(&format!(" AND m.name > {}", params.push(after)));
         }
         sql.push_str(&format!(" ORDER BY m.name LIMIT {}", page_size + 1));
-        let mut q = sqlx::query(&sql);
-        for p in &params {
-            q = q.bind(p);
-        }
-        let mut rows = q.fetch_all(&self.pool).await?;
+        let mut rows = params.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         let more = rows.len() as i64 > page_size;
         rows.truncate(page_size as usize);
         let items = self.models_from_rows(rows).await?;
@@ -217,6 +192,97 @@ impl Store {
         tx.commit().await?;
         Ok(shas)
     }
+
+    /// Sets (`Some`) or removes (`None`) one tag of a model, leaving the others as they
+    /// are.
+    pub async fn set_model_tag(&self, name: &str, key: &str, value: Option<&str>) -> Result<Model> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query("UPDATE models SET updated_at = $1 WHERE name = $2 RETURNING id")
+            .bind(now())
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| model_not_found(name))?
+            .try_get(0)?;
+        match value {
+            Some(value) => {
+                sqlx::query(
+                    "INSERT INTO model_tags (model_id, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(id)
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM model_tags WHERE model_id = $1 AND key = $2")
+                    .bind(id)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.get_model(name).await
+    }
+}
+
+/// The bound parameters of a query being built, each written as its `$n` placeholder.
+#[derive(Default)]
+pub(super) struct SqlParams(Vec<String>);
+
+impl SqlParams {
+    /// Binds `value`; returns its placeholder.
+    pub(super) fn push(&mut self, value: &str) -> String {
+        self.0.push(value.to_string());
+        format!("${}", self.0.len())
+    }
+
+    pub(super) fn bind<'q>(
+        &'q self,
+        mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        for p in &self.0 {
+            query = query.bind(p);
+        }
+        query
+    }
+}
+
+/// `column op value` for a filter operator (LIKE ignores case, as the filter language says).
+pub(super) fn compare(op: Op, column: &str, value: &str) -> String {
+    match op {
+        Op::Eq => format!("{column} = {value}"),
+        Op::Ne => format!("{column} <> {value}"),
+        Op::Like => format!("LOWER({column}) LIKE LOWER({value})"),
+    }
+}
+
+/// One filter clause as SQL over `m` (models); tags are compared by `tag(key, op, value)`,
+/// given the placeholders of the key and the value, since models and versions keep
+/// their tags differently.
+pub(super) fn clause_sql(c: &Clause, params: &mut SqlParams, tag: impl Fn(&str, Op, &str) -> String) -> String {
+    match &c.field {
+        Field::Name => compare(c.op, "m.name", &params.push(&c.value)),
+        Field::Description => compare(c.op, "m.description", &params.push(&c.value)),
+        Field::Tag(key) => {
+            let k = params.push(key);
+            let v = params.push(&c.value);
+            tag(&k, c.op, &v)
+        }
+    }
+}
+
+/// ` AND …`: only models `subject` created or one of `principals` holds a grant on.
+pub(super) fn visibility_sql(subject: &str, principals: &[String], params: &mut SqlParams) -> String {
+    let owner = params.push(subject);
+    let list: Vec<String> = principals.iter().map(|p| params.push(p)).collect();
+    format!(
+        " AND (m.created_by = {owner} OR EXISTS (SELECT 1 FROM model_grants g WHERE g.model_id = m.id AND g.principal IN ({})))",
+        list.join(", ")
+    )
 }
 
 /// Writes a model's tags inside the transaction that creates or updates it.

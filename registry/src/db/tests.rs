@@ -225,3 +225,68 @@ async fn listing_versions_takes_the_same_round_trips_for_10_and_1000_on(kind: Da
         assert_eq!(v.aliases, store.get_version("small", v.version).await.expect("get").aliases);
     }
 }
+
+#[tokio::test]
+async fn searching_versions_by_tag_pages_across_models() {
+    for kind in databases() {
+        searching_versions_by_tag_pages_across_models_on(kind).await;
+    }
+}
+
+async fn searching_versions_by_tag_pages_across_models_on(kind: DatabaseKind) {
+    use crate::filter::parse;
+    let (_dir, store) = store(kind).await;
+    // m0000, m0002, m0004: versions 1 and 2 tagged n=1, n=2.
+    seed_models(&store, 5).await;
+    let all = store.search_versions(&[], None, 1000, None).await.expect("search");
+    let keys: Vec<(String, i64)> = all.items.iter().map(|v| (v.model.clone(), v.version)).collect();
+    let expected: Vec<(String, i64)> =
+        ["m0000", "m0002", "m0004"].iter().flat_map(|m| [(m.to_string(), 2), (m.to_string(), 1)]).collect();
+    assert_eq!(keys, expected, "{kind:?}: by name, newest version first");
+
+    // Pages of two follow on from the token, without repeats.
+    let (mut paged, mut after) = (Vec::new(), None::<(String, i64)>);
+    loop {
+        let page =
+            store.search_versions(&[], None, 2, after.as_ref().map(|(n, v)| (n.as_str(), *v))).await.expect("page");
+        paged.extend(page.items.iter().map(|v| (v.model.clone(), v.version)));
+        match page.next_page_token {
+            Some(t) => {
+                let (n, v) = t.rsplit_once(':').expect("name:version");
+                after = Some((n.to_string(), v.parse().expect("version")));
+            }
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected, "{kind:?}");
+
+    // The version's own tags (JSON in the row), and the model's name.
+    let tagged = store.search_versions(&parse("tags.n = '2'").expect("filter"), None, 100, None).await.expect("tag");
+    assert!(tagged.items.iter().all(|v| v.version == 2) && tagged.items.len() == 3, "{kind:?}");
+    let filter = parse("name = 'm0002' AND tags.n != '2'").expect("filter");
+    let one = store.search_versions(&filter, None, 100, None).await.expect("name and tag");
+    assert_eq!(one.items.iter().map(|v| (v.model.as_str(), v.version)).collect::<Vec<_>>(), [("m0002", 1)]);
+    // A tag no version has: `!=` matches every version, `=` none.
+    assert_eq!(
+        store.search_versions(&parse("tags.x != 'y'").expect("f"), None, 100, None).await.expect("ne").items.len(),
+        6
+    );
+    assert!(store
+        .search_versions(&parse("tags.x = 'y'").expect("f"), None, 100, None)
+        .await
+        .expect("eq")
+        .items
+        .is_empty());
+
+    // One tag set or removed leaves the others; on a model and on a version.
+    let v = store.set_version_tag("m0000", 1, "validated", Some("yes")).await.expect("set");
+    assert_eq!(v.tags, Tags::from([("n".into(), "1".into()), ("validated".into(), "yes".into())]));
+    let v = store.set_version_tag("m0000", 1, "n", None).await.expect("remove");
+    assert_eq!(v.tags, Tags::from([("validated".into(), "yes".into())]));
+    assert!(store.set_version_tag("m0000", 9, "k", Some("v")).await.is_err(), "no such version");
+    let m = store.set_model_tag("m0001", "team", Some("risk")).await.expect("model tag");
+    assert_eq!(m.tags.get("team").map(String::as_str), Some("risk"));
+    assert_eq!(m.tags.get("idx").map(String::as_str), Some("1"));
+    let m = store.set_model_tag("m0001", "idx", None).await.expect("remove model tag");
+    assert_eq!(m.tags, Tags::from([("team".into(), "risk".into())]));
+}

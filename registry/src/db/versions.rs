@@ -5,10 +5,13 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::models::{clause_sql, compare, visibility_sql, SqlParams};
 use super::{
-    model_not_found, now, placeholders, version_not_found, ModelVersion, NewVersion, Page, Store, Tags, VersionStatus,
+    model_not_found, now, placeholders, version_not_found, DatabaseKind, ModelVersion, NewVersion, Page, Store, Tags,
+    VersionStatus,
 };
 use crate::error::{RegistryError, Result};
+use crate::filter::{Clause, Op};
 use lakescore_core::reference::{ModelRef, VersionSelector};
 
 impl Store {
@@ -231,5 +234,100 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .is_some())
+    }
+
+    /// Sets (`Some`) or removes (`None`) one tag of a version, leaving the others as they
+    /// are. The no-op UPDATE first takes the row's write lock, so two tags set at once
+    /// both land.
+    pub async fn set_version_tag(
+        &self,
+        model: &str,
+        version: i64,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<ModelVersion> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE model_versions SET tags = tags WHERE model_id = (SELECT id FROM models WHERE name = $1) \
+             AND version = $2 RETURNING tags",
+        )
+        .bind(model)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            self.model_id(model).await?;
+            return Err(version_not_found(model, version));
+        };
+        let stored: String = row.try_get(0)?;
+        let mut tags: Tags =
+            serde_json::from_str(&stored).map_err(|e| RegistryError::Internal(format!("stored tags: {e}")))?;
+        match value {
+            Some(v) => tags.insert(key.to_string(), v.to_string()),
+            None => tags.remove(key),
+        };
+        let tags = serde_json::to_string(&tags).map_err(|e| RegistryError::Internal(format!("tags: {e}")))?;
+        sqlx::query(
+            "UPDATE model_versions SET tags = $1 WHERE model_id = (SELECT id FROM models WHERE name = $2) AND version = $3",
+        )
+        .bind(&tags)
+        .bind(model)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.get_version(model, version).await
+    }
+
+    /// Versions of every model matching `filter` (on the model's name and description,
+    /// the version's tags), by model name, newest version first; the page token is
+    /// `name:version` of the last one returned. `visible_to` as for `list_models`.
+    pub async fn search_versions(
+        &self,
+        filter: &[Clause],
+        visible_to: Option<(&str, &[String])>,
+        page_size: i64,
+        after: Option<(&str, i64)>,
+    ) -> Result<Page<ModelVersion>> {
+        let mut sql = format!(
+            "SELECT {} FROM model_versions v JOIN models m ON m.id = v.model_id WHERE 1 = 1",
+            Self::VERSION_COLUMNS
+        );
+        let kind = self.kind();
+        let mut params = SqlParams::default();
+        for c in filter {
+            let cond = clause_sql(c, &mut params, |key, op, value| {
+                // A version's tags are one JSON object.
+                let tag = match kind {
+                    DatabaseKind::Sqlite => format!("(SELECT j.value FROM json_each(v.tags) j WHERE j.key = {key})"),
+                    DatabaseKind::Postgres => format!("(CAST(v.tags AS jsonb) ->> {key})"),
+                };
+                match op {
+                    // "tag is not X" also matches versions without the tag.
+                    Op::Ne => format!("({tag} IS NULL OR {tag} <> {value})"),
+                    _ => compare(op, &tag, value),
+                }
+            });
+            sql.push_str(" AND ");
+            sql.push_str(&cond);
+        }
+        if let Some((subject, principals)) = visible_to {
+            sql.push_str(&visibility_sql(subject, principals, &mut params));
+        }
+        if let Some((name, version)) = after {
+            let name = params.push(name);
+            // Versions are bound as text like every other parameter; compared as numbers.
+            let version = params.push(&version.to_string());
+            sql.push_str(&format!(
+                " AND (m.name > {name} OR (m.name = {name} AND v.version < CAST({version} AS BIGINT)))"
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY m.name, v.version DESC LIMIT {}", page_size + 1));
+        let mut rows = params.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
+        let more = rows.len() as i64 > page_size;
+        rows.truncate(page_size as usize);
+        let items = self.versions_from_rows(rows).await?;
+        let next_page_token = if more { items.last().map(|v| format!("{}:{}", v.model, v.version)) } else { None };
+        Ok(Page { items, next_page_token })
     }
 }
