@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub insecure_no_auth: bool,
     /// Seconds in-flight requests get to finish after SIGTERM / Ctrl-C.
     pub shutdown_grace_secs: Option<u64>,
+    /// The worker's metrics and health listener (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How long in-flight requests may run on after a stop signal, unless configured.
@@ -96,6 +98,11 @@ pub struct ServerArgs {
     /// Allow listening on a non-loopback address without authentication (never in production).
     #[arg(long, env = "LAKESCORE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// HTTP listen address of the scoring worker's /metrics (Prometheus), /healthz and /readyz,
+    /// e.g. 0.0.0.0:9816 [default: none; in `serve` the registry's /metrics shows the worker's
+    /// metrics too].
+    #[arg(long, env = "LAKESCORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Seconds in-flight requests and Flight streams get to finish after SIGTERM or Ctrl-C;
     /// past it, scoring jobs are cancelled (their partial output removed, no manifest) and
     /// the process exits. Keep it below Kubernetes' terminationGracePeriodSeconds [default: 25].
@@ -111,6 +118,7 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub insecure_no_auth: bool,
     pub shutdown_grace: std::time::Duration,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -211,6 +219,7 @@ impl ServerArgs {
             auth,
             insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth,
             shutdown_grace: std::time::Duration::from_secs(grace),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
         })
     }
 }

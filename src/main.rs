@@ -5,6 +5,7 @@
 mod client;
 mod config;
 mod login;
+mod ops;
 mod score;
 mod sql;
 
@@ -251,9 +252,14 @@ async fn serve(args: &ServerArgs, with_registry: bool, with_scorer: bool) -> any
         }
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let health = lakescore_scorer::WorkerHealth::new().await;
+        if let Some(addr) = settings.metrics_listen {
+            let ops = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            tasks.spawn(ops::serve(ops, health.clone(), shutdown()));
+        }
         let shutdown = shutdown();
         tasks.spawn(async move {
-            lakescore_scorer::serve_service(service, listener, shutdown)
+            lakescore_scorer::serve_service(service, listener, shutdown, health)
                 .await
                 .map_err(|e| anyhow::anyhow!("scoring worker failed: {e}"))
         });

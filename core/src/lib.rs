@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod failpoint;
+pub mod metrics;
 pub mod reference;
 pub mod retry;
 pub mod store;

@@ -10,6 +10,7 @@ use tokio::sync::OnceCell;
 use crate::engine::probe::{probe_outputs, ResolvedOutput};
 use crate::engine::{Engine, LoadedModel};
 use crate::error::{Result, ScoreError};
+use crate::metrics;
 use crate::source::{Credentials, ModelSource, ModelVersion};
 
 /// A loaded model with what the mapping layer needs to know about its outputs.
@@ -98,13 +99,15 @@ impl ModelCache {
     pub async fn get(&self, version: &ModelVersion, creds: &Credentials) -> Result<(Arc<ModelHandle>, bool)> {
         let cell = self.cell(&version.sha256)?;
         if let Some(handle) = cell.get() {
+            metrics::cache_lookup(true);
             return Ok((handle.clone(), true));
         }
+        metrics::cache_lookup(false);
         let mut loaded_here = false;
+        let started = Instant::now();
         let handle = cell
             .get_or_try_init(|| async {
                 loaded_here = true;
-                let started = Instant::now();
                 let bytes = self.source.fetch(version, creds).await?;
                 let engine = self.engine.clone();
                 let sha256 = version.sha256.to_ascii_lowercase();
@@ -136,9 +139,15 @@ impl ModelCache {
                 );
                 Ok::<_, ScoreError>(Arc::new(handle))
             })
-            .await?
+            .await
+            .inspect_err(|_| {
+                if loaded_here {
+                    metrics::model_load(self.engine.name(), started.elapsed(), false);
+                }
+            })?
             .clone();
         if loaded_here {
+            metrics::model_load(handle.engine, handle.load_time, true);
             self.evict(&handle.sha256);
         }
         Ok((handle, !loaded_here))
@@ -151,6 +160,7 @@ impl ModelCache {
         loop {
             let total: u64 = map.values().filter_map(|e| e.cell.get()).map(|h| h.size).sum();
             if total <= self.capacity_bytes {
+                metrics::cache_size(map.values().filter(|e| e.cell.get().is_some()).count(), total);
                 return;
             }
             let victim = map
@@ -161,6 +171,7 @@ impl ModelCache {
             match victim {
                 Some(k) => {
                     tracing::info!(sha256 = %k, "model evicted from the cache");
+                    metrics::cache_eviction();
                     map.remove(&k);
                 }
                 None => return,

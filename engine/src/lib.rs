@@ -23,6 +23,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod mapping;
+pub mod metrics;
 pub mod scorer;
 pub mod source;
 

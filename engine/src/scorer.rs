@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -20,6 +21,7 @@ use crate::engine::trees::TreesEngine;
 use crate::engine::Engine;
 use crate::error::{Result, ScoreError};
 use crate::mapping::{PlanOptions, ScorePlan};
+use crate::metrics::ScoreMeter;
 use crate::source::{model_source_from_url, Credentials, HttpSourceOptions, ModelSource, ModelVersion, VersionStatus};
 use lakescore_core::reference::ModelRef;
 
@@ -34,6 +36,8 @@ pub struct ResolvedModel {
     pub handle: Arc<ModelHandle>,
     /// Whether it came from the cache.
     pub cached: bool,
+    /// Where its scoring is counted.
+    pub meter: ScoreMeter,
 }
 
 /// The engine `config.backend` selects: `ort`: ONNX Runtime or an error; `trees`: the native
@@ -171,7 +175,8 @@ impl Scorer {
             return Err(ScoreError::FailedPrecondition(format!("model {} is archived", version.pinned_reference())));
         }
         let (handle, cached) = self.cache.get(&version, creds).await?;
-        Ok(ResolvedModel { reference: reference.to_string(), version, handle, cached })
+        let meter = ScoreMeter::new(&version.model, handle.engine);
+        Ok(ResolvedModel { reference: reference.to_string(), version, handle, cached, meter })
     }
 
     /// Plan scoring of batches of `schema` with `model` as `cmd` says.
@@ -230,16 +235,16 @@ impl Scorer {
             Ok(b)
         });
         let chunks = Rechunk::new(Box::pin(checked), plan.input_schema().clone(), self.chunk_rows(cmd, &plan));
-        let handle = model.handle.clone();
+        let model = Arc::new(model.clone());
         let name = format!("{}:{}", model.version.model, model.version.version);
         let scored = chunks
             .map(move |chunk| {
-                let handle = handle.clone();
+                let model = model.clone();
                 let plan = plan.clone();
                 let name = name.clone();
                 async move {
                     let chunk = chunk?;
-                    tokio::task::spawn_blocking(move || score_chunk(&handle, &plan, &chunk)).await?.map_err(|e| {
+                    tokio::task::spawn_blocking(move || score_chunk(&model, &plan, &chunk)).await?.map_err(|e| {
                         // Which model ran out of its memory bound, for the caller and the log.
                         match e {
                             ScoreError::ResourceExhausted(_) => e.context(format!("model {name}")),
@@ -321,18 +326,22 @@ fn view_data_bytes(data: &arrow::array::ArrayData) -> usize {
     own + data.child_data().iter().map(view_data_bytes).sum::<usize>()
 }
 
-/// Score one chunk (blocking).
-pub fn score_chunk(handle: &ModelHandle, plan: &ScorePlan, chunk: &RecordBatch) -> Result<RecordBatch> {
+/// Score one chunk (blocking), counted in the model's meter.
+pub fn score_chunk(model: &ResolvedModel, plan: &ScorePlan, chunk: &RecordBatch) -> Result<RecordBatch> {
     if chunk.num_rows() == 0 {
         return Ok(plan.empty_output());
     }
+    let started = Instant::now();
+    let handle = &model.handle;
     // Only a model that takes columns has them looked up: the others always get the tensor.
     let columns = if handle.model.takes_columns() { plan.float_columns(chunk) } else { None };
     let outputs = match columns {
         Some(columns) => handle.model.run_columns(&columns, chunk.num_rows())?,
         None => handle.model.run(plan.feeds(chunk)?)?,
     };
-    plan.assemble(chunk, outputs)
+    let scored = plan.assemble(chunk, outputs)?;
+    model.meter.record(chunk.num_rows(), started.elapsed());
+    Ok(scored)
 }
 
 /// Splits / merges a stream of batches into chunks of `target` rows, without waiting for

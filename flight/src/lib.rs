@@ -10,12 +10,15 @@
 
 #![warn(missing_docs)]
 
+pub mod health;
 pub mod input;
+mod metered;
 pub mod output;
 pub mod router;
 pub mod server;
 pub mod service;
 
+pub use health::WorkerHealth;
 pub use router::FlightSqlFront;
 pub use server::serve_service;
 pub use service::{

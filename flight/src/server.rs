@@ -1,12 +1,15 @@
 //! Serving the Flight service on a TCP listener.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use lakescore_engine::error::{Result, ScoreError};
 
+use crate::health::WorkerHealth;
 use crate::service::ScorerService;
 
 /// Bytes a client may send on one call before the worker reads them: above one 65,536-row
@@ -17,12 +20,31 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 /// The largest HTTP/2 DATA frame a client may send (the protocol's default is 16 KiB).
 const MAX_FRAME_BYTES: u32 = 1 << 20;
 
-/// Serve a configured Flight service (e.g. with a token validator) until `shutdown` completes.
-pub async fn serve_service<F>(service: ScorerService, listener: TcpListener, shutdown: F) -> Result<()>
+/// Serve a configured Flight service (e.g. with a token validator) until `shutdown` completes,
+/// with `grpc.health.v1.Health` beside it reporting `health` (serving once the model source
+/// answers, not serving from the moment `shutdown` completes).
+pub async fn serve_service<F>(
+    service: ScorerService,
+    listener: TcpListener,
+    shutdown: F,
+    health: WorkerHealth,
+) -> Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let scorer = service.scorer().clone();
+    let draining = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let (health, source, draining) = (health.clone(), scorer.cache().source().clone(), draining.clone());
+        tokio::spawn(async move { health.serve_when_source_answers(source, draining).await })
+    };
+    let health_service = health.service();
+    let shutdown = async move {
+        shutdown.await;
+        draining.store(true, Ordering::SeqCst);
+        probe.abort();
+        health.set(false).await;
+    };
     let addr = listener.local_addr().ok();
     tracing::info!(
         addr = ?addr,
@@ -46,6 +68,7 @@ where
             scorer.config().max_header_list_bytes.saturating_mul(crate::service::TRANSPORT_HEADER_HEADROOM),
         )
         .add_service(service.into_server())
+        .add_service(health_service)
         // Nagle off on every connection: tonic's `tcp_nodelay` is ignored for an incoming
         // stream of our own, and with it on a small call's response waited for the client's
         // delayed ACK (1,000-row DoExchange calls: p90 44 ms instead of 1.5 ms).

@@ -35,6 +35,7 @@ use lakescore_lake::job::JobSettings;
 use lakescore_lake::{JobManager, Lake};
 
 use crate::input::{flight_data_request, grpc_request, FlightDataStream, FlightInput};
+use crate::metered::{method_label, received_bytes, MeteredBody};
 use crate::output::{flight_schema, grpc_message, grpc_response, Results};
 use crate::router::{route, FlightSqlFront, Route};
 
@@ -238,6 +239,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         state: Arc<BodyState>,
+        received: metrics::Counter,
     }
 }
 
@@ -251,8 +253,14 @@ impl<B: http_body::Body> http_body::Body for WatchedBody<B> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            this.state.failed.store(true, Ordering::SeqCst);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => this.state.failed.store(true, Ordering::SeqCst),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received.increment(bytes::Buf::remaining(data) as u64);
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -311,10 +319,28 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for FlightServer {
             ));
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
+        let method = method_label(req.uri().path());
+        let started = Instant::now();
         let state = Arc::new(BodyState::default());
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(state.clone());
-        let request = http::Request::from_parts(parts, WatchedBody { inner: body, state });
+        let received = received_bytes(method);
+        let request = http::Request::from_parts(parts, WatchedBody { inner: body, state, received });
+        let answer = self.answer(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(MeteredBody::wrap(response, method, started).map(tonic::body::Body::new))
+        })
+    }
+}
+
+impl FlightServer {
+    /// The call's response: DoExchange, DoPut and DoGet answered below tonic's codec, the
+    /// rest by tonic.
+    fn answer(
+        &mut self,
+        request: http::Request<WatchedBody<tonic::body::Body>>,
+    ) -> tonic::codegen::BoxFuture<http::Response<tonic::body::Body>, std::convert::Infallible> {
         let (service, max) = (self.service.clone(), self.max_message_bytes);
         match request.uri().path() {
             DO_EXCHANGE_PATH => Box::pin(async move {
@@ -341,7 +367,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for FlightServer {
                 };
                 Ok(grpc_response(results.await.map(|r| r.into_grpc_messages(max))))
             }),
-            _ => self.inner.call(request),
+            _ => tower_service::Service::call(&mut self.inner, request),
         }
     }
 }

@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 
 use lakescore_core::reference::ModelRef;
 use lakescore_core::retry::RetryPolicy;
-use lakescore_engine::cache::ModelHandle;
 use lakescore_engine::error::{Result, ScoreError};
 use lakescore_engine::mapping::ScorePlan;
 use lakescore_engine::scorer::{score_chunk, ResolvedModel};
@@ -610,7 +609,7 @@ struct Isolated {
 
 /// Scores `batch`; on an error that can be a row's own, splits it in halves until the
 /// failing rows are alone. Rows come out in their input order.
-fn score_isolating(model: &ModelHandle, plan: &ScorePlan, batch: &RecordBatch, offset: u32, out: &mut Isolated) {
+fn score_isolating(model: &ResolvedModel, plan: &ScorePlan, batch: &RecordBatch, offset: u32, out: &mut Isolated) {
     match score_chunk(model, plan, batch) {
         Ok(scored) => out.scored.push(scored),
         Err(e) if !matches!(e, ScoreError::InvalidArgument(_) | ScoreError::Internal(_)) => {
@@ -689,8 +688,12 @@ impl JobManager {
         jobs.insert(key, job.clone());
         drop(jobs);
         let (manager, running) = (self.clone(), job.clone());
+        metrics::gauge!("lakescore_jobs_running").increment(1.0);
         tokio::spawn(async move {
             let result = manager.run_job(&cmd, &settings, &creds, &running).await;
+            let outcome = if result.is_ok() { "succeeded" } else { "failed" };
+            metrics::counter!("lakescore_jobs_finished_total", "outcome" => outcome).increment(1);
+            metrics::gauge!("lakescore_jobs_running").decrement(1.0);
             running.finish(result);
         });
         Ok(job)
@@ -1013,6 +1016,7 @@ impl JobManager {
             }
             job.units_done.fetch_add(1, Relaxed);
             job.rows.fetch_add(record.rows, Relaxed);
+            metrics::counter!("lakescore_job_units_total").increment(1);
             lakescore_core::failpoint::hit("job.after_unit").await;
             error_rows += record.error_rows;
             if let Some(why) = &record.failed {
@@ -1403,17 +1407,17 @@ impl JobManager {
         let (mut rows, mut bad_rows, mut seen) = (0u64, 0u64, 0u64);
         // Decoding, inference and writing overlap, as in the other scoring paths: the next
         // batch is read and scored while this one is written.
-        let (handle, plan_s) = (model.handle.clone(), plan.clone());
+        let (model_s, plan_s) = (Arc::new(model.clone()), plan.clone());
         let mut scored_batches = batches
             .map(move |batch| {
-                let (handle, plan) = (handle.clone(), plan_s.clone());
+                let (model, plan) = (model_s.clone(), plan_s.clone());
                 async move {
                     let batch = batch?;
                     plan.check_batch(&batch)?;
                     let scoring = batch.clone();
                     let isolated = tokio::task::spawn_blocking(move || {
                         let mut out = Isolated { scored: Vec::new(), bad: Vec::new() };
-                        score_isolating(&handle, &plan, &scoring, 0, &mut out);
+                        score_isolating(&model, &plan, &scoring, 0, &mut out);
                         out
                     })
                     .await?;

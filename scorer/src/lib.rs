@@ -23,8 +23,8 @@ pub use lakescore_engine::{
     TreesEngine,
 };
 pub use lakescore_flight::{
-    serve_service, FlightServer, FlightSqlFront, ScorerService, TokenValidator, ACTION_DESCRIBE, ACTION_SCORE_DATASET,
-    ACTION_WARM,
+    serve_service, FlightServer, FlightSqlFront, ScorerService, TokenValidator, WorkerHealth, ACTION_DESCRIBE,
+    ACTION_SCORE_DATASET, ACTION_WARM,
 };
 pub use lakescore_lake::{Lake, OutputSummary, MANIFEST_NAME};
 pub use lakescore_sql::SqlEngine;
@@ -58,5 +58,5 @@ pub async fn serve_scorer<F>(scorer: Arc<Scorer>, listener: TcpListener, shutdow
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    serve_service(service(scorer)?, listener, shutdown).await
+    serve_service(service(scorer)?, listener, shutdown, WorkerHealth::new().await).await
 }

@@ -121,6 +121,18 @@ pub struct Planned {
     pub schema: SchemaRef,
 }
 
+/// A running query's place among `sql.max_concurrent_queries`, counted in
+/// `lakescore_sql_queries_running` while it is held.
+struct QuerySlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for QuerySlot {
+    fn drop(&mut self) {
+        metrics::gauge!("lakescore_sql_queries_running").decrement(1.0);
+    }
+}
+
 /// Runs SQL for the worker's callers; see the module docs.
 pub struct SqlEngine {
     lake: Arc<Lake>,
@@ -164,13 +176,20 @@ impl SqlEngine {
         self.config.query_timeout
     }
 
-    fn slot(&self) -> Result<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().map_err(|_| {
-            ScoreError::ResourceExhausted(format!(
-                "{} SQL queries are running on this worker, its limit (sql.max_concurrent_queries): retry later",
-                self.config.max_concurrent_queries
-            ))
-        })
+    fn slot(&self) -> Result<QuerySlot> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                metrics::gauge!("lakescore_sql_queries_running").increment(1.0);
+                Ok(QuerySlot { _permit: permit })
+            }
+            Err(_) => {
+                metrics::counter!("lakescore_sql_queries_refused_total").increment(1);
+                Err(ScoreError::ResourceExhausted(format!(
+                    "{} SQL queries are running on this worker, its limit (sql.max_concurrent_queries): retry later",
+                    self.config.max_concurrent_queries
+                )))
+            }
+        }
     }
 
     fn runtime(&self) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
@@ -508,7 +527,7 @@ impl SqlEngine {
         &self,
         batches: BatchStream,
         deadline: tokio::time::Instant,
-        held: (OwnedSemaphorePermit, Registered),
+        held: (QuerySlot, Registered),
         cancel: CancellationToken,
     ) -> BatchStream {
         let timeout = self.deadline_error();

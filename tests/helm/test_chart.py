@@ -294,7 +294,9 @@ def test_manifests_validate_against_kubernetes(objs: list[dict[str, Any]]) -> No
             # a Prometheus Operator CRD: no upstream schema; check its shape here
             assert obj["kind"] == "ServiceMonitor", ident
             endpoint = obj["spec"]["endpoints"][0]
-            assert endpoint["port"] == "http" and endpoint["path"] == "/metrics", ident
+            component_name = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+            port = {"registry": "http", "scorer": "metrics"}[component_name]
+            assert endpoint["port"] == port and endpoint["path"] == "/metrics", ident
             continue
         for kube in KUBE_VERSIONS:
             try:
@@ -452,10 +454,13 @@ def test_probes_point_at_the_binarys_endpoints(objs: list[dict[str, Any]]) -> No
     for scorer in component(objs, "Deployment", "scorer"):
         [c] = scorer["spec"]["template"]["spec"]["containers"]
         assert c["args"] == ["scorer"]
-        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
-            # Flight has no HTTP endpoint and no grpc.health.v1 service: TCP
-            assert set(c[kind]) & {"httpGet", "grpc", "exec"} == set()
-            assert container_port(c, c[kind]["tcpSocket"]["port"]) == scorer_port
+        # Alive: the metrics listener's /healthz; ready: grpc.health.v1 on the Flight port.
+        metrics_port = int(next(e["value"] for e in c["env"] if e["name"] == "LAKESCORE_METRICS_LISTEN").rsplit(":", 1)[1])
+        for kind in ("startupProbe", "livenessProbe"):
+            assert c[kind]["httpGet"]["path"] == "/healthz"
+            assert container_port(c, c[kind]["httpGet"]["port"]) == metrics_port
+        assert set(c["readinessProbe"]) & {"httpGet", "tcpSocket", "exec"} == set()
+        assert c["readinessProbe"]["grpc"]["port"] == scorer_port
         services = component(objs, "Service", "scorer")
         assert {s["spec"].get("clusterIP") for s in services} == {None, "None"}
         for s in services:
@@ -468,7 +473,8 @@ def test_probes_point_at_the_binarys_endpoints(objs: list[dict[str, Any]]) -> No
 def test_network_policies(objs: list[dict[str, Any]]) -> None:
     policies = find(objs, "NetworkPolicy")
     assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in policies} == {"registry", "scorer"}
-    allowed = {"registry": {"http"}, "scorer": {"flight"}}
+    # The workers: Flight, and the metrics and health listener (Prometheus, the kubelet).
+    allowed = {"registry": {"http"}, "scorer": {"flight", "metrics"}}
     for p in policies:
         comp = p["metadata"]["labels"]["app.kubernetes.io/component"]
         assert p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == comp
@@ -741,7 +747,9 @@ def test_registry_and_worker_run_on_the_chart_config(tmp_path: Path) -> None:
         env = container_env(sc, config_file)
         # the chart's registry URL (scheme included), pointed at the local registry
         scheme = tomllib.loads(config_file.read_text())["scorer"]["model_source"].split("://", 1)[0]
+        metrics_port = free_port()
         env.update(
+            LAKESCORE_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
             LAKESCORE_FLIGHT_LISTEN=f"127.0.0.1:{flight_port}",
             LAKESCORE_REGISTRY_URL=f"{scheme}://127.0.0.1:{http_port}",
             LAKESCORE_ONNXRUNTIME_LIB=str(ort),
@@ -750,15 +758,24 @@ def test_registry_and_worker_run_on_the_chart_config(tmp_path: Path) -> None:
             subprocess.Popen([str(lakescore_bin()), *sc["args"]], env={"PATH": "/usr/bin:/bin", **env}, stdout=log, stderr=log)
         )
         probes = [(rc[k]["httpGet"]["path"]) for k in ("startupProbe", "livenessProbe", "readinessProbe")]
+        # The worker's HTTP probes, and its /readyz: the state its grpc.health.v1 reports.
+        worker_probes = {sc[k]["httpGet"]["path"] for k in ("startupProbe", "livenessProbe")} | {"/readyz"}
         deadline = time.monotonic() + 60
         pending_http, pending_tcp = set(probes), True
-        while (pending_http or pending_tcp) and time.monotonic() < deadline:
+        pending_worker = set(worker_probes)
+        while (pending_http or pending_tcp or pending_worker) and time.monotonic() < deadline:
             for p in procs:
                 assert p.poll() is None, f"a server exited:\n{(tmp_path / 'servers.log').read_text()}"
             for path in list(pending_http):
                 try:
                     if _http_status(f"http://127.0.0.1:{http_port}{path}") == 200:
                         pending_http.discard(path)
+                except OSError:
+                    pass
+            for path in list(pending_worker):
+                try:
+                    if _http_status(f"http://127.0.0.1:{metrics_port}{path}") == 200:
+                        pending_worker.discard(path)
                 except OSError:
                     pass
             if pending_tcp:
@@ -768,11 +785,13 @@ def test_registry_and_worker_run_on_the_chart_config(tmp_path: Path) -> None:
                 except OSError:
                     pass
             time.sleep(0.2)
+        assert not pending_worker, f"no 200 from the worker's {pending_worker}:\n{(tmp_path / 'servers.log').read_text()}"
         assert not pending_http, f"no 200 from {pending_http}:\n{(tmp_path / 'servers.log').read_text()}"
         assert not pending_tcp, f"worker not listening:\n{(tmp_path / 'servers.log').read_text()}"
         # a made-up path is a 404, so the 200s above are real endpoints
         assert _http_status(f"http://127.0.0.1:{http_port}/no-such-probe") == 404
         assert _http_status(f"http://127.0.0.1:{http_port}/metrics") == 200
+        assert _http_status(f"http://127.0.0.1:{metrics_port}/metrics") == 200
 
         # the wiring works: register a model, then have the worker resolve, fetch and load
         # it from the registry (through the chart's registry URL scheme, with the ONNX

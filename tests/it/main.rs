@@ -25,4 +25,5 @@ mod scoring_e2e;
 mod sql;
 mod worker_flight;
 mod worker_hostile_input;
+mod worker_ops;
 mod worker_trees;
