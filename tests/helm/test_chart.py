@@ -106,7 +106,8 @@ def pod_specs(objs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict
 
 
 def config_toml(objs: list[dict[str, Any]]) -> str:
-    cms = find(objs, "ConfigMap")
+    # The one configuration (besides the Grafana dashboard's ConfigMap, when enabled).
+    cms = [cm for cm in find(objs, "ConfigMap") if "lakescore.toml" in cm.get("data", {})]
     assert len(cms) == 1
     return cms[0]["data"]["lakescore.toml"]
 
@@ -923,3 +924,23 @@ def test_persistent_sqlite_registry_is_recreated_not_rolled() -> None:
     [pvc] = find(objs, "PersistentVolumeClaim")
     volumes = {v["name"]: v for v in registry["spec"]["template"]["spec"]["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+
+
+def test_the_dashboard_queries_metrics_the_worker_records() -> None:
+    """Every metric the Grafana dashboard charts is one the code records (a renamed metric
+    would leave an empty panel), and the ConfigMap carries the dashboard as it is."""
+    objs = objects(render(yaml.safe_load((CHART / "examples" / "production-azure.yaml").read_text())))
+    [cm] = [o for o in find(objs, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["lakescore.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "lakescore.json").read_text())
+    queried = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"lakescore_[a-z_]+", target["expr"])
+    }
+    source = "\n".join(p.read_text() for p in ROOT.glob("*/src/**/*.rs"))
+    recorded = set(re.findall(r'"(lakescore_[a-z_]+)"', source))
+    assert queried and queried <= recorded, sorted(queried - recorded)
+
