@@ -226,7 +226,7 @@ impl ScalarUDFImpl for Predict {
         // Inference is CPU-bound and runs on the query's thread: on the worker's
         // multi-threaded runtime, tell tokio first, so that other calls' tasks move to
         // other threads meanwhile (Flight scoring uses blocking threads for the same reason).
-        let run = || score_chunk(&model, &plan, &batch);
+        let run = || score_chunk(model, &plan, &batch);
         let scored = if multi_thread_runtime().is_some() { tokio::task::block_in_place(run) } else { run() };
         let scored =
             scored.map_err(|e| {
