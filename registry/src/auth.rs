@@ -423,6 +423,13 @@ impl Authenticator {
         self.validator.is_some()
     }
 
+    /// Whether a principal without `@<tenant>` matches nobody: tokens are checked and
+    /// several tenants are allowed with no home tenant, so every caller's principals carry
+    /// their tenant (see [`Caller::from_claims`]).
+    pub fn principals_need_a_tenant(&self) -> bool {
+        self.validator.is_some() && self.home_tenant.is_none()
+    }
+
     pub fn default_permission(&self) -> DefaultPermission {
         self.config.default_permission
     }

@@ -557,6 +557,17 @@ impl Registry {
     /// Grants a principal `read` or `write` on the model; answers the model's grants.
     pub async fn put_grant(&self, caller: &Caller, model: &str, grant: &PutGrant) -> Result<Vec<Grant>> {
         validate_principal(&grant.principal)?;
+        if self.auth.principals_need_a_tenant() && !grant.principal.contains('@') {
+            // Stored, it would match no caller, and the grantee would be denied with
+            // nothing to say why.
+            let example = caller.tenant.as_deref().filter(|_| caller.foreign).unwrap_or("<tenant id>");
+            return Err(RegistryError::BadRequest(format!(
+                "a grant to '{p}' would match nobody: this registry accepts tokens of several tenants and has no \
+                 home_tenant, so every caller is known with its tenant; grant '{p}@{example}' (the tenant's id, \
+                 the token's tid), or set [auth.oidc] home_tenant for the tenant whose principals go bare",
+                p = grant.principal
+            )));
+        }
         self.authorize(caller, model, Need::Manage).await?;
         self.store.put_grant(model, &grant.principal, grant.permission, &caller.subject).await?;
         self.audit(

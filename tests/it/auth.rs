@@ -644,8 +644,16 @@ async fn tenants_never_share_an_identity() {
             .json(&json!({"principal": principal, "permission": "read"}))
     };
     assert_eq!(status(grant(&alice_b, "user:same-oid@tenant-b")).await, StatusCode::FORBIDDEN);
-    // A grant to the bare oid names tenant A's user (no home tenant here: nobody), not B's.
-    assert_eq!(status(grant(&alice_a, "user:same-oid")).await, StatusCode::OK);
+    // A grant to the bare oid would match nobody (no home tenant here: every caller carries
+    // its tenant): refused, naming the qualified form.
+    let bare = grant(&alice_a, "user:same-oid").send().await.expect("send");
+    assert_eq!(bare.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = bare.json().await.expect("problem");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("would match nobody") && detail.contains("'user:same-oid@tenant-a'"), "{problem}");
+    let grants: Value =
+        get(&s, "/models/fraud/grants", Some(&alice_a)).send().await.expect("send").json().await.expect("json");
+    assert_eq!(grants, json!([]), "nothing stored");
     assert_eq!(status(get(&s, "/models/fraud", Some(&alice_b))).await, StatusCode::FORBIDDEN);
     // The owner grants tenant B's user by the qualified name: now B reads.
     assert_eq!(status(grant(&alice_a, "user:same-oid@tenant-b")).await, StatusCode::OK);
