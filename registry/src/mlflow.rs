@@ -17,7 +17,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, delete, get, patch, post};
 use axum::{Json, Router};
 use lakescore_core::wire::{Dim, Model, ModelVersion, Page, UpdateFields, ValueInfo, VersionStatus};
 use serde::Serialize;
@@ -38,36 +38,33 @@ const DEFAULT_MAX_RESULTS: i64 = 100;
 
 /// The routes, relative to `/api/2.0` (the registry nests them there).
 pub fn router(registry: Registry) -> Router<Registry> {
-    let registry_api = Router::new()
-        .route("/registered-models/create", axum::routing::post(create_registered_model))
-        .route("/registered-models/get", get(get_registered_model))
-        .route("/registered-models/search", get(search_registered_models))
-        .route("/registered-models/update", axum::routing::patch(update_registered_model))
-        .route("/registered-models/rename", axum::routing::post(rename_registered_model))
-        .route("/registered-models/delete", axum::routing::delete(delete_registered_model))
-        .route("/registered-models/set-tag", axum::routing::post(set_registered_model_tag))
-        .route("/registered-models/delete-tag", axum::routing::delete(delete_registered_model_tag))
-        .route("/registered-models/alias", get(get_model_version_by_alias).post(set_alias).delete(delete_alias))
-        .route("/registered-models/get-latest-versions", get(get_latest_versions).post(get_latest_versions))
-        .route("/model-versions/create", axum::routing::post(create_model_version))
-        .route("/model-versions/get", get(get_model_version))
-        .route("/model-versions/search", get(search_model_versions))
-        .route("/model-versions/update", axum::routing::patch(update_model_version))
-        .route("/model-versions/delete", axum::routing::delete(delete_model_version))
-        .route("/model-versions/set-tag", axum::routing::post(set_model_version_tag))
-        .route("/model-versions/delete-tag", axum::routing::delete(delete_model_version_tag))
-        .route("/model-versions/get-download-uri", get(get_download_uri))
-        .route("/model-versions/transition-stage", axum::routing::post(transition_stage))
-        .method_not_allowed_fallback(unsupported_endpoint)
-        .fallback(unsupported_endpoint);
-    let artifacts = Router::new()
-        .route("/artifacts", get(list_artifacts))
-        .route("/artifacts/{*path}", get(download_artifact))
-        .method_not_allowed_fallback(unsupported_endpoint)
-        .fallback(unsupported_endpoint);
     Router::new()
-        .nest("/mlflow", registry_api)
-        .nest("/mlflow-artifacts", artifacts)
+        .route("/mlflow/registered-models/create", post(create_registered_model))
+        .route("/mlflow/registered-models/get", get(get_registered_model))
+        .route("/mlflow/registered-models/search", get(search_registered_models))
+        .route("/mlflow/registered-models/update", patch(update_registered_model))
+        .route("/mlflow/registered-models/rename", post(rename_registered_model))
+        .route("/mlflow/registered-models/delete", delete(delete_registered_model))
+        .route("/mlflow/registered-models/set-tag", post(set_registered_model_tag))
+        .route("/mlflow/registered-models/delete-tag", delete(delete_registered_model_tag))
+        .route("/mlflow/registered-models/alias", get(get_model_version_by_alias).post(set_alias).delete(delete_alias))
+        .route("/mlflow/registered-models/get-latest-versions", get(get_latest_versions).post(get_latest_versions))
+        .route("/mlflow/model-versions/create", post(create_model_version))
+        .route("/mlflow/model-versions/get", get(get_model_version))
+        .route("/mlflow/model-versions/search", get(search_model_versions))
+        .route("/mlflow/model-versions/update", patch(update_model_version))
+        .route("/mlflow/model-versions/delete", delete(delete_model_version))
+        .route("/mlflow/model-versions/set-tag", post(set_model_version_tag))
+        .route("/mlflow/model-versions/delete-tag", delete(delete_model_version_tag))
+        .route("/mlflow/model-versions/get-download-uri", get(get_download_uri))
+        .route("/mlflow/model-versions/transition-stage", post(transition_stage))
+        .route("/mlflow-artifacts/artifacts", get(list_artifacts))
+        .route("/mlflow-artifacts/artifacts/{*path}", get(download_artifact))
+        // The rest of MLflow's API (experiments, runs, logged models, uploads): refused in
+        // MLflow's shape, so its client shows why.
+        .route("/mlflow/{*rest}", any(unsupported_endpoint))
+        .route("/mlflow-artifacts/{*rest}", any(unsupported_endpoint))
+        .method_not_allowed_fallback(unsupported_endpoint)
         .layer(middleware::from_fn_with_state(registry.authenticator().clone(), authenticate))
 }
 
@@ -137,7 +134,10 @@ async fn authenticate(State(auth): State<Authenticator>, mut req: Request, next:
     }
 }
 
-async fn unsupported_endpoint(method: Method, uri: axum::http::Uri) -> MlflowError {
+async fn unsupported_endpoint(
+    method: Method,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+) -> MlflowError {
     MlflowError {
         code: "ENDPOINT_NOT_FOUND",
         status: StatusCode::NOT_FOUND,

@@ -136,6 +136,12 @@ def test_registry_calls(server: Proc, models: Path, mlflow_at: Any) -> None:
         client.search_registered_models(filter_string="owner = 'x'")
     assert error_code(bad_filter.value) == "INVALID_PARAMETER_VALUE"
 
+    # The tracking API is not lakescore's: MLflow's client says which endpoint and why.
+    with pytest.raises(MlflowException) as tracking:
+        client.search_experiments()
+    assert error_code(tracking.value) == "ENDPOINT_NOT_FOUND"
+    assert "/api/2.0/mlflow/experiments/search" in str(tracking.value) and "model registry" in str(tracking.value)
+
     client.delete_registered_model(other)
     with pytest.raises(MlflowException):
         client.get_registered_model(other)
