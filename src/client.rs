@@ -183,7 +183,18 @@ pub async fn run(args: &ClientArgs, cmd: ModelsCommand) -> anyhow::Result<()> {
         }
         ModelsCommand::List { filter } => {
             let query: Vec<(&str, String)> = filter.iter().map(|f| ("filter", f.clone())).collect();
-            let all: Vec<Model> = c.all_pages("/models", &query, |p: ModelList| (p.models, p.next_page_token)).await?;
+            let warned = std::cell::Cell::new(false);
+            let all: Vec<Model> = c
+                .all_pages("/models", &query, |p: ModelList| {
+                    // What the server says about the listing (group overage), once, on stderr.
+                    if !warned.replace(true) {
+                        for warning in &p.warnings {
+                            eprintln!("warning: {warning}");
+                        }
+                    }
+                    (p.models, p.next_page_token)
+                })
+                .await?;
             match out {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&all)?),
                 OutputFormat::Table => {

@@ -293,6 +293,10 @@ pub struct PutGrant {
 pub struct ModelList {
     pub models: Vec<Model>,
     pub next_page_token: Option<String>,
+    /// Why the listing may be missing models the caller expects (a token in group overage
+    /// sees no model granted to its groups); absent when there is nothing to say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A page of versions, as `GET /models/{name}/versions` answers.
@@ -313,7 +317,7 @@ pub struct AuditList {
 
 impl From<Page<Model>> for ModelList {
     fn from(page: Page<Model>) -> Self {
-        Self { models: page.items, next_page_token: page.next_page_token }
+        Self { models: page.items, next_page_token: page.next_page_token, warnings: Vec::new() }
     }
 }
 

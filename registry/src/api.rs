@@ -284,7 +284,11 @@ async fn list_models(
     ApiQuery(q): ApiQuery<ListModelsQuery>,
 ) -> Result<Json<ModelList>> {
     let filter = q.filter.as_deref().unwrap_or("");
-    Ok(Json(reg.list_models(&caller, filter, q.page_size, q.page_token.as_deref()).await?.into()))
+    let mut list: ModelList = reg.list_models(&caller, filter, q.page_size, q.page_token.as_deref()).await?.into();
+    if reg.lists_through_grants(&caller) {
+        list.warnings = caller.listing_warnings();
+    }
+    Ok(Json(list))
 }
 
 /// One registered model.

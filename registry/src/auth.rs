@@ -323,13 +323,24 @@ impl Caller {
             return RegistryError::Forbidden(msg);
         }
         tracing::info!(subject = %self.subject, "refused a caller whose token omits its groups (group overage)");
-        RegistryError::Forbidden(format!(
-            "{msg}. Note: the token carries no groups claim because the caller is in too many groups \
-             (group overage), so grants and roles given to groups cannot apply; use app roles, or have \
-             the app registration emit only the groups assigned to the application"
-        ))
+        RegistryError::Forbidden(format!("{msg}. Note: {GROUP_OVERAGE_NOTE}"))
+    }
+
+    /// What a listing made with this token should say: in group overage, models granted
+    /// to the caller's groups are not listed.
+    pub fn listing_warnings(&self) -> Vec<String> {
+        if self.groups_overage {
+            vec![format!("models granted to your groups are not listed: {GROUP_OVERAGE_NOTE}")]
+        } else {
+            Vec::new()
+        }
     }
 }
+
+/// Why a token in group overage is refused or sees less.
+const GROUP_OVERAGE_NOTE: &str = "the token carries no groups claim because the caller is in too many groups \
+     (group overage), so grants and roles given to groups cannot apply; use app roles, or have the app \
+     registration emit only the groups assigned to the application";
 
 /// A claim by name or, when no claim has that name and it has dots, by path into nested
 /// objects (`realm_access.roles`).

@@ -184,6 +184,12 @@ impl Registry {
         Ok(encode_next_page(page))
     }
 
+    /// Whether `caller` sees in a listing only the models it owns or was granted (not
+    /// every model, through a global role).
+    pub fn lists_through_grants(&self, caller: &Caller) -> bool {
+        self.readable_through_grants(caller).is_some()
+    }
+
     pub async fn get_model(&self, caller: &Caller, name: &str) -> Result<Model> {
         self.authorize(caller, name, Need::Read).await?;
         self.store.get_model(name).await

@@ -558,11 +558,20 @@ async fn group_overage_is_reported_in_the_refusal() {
         let (st, d) = detail(get(&s, "/audit", Some(&token))).await;
         assert_eq!(st, StatusCode::FORBIDDEN, "{d}");
         assert!(d.contains("group overage") && d.contains("app roles"), "{d}");
+        // A listing (which shows only owned and granted models) says it too.
+        let list: Value = get(&s, "/models", Some(&token)).send().await.expect("send").json().await.expect("json");
+        let warning = list["warnings"][0].as_str().unwrap_or_default();
+        assert!(
+            warning.contains("granted to your groups are not listed") && warning.contains("group overage"),
+            "{list}"
+        );
     }
     let plain = i.token(json!({"oid": "few-groups", "groups": ["g1"]}));
     let (st, d) = detail(get(&s, "/audit", Some(&plain))).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{d}");
     assert!(!d.contains("overage"), "{d}");
+    let list: Value = get(&s, "/models", Some(&plain)).send().await.expect("send").json().await.expect("json");
+    assert!(list.get("warnings").is_none(), "{list}");
     s.stop().await;
 }
 

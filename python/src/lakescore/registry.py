@@ -17,6 +17,7 @@ import os
 import random
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Union
@@ -267,6 +268,11 @@ class Registry:
         token: str | None = None
         while True:
             page = self._get_json(path, **params, page_token=token)
+            if token is None:
+                # What the server says about the listing (a token in group overage sees
+                # no model granted to its groups), once.
+                for message in page.get("warnings", []):
+                    warnings.warn(str(message), stacklevel=3)
             yield from page.get(key, [])
             token = page.get("next_page_token")
             if not token:
