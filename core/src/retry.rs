@@ -167,6 +167,7 @@ mod tests {
             )
             .await;
         assert!(calls.load(Ordering::SeqCst) <= 5, "{} calls", calls.load(Ordering::SeqCst));
-        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        // The budget and one last wait (at most 100 ms), with room for a loaded machine.
+        assert!(started.elapsed() < Duration::from_millis(1300), "{:?}", started.elapsed());
     }
 }

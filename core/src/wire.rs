@@ -268,6 +268,35 @@ pub struct SetAlias {
     pub version: i64,
 }
 
+/// One change to an alias: where it pointed before and after, when, by whom.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AliasChange {
+    pub alias: String,
+    /// The version it points at from then on; null: the alias was removed (deleted, or
+    /// its version archived).
+    pub version: Option<i64>,
+    /// The version it pointed at before; null: the alias was created.
+    pub previous_version: Option<i64>,
+    pub at: String,
+    /// The caller who made the change (empty for aliases set before history was kept).
+    pub by: String,
+}
+
+/// A page of an alias's history, newest first, as `GET …/aliases/{alias}/history` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AliasHistory {
+    pub changes: Vec<AliasChange>,
+    pub next_page_token: Option<String>,
+}
+
+impl From<Page<AliasChange>> for AliasHistory {
+    fn from(page: Page<AliasChange>) -> Self {
+        Self { changes: page.items, next_page_token: page.next_page_token }
+    }
+}
+
 /// An alias and the version it points at.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]

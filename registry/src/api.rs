@@ -13,8 +13,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::TryStreamExt;
 use lakescore_core::wire::{
-    AliasRecord, AuditEntry, AuditList, CreateModel, Grant, Model, ModelList, ModelVersion, Permission, PutGrant,
-    SetAlias, UpdateFields, VersionList, VersionMetadata, VersionStatus,
+    AliasChange, AliasHistory, AliasRecord, AuditEntry, AuditList, CreateModel, Grant, Model, ModelList, ModelVersion,
+    Permission, PutGrant, SetAlias, UpdateFields, VersionList, VersionMetadata, VersionStatus,
 };
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
@@ -92,6 +92,7 @@ impl From<axum::Error> for RegistryError {
         put_alias,
         get_alias,
         delete_alias,
+        alias_history,
         resolve,
         list_grants,
         put_grant,
@@ -109,6 +110,8 @@ impl From<axum::Error> for RegistryError {
         UpdateFields,
         SetAlias,
         AliasRecord,
+        AliasChange,
+        AliasHistory,
         ModelList,
         VersionList,
         Problem,
@@ -137,6 +140,7 @@ pub fn router(registry: Registry) -> Router {
         .route("/models/{name}/versions/{version}", get(get_version).patch(update_version).delete(archive_version))
         .route("/models/{name}/versions/{version}/artifact", get(get_artifact))
         .route("/models/{name}/aliases/{alias}", put(put_alias).get(get_alias).delete(delete_alias))
+        .route("/models/{name}/aliases/{alias}/history", get(alias_history))
         .route("/models/{name}/grants", get(list_grants).put(put_grant).delete(delete_grant))
         .route("/resolve/{reference}", get(resolve))
         .route("/audit", get(list_audit))
@@ -576,15 +580,46 @@ async fn delete_alias(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Resolve `name` (latest ready version), `name:7` or `name@alias` to a version record.
-#[utoipa::path(get, path = "/api/v1/resolve/{reference}", tag = "versions",
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ResolveQuery {
+    /// Resolve as of this time (RFC 3339, e.g. `2026-11-01T00:00:00Z`): an alias to the
+    /// version it pointed at then, a bare name to the newest version registered by then.
+    pub at: Option<String>,
+}
+
+/// Resolve `name` (latest ready version), `name:7` or `name@alias` to a version record,
+/// now or as of `at`.
+#[utoipa::path(get, path = "/api/v1/resolve/{reference}", params(ResolveQuery), tag = "versions",
     responses((status = 200, body = ModelVersion), (status = 400, body = Problem), (status = 404, body = Problem)))]
 async fn resolve(
     State(reg): State<Registry>,
     caller: Caller,
     ApiPath(reference): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ResolveQuery>,
 ) -> Result<Json<ModelVersion>> {
-    Ok(Json(reg.resolve(&caller, &reference).await?))
+    Ok(Json(match q.at.as_deref() {
+        Some(at) => reg.resolve_at(&caller, &reference, at).await?,
+        None => reg.resolve(&caller, &reference).await?,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageQuery {
+    pub page_size: Option<i64>,
+    pub page_token: Option<String>,
+}
+
+/// Every change to an alias, newest first: who moved it, when, from which version to
+/// which (null: created, or removed).
+#[utoipa::path(get, path = "/api/v1/models/{name}/aliases/{alias}/history", params(PageQuery), tag = "aliases",
+    responses((status = 200, body = AliasHistory), (status = 404, body = Problem)))]
+async fn alias_history(
+    State(reg): State<Registry>,
+    caller: Caller,
+    ApiPath((name, alias)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<AliasHistory>> {
+    Ok(Json(reg.alias_history(&caller, &name, &alias, q.page_size, q.page_token.as_deref()).await?.into()))
 }
 
 // ---- grants and audit -----------------------------------------------------------------

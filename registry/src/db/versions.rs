@@ -190,7 +190,7 @@ impl Store {
 
     /// Archives a version: it stays resolvable by number, and the aliases that pointed at
     /// it are removed in the same transaction (an alias never leads to an archived version).
-    pub async fn archive_version(&self, model: &str, version: i64) -> Result<ModelVersion> {
+    pub async fn archive_version(&self, model: &str, version: i64, by: &str) -> Result<ModelVersion> {
         let id = self.model_id(model).await?;
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query("UPDATE model_versions SET status = 'archived' WHERE model_id = $1 AND version = $2")
@@ -200,6 +200,19 @@ impl Store {
             .await?;
         if updated.rows_affected() == 0 {
             return Err(version_not_found(model, version));
+        }
+        // The aliases it loses are changes too: recorded as removed.
+        let ts = now();
+        let dropped: Vec<String> = sqlx::query("SELECT alias FROM aliases WHERE model_id = $1 AND version = $2")
+            .bind(id)
+            .bind(version)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for alias in &dropped {
+            super::aliases::record(&mut tx, id, alias, None, Some(version), &ts, by).await?;
         }
         sqlx::query("DELETE FROM aliases WHERE model_id = $1 AND version = $2")
             .bind(id)
