@@ -3,7 +3,8 @@
 
 use sqlx::Row;
 
-use super::{model_not_found, now, ModelVersion, Page, Store, VersionStatus};
+use super::models::lock_model;
+use super::{now, ModelVersion, Page, Store, VersionStatus};
 use crate::error::{RegistryError, Result};
 use lakescore_core::wire::AliasChange;
 
@@ -18,8 +19,8 @@ impl Store {
         }
         let ts = now();
         let mut tx = self.pool.begin().await?;
-        let id = lock_model(&mut tx, model, &ts).await?;
-        let previous = current(&mut tx, id, alias).await?;
+        let id = lock_model(&mut tx, model).await?;
+        let previous = current(&mut *tx, id, alias).await?;
         let result = sqlx::query(
             "INSERT INTO aliases (model_id, alias, version, updated_at) \
              SELECT $1, $2, $3, $4 WHERE EXISTS \
@@ -43,21 +44,16 @@ impl Store {
 
     pub async fn get_alias(&self, model: &str, alias: &str) -> Result<i64> {
         let id = self.model_id(model).await?;
-        sqlx::query("SELECT version FROM aliases WHERE model_id = $1 AND alias = $2")
-            .bind(id)
-            .bind(alias)
-            .fetch_optional(&self.pool)
+        current(&self.pool, id, alias)
             .await?
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()?
             .ok_or_else(|| RegistryError::NotFound(format!("model '{model}' has no alias '{alias}'")))
     }
 
     pub async fn delete_alias(&self, model: &str, alias: &str, by: &str) -> Result<()> {
         let ts = now();
         let mut tx = self.pool.begin().await?;
-        let id = lock_model(&mut tx, model, &ts).await?;
-        let Some(previous) = current(&mut tx, id, alias).await? else {
+        let id = lock_model(&mut tx, model).await?;
+        let Some(previous) = current(&mut *tx, id, alias).await? else {
             return Err(RegistryError::NotFound(format!("model '{model}' has no alias '{alias}'")));
         };
         sqlx::query("DELETE FROM aliases WHERE model_id = $1 AND alias = $2")
@@ -142,24 +138,15 @@ fn archived(model: &str, version: i64) -> RegistryError {
     RegistryError::Conflict(format!("{model}:{version} is archived; an alias cannot point at it"))
 }
 
-/// Takes the model's row lock (its first statement, so the transaction queues behind any
-/// other change to the model's aliases); answers the model's id.
-async fn lock_model(tx: &mut sqlx::Transaction<'_, sqlx::Any>, model: &str, ts: &str) -> Result<i64> {
-    Ok(sqlx::query("UPDATE models SET updated_at = $1 WHERE name = $2 RETURNING id")
-        .bind(ts)
-        .bind(model)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| model_not_found(model))?
-        .try_get(0)?)
-}
-
-/// Where `alias` points now, inside the transaction.
-async fn current(tx: &mut sqlx::Transaction<'_, sqlx::Any>, model_id: i64, alias: &str) -> Result<Option<i64>> {
+/// Where `alias` points now (on the pool, or inside a transaction).
+async fn current<'c, E>(db: E, model_id: i64, alias: &str) -> Result<Option<i64>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     Ok(sqlx::query("SELECT version FROM aliases WHERE model_id = $1 AND alias = $2")
         .bind(model_id)
         .bind(alias)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(db)
         .await?
         .map(|r| r.try_get::<i64, _>(0))
         .transpose()?)

@@ -164,14 +164,8 @@ impl Store {
     /// every version that was deleted, so that unreferenced artifacts can be removed.
     pub async fn delete_model(&self, name: &str, force: bool) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        // Taking the row's write lock first (an UPDATE) serializes this with uploads.
-        let id: i64 = sqlx::query("UPDATE models SET updated_at = $1 WHERE name = $2 RETURNING id")
-            .bind(now())
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| model_not_found(name))?
-            .try_get(0)?;
+        // Taking the row's write lock first serializes this with uploads.
+        let id = lock_model(&mut tx, name).await?;
         let shas: Vec<String> = sqlx::query("SELECT sha256 FROM model_versions WHERE model_id = $1")
             .bind(id)
             .fetch_all(&mut *tx)
@@ -197,13 +191,7 @@ impl Store {
     /// are.
     pub async fn set_model_tag(&self, name: &str, key: &str, value: Option<&str>) -> Result<Model> {
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query("UPDATE models SET updated_at = $1 WHERE name = $2 RETURNING id")
-            .bind(now())
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| model_not_found(name))?
-            .try_get(0)?;
+        let id = lock_model(&mut tx, name).await?;
         match value {
             Some(value) => {
                 sqlx::query(
@@ -227,6 +215,19 @@ impl Store {
         tx.commit().await?;
         self.get_model(name).await
     }
+}
+
+/// Marks the model updated as the transaction's first statement, which takes its row's
+/// write lock (SQLite: the database's), so that the transaction queues behind any other
+/// change to the model; answers the model's id.
+pub(super) async fn lock_model(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str) -> Result<i64> {
+    Ok(sqlx::query("UPDATE models SET updated_at = $1 WHERE name = $2 RETURNING id")
+        .bind(now())
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| model_not_found(name))?
+        .try_get(0)?)
 }
 
 /// The bound parameters of a query being built, each written as its `$n` placeholder.
